@@ -1,0 +1,1 @@
+"""Connectors: the SDK and the national (population, business registry, insurance) and provincial connectors."""
