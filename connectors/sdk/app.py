@@ -1,0 +1,193 @@
+"""build_app: a connector as an ASGI app. connexion serves the OpenAPI document's operations; a thin pure-ASGI layer
+in front answers /healthz and /readyz, refuses any other request without a valid gateway assertion (401) and hands
+the verified claims to handlers (CallInfo)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import yaml
+from connexion import AsyncApp
+from connexion.exceptions import ProblemException
+from connexion.options import SwaggerUIOptions
+from connexion.resolver import Resolver
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
+
+from connectors.sdk import errors
+from connectors.sdk.assertion import HEADER, AssertionVerifier
+from connectors.sdk.call import CallInfo, _call, _runtime
+from connectors.sdk.config import ConnectorConfig
+from connectors.sdk.database import create_tables, make_engine, reachable
+from connectors.sdk.definition import ConnectorDefinition
+from connectors.sdk.gateway_keys import GatewayKeys, load_jwks_file
+from connectors.sdk.idempotency import IDEMPOTENCY_METADATA
+from connectors.sdk.registration import register_forever
+from connectors.sdk.registry_access import RegistryAccess
+from connectors.sdk.runtime import Runtime
+from connectors.sdk.validation import VALIDATOR_MAP
+from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
+from lienthong.tokens import TokenError
+
+log = logging.getLogger("lienthong.connector")
+
+_HEADER_BYTES = HEADER.encode()
+_PUBLIC = {"/healthz", "/readyz", "/openapi.json"}
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not an OpenAPI document")
+    return doc
+
+
+def _handler_resolver(module_name: str) -> Resolver:
+    module = importlib.import_module(module_name)
+
+    def resolve(operation_id: str) -> Any:
+        try:
+            return getattr(module, operation_id)
+        except AttributeError:
+            raise LookupError(f"{module_name} has no handler for operationId {operation_id!r}") from None
+
+    return Resolver(function_resolver=resolve)
+
+
+class ConnectorApp:
+    """The ASGI app of one connector; see build_app."""
+
+    def __init__(self, definition: ConnectorDefinition, config: ConnectorConfig) -> None:
+        self.definition = definition
+        self.config = config
+        self.spec = load_spec(definition.spec_path)
+        self._spec_json = orjson.dumps(self.spec)
+        registry = None
+        if config.registry_url and config.key_path and config.kid:
+            registry = RegistryAccess(config.registry_url, config.key_path, config.kid, definition.subsystem)
+        static = config.gateway_keys
+        if static is None and config.gateway_keys_path is not None:
+            static = load_jwks_file(config.gateway_keys_path)
+        keys = GatewayKeys(
+            config.gateway,
+            static=static,
+            registry=registry if static is None else None,
+            refresh_interval=config.key_refresh_interval,
+        )
+        engine = make_engine(config.database_url)
+        if config.create_schema:
+            create_tables(engine, *definition.metadata, IDEMPOTENCY_METADATA)
+        self.runtime = Runtime(definition=definition, config=config, engine=engine, keys=keys, registry=registry)
+        self.verifier = AssertionVerifier(definition.audience, definition.service_id, keys)
+        self._tasks: list[asyncio.Task[None]] = []
+
+        app = AsyncApp(definition.name, specification_dir=str(definition.spec_path.parent))
+        app.add_api(
+            definition.spec_path.name,
+            resolver=_handler_resolver(definition.handlers),
+            validator_map=VALIDATOR_MAP,
+            swagger_ui_options=SwaggerUIOptions(swagger_ui=False, serve_spec=False),
+            strict_validation=True,
+            validate_responses=False,
+        )
+        app.add_error_handler(Problem, errors.on_problem)
+        app.add_error_handler(ProblemException, errors.on_connexion_problem)
+        app.add_error_handler(HTTPException, errors.on_http_exception)
+        app.add_error_handler(Exception, errors.on_unexpected)
+        self.connexion = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path in _PUBLIC:
+            await self._public(path, send)
+            return
+        token = None
+        for name, value in scope["headers"]:
+            if name == _HEADER_BYTES:
+                token = value.decode("latin-1")
+                break
+        if token is None:
+            await _send_problem(send, Problem(401, "invalid-assertion", "the hosting gateway's assertion is missing"))
+            return
+        try:
+            claims = await self.verifier.verify(token)
+        except TokenError as exc:
+            await _send_problem(send, Problem(401, "invalid-assertion", f"gateway assertion refused: {exc.reason}"))
+            return
+        call_token = _call.set(CallInfo.from_claims(claims))
+        runtime_token = _runtime.set(self.runtime)
+        try:
+            await self.connexion(scope, receive, send)
+        finally:
+            _call.reset(call_token)
+            _runtime.reset(runtime_token)
+
+    async def _public(self, path: str, send: Send) -> None:
+        if path == "/healthz":
+            await _send_json(send, 200, b'{"status":"ok"}')
+        elif path == "/openapi.json":
+            await _send_json(send, 200, self._spec_json)
+        else:
+            db_ok = await anyio.to_thread.run_sync(reachable, self.runtime.engine)
+            keys_ok = self.runtime.keys.loaded
+            if db_ok and keys_ok:
+                await _send_json(send, 200, b'{"status":"ready"}')
+            else:
+                why = [w for w, ok in (("database unreachable", db_ok), ("gateway keys not loaded", keys_ok)) if not ok]
+                await _send_problem(send, Problem(503, "not-ready", "; ".join(why)))
+
+    async def startup(self) -> None:
+        if self.runtime.keys.registry is not None:
+            await self.runtime.keys.refresh(force=True)
+        if self.runtime.registry is not None and self.config.register:
+            self._tasks.append(asyncio.create_task(register_forever(self.runtime, self.spec)))
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.runtime.engine.dispose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # reported to the server, which then refuses to start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _send_json(send: Send, status: int, body: bytes, media_type: str = "application/json") -> None:
+    headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_problem(send: Send, problem: Problem) -> None:
+    await _send_json(send, problem.status, problem.to_bytes(), PROBLEM_MEDIA_TYPE)
+
+
+def build_app(definition: ConnectorDefinition, config: ConnectorConfig) -> ConnectorApp:
+    """The connector as an ASGI app: serve it with uvicorn or granian (lifespan on)."""
+    return ConnectorApp(definition, config)

@@ -1,0 +1,28 @@
+"""How one running connector is configured (from the CLI or a test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPLAY_WINDOW = 30  # protocol §4.2: an assertion lives at most 30 s, so that is how long a jti is remembered
+
+
+def default_database_url(name: str) -> str:
+    return f"sqlite:///var/data/{name}.sqlite"
+
+
+@dataclass
+class ConnectorConfig:
+    gateway: str  # code of the hosting gateway: the only caller accepted
+    database_url: str
+    registry_url: str | None = None
+    key_path: Path | None = None  # integrator key of the provider subsystem, for registry calls
+    kid: str | None = None
+    public_url: str | None = None  # where the hosting gateway reaches this connector (registered as upstream_url)
+    gateway_keys_path: Path | None = None  # offline: a JSON list of the gateway's public JWKs
+    gateway_keys: list[dict[str, Any]] | None = None  # the same, given directly (tests)
+    create_schema: bool = True
+    register: bool = True  # register the service in the registry on start (when registry_url, key and kid are set)
+    key_refresh_interval: float = 5.0  # unknown kid: refetch the gateway keys at most this often
