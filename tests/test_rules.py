@@ -43,7 +43,7 @@ def test_make_encodes_province_century_sex_and_year(province, sex, born, expecte
         ("00108500004", "12 digits"),
         ("0010850000421", "12 digits"),
         ("00108500004a", "12 digits"),
-        ("００１０８５０００００４", "12 digits"),  # full-width digits are not ASCII digits
+        ("".join(chr(0xFF10 + int(d)) for d in "001085000042"), "12 digits"),  # full-width digits
         ("003085000042", "province"),
         ("097085000042", "province"),
         ("001999000042", "future"),  # 2399
