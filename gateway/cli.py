@@ -1,10 +1,283 @@
-"""Commands of the gateway part (filled in by its issue)."""
+"""Commands of the gateway part: `gateway serve`, `gateway keygen`, and the client-side `keygen` and `call`."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+import orjson
+
+from gateway.settings import DEFAULT_BODY_LIMIT, DEFAULT_MAX_SNAPSHOT_AGE, GatewaySettings, parse_policies
+from lienthong import ids, keys
+
+
+@click.group("gateway")
+def gateway_group() -> None:
+    """Run a gateway (the data plane) or make its key."""
+
+
+@gateway_group.command("serve")
+@click.option("--code", envvar="LIENTHONG_GATEWAY_CODE", required=True, help="This gateway's code, e.g. national.")
+@click.option("--host", envvar="LIENTHONG_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="LIENTHONG_PORT", type=int, default=8700, show_default=True)
+@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", required=True, help="Registry base URL.")
+@click.option(
+    "--registry-key",
+    envvar="LIENTHONG_REGISTRY_KEY",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The registry's public JWK (JSON file), given at install.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    envvar="LIENTHONG_GATEWAY_KEY",
+    type=click.Path(dir_okay=False),
+    help="This gateway's private key (PEM); default <data-dir>/gateway.key.",
+)
+@click.option("--kid", envvar="LIENTHONG_GATEWAY_KID", help="Key id of --key in the registry; default its thumbprint.")
+@click.option(
+    "--data-dir", envvar="LIENTHONG_DATA_DIR", type=click.Path(file_okay=False), help="Default var/gateways/<code>."
+)
+@click.option("--workers", envvar="LIENTHONG_WORKERS", type=int, default=1, show_default=True)
+@click.option(
+    "--max-snapshot-age",
+    envvar="LIENTHONG_MAX_SNAPSHOT_AGE",
+    type=float,
+    default=DEFAULT_MAX_SNAPSHOT_AGE,
+    show_default=True,
+    help="Seconds a snapshot stays valid after the registry last confirmed it.",
+)
+@click.option("--policies", envvar="LIENTHONG_POLICIES", default="all", show_default=True, help="all, none or a,b,c.")
+@click.option("--body-limit", envvar="LIENTHONG_BODY_LIMIT", type=int, default=DEFAULT_BODY_LIMIT, show_default=True)
+@click.option("--redis-url", envvar="REDIS_URL", help="Redis for quotas and metering; default an embedded one.")
+@click.option("--trace-sample-ratio", envvar="LIENTHONG_TRACE_SAMPLE_RATIO", type=float, default=0.0, show_default=True)
+@click.option("--breaker-failures", envvar="LIENTHONG_BREAKER_FAILURES", type=int, default=5, show_default=True)
+@click.option(
+    "--breaker-open-seconds", envvar="LIENTHONG_BREAKER_OPEN_SECONDS", type=float, default=5.0, show_default=True
+)
+@click.option("--snapshot-wait", envvar="LIENTHONG_SNAPSHOT_WAIT", type=int, default=30, show_default=True)
+def serve(
+    code: str,
+    host: str,
+    port: int,
+    registry_url: str,
+    registry_key: str,
+    key_file: str | None,
+    kid: str | None,
+    data_dir: str | None,
+    workers: int,
+    max_snapshot_age: float,
+    policies: str,
+    body_limit: int,
+    redis_url: str | None,
+    trace_sample_ratio: float,
+    breaker_failures: int,
+    breaker_open_seconds: float,
+    snapshot_wait: int,
+) -> None:
+    """Serve /r1 calls with granian worker processes sharing one port."""
+    try:
+        ids.validate("gateway", code, "code")
+        enabled = parse_policies(policies)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    data = Path(data_dir or f"var/gateways/{code}").resolve()
+    key_path = Path(key_file).resolve() if key_file else data / "gateway.key"
+    if not key_path.exists():
+        raise click.UsageError(f"no gateway key at {key_path}; run `lienthong gateway keygen --code {code}` first")
+    private = keys.load_private(key_path)
+    embedded = None
+    if not redis_url:
+        from lienthong.redis_connection import resolve_url
+
+        redis_url, embedded = resolve_url(Path("var/redis"))
+    settings = GatewaySettings(
+        code=code, registry_url=registry_url.rstrip("/"), registry_key_file=Path(registry_key).resolve(),
+        key_file=key_path, kid=kid or keys.public_jwk(private)["kid"], data_dir=data, host=host, port=port,
+        workers=workers, max_snapshot_age=max_snapshot_age, body_limit=body_limit, policies=enabled,
+        redis_url=redis_url, trace_sample_ratio=trace_sample_ratio, breaker_failures=breaker_failures,
+        breaker_open_seconds=breaker_open_seconds, snapshot_wait=snapshot_wait,
+    )  # fmt: skip
+    data.mkdir(parents=True, exist_ok=True)
+    # prometheus multiprocess files of a previous run would be summed with ours
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+    settings.metrics_dir.mkdir(parents=True)
+    os.environ.update(settings.to_env())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+    try:
+        run_granian(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def run_granian(settings: GatewaySettings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    try:
+        import uvloop  # noqa: F401
+
+        loop = Loops.uvloop
+    except ImportError:
+        loop = Loops.asyncio
+    Granian(
+        "gateway.app:create_app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=loop,
+        factory=True,
+        log_access=False,
+        respawn_failed_workers=True,
+        backlog=2048,
+    ).serve()
+
+
+@gateway_group.command("keygen")
+@click.option("--code", required=True, help="The gateway's code.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Default var/gateways/<code>.")
+@click.option("--force", is_flag=True, help="Replace an existing key.")
+def gateway_keygen(code: str, data_dir: str | None, force: bool) -> None:
+    """Make the gateway's Ed25519 key (<data-dir>/gateway.key) and print its public JWK for the registry."""
+    try:
+        ids.validate("gateway", code, "code")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    path = Path(data_dir or f"var/gateways/{code}") / "gateway.key"
+    if path.exists() and not force:
+        key = keys.load_private(path)
+    else:
+        key = keys.generate()
+        keys.save_private(key, path)
+    jwk = keys.public_jwk(key)
+    (path.parent / "gateway.jwk").write_bytes(orjson.dumps(jwk, option=orjson.OPT_INDENT_2))
+    click.echo(orjson.dumps(jwk).decode())
+
+
+@click.command("keygen")
+@click.option("--subsystem", required=True, help="The client subsystem, VN/CLASS/MEMBER/SUBSYSTEM.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the private key (PEM).")
+@click.option("--algorithm", type=click.Choice(["EdDSA", "ES256"]), default="EdDSA", show_default=True)
+@click.option("--register", is_flag=True, help="Also add the public key to the registry.")
+@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", help="Registry URL for --register.")
+def client_keygen(subsystem: str, out: str, algorithm: str, register: bool, registry_url: str | None) -> None:
+    """Make a client key pair for a subsystem; prints the public JWK (with its kid)."""
+    try:
+        ids.validate("subsystem", subsystem, "subsystem")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    key = keys.generate("ES256" if algorithm == "ES256" else "EdDSA")
+    keys.save_private(key, out)
+    jwk = keys.public_jwk(key)
+    Path(out).with_suffix(".jwk").write_bytes(orjson.dumps(jwk, option=orjson.OPT_INDENT_2))
+    if register:
+        if not registry_url:
+            raise click.UsageError("--register needs --registry or LIENTHONG_REGISTRY_URL")
+        from registry.client import RegistryClient  # the registry part's client; imported only when used
+
+        client: Any = RegistryClient.from_env(registry_url) if hasattr(RegistryClient, "from_env") else None
+        if client is None:
+            raise click.ClickException("registry.client.RegistryClient cannot be configured from the environment")
+        client.add_client_key(subsystem, jwk)
+    click.echo(orjson.dumps(jwk).decode())
+
+
+@click.command("call")
+@click.argument("target")
+@click.option("--as", "subsystem", required=True, help="The calling subsystem (X-Road-Client).")
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--kid", help="The key's kid; default its thumbprint.")
+@click.option("--purpose", required=True, help="X-Purpose.")
+@click.option("--gateway", "gateway_url", envvar="LIENTHONG_GATEWAY_URL", required=True, help="The home gateway URL.")
+@click.option("--audience", help="The home gateway's code; default read from its /healthz.")
+@click.option("--method", default="GET", show_default=True)
+@click.option("--data", help="Request body (JSON text), or @FILE.")
+@click.option("--user-id", help="X-Road-UserId: the official who asked.")
+@click.option("--issue", help="X-Road-Issue: the case number.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def call(
+    target: str,
+    subsystem: str,
+    key_file: str,
+    kid: str | None,
+    purpose: str,
+    gateway_url: str,
+    audience: str | None,
+    method: str,
+    data: str | None,
+    user_id: str | None,
+    issue: str | None,
+    as_json: bool,
+) -> None:
+    """Call SERVICE_ID/PATH (e.g. VN/GOV/BCA/population/persons/persons/001...) through the home gateway."""
+    import httpx
+
+    from lienthong import tokens
+
+    try:
+        ids.validate("subsystem", subsystem, "--as")
+        ids.validate("service", "/".join(target.split("/")[:5]), "target")
+    except ValueError as exc:
+        click.echo(f"usage error: {exc}", err=True)
+        sys.exit(2)
+    base = gateway_url.rstrip("/")
+    key = keys.load_private(key_file)
+    try:
+        if audience is None:
+            audience = str(httpx.get(f"{base}/healthz", timeout=5).json()["gateway"])
+        token = tokens.sign(
+            key, kid or keys.public_jwk(key)["kid"], {"iss": subsystem, "sub": subsystem, "aud": audience}
+        )
+        headers = {"Authorization": f"Bearer {token}", "X-Road-Client": subsystem, "X-Purpose": purpose}
+        if user_id:
+            headers["X-Road-UserId"] = user_id
+        if issue:
+            headers["X-Road-Issue"] = issue
+        content: bytes | None = None
+        if data is not None:
+            content = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+            headers["Content-Type"] = "application/json"
+        started = time.perf_counter()
+        response = httpx.request(method.upper(), f"{base}/r1/{target}", headers=headers, content=content, timeout=30)
+        elapsed = time.perf_counter() - started
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    if as_json or not sys.stdout.isatty():
+        out = {"status": response.status_code, "x_road_id": response.headers.get("x-road-id"),
+               "x_road_error": response.headers.get("x-road-error"), "body": body}  # fmt: skip
+        click.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{method.upper()} {target}", show_header=False)
+        table.add_row("status", str(response.status_code))
+        table.add_row("X-Road-Id", response.headers.get("x-road-id", ""))
+        if response.headers.get("x-road-error"):
+            table.add_row("X-Road-Error (mesh)", response.headers["x-road-error"])
+        table.add_row("time", f"{elapsed * 1000:.1f} ms")
+        table.add_row(
+            "body", orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() if not isinstance(body, str) else body
+        )
+        Console().print(table)
+    sys.exit(0 if response.status_code < 400 else 1)
 
 
 def register(group: click.Group) -> None:
     """Add this part's commands to the top-level group."""
-    del group
+    group.add_command(gateway_group)
+    group.add_command(client_keygen)
+    group.add_command(call)

@@ -1,0 +1,253 @@
+"""The gateway's raw ASGI application: `/r1/...` on the hand-written hot path, health, metrics and the ops API.
+
+No web framework sits on the hot path; dispatch is a few string comparisons. granian builds one app per worker
+process through `create_app()` (a factory), reading its configuration from LIENTHONG_* variables (gateway.settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from gateway import metrics
+from gateway.assertions import AssertionSigner
+from gateway.breaker import Breakers
+from gateway.calls import CallHandler, Reply, problem_reply
+from gateway.settings import GatewaySettings
+from gateway.snapshot_client import SnapshotClient, load_registry_key
+from gateway.upstream import UpstreamClient
+from lienthong import keys
+from lienthong.problem import Problem
+from policies.chain import ChainConfig, build_chain
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("lienthong.gateway")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+def derive_audit_key(private_key: keys.PrivateKey) -> bytes:
+    """Every worker of one gateway must chain audit records with the same key; derive it from the gateway key."""
+    return hashlib.sha256(b"lienthong-audit-hmac\0" + keys.private_pem(private_key)).digest()
+
+
+def chain_config(settings: GatewaySettings, private_key: keys.PrivateKey) -> ChainConfig:
+    return ChainConfig(
+        gateway=settings.code,
+        data_dir=settings.data_dir,
+        redis_url=settings.redis_url,
+        enabled=settings.policies,
+        audit_hmac_key=settings.audit_hmac_key or derive_audit_key(private_key),
+        trace_sample_ratio=settings.trace_sample_ratio,
+    )
+
+
+async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Problem(400, "invalid-parameter", "Content-Length is not a number", field="Content-Length")
+        if int(declared) > limit:
+            raise Problem(413, "body-too-large", f"the request body is over the limit of {limit} bytes", field="body")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise Problem(
+                    413, "body-too-large", f"the request body is over the limit of {limit} bytes", field="body"
+                )
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+    raw.append((b"content-length", str(len(reply.body)).encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": raw})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+class GatewayApp:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        private_key = keys.load_private(settings.key_file)
+        self.snapshots = SnapshotClient(
+            code=settings.code,
+            registry_url=settings.registry_url,
+            registry_key=load_registry_key(settings.registry_key_file),
+            key=private_key,
+            kid=settings.kid,
+            cache_path=settings.snapshot_cache,
+            max_age=settings.max_snapshot_age,
+            wait=settings.snapshot_wait,
+        )
+        self.chain_config = chain_config(settings, private_key)
+        self.chain = build_chain(self.chain_config)
+        self.breakers = Breakers(settings.breaker_failures, settings.breaker_open_seconds)
+        self._upstream: UpstreamClient | None = None
+        self.calls = CallHandler(
+            code=settings.code,
+            snapshots=self.snapshots,
+            chain=self.chain,
+            signer=AssertionSigner(settings.code, private_key, settings.kid),
+            upstream=self.upstream,
+            authn_enabled="authn" in settings.policies,
+        )
+        self.ops_app: ASGIApp | None = None
+
+    def upstream(self) -> UpstreamClient:
+        if self._upstream is None:  # made lazily: pyreqwest binds to the running loop
+            self._upstream = UpstreamClient(self.breakers)
+        return self._upstream
+
+    async def startup(self) -> None:
+        await self.snapshots.start()
+        await self.chain.start()
+        try:
+            from gateway.ops_api import build_ops_app  # the ops API is a separate part; absent until it lands
+        except ImportError:
+            log.warning("gateway.ops_api is not installed; /ops/v1 answers 404")
+        else:
+            self.ops_app = build_ops_app(self.chain_config, lambda: self.snapshots.current)
+
+    async def shutdown(self) -> None:
+        await self.chain.stop()
+        await self.snapshots.stop()
+        if self._upstream is not None:
+            await self._upstream.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/r1/"):
+                await self._r1(scope, receive, send)
+            elif path == "/healthz":
+                await self._healthz(send)
+            elif path == "/readyz":
+                await self._readyz(send)
+            elif path == "/metrics":
+                body, content_type = metrics.render()
+                await send_reply(send, Reply(200, {"content-type": content_type}, body))
+            elif path == "/ops/v1" or path.startswith("/ops/v1/"):
+                await self._ops(scope, receive, send)
+            else:
+                await send_reply(send, problem_reply(Problem(404, "unknown-service", f"no route {path}", field="path")))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("gateway startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _r1(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.time()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        raw_path_bytes = scope.get("raw_path")
+        raw_path = raw_path_bytes.decode("latin-1") if raw_path_bytes else scope["path"]
+        raw_path = raw_path.split("?", 1)[0]
+        method: str = scope["method"]
+        query: bytes = scope.get("query_string", b"")
+        try:
+            body = await read_body(receive, headers, self.settings.body_limit)
+        except ClientGone:
+            return
+        except Problem as problem:
+            reply = problem_reply(problem)
+            reply.headers["x-road-id"] = headers.get("x-road-id") or ""
+            await send_reply(send, reply)
+            metrics.REQUESTS.labels("none", metrics.status_class(problem.status), problem.code).inc()
+            return
+        reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started)
+        if ctx is not None:
+            ctx.response_out = time.time()
+        await send_reply(send, reply)
+        role = ctx.role if ctx is not None else "none"
+        metrics.REQUESTS.labels(role, metrics.status_class(reply.status), reply.headers.get("x-road-error", "")).inc()
+        metrics.LATENCY.labels(role).observe(time.time() - started)
+        if ctx is not None and ctx.service is not None:
+            self.chain.log(ctx)
+
+    async def _healthz(self, send: Send) -> None:
+        current = self.snapshots.current
+        body = {
+            "status": "ok",
+            "gateway": self.settings.code,
+            "pid": os.getpid(),
+            "snapshot_version": current.version if current else None,
+        }
+        await send_reply(send, Reply(200, {"content-type": "application/json"}, orjson.dumps(body)))
+
+    async def _readyz(self, send: Send) -> None:
+        stale = self.snapshots.staleness()
+        current = self.snapshots.current
+        if stale.stale or current is None:
+            problem = Problem(503, "snapshot-expired", stale.detail, headers={"Retry-After": "5"})
+            await send_reply(send, problem_reply(problem))
+            return
+        metrics.SNAPSHOT_VERSION.set(current.version)
+        metrics.SNAPSHOT_CONFIRMED.set(self.snapshots.confirmed_at)
+        body = {
+            "status": "ready",
+            "gateway": self.settings.code,
+            "snapshot_version": current.version,
+            "snapshot_age_seconds": round(time.time() - self.snapshots.confirmed_at, 3),
+            "max_snapshot_age_seconds": self.settings.max_snapshot_age,
+        }
+        await send_reply(send, Reply(200, {"content-type": "application/json"}, orjson.dumps(body)))
+
+    async def _ops(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.ops_app is None:
+            await send_reply(
+                send, problem_reply(Problem(404, "unknown-service", "the operations API is not available"))
+            )
+            return
+        # mounted the classic ASGI way: the prefix moves from path to root_path
+        sub = dict(scope)
+        sub["root_path"] = scope.get("root_path", "") + "/ops/v1"
+        sub["path"] = scope["path"][len("/ops/v1") :] or "/"
+        raw = scope.get("raw_path")
+        if raw:
+            sub["raw_path"] = raw[len(b"/ops/v1") :] or b"/"
+        await self.ops_app(sub, receive, send)
+
+
+def create_app() -> GatewayApp:
+    """granian's factory: one app per worker, configured from the environment the CLI wrote."""
+    logging.basicConfig(
+        level=os.environ.get("LIENTHONG_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s %(message)s"
+    )
+    return GatewayApp(GatewaySettings.from_env())

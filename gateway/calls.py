@@ -1,0 +1,293 @@
+"""One `/r1` call from request in to response out: route, run the policy chain, call the connector or forward.
+
+Roles (protocol §8): a request carrying X-Lienthong-Assertion is the *provider* role (another gateway forwarded it;
+the service must be hosted here, never a second hop). Otherwise the caller is a client: *local* when this gateway
+hosts the service, *home* when it forwards to the hosting gateway with its own signed assertion.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import orjson
+
+from gateway import metaservices, metrics
+from gateway.assertions import ASSERTION_HEADER, AssertionSigner
+from gateway.paths import R1Path, parse_r1
+from gateway.snapshot_client import SnapshotClient
+from gateway.upstream import UpstreamClient, UpstreamResponse
+from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
+from policies.base import CallContext, Policy
+from policies.chain import Chain
+
+# Only these client headers travel on; everything else (Authorization, X-Road-Client, hop-by-hop,
+# X-HTTP-Method-Override and friends) stops at the gateway that received it.
+TO_CONNECTOR = ("content-type", "accept", "accept-language", "idempotency-key", "tracestate")
+TO_GATEWAY = (*TO_CONNECTOR, "x-road-userid", "x-road-issue", "x-purpose")
+# Headers the gateway itself sets on the way back; a connector's own copies are dropped.
+OWN_RESPONSE_HEADERS = frozenset(
+    {"x-road-id", "x-road-request-hash", "x-road-error", "content-length", "server", "date"}
+)
+FORWARD_TIMEOUT_MARGIN_MS = 1000  # the hosting gateway's own 504 should arrive before ours
+MAX_TRANSACTION_ID = 128
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def request_hash(method: str, raw_path: str, query: bytes, body: bytes) -> str:
+    """base64 SHA-256 over 'METHOD\\nPATH\\nQUERY\\n' + body, the request as this gateway received it (§3)."""
+    digest = hashlib.sha256(f"{method}\n{raw_path}\n".encode("latin-1") + query + b"\n" + body).digest()
+    return base64.b64encode(digest).decode()
+
+
+def problem_reply(problem: Problem, instance: str | None = None) -> Reply:
+    headers = {"content-type": PROBLEM_MEDIA_TYPE, "x-road-error": problem.code}
+    headers.update({k.lower(): v for k, v in problem.headers.items()})
+    return Reply(problem.status, headers, problem.to_bytes(instance))
+
+
+def transaction_id(headers: dict[str, str]) -> str:
+    given = headers.get("x-road-id")
+    if not given:
+        return uuid.uuid4().hex
+    if len(given) > MAX_TRANSACTION_ID or not given.isprintable() or not given.isascii():
+        raise Problem(400, "invalid-parameter", "X-Road-Id must be 1-128 printable ASCII characters", field="X-Road-Id")
+    return given
+
+
+class CallHandler:
+    """The hot path; one per worker process."""
+
+    def __init__(
+        self,
+        *,
+        code: str,
+        snapshots: SnapshotClient,
+        chain: Chain,
+        signer: AssertionSigner,
+        upstream: Callable[[], UpstreamClient],
+        authn_enabled: bool,
+    ) -> None:
+        self.code = code
+        self.snapshots = snapshots
+        self.chain = chain
+        self.signer = signer
+        self._upstream = upstream
+        self.authn_enabled = authn_enabled
+        self._authn: Policy | None = next((p for p in chain.policies if p.name == "authn"), None)
+
+    async def handle(
+        self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float
+    ) -> tuple[Reply, CallContext | None]:
+        """Answer one call; the context (when routing got that far) is returned for the log phase."""
+        try:
+            txid = transaction_id(headers)
+        except Problem as problem:
+            return problem_reply(problem), None
+        rhash = request_hash(method, raw_path, query, body)
+        ctx: CallContext | None = None
+        try:
+            snapshot = self.snapshots.current
+            stale = self.snapshots.staleness(started)
+            if stale.stale or snapshot is None:
+                raise Problem(503, "snapshot-expired", stale.detail, headers={"Retry-After": "5"})
+            route = parse_r1(raw_path)
+            ctx = CallContext(
+                gateway=self.code,
+                transaction_id=txid,
+                method=method,
+                path=route.provider_path,
+                query=query,
+                headers=headers,
+                body=body,
+                snapshot=snapshot,
+                request_hash=rhash,
+                request_in=started,
+            )
+            if route.metaservice is not None:
+                reply = self._metaservice(ctx, route)
+            else:
+                reply = await self._service_call(ctx, route)
+        except Problem as problem:
+            reply = problem_reply(problem)
+            if ctx is not None:
+                ctx.status, ctx.error_code = problem.status, problem.code
+                ctx.response_body, ctx.response_headers = reply.body, reply.headers
+        reply.headers["x-road-id"] = txid
+        reply.headers["x-road-request-hash"] = rhash
+        return reply, ctx
+
+    # -- metaservices ------------------------------------------------------------------------------------------
+
+    def _metaservice(self, ctx: CallContext, route: R1Path) -> Reply:
+        if ctx.headers.get(ASSERTION_HEADER):
+            raise Problem(404, "unknown-service", "metaservices are answered by the caller's home gateway")
+        if ctx.method != "GET":
+            raise Problem(400, "invalid-parameter", f"{route.metaservice} answers GET only", field="method")
+        self._authenticate(ctx)
+        snapshot = ctx.snapshot
+        doc: dict[str, Any]
+        if route.metaservice == "listClients":
+            doc = metaservices.list_clients(snapshot)
+        elif route.metaservice == "listMethods":
+            doc = metaservices.list_methods(snapshot, str(route.subsystem))
+        elif route.metaservice == "allowedMethods":
+            doc = metaservices.allowed_methods(snapshot, str(route.subsystem), str(ctx.client))
+        else:
+            doc = metaservices.get_openapi(snapshot, str(route.subsystem), ctx.query)
+        ctx.status = 200
+        return Reply(200, {"content-type": "application/json"}, orjson.dumps(doc))
+
+    def _authenticate(self, ctx: CallContext) -> None:
+        """Metaservices need a valid client token (§2) but no grant: only authn runs."""
+        ctx.role = "local"
+        if self._authn is not None:
+            self._authn.access(ctx)
+        elif not self.authn_enabled:
+            self._unverified_identity(ctx)
+
+    # -- service calls -----------------------------------------------------------------------------------------
+
+    async def _service_call(self, ctx: CallContext, route: R1Path) -> Reply:
+        snapshot = ctx.snapshot
+        service_id = str(route.service_id)
+        service = snapshot.services.get(service_id)
+        inbound_assertion = ctx.headers.get(ASSERTION_HEADER)
+        if service is None:
+            raise Problem(404, "unknown-service", f"no service {service_id} in the mesh", field="path")
+        if inbound_assertion and service.gateway != self.code:
+            raise Problem(
+                404, "unknown-service", f"service {service_id} is not hosted by gateway {self.code}", field="path"
+            )
+        matched = service.match(ctx.method, route.provider_path)
+        if matched is None:
+            raise Problem(
+                404,
+                "unknown-endpoint",
+                f"{service_id} has no endpoint {ctx.method} {route.provider_path}",
+                field="path",
+            )
+        ctx.service_id, ctx.service = service_id, service
+        ctx.endpoint, ctx.path_params = matched
+        ctx.provider_gateway = service.gateway
+        if inbound_assertion:
+            ctx.role = "provider"
+        else:
+            ctx.role = "local" if service.gateway == self.code else "home"
+
+        self.chain.access(ctx)  # a Problem here already carries ctx.status / error_code
+        if not self.authn_enabled:
+            self._unverified_identity(ctx)
+
+        ctx.request_out = time.time()
+        if ctx.role == "home":
+            upstream = await self._forward(ctx, route)
+        else:
+            upstream = await self._connector(ctx, route)
+        ctx.response_in = time.time()
+
+        ctx.status = upstream.status
+        ctx.response_body = upstream.body
+        ctx.response_headers = {k: v for k, v in upstream.headers if k not in OWN_RESPONSE_HEADERS}
+        if ctx.role == "home":
+            # the hosting gateway's refusal or failure is still the mesh's, and says so
+            mesh_error = next((v for k, v in upstream.headers if k == "x-road-error"), None)
+            if mesh_error:
+                ctx.error_code = mesh_error
+                ctx.response_headers["x-road-error"] = mesh_error
+        try:
+            self.chain.response(ctx)
+        except Problem as problem:
+            ctx.status, ctx.error_code = problem.status, problem.code
+            reply = problem_reply(problem)
+            ctx.response_body, ctx.response_headers = reply.body, reply.headers
+        return Reply(ctx.status, ctx.response_headers, ctx.response_body)
+
+    def _outbound_headers(self, ctx: CallContext, names: tuple[str, ...], assertion: str) -> dict[str, str]:
+        out = {name: ctx.headers[name] for name in names if name in ctx.headers}
+        traceparent = ctx.traceparent or ctx.headers.get("traceparent")
+        if traceparent:
+            out["traceparent"] = traceparent
+        out["x-road-id"] = ctx.transaction_id
+        out[ASSERTION_HEADER] = assertion
+        return out
+
+    async def _connector(self, ctx: CallContext, route: R1Path) -> UpstreamResponse:
+        base = ctx.snapshot.upstreams.get(str(ctx.service_id))
+        if not base:
+            raise Problem(502, "upstream-failed", f"no connector address is registered for {ctx.service_id} here")
+        url = base.rstrip("/") + route.raw_provider_path
+        if ctx.query:
+            url += "?" + ctx.query.decode("latin-1")
+        headers = self._outbound_headers(ctx, TO_CONNECTOR, self.signer.to_connector(ctx))
+        timeout_ms = ctx.service.timeout_ms if ctx.service else 5000
+        started = time.perf_counter()
+        try:
+            return await self._upstream().call(
+                method=ctx.method,
+                url=url,
+                breaker=base,
+                headers=headers,
+                body=ctx.body,
+                timeout_ms=timeout_ms,
+                what=f"the connector of {ctx.service_id}",
+            )
+        finally:
+            metrics.UPSTREAM.labels("connector").observe(time.perf_counter() - started)
+
+    async def _forward(self, ctx: CallContext, route: R1Path) -> UpstreamResponse:
+        host = str(ctx.provider_gateway)
+        gateway = ctx.snapshot.gateways.get(host)
+        if gateway is None or not gateway.get("base_url"):
+            raise Problem(502, "upstream-failed", f"hosting gateway {host} has no address in the snapshot")
+        base = str(gateway["base_url"]).rstrip("/")
+        rest = route.raw_provider_path if route.raw_provider_path != "/" else ""
+        url = f"{base}/r1/{ctx.service_id}{rest}"
+        if ctx.query:
+            url += "?" + ctx.query.decode("latin-1")
+        headers = self._outbound_headers(ctx, TO_GATEWAY, self.signer.to_gateway(ctx, host))
+        timeout_ms = (ctx.service.timeout_ms if ctx.service else 5000) + FORWARD_TIMEOUT_MARGIN_MS
+        started = time.perf_counter()
+        try:
+            return await self._upstream().call(
+                method=ctx.method,
+                url=url,
+                breaker=base,
+                headers=headers,
+                body=ctx.body,
+                timeout_ms=timeout_ms,
+                what=f"hosting gateway {host}",
+            )
+        finally:
+            metrics.UPSTREAM.labels("gateway").observe(time.perf_counter() - started)
+
+    def _unverified_identity(self, ctx: CallContext) -> None:
+        """Bare pass-through (authn disabled, benchmarks only): take the identity as claimed, verify nothing."""
+        if ctx.client is not None:
+            return
+        if ctx.role == "provider":
+            try:
+                claims = jwt.decode(ctx.headers.get(ASSERTION_HEADER, ""), options={"verify_signature": False})
+            except jwt.PyJWTError:
+                claims = {}
+            ctx.client, ctx.purpose = claims.get("sub"), claims.get("purpose")
+            ctx.user_id, ctx.issue = claims.get("uid"), claims.get("issue")
+            ctx.consumer_gateway = claims.get("iss")
+            return
+        ctx.client = ctx.headers.get("x-road-client")
+        ctx.purpose = ctx.headers.get("x-purpose")
+        ctx.user_id = ctx.headers.get("x-road-userid")
+        ctx.issue = ctx.headers.get("x-road-issue")
+        ctx.consumer_gateway = self.code
