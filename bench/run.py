@@ -1,0 +1,139 @@
+"""`make bench` / `make bench-quick`: measure nginx, the gateways and a connector side by side, then the scale cases.
+
+    python -m bench.run [--quick] [--only CASES] [--duration S] [--results-dir DIR]
+
+CASES is a comma list of groups (`nginx`, `gateway`, `connector`, `scale`) or single names (`nginx_proxy`,
+`gateway_full_2hop`, `snapshot`, `revocation`, ...). Every case ends measured or listed as "not measured: <why>".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from bench import install, machine, mesh, nginx, scale, wrk
+from bench.measure import Case, Plan, run_case
+from bench.results import CASES, RESULTS_DIR, Results, print_table
+from lienthong.redis_connection import free_port
+from lienthong.supervisor import StartFailed, Supervisor
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "nginx": ("nginx_upstream", "nginx_proxy"),
+    "gateway": ("gateway_bare", "gateway_full_1hop", "gateway_full_2hop"),
+    "connector": ("connector_direct", "connector_2hop"),
+    "scale": scale.CASES,
+}
+
+
+def selected(only: str | None) -> set[str]:
+    if not only:
+        return {name for names in GROUPS.values() for name in names}
+    out: set[str] = set()
+    for item in (x.strip() for x in only.split(",") if x.strip()):
+        if item in GROUPS:
+            out.update(GROUPS[item])
+        elif item in CASES or item in scale.CASES:
+            out.add(item)
+        else:
+            known = sorted({*GROUPS, *CASES, *scale.CASES})
+            raise SystemExit(f"--only: unknown case {item!r}; use one of {', '.join(known)}")
+    return out
+
+
+def plan_for(args: argparse.Namespace) -> Plan:
+    plan = Plan(duration=3.0, warmup=1.0, low_duration=2.0) if args.quick else Plan()
+    if args.duration:
+        plan.duration = args.duration
+    plan.use_wrk = not args.python_loadgen
+    return plan
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    console = Console(width=max(Console().width, 132))
+
+    def log(line: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {line}", highlight=False)
+
+    cases = selected(args.only)
+    plan = plan_for(args)
+    results = Results(machine.describe(), quick=args.quick)
+    install.ensure_tools(results.notes)
+    for name in (*CASES, *scale.CASES):
+        if name not in cases:
+            results.skip(name, "not selected (--only)")
+    results.notes.append(
+        f"load generator: {'wrk' if plan.use_wrk and wrk.available() else 'python (bench.loadgen)'} at concurrency "
+        f"32 for {plan.duration:g} s after {plan.warmup:g} s warm-up; low-rate latency by bench.loadgen at "
+        f"{plan.low_rate:g} req/s for {plan.low_duration:g} s, counted from each request's scheduled start"
+    )
+    pins = machine.server_prefix(), machine.loadgen_prefix()
+    results.notes.append(
+        f"pinning: servers `{' '.join(pins[0]) or 'unpinned'}`, load generator `{' '.join(pins[1]) or 'unpinned'}`"
+    )
+    with tempfile.TemporaryDirectory(prefix="lienthong-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        sup = Supervisor(tmp / "logs", echo=False)
+        try:
+            throughput(cases, plan, results, sup, tmp, log)
+        finally:
+            sup.stop_all()
+        scale.run_all(cases, results, quick=args.quick, log=log, workdir=tmp)
+    data = results.write(Path(args.results_dir))
+    print_table(data, console)
+    console.print(f"wrote {Path(args.results_dir) / 'latest.json'} and latest.md")
+    return data
+
+
+def throughput(cases: set[str], plan: Plan, results: Results, sup: Supervisor, tmp: Path, log: mesh.Log) -> None:
+    wanted = [c for c in CASES if c in cases]
+    if not wanted:
+        return
+    if nginx.executable() is None:
+        for case in wanted:
+            results.skip(case, "nginx is not installed and could not be installed (the upstream of every case)")
+        return
+    up_port = free_port()
+    try:
+        prefix = tmp / "nginx-upstream"
+        upstream = nginx.start(sup, "nginx-upstream", prefix, nginx.upstream_conf(prefix, up_port), up_port)
+    except (StartFailed, RuntimeError, OSError) as exc:
+        for case in wanted:
+            results.skip(case, f"the nginx upstream did not start: {exc}")
+        return
+    upstream_url = f"http://127.0.0.1:{up_port}"
+    assert upstream.process is not None
+    if "nginx_upstream" in cases:
+        run_case(results, Case("nginx_upstream", f"{upstream_url}/record", cpu_pids=[upstream.process.pid]), plan, log)
+    if "nginx_proxy" in cases:
+        port = free_port()
+        try:
+            prefix = tmp / "nginx-proxy"
+            proxy = nginx.start(sup, "nginx-proxy", prefix, nginx.proxy_conf(prefix, port, up_port), port)
+            assert proxy.process is not None
+            run_case(results, Case("nginx_proxy", f"http://127.0.0.1:{port}/record", cpu_pids=[proxy.process.pid]),
+                     plan, log)
+        except (StartFailed, RuntimeError, OSError) as exc:
+            results.skip("nginx_proxy", f"the nginx proxy did not start: {exc}")
+    mesh_cases = [c for c in wanted if c.startswith(("gateway_", "connector_"))]
+    if mesh_cases:
+        mesh.run_cases(mesh_cases, plan, results, sup, tmp, upstream_url, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about a minute, for development")
+    parser.add_argument("--only", help="comma list of cases or groups (nginx, gateway, connector, scale)")
+    parser.add_argument("--duration", type=float, help="seconds of load per case (default 10, quick 3)")
+    parser.add_argument("--python-loadgen", action="store_true", help="use bench.loadgen even when wrk is installed")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    run(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The results writer: every required key is present, ratios are computed, unmeasured cases are null with a reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import wrk
+from bench.loadgen import LoadResult
+from bench.results import Results
+
+REQUIRED = [
+    "nginx_proxy_rps", "gateway_bare_rps", "gateway_full_1hop_rps", "gateway_full_2hop_rps", "connector_direct_rps",
+    "connector_2hop_rps", "full_vs_nginx", "full_vs_bare", "twohop_vs_onehop", "connector_2hop_vs_direct",
+    "machine", "timestamp", "not_measured",
+]  # fmt: skip
+CASES = ["nginx_proxy", "gateway_bare", "gateway_full_1hop", "gateway_full_2hop", "connector_direct", "connector_2hop"]
+
+# Captured from `wrk -t1 -c32 -d2s --latency -s done.lua` against the nginx upstream (bench/wrk.py's hook).
+WRK_SAMPLE = """Running 2s test @ http://127.0.0.1:40111/record
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   280.64us  520.02us  11.56ms   96.52%
+    Req/Sec   176.52k    12.12k  189.50k    85.00%
+  Latency Distribution
+     50%  169.00us
+     75%  199.00us
+     90%  251.00us
+     99%    3.01ms
+  351290 requests in 2.00s, 85.76MB read
+Requests/sec: 175645.10
+Transfer/sec:     42.88MB
+WRKJSON {"requests":351290,"duration_us":2000012,"connect":0,"read":0,"write":0,"status":12,"timeout":1,\
+"p50_us":169,"p99_us":3006,"p999_us":6095,"mean_us":280.6}
+""".replace("\\\n", "")
+
+
+def _load(rps: float, p50: float) -> LoadResult:
+    return LoadResult(requests=int(rps * 2), errors=0, non2xx=0, duration_s=2.0, rps=rps, p50_ms=p50,
+                      p99_ms=p50 * 3, p999_ms=p50 * 5, mean_ms=p50)
+
+
+def test_writer_produces_every_required_key(tmp_path: Path) -> None:
+    results = Results({"cores": 2, "cpu_model": "test cpu"}, quick=True)
+    results.add_load("nginx_upstream", _load(50_000, 0.2), 0.5)
+    results.add_low("nginx_upstream", _load(200, 0.3), 200)
+    results.add_load("nginx_proxy", _load(20_000, 0.5), 1.0)
+    results.add_low("nginx_proxy", _load(200, 0.4), 200)
+    results.add_load("gateway_bare", _load(10_000, 1.0), 2.0)
+    results.add_low("gateway_bare", _load(200, 0.9), 200)
+    results.add_load("gateway_full_1hop", _load(8_000, 1.5), 2.0)
+    results.skip("gateway_full_2hop", "the national gateway did not start")
+    results.skip("connector_direct", "connectors/population does not exist yet")
+    results.skip("connector_2hop", "connectors/population does not exist yet")
+    results.add_scale("snapshot", {"build_s": 0.4, "nested": {"deliver_s": 0.1}, "ignored": [1, 2]})
+    data = results.write(tmp_path)
+
+    on_disk = json.loads((tmp_path / "latest.json").read_text())
+    assert on_disk == data
+    for key in REQUIRED:
+        assert key in data, key
+    for case in CASES:
+        for suffix in ("_rps", "_p50_ms", "_p99_ms", "_p999_ms", "_cpu_s_per_1k", "_low_p50_ms"):
+            assert f"{case}{suffix}" in data
+    assert data["full_vs_nginx"] == 0.4
+    assert data["full_vs_bare"] == 0.8
+    assert data["twohop_vs_onehop"] is None and data["connector_2hop_vs_direct"] is None
+    assert data["gateway_full_2hop_rps"] is None
+    assert data["not_measured"]["gateway_full_2hop"] == "the national gateway did not start"
+    # 2.0 CPU seconds over 20,000 requests is 0.1 s per 1,000.
+    assert data["gateway_bare_cpu_s_per_1k"] == 0.1
+    assert data["gateway_bare_added_p50_ms"] == 0.6
+    assert data["snapshot_build_s"] == 0.4 and data["snapshot_nested_deliver_s"] == 0.1
+    assert "snapshot_ignored" not in data
+    assert data["machine"] == {"cores": 2, "cpu_model": "test cpu"}
+    assert data["timestamp"].endswith("Z")
+
+
+def test_markdown_table_shows_figures_and_reasons(tmp_path: Path) -> None:
+    results = Results({"cores": 2, "cpu_model": "test cpu"}, quick=False)
+    results.add_load("nginx_proxy", _load(20_000, 0.5), None)
+    results.skip("gateway_bare", "`lienthong gateway serve` does not exist yet")
+    results.write(tmp_path)
+    md = (tmp_path / "latest.md").read_text()
+    assert "| 2. nginx reverse proxy | 20,000 | 0.50 | 1.50 | 2.50 |" in md
+    assert "| 3. gateway, policies off | not measured |" in md
+    assert "- gateway_bare: `lienthong gateway serve` does not exist yet" in md
+    assert "full run" in md
+
+
+def test_wrk_output_is_parsed_from_the_hook_line() -> None:
+    result = wrk.parse(WRK_SAMPLE)
+    assert result.requests == 351290
+    assert result.rps == pytest.approx(351290 / 2.000012, rel=1e-4)
+    assert result.p50_ms == 0.169 and result.p99_ms == 3.006 and result.p999_ms == 6.095
+    assert result.non2xx == 12 and result.errors == 1
+    assert result.generator == "wrk"
+
+
+def test_wrk_output_without_the_hook_line_is_refused() -> None:
+    try:
+        wrk.parse(WRK_SAMPLE.split("WRKJSON")[0])
+    except ValueError as exc:
+        assert "WRKJSON" in str(exc)
+    else:
+        raise AssertionError("parse accepted output without the hook line")
