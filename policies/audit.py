@@ -1,0 +1,192 @@
+"""audit (priority 600, log phase): one hash-chained record per call, with X-Road's operational-monitoring fields.
+
+The data subject (the value of the endpoint's subject parameter, e.g. a personal ID) is kept only as
+HMAC-SHA256(audit key, value), never in clear. Records go to this worker's segment files (policies/audit_log.py)
+with one write(2) each, so a kill -9 after log() returned loses nothing; fsync runs in batches every
+SYNC_INTERVAL in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from policies.audit_log import ChainHead, fsync_dir, read_head, record_hash, segment_path
+from policies.base import CallContext, PolicyBase
+from policies.chain import ChainConfig
+from policies.worker_slot import WorkerSlot, claim_slot
+
+log = logging.getLogger("lienthong.policies.audit")
+
+SYNC_INTERVAL = 0.05
+SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def _ms(ts: float) -> int | None:
+    return int(ts * 1000) if ts else None
+
+
+def subject_value(ctx: CallContext) -> str | None:
+    """The value of the endpoint's subject parameter, from the path or else the query string."""
+    name = ctx.endpoint.subject_param if ctx.endpoint is not None else None
+    if not name:
+        return None
+    value = ctx.path_params.get(name)
+    if value is None and ctx.query:
+        values = parse_qs(ctx.query.decode("latin-1"), keep_blank_values=True).get(name)
+        value = values[0] if values else None
+    return value
+
+
+class AuditWriter:
+    """Appends chained records to one slot's segments; also used directly by tests and tools."""
+
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self.slot: WorkerSlot | None = None
+        self.head = ChainHead()
+        self._fd = -1
+        self._size = 0
+        self._dirty = False
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self.slot = claim_slot(self.dir)
+        self.head = read_head(self.dir, self.slot.index)
+        path = segment_path(self.dir, self.slot.index, self.head.segment)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        if self.head.torn_bytes:
+            torn = self.head.torn_bytes
+            os.ftruncate(self._fd, self._size - torn)
+            self._size -= torn
+            log.warning("audit segment %s ended in a torn record (%d bytes); sealed with a recovery record", path, torn)
+            self.append({"event": "recovered", "torn_bytes": torn, "at": _ms(time.time())})
+            self.sync()
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            record["seq"] = self.head.seq + 1
+            record["prev"] = self.head.hash
+            record["hash"] = digest = record_hash(record)
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            if self._size and self._size + len(line) > self.segment_bytes:
+                self._next_segment()
+            os.write(self._fd, line)
+            self._size += len(line)
+            self.head.seq, self.head.hash = record["seq"], digest
+            self._dirty = True
+
+    def _next_segment(self) -> None:
+        assert self.slot is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self.head.segment += 1
+        path = segment_path(self.dir, self.slot.index, self.head.segment)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = 0
+        fsync_dir(self.dir)
+
+    def sync(self) -> None:
+        # fsync a duplicate so a segment switch on the loop thread never closes the fd under us, and the lock
+        # is never held across the (slow) fsync
+        with self._lock:
+            if not self._dirty or self._fd < 0:
+                return
+            self._dirty = False
+            fd = os.dup(self._fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+
+
+class Audit(PolicyBase):
+    name = "audit"
+    priority = 600
+
+    def __init__(self, gateway: str, data_dir: Path, hmac_key: bytes) -> None:
+        self.gateway = gateway
+        self.writer = AuditWriter(data_dir / "audit")
+        self._key = hmac_key
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, ctx: CallContext) -> dict[str, Any]:
+        subject = subject_value(ctx)
+        endpoint = ctx.endpoint
+        return {
+            "gateway": self.gateway,
+            "role": ctx.role,
+            "transaction_id": ctx.transaction_id,
+            "request_in_ts": _ms(ctx.request_in),
+            "request_out_ts": _ms(ctx.request_out),
+            "response_in_ts": _ms(ctx.response_in),
+            "response_out_ts": _ms(ctx.response_out or time.time()),
+            "client": ctx.client,
+            "service": ctx.service.id if ctx.service is not None else ctx.service_id,
+            "method": ctx.method,
+            "path_template": endpoint.path if endpoint is not None else None,
+            "purpose": ctx.purpose,
+            "user_id": ctx.user_id,
+            "issue": ctx.issue,
+            "grant": ctx.grant.id if ctx.grant is not None else None,
+            "subject_hmac": hmac.new(self._key, subject.encode(), hashlib.sha256).hexdigest() if subject else None,
+            "status": ctx.status,
+            "succeeded": 200 <= ctx.status < 400 and ctx.error_code is None,
+            "error_code": ctx.error_code,
+            "request_size": len(ctx.body),
+            "response_size": len(ctx.response_body),
+            "request_hash": ctx.request_hash or hashlib.sha256(ctx.body).hexdigest(),
+            "response_hash": hashlib.sha256(ctx.response_body).hexdigest(),
+            "consumer_gateway": ctx.consumer_gateway,
+            "provider_gateway": ctx.provider_gateway,
+        }
+
+    def log(self, ctx: CallContext) -> None:
+        self.writer.append(self.record(ctx))
+
+    async def start(self) -> None:
+        self.writer.open()
+        self._task = asyncio.create_task(self._sync_loop(), name="audit-sync")
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            try:
+                await asyncio.to_thread(self.writer.sync)
+            except OSError:
+                log.exception("audit fsync failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.writer.close()
+
+
+def build(cfg: ChainConfig) -> Audit:
+    return Audit(cfg.gateway, cfg.data_dir, cfg.audit_hmac_key)

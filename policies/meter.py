@@ -1,0 +1,283 @@
+"""meter (priority 500, log phase): exact, durable call counts and latency histograms, mesh-wide in Redis.
+
+Durability path: log() appends one JSON line to this worker's spool file with a single write(2) (so a kill -9 after
+log() returned cannot lose it; the kernel holds it). A background task every FLUSH_INTERVAL fsyncs the spool, reads
+the complete lines past the applied offset, folds them into HINCRBY deltas and applies them with one Lua script that
+is idempotent by batch id = (spool file id, start offset): Redis keeps a watermark per spool file and applies a batch
+only if the watermark has not passed its start. A crash between "Redis applied" and "we noted it" therefore cannot
+count twice, and Redis being down only makes the spool grow. Spools of dead workers (free slot lock) and of this
+slot's previous life are replayed on start and every ADOPT_INTERVAL.
+
+Redis layout: meter:h:{YYYYMMDDHH} hash, field consumer|service|endpoint|consumer_gw|provider_gw|role|outcome -> n;
+meter:l:{YYYYMMDDHH} hash, field service|endpoint|role|le -> n (le: bucket upper bound in ms, "inf" last).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from policies.base import CallContext, PolicyBase
+from policies.chain import ChainConfig
+from policies.worker_slot import WorkerSlot, claim_slot, orphan_slots
+
+log = logging.getLogger("lienthong.policies.meter")
+
+FLUSH_INTERVAL = 0.05
+MAX_BATCH_LINES = 5000
+ROTATE_BYTES = 8 * 1024 * 1024
+ADOPT_INTERVAL = 30.0
+WATERMARK_TTL = 40 * 86400
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+DIMENSIONS = ("consumer", "service", "endpoint", "consumer_gateway", "provider_gateway", "role", "outcome")
+OUTCOMES = ("2xx", "4xx", "5xx", "platform-error")
+
+APPLY_SCRIPT = """
+local wm = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if wm > tonumber(ARGV[1]) then return wm end
+for i = 4, #ARGV, 3 do redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+return tonumber(ARGV[2])
+"""
+
+
+def outcome(status: int, error_code: str | None) -> str:
+    """2xx (any success, 1xx-3xx), 4xx, 5xx from the provider; platform-error when the mesh itself failed (5xx)."""
+    if error_code is not None and (status >= 500 or status == 0):
+        return "platform-error"
+    if status >= 500 or status == 0:
+        return "5xx"
+    return "4xx" if status >= 400 else "2xx"
+
+
+def bucket(latency_ms: float) -> str:
+    for bound in LATENCY_BUCKETS_MS:
+        if latency_ms <= bound:
+            return str(bound)
+    return "inf"
+
+
+def hour_key(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H")
+
+
+def record_of(ctx: CallContext, now: float) -> bytes:
+    endpoint = f"{ctx.endpoint.method} {ctx.endpoint.path}" if ctx.endpoint is not None else "-"
+    service = ctx.service.id if ctx.service is not None else (ctx.service_id or "-")
+    provider_gw = ctx.provider_gateway or (ctx.service.gateway if ctx.service is not None else "-")
+    end = ctx.response_out or now
+    return orjson.dumps(
+        {
+            "t": ctx.request_in,
+            "c": ctx.client or "-",
+            "s": service,
+            "e": endpoint,
+            "cg": ctx.consumer_gateway or "-",
+            "pg": provider_gw,
+            "r": ctx.role,
+            "o": outcome(ctx.status, ctx.error_code),
+            "ms": round(max(0.0, end - ctx.request_in) * 1000, 3),
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+def fold(lines: Iterable[bytes]) -> Counter[tuple[str, str]]:
+    """Spool lines -> {(redis hash key, field): delta}."""
+    deltas: Counter[tuple[str, str]] = Counter()
+    for line in lines:
+        rec = orjson.loads(line)
+        hour = hour_key(rec["t"])
+        dims = (rec["c"], rec["s"], rec["e"], rec["cg"], rec["pg"], rec["r"], rec["o"])
+        deltas[(f"meter:h:{hour}", "|".join(dims))] += 1
+        deltas[(f"meter:l:{hour}", f"{rec['s']}|{rec['e']}|{rec['r']}|{bucket(rec['ms'])}")] += 1
+    return deltas
+
+
+class SpoolApplier:
+    """Replays spool files into Redis, batch by batch, each batch at most once."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._apply = client.register_script(APPLY_SCRIPT)
+
+    def apply_from(self, path: Path, start: int, end: int | None = None) -> int:
+        """Apply complete lines of path from offset start (up to end); return the new applied offset."""
+        file_id = path.stem
+        with path.open("rb") as f:
+            f.seek(start)
+            while True:
+                limit = None if end is None else end - start
+                if limit is not None and limit <= 0:
+                    return start
+                lines = []
+                size = 0
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # a torn tail (power loss mid-write) is never a whole record
+                    if limit is not None and size + len(line) > limit:
+                        break
+                    lines.append(line)
+                    size += len(line)
+                    if len(lines) >= MAX_BATCH_LINES:
+                        break
+                if not lines:
+                    return start
+                start = self._apply_batch(file_id, start, start + size, lines)
+                f.seek(start)
+
+    def _apply_batch(self, file_id: str, start: int, end: int, lines: list[bytes]) -> int:
+        args: list[Any] = [start, end, WATERMARK_TTL]
+        for (key, field), delta in fold(lines).items():
+            args += [key, field, delta]
+        applied = int(self._apply(keys=[f"meter:wm:{file_id}"], args=args))
+        return applied
+
+
+class Meter(PolicyBase):
+    name = "meter"
+    priority = 500
+
+    def __init__(self, gateway: str, data_dir: Path, redis_url: str) -> None:
+        self.gateway = gateway
+        self.dir = data_dir / "meter"
+        self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=5)
+        self.applier = SpoolApplier(self.redis)
+        self.slot: WorkerSlot | None = None
+        self._fd = -1
+        self._path: Path | None = None
+        self._written = 0  # bytes appended to the current spool
+        self._synced = 0
+        self._applied = 0
+        self._task: asyncio.Task[None] | None = None
+        self._next_adopt = 0.0
+        self.redis_ok = True
+
+    def open(self) -> None:
+        """Claim a slot and start a fresh spool file; synchronous so scripts and tests can use it without a loop."""
+        if self.slot is None:
+            self.slot = claim_slot(self.dir)
+            self._new_spool()
+
+    def _new_spool(self) -> None:
+        assert self.slot is not None
+        self._path = self.dir / f"spool-{self.slot.index}-{uuid.uuid4().hex}.jsonl"
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._written = self._synced = self._applied = 0
+
+    def log(self, ctx: CallContext) -> None:
+        line = record_of(ctx, time.time())
+        os.write(self._fd, line)
+        self._written += len(line)
+
+    # -- background ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.open()
+        self._task = asyncio.create_task(self._run(), name="meter-flush")
+
+    async def _run(self) -> None:
+        backoff = FLUSH_INTERVAL
+        while True:
+            await asyncio.sleep(backoff)
+            try:
+                await asyncio.to_thread(self.sync_and_apply)
+                retired = self.maybe_rotate()  # on the loop thread, where log() writes, so no write is cut off
+                if retired is not None:
+                    await asyncio.to_thread(self.retire, *retired)
+                if time.monotonic() >= self._next_adopt:
+                    await asyncio.to_thread(self.adopt_orphans)
+                backoff = FLUSH_INTERVAL
+                self.redis_ok = True
+            except (redis.RedisError, OSError) as exc:
+                if self.redis_ok:
+                    log.warning("meter flush failed, keeping counts in the spool: %s", exc)
+                self.redis_ok = False
+                backoff = min(1.0, backoff * 2)
+
+    def flush_once(self) -> None:
+        """One full cycle, for callers without an event loop (scripts, stop())."""
+        self.sync_and_apply()
+        retired = self.maybe_rotate()
+        if retired is not None:
+            self.retire(*retired)
+        if time.monotonic() >= self._next_adopt:
+            self.adopt_orphans()
+
+    def sync_and_apply(self) -> None:
+        """fsync the spool, then apply to Redis what is on disk; safe to run in a thread beside log()."""
+        path, written = self._path, self._written
+        if path is None:
+            return
+        if written > self._synced:
+            os.fsync(self._fd)
+            self._synced = written
+        if self._synced > self._applied:
+            self._applied = self.applier.apply_from(path, self._applied, self._synced)
+
+    def maybe_rotate(self) -> tuple[int, Path] | None:
+        """Switch to a new spool once the current one is big and fully applied; returns the old one to retire."""
+        path = self._path
+        if path is None or self._applied < ROTATE_BYTES or not (self._applied == self._written == self._synced):
+            return None
+        old = (self._fd, path)
+        self._new_spool()
+        return old
+
+    def retire(self, fd: int, path: Path) -> None:
+        os.close(fd)
+        self.applier.apply_from(path, self._watermark(path))
+        path.unlink(missing_ok=True)
+
+    def _watermark(self, path: Path) -> int:
+        value = self.redis.get(f"meter:wm:{path.stem}")
+        return max(0, int(value)) if value is not None else 0
+
+    def adopt_orphans(self) -> int:
+        """Replay and remove spools nobody writes: this slot's earlier files and files of slots whose lock is free."""
+        assert self.slot is not None
+        adopted = 0
+        with orphan_slots(self.dir, self.slot.index) as free:
+            candidates = [p for i in [*free, self.slot.index] for p in self.dir.glob(f"spool-{i}-*.jsonl")]
+            for path in candidates:
+                if path == self._path:
+                    continue
+                self.applier.apply_from(path, self._watermark(path))
+                path.unlink(missing_ok=True)
+                adopted += 1
+        self._next_adopt = time.monotonic() + ADOPT_INTERVAL
+        return adopted
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._fd >= 0:
+            try:
+                await asyncio.to_thread(self.flush_once)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("meter could not flush at stop; the spool replays on next start: %s", exc)
+            os.close(self._fd)
+            self._fd = -1
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        self.redis.close()
+
+
+def build(cfg: ChainConfig) -> Meter:
+    return Meter(cfg.gateway, cfg.data_dir, cfg.redis_url)

@@ -1,0 +1,174 @@
+"""quota (priority 300): per-grant limits per minute and per day (UTC windows), shared by every replica of the
+consumer's home gateway through Redis, without a Redis round trip per call.
+
+Each worker leases blocks of tokens from Redis (one Lua script checks both windows and takes the block atomically,
+so Redis never hands out more than the limit) and spends them locally. The lease size follows the worker's own rate
+for the grant (about one second of its calls, 1..MAX_LEASE) and shrinks near the limit, so a steady client costs
+about one Redis call per second per worker. Leases belong to their window and are dropped when it turns, so a lease
+never spills into the next window. Over the limit: 429 `quota-exceeded` with Retry-After (seconds to the end of the
+exhausted window), answered locally until that window ends.
+
+Redis unreachable (documented rule, docs/policies.md): fail open within a bound. A worker keeps spending the tokens
+it holds, then admits at most max(1, per_minute // 10) further calls per grant and minute window, then refuses with
+429. Calls admitted that way are charged to Redis (without a limit check) on the first lease after it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import redis
+
+from lienthong.problem import Problem
+from policies.base import CallContext, PolicyBase
+from policies.chain import ChainConfig
+
+log = logging.getLogger("lienthong.policies.quota")
+
+MAX_LEASE = 100
+REDIS_BACKOFF = 1.0  # seconds without trying Redis on the hot path after a failure
+NO_LIMIT = -1
+
+# KEYS: minute key, day key. ARGV: minute limit, day limit (-1: none), wanted, minute debt, day debt, minute ttl.
+# Returns {granted, exhausted window: "m", "d" or ""}. Near the limit a lease is at most a quarter of what is
+# left, so the last tokens spread over the workers instead of sitting in one.
+LEASE_SCRIPT = """
+local lm, ld = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, debt_m, debt_d = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local cm = tonumber(redis.call('GET', KEYS[1]) or '0') + debt_m
+local cd = tonumber(redis.call('GET', KEYS[2]) or '0') + debt_d
+local grant, which = want, ''
+local function cap(limit, used, name)
+  if limit < 0 then return end
+  local left = limit - used
+  local allowed = 0
+  if left > 0 then allowed = math.max(1, math.floor(left / 4)) end
+  if allowed < grant then grant = allowed; if allowed == 0 then which = name end end
+end
+cap(lm, cm, 'm')
+cap(ld, cd, 'd')
+if grant + debt_m > 0 then
+  redis.call('INCRBY', KEYS[1], grant + debt_m)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+end
+if grant + debt_d > 0 then
+  redis.call('INCRBY', KEYS[2], grant + debt_d)
+  redis.call('EXPIRE', KEYS[2], 172800)
+end
+return {grant, which}
+"""
+
+
+@dataclass
+class _Bucket:
+    minute: int = -1
+    day: int = -1
+    tokens: int = 0
+    exhausted_until: float = 0.0
+    rate_started: float = 0.0
+    rate_calls: int = 0
+    last_rate: int = 1
+    outage_admitted: int = 0
+    debt_minute: int = 0  # admitted without Redis in `minute`, not yet charged
+    debt_day: int = 0
+
+
+def _too_many(retry_after: float, detail: str) -> Problem:
+    seconds = max(1, math.ceil(retry_after))
+    return Problem(429, "quota-exceeded", detail, headers={"Retry-After": str(seconds)}, retry_after=seconds)
+
+
+class Quota(PolicyBase):
+    name = "quota"
+    priority = 300
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=0.25, socket_timeout=0.25)
+        self._lease = self._redis.register_script(LEASE_SCRIPT)
+        self._buckets: dict[str, _Bucket] = {}
+        self._redis_down_until = 0.0
+
+    def access(self, ctx: CallContext) -> None:
+        grant = ctx.grant
+        if ctx.role == "provider" or grant is None or (grant.per_minute is None and grant.per_day is None):
+            return
+        now = time.time()
+        minute, day = int(now // 60), int(now // 86400)
+        b = self._buckets.get(grant.id)
+        if b is None:
+            b = self._buckets[grant.id] = _Bucket()
+        if b.minute != minute or b.day != day:
+            # debt belongs to its window: once that window is over, charging it would only cut the new one
+            b.debt_minute = 0
+            if b.day != day:
+                b.debt_day = 0
+            b.minute, b.day, b.tokens, b.outage_admitted = minute, day, 0, 0
+            if b.exhausted_until <= now:
+                b.exhausted_until = 0.0
+        if now < b.exhausted_until:
+            raise _too_many(b.exhausted_until - now, f"grant {grant.id} is over its quota")
+        if now - b.rate_started >= 1.0:
+            b.last_rate, b.rate_calls, b.rate_started = max(1, b.rate_calls), 0, now
+        b.rate_calls += 1
+        if b.tokens > 0:
+            b.tokens -= 1
+            return
+        self._take_lease(grant.id, grant.per_minute, grant.per_day, b, now)
+
+    def _take_lease(self, grant_id: str, per_minute: int | None, per_day: int | None, b: _Bucket, now: float) -> None:
+        minute_end, day_end = (b.minute + 1) * 60.0, (b.day + 1) * 86400.0
+        if now >= self._redis_down_until:
+            want = min(MAX_LEASE, b.last_rate)
+            keys = [f"quota:{{{grant_id}}}:m:{b.minute}", f"quota:{{{grant_id}}}:d:{b.day}"]
+            args = [
+                NO_LIMIT if per_minute is None else per_minute,
+                NO_LIMIT if per_day is None else per_day,
+                want,
+                b.debt_minute,
+                b.debt_day,
+                120,
+            ]
+            try:
+                granted, which = self._lease(keys=keys, args=args)
+            except redis.RedisError as exc:
+                log.warning("quota store unreachable, admitting within the outage allowance: %s", exc)
+                self._redis_down_until = now + REDIS_BACKOFF
+            else:
+                b.debt_minute = b.debt_day = 0
+                granted = int(granted)
+                if granted > 0:
+                    b.tokens = granted - 1
+                    return
+                exhausted = day_end if which in (b"d", "d") else minute_end
+                b.exhausted_until = exhausted
+                raise _too_many(exhausted - now, f"grant {grant_id} is over its quota")
+        allowance = max(1, (per_minute if per_minute is not None else MAX_LEASE * 10) // 10)
+        if b.outage_admitted < allowance:
+            b.outage_admitted += 1
+            b.debt_minute += 1
+            b.debt_day += 1
+            return
+        raise _too_many(minute_end - now, "the quota store is unreachable and this worker's outage allowance is spent")
+
+    async def stop(self) -> None:
+        """Give back the tokens this worker holds for the current windows so other replicas can use them."""
+        now = time.time()
+        minute, day = int(now // 60), int(now // 86400)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for grant_id, b in self._buckets.items():
+                if b.tokens > 0 and b.minute == minute and b.day == day:
+                    pipe.decrby(f"quota:{{{grant_id}}}:m:{minute}", b.tokens)
+                    pipe.decrby(f"quota:{{{grant_id}}}:d:{day}", b.tokens)
+                    b.tokens = 0
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("could not return unused quota leases; they expire with their window")
+        self._redis.close()
+
+
+def build(cfg: ChainConfig) -> Quota:
+    return Quota(cfg.redis_url)
