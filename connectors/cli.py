@@ -1,10 +1,150 @@
-"""Commands of the connectors part (filled in by its issue)."""
+"""`lienthong connector serve NAME`: run one connector (population, business-registry, insurance, civil-status)."""
 
 from __future__ import annotations
 
+import importlib
+import logging
+from pathlib import Path
+
 import click
+
+from connectors.sdk.definition import ConnectorDefinition
+
+# NAME -> module holding CONNECTOR, imported only when served so `lienthong --help` stays fast
+CONNECTORS: dict[str, str] = {
+    "population": "connectors.population",
+    "business-registry": "connectors.business_registry",
+    "insurance": "connectors.insurance",
+    "civil-status": "connectors.civil_status",
+}
+
+
+def definition(name: str) -> ConnectorDefinition:
+    module = importlib.import_module(CONNECTORS[name])
+    found = module.CONNECTOR
+    assert isinstance(found, ConnectorDefinition)
+    return found
 
 
 def register(group: click.Group) -> None:
     """Add this part's commands to the top-level group."""
-    del group
+    group.add_command(connector)
+
+
+@click.group()
+def connector() -> None:
+    """Connectors: the national databases' and provinces' APIs behind their hosting gateway."""
+
+
+@connector.command("serve")
+@click.argument("name", type=click.Choice(sorted(CONNECTORS)))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8801, show_default=True, type=int)
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=None,
+    help="SQLAlchemy URL [env DATABASE_URL; default sqlite:///var/data/NAME.sqlite]",
+)
+@click.option("--registry", "registry_url", default=None, help="registry base URL, to register and fetch gateway keys")
+@click.option("--gateway", required=True, help="code of the hosting gateway, the only caller accepted")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM integrator key of the provider subsystem (registry calls)",
+)
+@click.option("--kid", default=None, help="key id of --key as registered in the registry")
+@click.option("--public-url", default=None, help="URL the gateway reaches this connector at [default http://HOST:PORT]")
+@click.option(
+    "--gateway-keys",
+    "gateway_keys",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON list of the gateway's public JWKs (offline; instead of the registry)",
+)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    name: str,
+    host: str,
+    port: int,
+    database_url: str | None,
+    registry_url: str | None,
+    gateway: str,
+    key_path: Path | None,
+    kid: str | None,
+    public_url: str | None,
+    gateway_keys: Path | None,
+    workers: int,
+    log_level: str,
+) -> None:
+    """Serve connector NAME with uvicorn; it registers its service in the registry when --registry/--key/--kid are
+    given, and accepts only assertions signed by --gateway (keys from the registry or --gateway-keys)."""
+    import uvicorn
+
+    from connectors.sdk.config import ConnectorConfig, default_database_url
+    from lienthong import ids
+
+    try:
+        ids.validate("gateway", gateway, "--gateway")
+    except ids.InvalidIdentifier as exc:
+        raise click.BadParameter(exc.reason, param_hint="--gateway") from None
+    if gateway_keys is None and not (registry_url and key_path and kid):
+        raise click.UsageError("give --gateway-keys FILE, or --registry with --key and --kid to fetch the gateway keys")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = ConnectorConfig(
+        gateway=gateway,
+        database_url=database_url or default_database_url(name),
+        registry_url=registry_url,
+        key_path=key_path,
+        kid=kid,
+        public_url=public_url or f"http://{host}:{port}",
+        gateway_keys_path=gateway_keys,
+    )
+    from connectors.sdk.app import build_app
+
+    # build once here so configuration errors show before the server starts
+    app = build_app(definition(name), config)
+    if workers > 1:
+        # uvicorn's workers need an import string: hand the config over through the environment
+        import os
+
+        os.environ["LIENTHONG_CONNECTOR"] = name
+        os.environ["LIENTHONG_CONNECTOR_CONFIG"] = _config_json(config)
+        uvicorn.run(
+            "connectors.cli:app_from_env",
+            host=host,
+            port=port,
+            workers=workers,
+            factory=True,
+            log_level=log_level,
+            lifespan="on",
+        )
+    else:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+
+
+def _config_json(config: object) -> str:
+    import dataclasses
+
+    import orjson
+
+    return orjson.dumps(dataclasses.asdict(config), default=str).decode()  # type: ignore[call-overload]
+
+
+def app_from_env() -> object:
+    """uvicorn factory for --workers N: rebuild the app from the environment set by `serve`."""
+    import os
+
+    import orjson
+
+    from connectors.sdk.app import build_app
+    from connectors.sdk.config import ConnectorConfig
+
+    raw = orjson.loads(os.environ["LIENTHONG_CONNECTOR_CONFIG"])
+    for key in ("key_path", "gateway_keys_path"):
+        if raw.get(key):
+            raw[key] = Path(raw[key])
+    return build_app(definition(os.environ["LIENTHONG_CONNECTOR"]), ConnectorConfig(**raw))

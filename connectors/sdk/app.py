@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 from pathlib import Path
@@ -49,14 +50,33 @@ def load_spec(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _as_json(handler: Any) -> Any:
+    """Name the media type of a handler's answer: the spec also declares problem+json, so connexion cannot guess."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = handler(*args, **kwargs)
+        if isinstance(result, tuple):
+            body, status, *rest = result
+            headers = dict(rest[0]) if rest else {}
+            headers.setdefault("Content-Type", "application/json")
+            return body, status, headers
+        return result, 200, {"Content-Type": "application/json"}
+
+    return wrapper
+
+
 def _handler_resolver(module_name: str) -> Resolver:
     module = importlib.import_module(module_name)
 
     def resolve(operation_id: str) -> Any:
         try:
-            return getattr(module, operation_id)
+            handler = getattr(module, operation_id)
         except AttributeError:
             raise LookupError(f"{module_name} has no handler for operationId {operation_id!r}") from None
+        if asyncio.iscoroutinefunction(handler):
+            raise TypeError(f"{module_name}.{operation_id}: handlers are plain functions (run in the thread pool)")
+        return _as_json(handler)
 
     return Resolver(function_resolver=resolve)
 

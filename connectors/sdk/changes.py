@@ -1,0 +1,34 @@
+"""The delta feed every national database offers (changes since a cursor), read from its `changes` table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, Table, select
+
+from connectors.sdk.call import current_call, not_permitted
+
+CHANGE_FIELDS = ("changes.seq", "changes.entity", "changes.id", "changes.op", "changes.at", "next_cursor", "has_more")
+
+
+def changes_page(engine: Engine, changes: Table, since: int, limit: int) -> dict[str, Any]:
+    """Up to `limit` changes with seq > since, oldest first; next_cursor is the last seq returned (or `since`)."""
+    if not current_call().granted(CHANGE_FIELDS):
+        raise not_permitted("the grant allows none of the change feed's fields")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(changes.c.seq, changes.c.entity, changes.c.entity_id, changes.c.op, changes.c.at)
+            .where(changes.c.seq > since)
+            .order_by(changes.c.seq)
+            .limit(limit + 1)
+        ).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [{"seq": r.seq, "entity": r.entity, "id": r.entity_id, "op": r.op, "at": _iso(r.at)} for r in rows]
+    return {"changes": items, "next_cursor": str(rows[-1].seq if rows else since), "has_more": more}
+
+
+def _iso(value: Any) -> str:
+    text = value.isoformat()
+    # SQLite hands back naive datetimes even for timezone-aware columns; every stored time is UTC
+    return text if value.tzinfo is not None else text + "+00:00"
