@@ -121,9 +121,11 @@ def serve(
             factory=True,
             log_level=log_level,
             lifespan="on",
+            access_log=False,
         )
     else:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+        # no access log: request paths carry personal IDs, and the gateways keep the audit record of every call
+        uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False)
 
 
 def _config_json(config: object) -> str:
