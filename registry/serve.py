@@ -1,0 +1,31 @@
+"""Run the registry process: find Redis (REDIS_URL or the embedded one), build the app, serve it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from lienthong.redis_connection import resolve_url
+from registry import keyfiles
+
+
+class NotInitialised(Exception):
+    """serve was asked to run before `lienthong registry init`."""
+
+
+def serve(host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir: Path) -> None:
+    if not (data_dir / keyfiles.SIGNING_KEY).exists():
+        raise NotInitialised(f"no registry key in {data_dir}; run `lienthong registry init --data-dir {data_dir}`")
+    embedded = None
+    if redis_url is None:
+        redis_url, embedded = resolve_url(redis_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from registry.app import create_app  # imported late: connexion's import is slow and init does not need it
+
+    try:
+        uvicorn.run(create_app(data_dir, redis_url), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        if embedded is not None:
+            embedded.stop()

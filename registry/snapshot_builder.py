@@ -1,0 +1,100 @@
+"""Assemble and sign the snapshot (protocol §7) from the stored JSON strings, without parsing the objects.
+
+The part every gateway shares is built once per version; each gateway's document only adds its header and its
+own upstream URLs, then is signed as a compact JWS and cached for that version.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+import orjson
+import redis.asyncio as aioredis
+
+from lienthong.ids import INSTANCE
+from lienthong.keys import PrivateKey, algorithm_of
+from registry.store import K_SNAP_SERVICES, K_VERSION, SNAPSHOT_KINDS, obj_key, upstreams_key
+
+
+def _array(items: list[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSnapshot:
+    version: int
+    gateway: str
+    jws: bytes
+
+
+class SnapshotBuilder:
+    """Builds per-version shared bodies and per-gateway signed documents, keeping a few recent ones."""
+
+    def __init__(self, redis: aioredis.Redis, key: PrivateKey, kid: str, cache_size: int = 64) -> None:
+        self.redis = redis
+        self.key = key
+        self.kid = kid
+        self._body: tuple[int, bytes] | None = None
+        self._signed: OrderedDict[tuple[int, str], SignedSnapshot] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def _read(self, gateway: str, with_body: bool) -> tuple[int, dict[bytes, bytes], list[list[bytes]]]:
+        """Version, the gateway's upstreams and (if asked) every object, read in one MULTI so they agree."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(K_VERSION)
+            pipe.hgetall(upstreams_key(gateway))
+            if with_body:
+                for kind in SNAPSHOT_KINDS:
+                    pipe.hvals(obj_key(kind))
+                pipe.hvals(K_SNAP_SERVICES)
+            results = await pipe.execute()
+        return int(results[0] or 0), results[1], results[2:]
+
+    @staticmethod
+    def shared_body(parts: list[list[bytes]]) -> bytes:
+        members, subsystems, gateways, clients, grants, services = parts
+        return (
+            b'"members":' + _array(members)
+            + b',"subsystems":' + _array(subsystems)
+            + b',"gateways":' + _array(gateways)
+            + b',"services":' + _array(services)
+            + b',"clients":' + _array(clients)
+            + b',"grants":' + _array(grants)
+        )  # fmt: skip
+
+    async def build(self, gateway: str) -> SignedSnapshot:
+        """The signed snapshot for `gateway` at the current version."""
+        cached_body = self._body
+        version, upstreams, parts = await self._read(gateway, with_body=False)
+        hit = self._signed.get((version, gateway))
+        if hit is not None:
+            return hit
+        if cached_body is None or cached_body[0] != version:
+            version, upstreams, parts = await self._read(gateway, with_body=True)
+            cached_body = (version, self.shared_body(parts))
+            self._body = cached_body
+        payload = self.payload(version, gateway, upstreams, cached_body[1])
+        signed = SignedSnapshot(version, gateway, self.sign(payload))
+        self._signed[(version, gateway)] = signed
+        while len(self._signed) > self._cache_size:
+            self._signed.popitem(last=False)
+        return signed
+
+    @staticmethod
+    def payload(version: int, gateway: str, upstreams: dict[bytes, bytes], body: bytes) -> bytes:
+        header: dict[str, Any] = {
+            "version": version,
+            "instance": INSTANCE,
+            "gateway": gateway,
+            "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "upstreams": {k.decode(): v.decode() for k, v in upstreams.items()},
+        }
+        return orjson.dumps(header)[:-1] + b"," + body + b"}"
+
+    def sign(self, payload: bytes) -> bytes:
+        token = jwt.api_jws.encode(payload, self.key, algorithm=algorithm_of(self.key), headers={"kid": self.kid})
+        return token.encode()

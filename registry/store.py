@@ -1,0 +1,221 @@
+"""The registry's storage in Redis: one JSON string per object, a global version, atomic changes and a change log.
+
+Layout (prefix `lienthong:registry:`):
+- `obj:{kind}`          hash id -> the object's JSON (kinds: members, subsystems, gateways, services, clients,
+                        grants, admins)
+- `snap:services`       hash id -> the service as the snapshot shows it (no upstream URL)
+- `upstreams:{gateway}` hash service id -> upstream URL, read only for the gateway that hosts the service
+- `kids`                hash kid -> {"role", "owner"}: which principal a key id belongs to
+- `version`             the global version; +1 per change; it is the snapshot version
+- `changes`             stream: the append-only change log
+- channel `events`      the new version, published in the same transaction as the change
+
+Objects are stored as the JSON the snapshot needs, so a snapshot is a concatenation of stored strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from lienthong.problem import Problem
+
+PREFIX = "lienthong:registry:"
+K_VERSION = PREFIX + "version"
+K_CHANGES = PREFIX + "changes"
+K_KIDS = PREFIX + "kids"
+K_SNAP_SERVICES = PREFIX + "snap:services"
+CHANNEL = PREFIX + "events"
+
+Kind = Literal["members", "subsystems", "gateways", "services", "clients", "grants", "admins"]
+SNAPSHOT_KINDS: tuple[Kind, ...] = ("members", "subsystems", "gateways", "clients", "grants")
+
+T = TypeVar("T")
+
+
+def obj_key(kind: Kind) -> str:
+    return f"{PREFIX}obj:{kind}"
+
+
+def upstreams_key(gateway: str) -> str:
+    return f"{PREFIX}upstreams:{gateway}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def snapshot_service(service: dict[str, Any]) -> dict[str, Any]:
+    """The service as every gateway sees it: the upstream URL is left out (it travels in `upstreams`)."""
+    return {k: v for k, v in service.items() if k != "upstream_url"}
+
+
+@dataclass
+class Tx:
+    """What one change reads (under WATCH) and the writes it queues; applied all at once or not at all."""
+
+    pipe: Any
+    who: str
+    writes: list[tuple[Kind, str, dict[str, Any]]] = field(default_factory=list)
+    kid_writes: dict[str, dict[str, str]] = field(default_factory=dict)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    _upstream_moves: list[tuple[str | None, str | None, str, str | None]] = field(default_factory=list)
+
+    async def get(self, kind: Kind, ident: str) -> dict[str, Any] | None:
+        for k, i, value in reversed(self.writes):
+            if k == kind and i == ident:
+                return value
+        raw = await self.pipe.hget(obj_key(kind), ident)
+        return orjson.loads(raw) if raw is not None else None
+
+    async def all(self, kind: Kind) -> list[dict[str, Any]]:
+        raw = await self.pipe.hvals(obj_key(kind))
+        return [orjson.loads(v) for v in raw]
+
+    async def kid_owner(self, kid: str) -> dict[str, str] | None:
+        if kid in self.kid_writes:
+            return self.kid_writes[kid]
+        raw = await self.pipe.hget(K_KIDS, kid)
+        return orjson.loads(raw) if raw is not None else None
+
+    def put(
+        self, kind: Kind, ident: str, before: dict[str, Any] | None, after: dict[str, Any], action: str
+    ) -> dict[str, Any]:
+        """Queue the new state of one object, bumping its own version, and log the change."""
+        stamped = dict(after)
+        stamped["version"] = int(before["version"]) + 1 if before else 1
+        stamped["updated_at"] = now_iso()
+        stamped.setdefault("created_at", before.get("created_at") if before else stamped["updated_at"])
+        self.writes.append((kind, ident, stamped))
+        if kind == "services":
+            old_gw = before.get("gateway") if before else None
+            self._upstream_moves.append((old_gw, stamped.get("gateway"), ident, stamped.get("upstream_url")))
+        self.log.append({"action": action, "kind": kind, "id": ident, "before": before, "after": stamped})
+        return stamped
+
+    def index_kid(self, kid: str, role: str, owner: str) -> None:
+        self.kid_writes[kid] = {"role": role, "owner": owner}
+
+
+class Store:
+    """Async access to the registry's data; every change goes through `change()`."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def version(self) -> int:
+        return int(await self.redis.get(K_VERSION) or 0)
+
+    async def get(self, kind: Kind, ident: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(obj_key(kind), ident)
+        return orjson.loads(raw) if raw is not None else None
+
+    async def all(self, kind: Kind) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for v in await self.redis.hvals(obj_key(kind))]
+
+    async def kid_owner(self, kid: str) -> dict[str, str] | None:
+        raw = await self.redis.hget(K_KIDS, kid)
+        return orjson.loads(raw) if raw is not None else None
+
+    async def change(self, who: str, fn: Callable[[Tx], Awaitable[T]], attempts: int = 50) -> T:
+        """Run fn under WATCH of the global version, then apply its writes, the version bump, the change log
+        entries and the event in one MULTI/EXEC. Any concurrent change makes this one re-read and retry."""
+        for _ in range(attempts):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(K_VERSION)
+                    tx = Tx(pipe=pipe, who=who)
+                    result = await fn(tx)
+                    if not tx.writes and not tx.kid_writes:
+                        return result
+                    new_version = int(await pipe.get(K_VERSION) or 0) + 1
+                    pipe.multi()
+                    self._queue(pipe, tx, new_version)
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    continue
+        raise Problem(503, "busy", "the registry is busy with other changes; retry", headers={"Retry-After": "1"})
+
+    @staticmethod
+    def _queue(pipe: Any, tx: Tx, new_version: int) -> None:
+        for kind, ident, value in tx.writes:
+            pipe.hset(obj_key(kind), ident, orjson.dumps(value))
+            if kind == "services":
+                pipe.hset(K_SNAP_SERVICES, ident, orjson.dumps(snapshot_service(value)))
+        for old_gw, new_gw, ident, url in tx._upstream_moves:
+            if old_gw and old_gw != new_gw:
+                pipe.hdel(upstreams_key(old_gw), ident)
+            if new_gw and url:
+                pipe.hset(upstreams_key(new_gw), ident, url)
+        for kid, owner in tx.kid_writes.items():
+            pipe.hset(K_KIDS, kid, orjson.dumps(owner))
+        pipe.set(K_VERSION, new_version)
+        at = now_iso()
+        for entry in tx.log:
+            pipe.xadd(
+                K_CHANGES,
+                {
+                    "version": str(new_version),
+                    "who": tx.who,
+                    "action": entry["action"],
+                    "kind": entry["kind"],
+                    "id": entry["id"],
+                    "at": at,
+                    "before": orjson.dumps(entry["before"]),
+                    "after": orjson.dumps(entry["after"]),
+                },
+            )
+        pipe.publish(CHANNEL, str(new_version))
+
+    async def changes(self, since: int, limit: int) -> list[dict[str, Any]]:
+        """Change log entries whose global version is above `since`, oldest first."""
+        out: list[dict[str, Any]] = []
+        start = "-"
+        while len(out) < limit:
+            raw: Any = await self.redis.xrange(K_CHANGES, min=start, max="+", count=500)
+            batch: list[tuple[bytes, dict[bytes, bytes]]] = raw
+            if not batch:
+                break
+            for entry_id, fields in batch:
+                version = int(fields[b"version"])
+                if version <= since:
+                    continue
+                out.append(
+                    {
+                        "seq": entry_id.decode(),
+                        "version": version,
+                        "who": fields[b"who"].decode(),
+                        "action": fields[b"action"].decode(),
+                        "kind": fields[b"kind"].decode(),
+                        "id": fields[b"id"].decode(),
+                        "at": fields[b"at"].decode(),
+                        "before": orjson.loads(fields[b"before"]),
+                        "after": orjson.loads(fields[b"after"]),
+                    }
+                )
+                if len(out) >= limit:
+                    break
+            start = "(" + batch[-1][0].decode()
+        return out
+
+    async def bulk_load(self, kind: Kind, objects: dict[str, dict[str, Any]], batch: int = 5000) -> None:
+        """Seed many objects at once (benchmarks and imports); one version bump at the end, no change log."""
+        items = list(objects.items())
+        for i in range(0, len(items), batch):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ident, obj in items[i : i + batch]:
+                    pipe.hset(obj_key(kind), ident, orjson.dumps(obj))
+                    if kind == "services":
+                        pipe.hset(K_SNAP_SERVICES, ident, orjson.dumps(snapshot_service(obj)))
+                        if obj.get("upstream_url"):
+                            pipe.hset(upstreams_key(obj["gateway"]), ident, obj["upstream_url"])
+                await pipe.execute()
+        await self.redis.incr(K_VERSION)
+        await self.redis.publish(CHANNEL, str(await self.version()))

@@ -1,0 +1,83 @@
+"""Run a real registry process for tests: `start_registry(tmp_path, redis_url, log_dir)` initialises a data dir,
+starts `lienthong registry serve` on a free port against the given Redis, and waits until /healthz answers.
+
+Other parts' tests import this; keep its signature stable.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lienthong import keys
+from lienthong.keys import PublicKey
+from lienthong.redis_connection import free_port
+from registry import keyfiles
+from registry.client import RegistryClient
+from tests.procs import Proc, lienthong
+
+
+@dataclass
+class RegistryHandle:
+    url: str
+    data_dir: Path
+    proc: Proc
+    redis_url: str
+    port: int
+    clients: list[RegistryClient] = field(default_factory=list)
+
+    @property
+    def registry_public_jwk(self) -> dict[str, Any]:
+        return keyfiles.signing_public_jwk(self.data_dir)
+
+    @property
+    def registry_public_key(self) -> PublicKey:
+        return keys.public_key_from_jwk(self.registry_public_jwk)
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir / keyfiles.ADMIN_KEY
+
+    @property
+    def admin_kid(self) -> str:
+        return keyfiles.admin_kid(self.data_dir)
+
+    def admin_client(self) -> RegistryClient:
+        client = RegistryClient(self.url, self.admin_key_path, self.admin_kid, "admin")
+        self.clients.append(client)
+        return client
+
+    def client_for(self, key: keys.PrivateKey, kid: str, iss: str) -> RegistryClient:
+        """A client signing as an integrator (iss = its subsystem) or a gateway (iss = gateway:CODE)."""
+        client = RegistryClient(self.url, key=key, kid=kid, iss=iss)
+        self.clients.append(client)
+        return client
+
+    def restart(self) -> None:
+        self.proc.stop()
+        self.proc = _proc(self.data_dir, self.port, self.redis_url, self.proc.log_path.parent)
+        self.proc.start().wait_http(self.url + "/healthz")
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.proc.stop()
+
+
+def _proc(data_dir: Path, port: int, redis_url: str, log_dir: Path) -> Proc:
+    args = lienthong("registry", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir))
+    return Proc("registry", [*args, "--redis-url", redis_url], log_dir)
+
+
+def start_registry(tmp_path: Path, redis_url: str, log_dir: Path) -> RegistryHandle:
+    """Initialise keys in tmp_path/registry and start the registry; the caller stops it (handle.stop())."""
+    data_dir = tmp_path / "registry"
+    if not (data_dir / keyfiles.SIGNING_KEY).exists():
+        subprocess.run(lienthong("registry", "init", "--data-dir", str(data_dir)), check=True, capture_output=True)
+    port = free_port()
+    proc = _proc(data_dir, port, redis_url, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    proc.start().wait_http(url + "/healthz")
+    return RegistryHandle(url=url, data_dir=data_dir, proc=proc, redis_url=redis_url, port=port)
