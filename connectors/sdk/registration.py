@@ -16,8 +16,6 @@ def service_document(runtime: Runtime, openapi: dict[str, Any]) -> dict[str, Any
     d = runtime.definition
     return {
         "id": d.service_id,
-        "provider": d.subsystem,
-        "code": d.service_id.rsplit("/", 1)[1],
         "version_label": d.version_label,
         "name": d.title,
         "description": d.description,
