@@ -41,15 +41,20 @@ def field_tree(paths: tuple[str, ...] | list[str]) -> FieldTree:
 
 
 def strip(value: Any, tree: FieldTree) -> Any:
-    """Keep only what tree allows; lists are cut element by element; a bare scalar has no field name and goes."""
+    """Keep only what tree allows. Lists are cut element by element; a scalar where the grant names sub-fields has
+    no such fields and is dropped (not even its null or its presence in a list leaks)."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, sub in tree.items():
             if key in value:
-                out[key] = value[key] if sub is None else strip(value[key], sub)
+                item = value[key]
+                if sub is None:
+                    out[key] = item
+                elif isinstance(item, dict | list):
+                    out[key] = strip(item, sub)
         return out
     if isinstance(value, list):
-        return [strip(item, tree) for item in value]
+        return [strip(item, tree) for item in value if isinstance(item, dict | list)]
     return None
 
 
