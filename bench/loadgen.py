@@ -72,7 +72,8 @@ def summarize(latencies_s: list[float], errors: int, statuses: dict[int, int], d
 class Target:
     """Where to send and the request bytes, built once: the hot loop only writes them."""
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None, method: str = "GET") -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None, method: str = "GET",
+                 varying: tuple[str, list[str]] | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"only plain http:// URLs are supported, not {url!r}")
@@ -82,6 +83,20 @@ class Target:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: keep-alive"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # A header whose value must change per request (single-use assertions): cycle through pre-made values.
+        self._varying: list[bytes] = []
+        if varying:
+            name, values = varying
+            head = "\r\n".join(lines).encode("latin-1")
+            self._varying = [head + f"\r\n{name}: {v}\r\n\r\n".encode("latin-1") for v in values]
+        self._next = 0
+
+    def next_request(self) -> bytes:
+        if not self._varying:
+            return self.request
+        request = self._varying[self._next % len(self._varying)]
+        self._next += 1
+        return request
 
 
 class Connection:
@@ -134,10 +149,11 @@ class Connection:
 
 
 async def run_concurrency(
-    url: str, *, connections: int = 32, duration: float = 5.0, headers: dict[str, str] | None = None
+    url: str, *, connections: int = 32, duration: float = 5.0, headers: dict[str, str] | None = None,
+    varying: tuple[str, list[str]] | None = None,
 ) -> LoadResult:
     """Closed loop: `connections` workers each send back-to-back requests for `duration` seconds."""
-    target = Target(url, headers)
+    target = Target(url, headers, varying=varying)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
@@ -152,7 +168,7 @@ async def run_concurrency(
                 if conn is None:
                     conn = await Connection.open(target)
                 started = clock()
-                status, keep = await conn.call(target.request)
+                status, keep = await conn.call(target.next_request())
                 latencies.append(clock() - started)
                 statuses[status] = statuses.get(status, 0) + 1
                 if not keep:
@@ -173,10 +189,11 @@ async def run_concurrency(
 
 
 async def run_rate(
-    url: str, *, rate: float = 200.0, duration: float = 3.0, headers: dict[str, str] | None = None
+    url: str, *, rate: float = 200.0, duration: float = 3.0, headers: dict[str, str] | None = None,
+    varying: tuple[str, list[str]] | None = None,
 ) -> LoadResult:
     """Open loop at a fixed rate; each latency counts from the request's scheduled start."""
-    target = Target(url, headers)
+    target = Target(url, headers, varying=varying)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
@@ -191,7 +208,7 @@ async def run_rate(
         try:
             if conn is None:
                 conn = await Connection.open(target)
-            status, keep = await conn.call(target.request)
+            status, keep = await conn.call(target.next_request())
             latencies.append(clock() - scheduled)
             statuses[status] = statuses.get(status, 0) + 1
             if keep:
@@ -219,12 +236,12 @@ async def run_rate(
 
 
 def run_sync(url: str, *, connections: int = 32, rate: float | None = None, duration: float = 5.0,
-             headers: dict[str, str] | None = None) -> LoadResult:
+             headers: dict[str, str] | None = None, varying: tuple[str, list[str]] | None = None) -> LoadResult:
     """Run one load in a fresh event loop (uvloop when installed, as the generator should not be the bottleneck)."""
     coro = (
-        run_rate(url, rate=rate, duration=duration, headers=headers)
+        run_rate(url, rate=rate, duration=duration, headers=headers, varying=varying)
         if rate
-        else run_concurrency(url, connections=connections, duration=duration, headers=headers)
+        else run_concurrency(url, connections=connections, duration=duration, headers=headers, varying=varying)
     )
     try:
         import uvloop
@@ -248,9 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None, help="fixed request rate per second (open loop)")
     parser.add_argument("--duration", "-d", type=float, default=5.0)
     parser.add_argument("--header", "-H", action="append", type=parse_header, default=[])
+    parser.add_argument("--vary-header", metavar="NAME=FILE",
+                        help="send header NAME with the next line of FILE on each request (single-use tokens)")
     args = parser.parse_args(argv)
+    varying = None
+    if args.vary_header:
+        name, _, path = args.vary_header.partition("=")
+        with open(path) as f:
+            varying = (name, [line.strip() for line in f if line.strip()])
     result = run_sync(args.url, connections=args.connections, rate=args.rate, duration=args.duration,
-                      headers=dict(args.header))
+                      headers=dict(args.header), varying=varying)
     sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     return 0
 

@@ -7,8 +7,10 @@ from the server processes' trees before and after. A case whose answers are most
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +51,13 @@ class Case:
     cpu_pids: list[int] = field(default_factory=list)
     # Called before each load phase, e.g. to sign a fresh client token so a long run never uses an expired one.
     refresh_headers: Callable[[], dict[str, str]] | None = None
+    # For single-use header values (a connector's assertions): makes N values as (header name, values).
+    tokens: Callable[[int], tuple[str, list[str]]] | None = None
+    token_rate_cap: float = 5000.0  # values made per second of load; a case that reaches it is reported as capped
 
 
-def python_load(url: str, *, headers: dict[str, str], duration: float, rate: float | None = None) -> LoadResult:
+def python_load(url: str, *, headers: dict[str, str], duration: float, rate: float | None = None,
+                varying: tuple[str, Path] | None = None) -> LoadResult:
     """Run the Python generator in its own process, pinned to the load-generator core."""
     args = [*machine.loadgen_prefix(), sys.executable, "-m", "bench.loadgen", url, "--duration", str(duration),
             "--connections", str(CONCURRENCY)]
@@ -59,6 +65,8 @@ def python_load(url: str, *, headers: dict[str, str], duration: float, rate: flo
         args += ["--rate", str(rate)]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
+    if varying:
+        args += ["--vary-header", f"{varying[0]}={varying[1]}"]
     done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=duration + 120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"bench.loadgen exited with {done.returncode}: {done.stderr.strip()[-500:]}")
@@ -66,11 +74,32 @@ def python_load(url: str, *, headers: dict[str, str], duration: float, rate: flo
     return LoadResult(**data)
 
 
-def load(url: str, headers: dict[str, str], duration: float, use_wrk: bool) -> LoadResult:
+def load(url: str, headers: dict[str, str], duration: float, use_wrk: bool,
+         varying: tuple[str, Path] | None = None) -> LoadResult:
     if use_wrk and wrk.available():
         return wrk.run(url, connections=CONCURRENCY, duration=duration, headers=headers,
-                       prefix=machine.loadgen_prefix())
-    return python_load(url, headers=headers, duration=duration)
+                       prefix=machine.loadgen_prefix(), varying=varying)
+    return python_load(url, headers=headers, duration=duration, varying=varying)
+
+
+_token_files: list[Path] = []
+
+
+def _forget_tokens() -> None:
+    while _token_files:
+        _token_files.pop().unlink(missing_ok=True)
+
+
+def single_use(case: Case, seconds: float, rate: float | None = None) -> tuple[str, Path] | None:
+    """Fresh single-use header values for one phase, written one per line to a temp file."""
+    if case.tokens is None:
+        return None
+    name, values = case.tokens(int((rate or case.token_rate_cap) * seconds) + 64)
+    fd, path = tempfile.mkstemp(prefix="lienthong-tokens-", suffix=".txt")
+    _token_files.append(Path(path))
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(values) + "\n")
+    return name, Path(path)
 
 
 def preflight(case: Case, headers: dict[str, str]) -> None:
@@ -93,15 +122,27 @@ def _check(result: LoadResult, what: str) -> None:
 def run_case(results: Results, case: Case, plan: Plan, log: Callable[[str], None]) -> None:
     """Measure one case into `results`, or record why it could not be measured."""
     try:
+        _run_case(results, case, plan, log)
+    finally:
+        _forget_tokens()
+
+
+def _run_case(results: Results, case: Case, plan: Plan, log: Callable[[str], None]) -> None:
+    try:
         headers = case.refresh_headers() if case.refresh_headers else case.headers
-        preflight(case, headers)
+        one = case.tokens(1) if case.tokens else None
+        preflight(case, {**headers, one[0]: one[1][0]} if one else headers)
         if plan.warmup > 0:
-            load(case.url, headers, plan.warmup, plan.use_wrk)
+            load(case.url, headers, plan.warmup, plan.use_wrk, single_use(case, plan.warmup))
         headers = case.refresh_headers() if case.refresh_headers else headers
+        varying = single_use(case, plan.duration)
         before = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
-        result = load(case.url, headers, plan.duration, plan.use_wrk)
+        result = load(case.url, headers, plan.duration, plan.use_wrk, varying)
         after = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
         _check(result, "load at concurrency 32")
+        if case.tokens and result.rps > 0.9 * case.token_rate_cap:
+            results.notes.append(f"{case.name}: reached the {case.token_rate_cap:g}/s of single-use tokens made; "
+                                 "its throughput may be higher")
         results.add_load(case.name, result, None if before is None or after is None else after - before)
         log(f"{case.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
     except NotMeasured as exc:
@@ -114,7 +155,8 @@ def run_case(results: Results, case: Case, plan: Plan, log: Callable[[str], None
         return
     try:
         headers = case.refresh_headers() if case.refresh_headers else headers
-        low = python_load(case.url, headers=headers, duration=plan.low_duration, rate=plan.low_rate)
+        low = python_load(case.url, headers=headers, duration=plan.low_duration, rate=plan.low_rate,
+                          varying=single_use(case, plan.low_duration, plan.low_rate))
         _check(low, f"low rate {plan.low_rate:g}/s")
         results.add_low(case.name, low, plan.low_rate)
     except (NotMeasured, RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:

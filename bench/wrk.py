@@ -25,6 +25,22 @@ end
 """
 
 
+# One header value per request, read from a file: single-use tokens (a connector refuses a replayed assertion).
+VARYING_LUA = r"""
+local values = {}
+for line in io.lines("%(path)s") do values[#values + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  if i > #values then i = 1 end
+  local headers = {}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  headers["%(name)s"] = values[i]
+  return wrk.format(nil, nil, headers)
+end
+"""
+
+
 def available() -> str | None:
     return shutil.which("wrk")
 
@@ -62,6 +78,7 @@ def run(
     headers: dict[str, str] | None = None,
     prefix: list[str] | None = None,
     threads: int = 1,
+    varying: tuple[str, Path] | None = None,
 ) -> LoadResult:
     """Run wrk (behind `prefix`, e.g. a taskset pin) and return its figures."""
     exe = available()
@@ -69,7 +86,10 @@ def run(
         raise FileNotFoundError("wrk is not installed")
     with tempfile.TemporaryDirectory(prefix="lienthong-wrk-") as tmp:
         script = Path(tmp) / "done.lua"
-        script.write_text(DONE_LUA)
+        lua = DONE_LUA
+        if varying:
+            lua = VARYING_LUA % {"name": varying[0], "path": str(varying[1])} + lua
+        script.write_text(lua)
         args = [*(prefix or []), exe, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
                 "--latency", "-s", str(script)]
         for name, value in (headers or {}).items():
