@@ -3,10 +3,10 @@ consumer's home gateway through Redis, without a Redis round trip per call.
 
 Each worker leases blocks of tokens from Redis (one Lua script checks both windows and takes the block atomically,
 so Redis never hands out more than the limit) and spends them locally. The lease size follows the worker's own rate
-for the grant (about one second of its calls, doubling through a burst, 1..MAX_LEASE) and shrinks near the limit, so a steady client costs
-about one Redis call per second per worker. Leases belong to their window and are dropped when it turns, so a lease
-never spills into the next window. Over the limit: 429 `quota-exceeded` with Retry-After (seconds to the end of the
-exhausted window), answered locally until that window ends.
+for the grant (about one second of its calls, doubling through a burst, 1..MAX_LEASE) and shrinks near the limit,
+so a steady client costs about one Redis call per second per worker. Leases belong to their window and are dropped
+when it turns, so a lease never spills into the next window. Over the limit: 429 `quota-exceeded` with Retry-After
+(seconds to the end of the exhausted window), answered locally until that window ends.
 
 Redis unreachable (documented rule, docs/policies.md): fail open within a bound. A worker keeps spending the tokens
 it holds, then admits at most max(1, per_minute // 10) further calls per grant and minute window, then refuses with
