@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from connectors.datagen.households import COLUMNS, World
 from connectors.datagen.loader import Loader
 from connectors.schema import DATABASES
@@ -44,6 +46,19 @@ class GenerateResult:
 def sqlite_urls(out_dir: Path) -> dict[str, str]:
     """The SQLite file URL of each database under `out_dir` (`population.sqlite`, ...)."""
     return {name: f"sqlite:///{(out_dir / f'{name}.sqlite').resolve()}" for name in DATABASE_NAMES}
+
+
+def postgres_urls(base_url: str) -> dict[str, str]:
+    """One PostgreSQL schema per database (`population`, ...) in the database of `base_url`, via search_path."""
+    url = sa.make_url(base_url)
+    if url.get_backend_name() != "postgresql":
+        raise GenerateError("postgres: a postgresql URL, e.g. postgresql+psycopg://user@host:5432/db")
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return {
+        name: url.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(hide_password=False)
+        for name in DATABASE_NAMES
+    }
 
 
 def resolve_urls(out_dir: Path | None, database_urls: Mapping[str, str] | None) -> dict[str, str]:

@@ -9,12 +9,12 @@ Only counters are kept between households, so memory stays constant however many
 from __future__ import annotations
 
 import datetime as dt
-import random
 from collections import deque
 from dataclasses import dataclass
 
 from connectors.datagen import demography as dem
 from connectors.datagen import vocabulary as voc
+from connectors.datagen.fast_random import FastRandom
 from connectors.datagen.picker import Picker
 from connectors.datagen.serials import ScrambledCounters
 from connectors.rules import enterprise_code
@@ -76,7 +76,7 @@ class World:
     """The generator's state: one seeded random.Random, the counters behind every identifier, and the pickers."""
 
     def __init__(self, seed: int, as_of: dt.date) -> None:
-        self.rng = random.Random(seed)
+        self.rng = FastRandom(seed)
         self.as_of = as_of
         self.as_of_ord = as_of.toordinal()
         self.rows: dict[str, list[Row]] = {name: [] for name in COLUMNS}
@@ -139,7 +139,7 @@ class World:
     def _person(self, sex: str, age: int, family: str, province: str, relation: str, marital: str,
                 hometown: str | None = None, ethnicity: str | None = None, religion: str | None = None) -> Person:
         rng = self.rng
-        birth_ord = self.as_of_ord - age * 365 - age // 4 - rng.randrange(365)
+        birth_ord = self.as_of_ord - age * 365 - age // 4 - rng.below(365)
         birth = dt.date.fromordinal(birth_ord)
         age = (self.as_of - birth).days * 4 // 1461
         prefix = f"{province}{2 * ((birth.year - 1900) // 100) + (sex == 'F')}{birth.year % 100:02d}"
@@ -173,7 +173,7 @@ class World:
         pending_birth: tuple[Person, Person] | None = None
         if kind == "family":
             head_sex = "M" if rng.random() < 0.85 else "F"
-            head_age = self.head_band.pick(rng) + rng.randrange(5)
+            head_age = self.head_band.pick(rng) + rng.below(5)
             head = self._person(head_sex, head_age, self.family.pick(rng), self._origin(home), "head", "married")
             spouse_age = max(18, head_age + (rng.randint(-6, 2) if head_sex == "M" else rng.randint(-2, 6)))
             spouse_sex = "F" if head_sex == "M" else "M"
@@ -281,11 +281,11 @@ class World:
                     expiry = day.isoformat()
                     break
         adult = p.age >= 16 and p.death is None
-        phone = f"0{rng.choice(voc.PHONE_PREFIXES)}{rng.randrange(10_000_000):07d}" if adult and rng.random() < 0.85 \
+        phone = f"0{rng.choice(voc.PHONE_PREFIXES)}{rng.below(10_000_000):07d}" if adult and rng.random() < 0.85 \
             else None
         email = None
         if adult and p.age <= 50 and rng.random() < 0.3:
-            email = f"{fold(p.full_name).replace(' ', '.')}{rng.randrange(1000)}@mail.example.vn"
+            email = f"{fold(p.full_name).replace(' ', '.')}{rng.below(1000)}@mail.example.vn"
         death_iso = p.death.isoformat() if p.death else None
         self._add("population.persons", (
             p.id, p.full_name, None, birth_iso, p.sex, self._place(p.province), p.province, p.hometown, p.ethnicity,
@@ -344,7 +344,7 @@ class World:
     def _registered_at(self, birth_ord: int) -> str:
         rng = self.rng
         day = min(birth_ord + rng.randint(1, 60), self.as_of_ord)
-        return f"{_iso(day)} {rng.randint(7, 16):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}.000000"
+        return f"{_iso(day)} {rng.randint(7, 16):02d}:{rng.below(60):02d}:{rng.below(60):02d}.000000"
 
     def _birth(self, child: Person, card_code: str) -> None:
         self._add("civil_status.births", (

@@ -36,6 +36,10 @@ class Loader:
 
     def start(self) -> None:
         """Drop what an earlier run left, create the tables (indexes come later) and open the bulk connection."""
+        schema = self._search_path_schema()
+        if schema is not None:
+            with self.engine.begin() as conn:
+                conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
         self.metadata.drop_all(self.engine)
         with self.engine.begin() as conn:
             for table in self.metadata.sorted_tables:
@@ -50,6 +54,18 @@ class Loader:
         else:
             with driver.cursor() as cur:
                 cur.execute("SET TIME ZONE 'UTC'")  # generated timestamps are UTC wall-clock strings
+
+    def _search_path_schema(self) -> str | None:
+        """The schema a PostgreSQL URL's `options=-csearch_path=NAME` points at, so it can be created first."""
+        if self.kind != "postgresql":
+            return None
+        options = self.engine.url.query.get("options")
+        if not isinstance(options, str):
+            return None
+        for option in options.split():
+            if option.startswith("-csearch_path="):
+                return option.removeprefix("-csearch_path=").split(",")[0].strip() or None
+        return None
 
     def insert(self, table: str, columns: Sequence[str], rows: list[tuple[object, ...]]) -> None:
         if not rows:

@@ -6,6 +6,8 @@ modulo 10^digits, so serials never repeat within a bucket and no set of issued n
 
 from __future__ import annotations
 
+import zlib
+
 
 class ScrambledCounters:
     """`next(bucket)` gives the bucket's next serial: distinct for the first 10^digits calls, then ValueError."""
@@ -18,11 +20,15 @@ class ScrambledCounters:
             multiplier += 1
         self.multiplier = multiplier
         self.offset = (seed * 15_485_863 + 32_452_843) % self.modulus
-        self.counts: dict[object, int] = {}
+        self.counts: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}
 
-    def next(self, bucket: object = None) -> int:
+    def next(self, bucket: str = "") -> int:
         count = self.counts.get(bucket, 0)
-        if count >= self.modulus:
+        if count == 0:
+            # each bucket starts elsewhere so first serials differ between buckets (crc32: stable across processes)
+            self.offsets[bucket] = (self.offset + zlib.crc32(bucket.encode()) * 2_654_435_761) % self.modulus
+        elif count >= self.modulus:
             raise ValueError(f"serial space of {self.modulus} exhausted for one bucket")
         self.counts[bucket] = count + 1
-        return (self.multiplier * count + self.offset) % self.modulus
+        return (self.multiplier * count + self.offsets[bucket]) % self.modulus
