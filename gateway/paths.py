@@ -53,7 +53,9 @@ def parse_r1(raw_path: str) -> R1Path:
         return R1Path(None, "/", subsystem="/".join(decoded[:4]), metaservice=decoded[4])
     if len(decoded) < 5:
         raise Problem(
-            404, "unknown-service", "the path names no service (/r1/VN/CLASS/MEMBER/SUBSYSTEM/SERVICE/...)",
+            404,
+            "unknown-service",
+            "the path names no service (/r1/VN/CLASS/MEMBER/SUBSYSTEM/SERVICE/...)",
             field="path",
         )
     rest = decoded[5:]

@@ -24,7 +24,7 @@ from lienthong.snapshot import Snapshot, SnapshotError, verify_jws
 
 log = logging.getLogger("lienthong.gateway.snapshot")
 
-MAX_BACKOFF = 10.0
+MAX_BACKOFF = 5.0  # a registry back from an outage is seen within seconds
 
 
 def load_registry_key(path: Path) -> PublicKey:
@@ -162,14 +162,18 @@ class SnapshotClient:
 
     async def _poll_forever(self) -> None:
         backoff = 0.5
+        recovering = False
         while True:
             try:
-                await self.fetch(wait=self.wait)
+                # after an outage ask without waiting: a long poll would hold the 304 that confirms us
+                await self.fetch(wait=0 if recovering else self.wait)
                 backoff = 0.5
+                recovering = False
             except asyncio.CancelledError:
                 raise
             except (httpx.HTTPError, SnapshotError, ValueError, KeyError) as exc:
                 log.warning("gateway %s: snapshot fetch failed (%s); retrying in %.1fs", self.code, exc, backoff)
+                recovering = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 

@@ -74,9 +74,7 @@ class UpstreamClient:
             data = bytes(await response.bytes())
         except RequestTimeoutError as exc:
             circuit.failure()
-            raise Problem(
-                504, "upstream-timeout", f"{what} did not answer within {timeout_ms} ms"
-            ) from exc
+            raise Problem(504, "upstream-timeout", f"{what} did not answer within {timeout_ms} ms") from exc
         except PyreqwestError as exc:
             circuit.failure()
             raise Problem(502, "upstream-failed", f"{what} could not be reached or answered garbage") from exc

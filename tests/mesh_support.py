@@ -1,0 +1,393 @@
+"""A small mesh of real processes for tests and benchmarks: a registry, gateways (national + provinces), upstreams.
+
+Until the registry part lands, the registry here is a stand-in process (`standin_registry_app` below) that serves
+snapshots this module signs itself with a registry key it made, with the real protocol (§7): signed compact JWS,
+ETag, If-None-Match, ?wait= long poll. Upstreams are a small real ASGI echo app under uvicorn (`echo_app`); it
+stands in for the connectors where a test needs no connector logic.
+
+Run as a module for the child processes:
+    python -m tests.mesh_support registry --port P --dir D
+    python -m tests.mesh_support echo --port P
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+
+from lienthong import keys, tokens
+from lienthong.redis_connection import free_port
+from tests.procs import Proc, lienthong
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+
+# -- the stand-in registry (a child process) --------------------------------------------------------------------
+
+
+def _standin_registry(directory: Path) -> Any:
+    """ASGI app serving <directory>/<gateway>.jws to the gateway named in the bearer token (not verified: stand-in)."""
+
+    def current(code: str) -> tuple[int, bytes] | None:
+        path = directory / f"{code}.jws"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        payload = orjson.loads(jwt.api_jws.decode(data, options={"verify_signature": False}))
+        return int(payload["version"]), data
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if (directory / "down").exists():  # a test switches the registry "off" without killing the process
+            await _send(send, 503, b"down", "text/plain")
+            return
+        if scope["path"] == "/healthz":
+            await _send(send, 200, b"{}", "application/json")
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        try:
+            claims = jwt.decode(headers.get("authorization", "")[7:], options={"verify_signature": False})
+            code = str(claims["iss"]).removeprefix("gateway:")
+        except (jwt.PyJWTError, KeyError):
+            await _send(send, 401, b"no token", "text/plain")
+            return
+        query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+        wait = min(int(query.get("wait", "0")), 60)
+        held = headers.get("if-none-match", "").strip('"')
+        deadline = time.monotonic() + wait
+        while True:
+            found = current(code)
+            if found is None:
+                await _send(send, 404, b"no snapshot", "text/plain")
+                return
+            version, data = found
+            if str(version) != held:
+                await _send(send, 200, data, "application/jose", {"etag": f'"{version}"'})
+                return
+            if time.monotonic() >= deadline:
+                await _send(send, 304, b"", "application/jose", {"etag": f'"{version}"'})
+                return
+            await asyncio.sleep(0.05)
+
+    return app
+
+
+async def _send(send: Any, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- the echo upstream (a child process) ----------------------------------------------------------------------
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echoes what reached it. /slow/{ms} sleeps first; /status/{code} answers that status; /big answers 64 KiB."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    path: str = scope["path"]
+    parts = path.strip("/").split("/")
+    status = 200
+    for i, part in enumerate(parts[:-1]):
+        if part == "slow":
+            await asyncio.sleep(int(parts[i + 1]) / 1000)
+        if part == "status":
+            status = int(parts[i + 1])
+    headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+    assertion = headers.get("x-lienthong-assertion")
+    claims = jwt.decode(assertion, options={"verify_signature": False}) if assertion else None
+    doc = {
+        "id": parts[-1],
+        "full_name": "Nguyen Van A",
+        "household": {"id": "H1", "address": "secret"},
+        "echo": {
+            "method": scope["method"],
+            "path": path,
+            "raw_path": (scope.get("raw_path") or b"").decode(),
+            "query": scope["query_string"].decode(),
+            "headers": headers,
+            "body": body.decode(errors="replace"),
+            "assertion": claims,
+            "port": scope["server"][1] if scope.get("server") else None,
+        },
+    }
+    out = orjson.dumps(doc)
+    await _send(send, status, out, "application/json", {"x-road-error": "forged-by-upstream"})
+
+
+# -- keys and snapshots -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyPair:
+    key: keys.PrivateKey
+    kid: str
+    path: Path
+
+    @property
+    def jwk(self) -> dict[str, str]:
+        return keys.public_jwk(self.key, self.kid)
+
+
+def make_key(path: Path, algorithm: keys.Algorithm = "EdDSA", kid: str | None = None) -> KeyPair:
+    key = keys.generate(algorithm)
+    keys.save_private(key, path)
+    return KeyPair(key, kid or keys.public_jwk(key)["kid"], path)
+
+
+def sign_snapshot(doc: dict[str, Any], registry: KeyPair) -> bytes:
+    return jwt.api_jws.encode(
+        orjson.dumps(doc), registry.key, algorithm=keys.algorithm_of(registry.key), headers={"kid": registry.kid}
+    ).encode()
+
+
+def client_token(client: KeyPair, subsystem: str, audience: str, lifetime: int = 60, **extra: Any) -> str:
+    return tokens.sign(client.key, client.kid, {"iss": subsystem, "sub": subsystem, "aud": audience, **extra},
+                       lifetime=lifetime)  # fmt: skip
+
+
+# -- the mesh ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayProc:
+    code: str
+    port: int
+    key: KeyPair
+    data_dir: Path
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Mesh:
+    """Holds the catalogue (as a snapshot document) and the processes; `publish()` pushes a new version."""
+
+    root: Path
+    log_dir: Path
+    policies: str = "authn,authz"
+    redis_url: str = "redis://127.0.0.1:1/0"
+    max_snapshot_age: float = 600
+    workers: int = 1
+    registry_key: KeyPair = field(init=False)
+    registry_port: int = field(init=False)
+    registry_proc: Proc | None = None
+    gateways: dict[str, GatewayProc] = field(default_factory=dict)
+    upstream_procs: list[Proc] = field(default_factory=list)
+    version: int = 0
+    doc: dict[str, Any] = field(default_factory=dict)
+    hosted: dict[str, dict[str, str]] = field(default_factory=dict)  # gateway -> service id -> upstream URL
+    clients: dict[str, KeyPair] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry_key = make_key(self.root / "registry.key")
+        (self.root / "registry.jwk").write_bytes(orjson.dumps(self.registry_key.jwk))
+        self.registry_port = free_port()
+        self.snap_dir = self.root / "snapshots"
+        self.snap_dir.mkdir(exist_ok=True)
+        self.doc = {"instance": "VN", "members": [], "subsystems": [], "gateways": [], "services": [],
+                    "clients": [], "grants": []}  # fmt: skip
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.registry_port}"
+
+    # catalogue -------------------------------------------------------------------------------------------------
+
+    def add_gateway(self, code: str) -> GatewayProc:
+        data = self.root / "gateways" / code
+        gw = GatewayProc(code, free_port(), make_key(data / "gateway.key"), data)
+        self.gateways[code] = gw
+        self.hosted.setdefault(code, {})
+        self.doc["gateways"].append({"code": code, "base_url": gw.url, "keys": [gw.key.jwk], "version": 1})
+        return gw
+
+    def add_member(self, member: str, home_gateway: str) -> None:
+        self.doc["members"].append({"id": member, "name": member, "home_gateway": home_gateway, "version": 1})
+
+    def add_subsystem(self, subsystem: str) -> None:
+        member = subsystem.rsplit("/", 1)[0]
+        self.doc["subsystems"].append({"id": subsystem, "member": member, "name": subsystem, "version": 1})
+
+    def add_client(self, subsystem: str, algorithm: keys.Algorithm = "EdDSA") -> KeyPair:
+        pair = make_key(self.root / "clients" / (subsystem.replace("/", "_") + ".key"), algorithm)
+        self.clients[subsystem] = pair
+        entry = next((c for c in self.doc["clients"] if c["subsystem"] == subsystem), None)
+        if entry is None:
+            entry = {"subsystem": subsystem, "keys": []}
+            self.doc["clients"].append(entry)
+        entry["keys"].append({**pair.jwk, "revoked": False})
+        return pair
+
+    def add_service(
+        self, service_id: str, gateway: str, upstream: str, endpoints: Iterable[tuple[str, str]],
+        timeout_ms: int = 5000, approved: bool = True, subject_param: str | None = None,
+    ) -> None:  # fmt: skip
+        provider, code = service_id.rsplit("/", 1)
+        self.doc["services"].append({
+            "id": service_id, "provider": provider, "code": code, "version_label": "v1", "gateway": gateway,
+            "approved": approved, "timeout_ms": timeout_ms, "name": code, "description": f"{code} service",
+            "endpoints": [{"method": m, "path": p, "operation_id": f"{m.lower()}{i}", "summary": p, "enabled": True,
+                           "subject_param": subject_param} for i, (m, p) in enumerate(endpoints)],
+            "version": 1,
+        })  # fmt: skip
+        self.hosted[gateway][service_id] = upstream
+
+    def add_grant(
+        self, grant_id: str, consumer: str, service: str, purposes: list[str],
+        endpoints: Any = "*", fields: list[str] | None = None, quota: dict[str, int] | None = None,
+    ) -> None:  # fmt: skip
+        self.doc["grants"].append({
+            "id": grant_id, "consumer": consumer, "service": service, "endpoints": endpoints, "purposes": purposes,
+            "fields": fields, "quota": quota or {"per_minute": 100000, "per_day": 10000000}, "revoked": False,
+            "version": 1,
+        })  # fmt: skip
+
+    def revoke_grant(self, grant_id: str) -> None:
+        for g in self.doc["grants"]:
+            if g["id"] == grant_id:
+                g["revoked"] = True
+
+    def publish(self) -> int:
+        """Sign and publish the next version for every gateway (atomic file replace)."""
+        self.version += 1
+        for code in self.gateways:
+            doc = copy.deepcopy(self.doc)
+            doc.update(version=self.version, gateway=code, upstreams=self.hosted.get(code, {}),
+                       generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
+            target = self.snap_dir / f"{code}.jws"
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(sign_snapshot(doc, self.registry_key))
+            os.replace(tmp, target)
+        return self.version
+
+    # processes -------------------------------------------------------------------------------------------------
+
+    def start_registry(self) -> None:
+        self.registry_proc = Proc(
+            "registry", [PY, "-m", "tests.mesh_support", "registry", "--port", str(self.registry_port),
+                         "--dir", str(self.snap_dir)], self.log_dir, env={"PYTHONPATH": str(REPO)},
+        ).start()  # fmt: skip
+        self.registry_proc.wait_http(f"{self.registry_url}/healthz")
+
+    def registry_down(self, down: bool) -> None:
+        flag = self.snap_dir / "down"
+        if down:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
+
+    def start_upstream(self, name: str) -> str:
+        port = free_port()
+        self.upstream_procs.append(self.start_upstream_on(port, name))
+        return f"http://127.0.0.1:{port}"
+
+    def start_upstream_on(self, port: int, name: str | None = None) -> Proc:
+        """An echo upstream on a given port; the caller stops it (or start_upstream keeps it for stop())."""
+        proc = Proc(
+            name or f"echo-{port}", [PY, "-m", "tests.mesh_support", "echo", "--port", str(port)], self.log_dir,
+            env={"PYTHONPATH": str(REPO)},
+        ).start()  # fmt: skip
+        proc.wait_http(f"http://127.0.0.1:{port}/healthz/x")
+        return proc
+
+    def gateway_argv(self, gw: GatewayProc, overrides: dict[str, str] | None = None) -> list[str]:
+        opts = {
+            "--code": gw.code, "--host": "127.0.0.1", "--port": str(gw.port), "--registry": self.registry_url,
+            "--registry-key": str(self.root / "registry.jwk"), "--key": str(gw.key.path), "--kid": gw.key.kid,
+            "--data-dir": str(gw.data_dir), "--workers": str(self.workers),
+            "--max-snapshot-age": str(self.max_snapshot_age), "--policies": self.policies,
+            "--redis-url": self.redis_url, "--snapshot-wait": "20", "--breaker-failures": "3",
+            "--breaker-open-seconds": "1",
+        }  # fmt: skip
+        opts.update(overrides or {})
+        argv = lienthong("gateway", "serve")
+        for k, v in opts.items():
+            argv += [k, v]
+        return argv
+
+    def start_gateway(self, code: str, options: dict[str, str] | None = None, wait_ready: bool = True) -> GatewayProc:
+        """Start `lienthong gateway serve` for `code`; options override CLI flags, e.g. {"--workers": "2"}."""
+        gw = self.gateways[code]
+        gw.proc = Proc(f"gateway-{code}", self.gateway_argv(gw, options), self.log_dir).start()
+        gw.proc.wait_http(f"{gw.url}/{'readyz' if wait_ready else 'healthz'}")
+        return gw
+
+    def stop_gateway(self, code: str) -> None:
+        proc = self.gateways[code].proc
+        if proc is not None:
+            proc.stop()
+
+    def stop(self) -> None:
+        for gw in self.gateways.values():
+            if gw.proc is not None:
+                gw.proc.stop()
+        for proc in self.upstream_procs:
+            proc.stop()
+        if self.registry_proc is not None:
+            self.registry_proc.stop()
+
+    def wait_version(self, version: int, timeout: float = 5.0, codes: Iterable[str] | None = None) -> float:
+        """Seconds until every gateway's /healthz reports `version`."""
+        started = time.monotonic()
+        pending = set(codes or self.gateways)
+        while pending:
+            for code in list(pending):
+                try:
+                    if httpx.get(f"{self.gateways[code].url}/healthz", timeout=1).json()["snapshot_version"] >= version:
+                        pending.discard(code)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() - started > timeout:
+                raise TimeoutError(f"gateways {sorted(pending)} did not reach snapshot version {version}")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+
+def call_headers(
+    mesh: Mesh, subsystem: str, home: str, purpose: str = "birth-registration", **extra: str
+) -> dict[str, str]:
+    token = client_token(mesh.clients[subsystem], subsystem, home)
+    return {"Authorization": f"Bearer {token}", "X-Road-Client": subsystem, "X-Purpose": purpose, **extra}
+
+
+def _main(argv: list[str]) -> None:
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["registry", "echo"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--dir", type=Path)
+    args = parser.parse_args(argv)
+    app = _standin_registry(args.dir) if args.what == "registry" else echo_app
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
