@@ -60,6 +60,8 @@ class BenchMesh:
     def __init__(self, tmp: Path, upstream_url: str, redis_url: str) -> None:
         from tests.mesh_support import Mesh  # the gateway part's fixture; imported late as it may not exist yet
 
+        self.redis_url = redis_url
+        self.workers = 1
         self.mesh: Any = Mesh(root=tmp / "mesh", log_dir=tmp / "logs", policies="none", redis_url=redis_url,
                               workers=1)
         self.national = self.mesh.add_gateway("national")
@@ -94,7 +96,12 @@ class BenchMesh:
         gw = self.mesh.gateways[code]
         if gw.proc is not None:
             gw.proc.stop()
-        argv = self.mesh.gateway_argv(gw, **{"--policies": policies, "--trace-sample-ratio": TRACE_SAMPLING})
+        # The argv is built here from `lienthong gateway serve --help`, the gateway's public contract.
+        argv = [LIENTHONG, "gateway", "serve", "--code", gw.code, "--host", "127.0.0.1", "--port", str(gw.port),
+                "--registry", self.mesh.registry_url, "--registry-key", str(self.mesh.root / "registry.jwk"),
+                "--key", str(gw.key.path), "--kid", gw.key.kid, "--data-dir", str(gw.data_dir),
+                "--workers", str(self.workers), "--policies", policies, "--redis-url", self.redis_url,
+                "--trace-sample-ratio", TRACE_SAMPLING]
         gw.proc = Proc(f"gateway-{code}-{policies.replace(',', '-')}", [*machine.server_prefix(), *argv],
                        self.mesh.log_dir).start()
         gw.proc.wait_http(f"{gw.url}/readyz", timeout=60)

@@ -106,3 +106,19 @@ def test_wrk_output_without_the_hook_line_is_refused() -> None:
         assert "WRKJSON" in str(exc)
     else:
         raise AssertionError("parse accepted output without the hook line")
+
+
+def test_profile_top_entries_count_own_and_total_samples() -> None:
+    from bench.profile import top_entries
+
+    collapsed = (
+        'process 1:"gw";serve (gateway/cli.py:114);GatewayApp._r1 (gateway/app.py:194);sign (jwt/x.py:1) 6\n'
+        'process 1:"gw";serve (gateway/cli.py:114);GatewayApp._r1 (gateway/app.py:194) 2\n'
+        'process 1:"gw" 5\n'
+    )
+    text = top_entries(collapsed)
+    assert "samples with Python frames: 8; without (granian/Rust, released GIL): 5" in text
+    own, total = text.split("by total time")
+    assert "75.0%  sign (jwt/x.py:1)" in own and "25.0%  GatewayApp._r1" in own
+    assert "100.0%  GatewayApp._r1 (gateway/app.py:194)" in total
+    assert "gateway/cli.py" not in total
