@@ -34,3 +34,19 @@ def log_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real registry process with its own real redis-server, shared by one test module (tests/registry_support)."""
+    from tests.registry_support import start_registry
+
+    base = tmp_path_factory.mktemp("registry")
+    server = EmbeddedRedis(base / "redis", durable=False)
+    server.start()
+    logs = base / "logs"
+    logs.mkdir()
+    handle = start_registry(base, server.url, logs)
+    yield handle
+    handle.stop()
+    server.stop()
