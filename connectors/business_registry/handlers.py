@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,6 +12,7 @@ from connectors.schema.business import changes, enterprises, owners
 from connectors.sdk import current_call, current_runtime, nest, not_found, not_permitted
 from connectors.sdk.changes import changes_page
 from connectors.sdk.inputs import checked, parse_cursor
+from connectors.sdk.values import json_value
 from lienthong.problem import bad_request
 
 E = enterprises.c
@@ -45,10 +45,6 @@ SEARCH_COLUMNS: dict[str, Any] = {
 }
 
 
-def _json(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, dt.date) else value
-
-
 def getEnterprise(code: str) -> dict[str, Any]:
     code = checked(enterprise_code.validate, code, "code")
     granted = current_call().granted(ENTERPRISE_PATHS)
@@ -64,7 +60,7 @@ def getEnterprise(code: str) -> dict[str, Any]:
             raise not_found("no enterprise or branch has this code")
         if not granted:
             raise not_permitted()
-        doc = nest({k: _json(v) for k, v in row.items() if not k.startswith("_")})
+        doc = nest({k: json_value(v) for k, v in row.items() if not k.startswith("_")})
         if need_status:
             status = {"code": row["_status"], "label": legal_status.LEGAL_STATUSES.get(row["_status"], row["_status"])}
             doc["legal_status"] = {k: v for k, v in status.items() if f"legal_status.{k}" in granted}

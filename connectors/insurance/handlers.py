@@ -13,6 +13,7 @@ from connectors.schema.insurance import changes, hi_cards, insured
 from connectors.sdk import current_call, current_runtime, nest, not_found, not_permitted, run_idempotent
 from connectors.sdk.changes import changes_page
 from connectors.sdk.inputs import checked, parse_cursor, parse_date
+from connectors.sdk.values import json_value
 from lienthong.problem import Problem, bad_request
 
 INSURED_COLUMNS: dict[str, Any] = {
@@ -42,10 +43,6 @@ CARD_PATHS = (*CARD_COLUMNS, "validity.on", "validity.valid")
 CHILD_AGE_LIMIT = 6
 
 
-def _json(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, dt.date) else value
-
-
 def getInsured(si_number: str) -> dict[str, Any]:
     si = checked(insurance_codes.validate_si_number, si_number, "si_number")
     call = current_call()
@@ -62,11 +59,11 @@ def getInsured(si_number: str) -> dict[str, Any]:
             raise not_found("no social insurance record has this number")
         if not granted and not card_paths:
             raise not_permitted()
-        doc = {k: _json(v) for k, v in row.items() if not k.startswith("_")}
+        doc = {k: json_value(v) for k, v in row.items() if not k.startswith("_")}
         if card_paths:
             ccols = [INSURED_CARD_COLUMNS[p].label(p.split(".", 1)[1]) for p in card_paths]
             rows = conn.execute(select(*ccols).where(hi_cards.c.si_number == si).order_by(hi_cards.c.valid_from))
-            doc["cards"] = [{k: _json(v) for k, v in r.items()} for r in rows.mappings()]
+            doc["cards"] = [{k: json_value(v) for k, v in r.items()} for r in rows.mappings()]
     return doc
 
 
@@ -93,7 +90,7 @@ def getCard(code: str, on: str | None = None) -> dict[str, Any]:
         raise not_found("no health insurance card has this code")
     if not granted:
         raise not_permitted("the grant allows none of the card's fields")
-    doc = nest({k: _json(v) for k, v in row.items() if not k.startswith("_")})
+    doc = nest({k: json_value(v) for k, v in row.items() if not k.startswith("_")})
     validity = {"on": day.isoformat(), "valid": _valid_on(row["_from"], row["_to"], day)}
     kept = {k: v for k, v in validity.items() if f"validity.{k}" in granted}
     if kept:

@@ -15,6 +15,7 @@ from connectors.schema.population import changes, households, persons, residence
 from connectors.sdk import current_call, current_runtime, nest, not_found, not_permitted, run_idempotent
 from connectors.sdk.changes import changes_page
 from connectors.sdk.inputs import checked, parse_cursor, parse_date
+from connectors.sdk.values import json_value
 from lienthong.problem import Problem
 
 log = logging.getLogger("lienthong.connector.population")
@@ -66,10 +67,6 @@ HOUSEHOLD_COLUMNS: dict[str, Any] = {
 }
 
 
-def _json(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, dt.date) else value
-
-
 def _valid_id(value: object, field: str = "id") -> str:
     return checked(personal_id.validate, value, field)
 
@@ -101,7 +98,7 @@ def _residence_at(conn: Connection, pids: list[str], at: dt.date | None, kinds: 
             "address": r.address,
             "province_code": r.province_code,
             "valid_from": r.valid_from.isoformat(),
-            "valid_to": _json(r.valid_to),
+            "valid_to": json_value(r.valid_to),
         }
     return out
 
@@ -141,7 +138,7 @@ def _read_persons(conn: Connection, pids: list[str], granted: list[str], prefix:
         if r["_restricted"]:
             out[pid] = "restricted"
             continue
-        doc = nest({k: _json(v) for k, v in r.items() if not k.startswith("_")})
+        doc = nest({k: json_value(v) for k, v in r.items() if not k.startswith("_")})
         if kinds:
             doc["residence"] = _residence_doc(places.get(pid, {}), [p[len(prefix) :] for p in granted], "residence.")
         out[pid] = doc
@@ -251,7 +248,7 @@ def getHouseholdMembers(id: str) -> dict[str, Any]:
                 .mappings()
                 .all()
             )
-            doc["members"] = [{k: _json(v) for k, v in r.items()} for r in rows]
+            doc["members"] = [{k: json_value(v) for k, v in r.items()} for r in rows]
     return doc
 
 

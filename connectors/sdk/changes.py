@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, Table, select
 
 from connectors.sdk.call import current_call, not_permitted
+from connectors.sdk.values import json_value
 
 CHANGE_FIELDS = ("changes.seq", "changes.entity", "changes.id", "changes.op", "changes.at", "next_cursor", "has_more")
 
@@ -24,11 +25,5 @@ def changes_page(engine: Engine, changes: Table, since: int, limit: int) -> dict
         ).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [{"seq": r.seq, "entity": r.entity, "id": r.entity_id, "op": r.op, "at": _iso(r.at)} for r in rows]
+    items = [{"seq": r.seq, "entity": r.entity, "id": r.entity_id, "op": r.op, "at": json_value(r.at)} for r in rows]
     return {"changes": items, "next_cursor": str(rows[-1].seq if rows else since), "has_more": more}
-
-
-def _iso(value: Any) -> str:
-    text = value.isoformat()
-    # SQLite hands back naive datetimes even for timezone-aware columns; every stored time is UTC
-    return text if value.tzinfo is not None else text + "+00:00"

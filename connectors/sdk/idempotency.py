@@ -79,7 +79,7 @@ def run_idempotent(operation: str, key: str, body: Any, work: Work) -> tuple[Any
                     "key": key,
                     "request_hash": digest,
                     "status": status,
-                    "body": orjson.dumps(answer),
+                    "body": orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS),
                     "created_at": datetime.now(UTC),
                 }
                 try:
