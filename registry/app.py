@@ -82,6 +82,11 @@ class FieldParameterValidator(ParameterValidator):
     """Connexion's parameter validator, but its errors name the parameter."""
 
     def validate_request(self, request: Any) -> None:
+        if self.strict_validation:
+            extra = self.validate_query_parameter_list(request, security_params=self.security_query_params)
+            if extra:
+                name = sorted(extra)[0]
+                raise Problem(400, "invalid-parameter", f"unknown query parameter {name!r}", field=name)
         for where in ("query", "path", "header", "cookie"):
             check = getattr(self, f"validate_{where}_parameter")
             for param in self.parameters.get(where, []):
@@ -173,7 +178,7 @@ def create_app(data_dir: str | Path, redis_url: str) -> connexion.AsyncApp:
 
     validators = {**VALIDATOR_MAP, "parameter": FieldParameterValidator}
     validators["body"] = type(VALIDATOR_MAP["body"])({"*/*json": FieldBodyValidator})
-    app = connexion.AsyncApp(__name__, lifespan=lifespan, validator_map=validators)
+    app = connexion.AsyncApp(__name__, lifespan=lifespan, validator_map=validators, strict_validation=True)
     app.add_api(SPEC, base_path="/v1", swagger_ui_options=connexion.options.SwaggerUIOptions(swagger_ui_path="/ui"))
     app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
     app.add_error_handler(Problem, on_problem)
