@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from policies.audit_log import ChainHead, fsync_dir, read_head, record_hash, segment_path
+from policies.audit_log import ChainHead, fsync_dir, read_head, segment_path
 from policies.base import CallContext, PolicyBase
 from policies.chain import ChainConfig
 from policies.worker_slot import WorkerSlot, claim_slot
@@ -79,8 +79,11 @@ class AuditWriter:
         with self._lock:
             record["seq"] = self.head.seq + 1
             record["prev"] = self.head.hash
-            record["hash"] = digest = record_hash(record)
-            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            # one serialization: the hash covers exactly these sorted-key bytes, then "hash" is spliced in last
+            body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+            digest = hashlib.sha256(body).hexdigest()
+            line = body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+            record["hash"] = digest
             if self._size and self._size + len(line) > self.segment_bytes:
                 self._next_segment()
             os.write(self._fd, line)

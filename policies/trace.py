@@ -13,6 +13,8 @@ read it); both may be on. Sampling: parent-based, ratio from the config for new 
 from __future__ import annotations
 
 import os
+import random
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +24,7 @@ from opentelemetry import trace as otel
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -30,6 +32,7 @@ from policies.base import CallContext, PolicyBase
 from policies.chain import ChainConfig
 
 PROPAGATOR = TraceContextTextMapPropagator()
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
 class JsonLinesExporter(SpanExporter):
@@ -81,7 +84,9 @@ class Trace(PolicyBase):
     def __init__(self, gateway: str, ratio: float) -> None:
         self.gateway = gateway
         resource = Resource.create({"service.name": f"lienthong-gateway-{gateway}", "lienthong.gateway": gateway})
-        self.provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(ratio)))
+        self.ratio = ratio
+        # the sampling decision is taken in access (below); the SDK's own sampler then keeps a sampled parent's choice
+        self.provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -96,6 +101,14 @@ class Trace(PolicyBase):
         self._client: dict[int, Span] = {}
 
     def access(self, ctx: CallContext) -> None:
+        inbound = ctx.headers.get("traceparent")
+        m = TRACEPARENT.match(inbound) if inbound else None
+        sampled = bool(int(m.group(3), 16) & 1) if m else random.random() < self.ratio
+        if not sampled:
+            # the SDK would build non-recording spans at some 50 µs a call; the same propagation costs nothing
+            trace_id = m.group(1) if m else f"{random.getrandbits(128) or 1:032x}"
+            ctx.traceparent = f"00-{trace_id}-{random.getrandbits(64) or 1:016x}-00"
+            return
         parent = PROPAGATOR.extract({k: v for k, v in ctx.headers.items() if k in ("traceparent", "tracestate")})
         span = self.tracer.start_span(
             f"{ctx.method} {ctx.service_id or 'gateway'}",  # never the raw path: it may hold a personal ID
@@ -115,6 +128,8 @@ class Trace(PolicyBase):
     def upstream_start(self, ctx: CallContext) -> None:
         server = self._server.get(id(ctx))
         if server is None:
+            if ctx.traceparent:  # unsampled: a fresh span id for the outbound hop, same trace
+                ctx.traceparent = f"{ctx.traceparent[:36]}{random.getrandbits(64) or 1:016x}-00"
             return
         target = "connector" if ctx.role != "home" else (ctx.provider_gateway or "gateway")
         span = self.tracer.start_span(
