@@ -44,7 +44,7 @@ def connector() -> None:
     "--database-url",
     envvar="DATABASE_URL",
     default=None,
-    help="SQLAlchemy URL [env DATABASE_URL; default sqlite:///var/data/NAME.sqlite]",
+    help="SQLAlchemy URL [env DATABASE_URL; default the file `lienthong data generate` writes in var/data]",
 )
 @click.option("--registry", "registry_url", default=None, help="registry base URL, to register and fetch gateway keys")
 @click.option("--gateway", required=True, help="code of the hosting gateway, the only caller accepted")

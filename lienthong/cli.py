@@ -9,7 +9,14 @@ import click
 from lienthong import __version__
 
 # Each module exposes register(group); the order is the order of `lienthong --help`.
-COMMAND_MODULES = ("registry.cli", "connectors.cli", "connectors.data_cli", "gateway.cli", "policies.cli")
+COMMAND_MODULES = (
+    "registry.cli",
+    "connectors.cli",
+    "connectors.data_cli",
+    "gateway.cli",
+    "policies.cli",
+    "lienthong.demo_cli",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -142,6 +142,9 @@ def issueChildCard(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
     if today >= _sixth_birthday(born):
         raise bad_request("birth_date", "a TE card is for a child under 6", "invalid-body")
     province = checked(provinces.validate, body.get("province_code", pid[:3]), "province_code")
+    if not current_call().allows("code"):
+        # Refuse before writing: a card the consumer may not see must not be issued on its behalf.
+        raise not_permitted("the grant does not let this consumer see the card it would issue")
 
     def work(conn: Connection) -> tuple[int, dict[str, Any]]:
         person = conn.execute(select(insured.c.si_number).where(insured.c.person_id == pid)).first()

@@ -9,8 +9,12 @@ from typing import Any
 REPLAY_WINDOW = 30  # protocol §4.2: an assertion lives at most 30 s, so that is how long a jti is remembered
 
 
-def default_database_url(name: str) -> str:
-    return f"sqlite:///var/data/{name}.sqlite"
+# `lienthong data generate` names its SQLite files after the databases, not the connectors.
+DATABASE_FILES = {"business-registry": "business", "civil-status": "civil_status"}
+
+
+def default_database_url(name: str, data_dir: str | Path = "var/data") -> str:
+    return f"sqlite:///{Path(data_dir) / DATABASE_FILES.get(name, name)}.sqlite"
 
 
 @dataclass

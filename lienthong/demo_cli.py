@@ -1,0 +1,135 @@
+"""`lienthong up` and `lienthong demo`: the whole mesh on one machine, and the national procedure run across it."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lienthong.mesh_layout import CONNECTORS
+from lienthong.mesh_up import Mesh, MeshConfig, start
+from lienthong.supervisor import StartFailed
+
+
+def _options(f: click.decorators.FC) -> click.decorators.FC:
+    decorators = [
+        click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
+                     show_default=True, envvar="LIENTHONG_HOME", help="Folder for data, keys, logs and Redis."),
+        click.option("--people", type=click.IntRange(min=100), default=100_000, show_default=True,
+                     help="People to generate when no data exists yet."),
+        click.option("--registry-port", type=click.IntRange(1, 65535), default=8600, show_default=True),
+        click.option("--gateway-port", type=click.IntRange(1, 65535), default=8700, show_default=True,
+                     help="Port of the national gateway; Ha Noi and Nghe An take the next two."),
+        click.option("--connector-port", type=click.IntRange(1, 65535), default=8801, show_default=True,
+                     help="Port of the first connector; the others take the next ones."),
+        click.option("--quiet-logs", is_flag=True, help="Keep component logs in files only (HOME/logs)."),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def _config(home: Path, people: int, registry_port: int, gateway_port: int, connector_port: int,
+            quiet_logs: bool) -> MeshConfig:  # fmt: skip
+    config = MeshConfig(root=home, people=people, registry_port=registry_port, echo_logs=not quiet_logs)
+    config.gateway_ports = {code: gateway_port + i for i, code in enumerate(("national", "hanoi", "nghean"))}
+    config.connector_ports = {spec.name: connector_port + i for i, spec in enumerate(CONNECTORS)}
+    return config
+
+
+def _urls(console: Console, mesh: Mesh) -> None:
+    table = Table(title="lienthong is up", show_header=True)
+    table.add_column("what")
+    table.add_column("URL")
+    national = mesh.gateway_urls["national"]
+    table.add_row("operations dashboard", f"{national}/ops/v1/dashboard")
+    table.add_row("registry API (Swagger UI)", f"{mesh.registry_url}/v1/ui/")
+    for code, url in mesh.gateway_urls.items():
+        table.add_row(f"gateway {code}: operations API (Swagger UI)", f"{url}/ops/v1/ui/")
+        table.add_row(f"gateway {code}: Prometheus metrics", f"{url}/metrics")
+    for name, url in mesh.connector_urls.items():
+        table.add_row(f"connector {name} (Swagger UI)", f"{url}/ui/")
+    console.print(table)
+
+
+def _wait_for_ctrl_c(console: Console, mesh: Mesh) -> int:
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    console.print("Press Ctrl-C to stop every process.")
+    while not stopping:
+        dead = mesh.supervisor.check_alive()
+        if dead is not None:
+            console.print(f"[red]{dead.name} stopped unexpectedly; stopping the mesh. Last lines:")
+            console.print("\n".join(list(dead.tail)[-20:]))
+            mesh.stop()
+            return 1
+        time.sleep(0.5)
+    console.print("stopping…")
+    mesh.stop()
+    return 0
+
+
+def _start(console: Console, config: MeshConfig) -> Mesh:
+    try:
+        return start(config, say=lambda text: console.print(f"[bold cyan]lienthong[/] {text}"))
+    except StartFailed as exc:
+        console.print(f"[red]the mesh could not start:[/] {exc}")
+        sys.exit(1)
+
+
+@click.command("up")
+@_options
+def up(home: Path, people: int, registry_port: int, gateway_port: int, connector_port: int, quiet_logs: bool) -> None:
+    """Start the whole mesh on this machine (Redis, registry, 3 gateways, 4 connectors) and keep it up."""
+    console = Console()
+    mesh = _start(console, _config(home, people, registry_port, gateway_port, connector_port, quiet_logs))
+    _urls(console, mesh)
+    sys.exit(_wait_for_ctrl_c(console, mesh))
+
+
+@click.command("demo")
+@_options
+@click.option("--once", is_flag=True, help="Run the demo, stop the mesh and exit 0 only if every step was as expected.")
+@click.option("--burst", type=click.IntRange(min=1), default=300, show_default=True, help="Calls in the traffic burst.")
+def demo(home: Path, people: int, registry_port: int, gateway_port: int, connector_port: int, quiet_logs: bool,
+         once: bool, burst: int) -> None:  # fmt: skip
+    """Start the mesh and run the birth-to-health-card procedure, a refused one, a burst of traffic and metering."""
+    from lienthong.demo import Demo
+
+    console = Console()
+    config = _config(home, people, registry_port, gateway_port, connector_port, quiet_logs or once)
+    mesh = _start(console, config)
+    try:
+        report = Demo(mesh, console, burst=burst).run()
+    except BaseException:
+        mesh.stop()
+        raise
+    failed = [s for s in report.steps if not s.ok]
+    for step in failed:
+        console.print(f"[red]unexpected:[/] {step.name}: expected {step.expected}, got {step.status} {step.detail}")
+    if report.metered != report.calls_sent:
+        console.print(f"[red]metering mismatch:[/] sent {report.calls_sent}, metered {report.metered}")
+    console.print("[green]demo: every step gave the expected answer[/]" if report.ok else "[red]demo: FAILED[/]")
+    if once:
+        mesh.stop()
+        sys.exit(0 if report.ok else 1)
+    _urls(console, mesh)
+    sys.exit(_wait_for_ctrl_c(console, mesh))
+
+
+def register(group: click.Group) -> None:
+    """Add `up` and `demo` to the top-level group."""
+    group.add_command(up)
+    group.add_command(demo)

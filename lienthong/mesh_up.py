@@ -1,0 +1,296 @@
+"""`lienthong up`: the whole mesh on one machine, each component its own OS process, set up through the registry API.
+
+Order: embedded Redis, data, registry keys, registry, gateways (their keys registered first), members, subsystems and
+client keys, connectors (they register their own services), approval and grants by the registry admin, then a wait
+until every gateway holds the snapshot that carries it all. Nothing is written around the API.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lienthong import keys
+from lienthong.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS, MeshPaths
+from lienthong.redis_connection import EmbeddedRedis
+from lienthong.supervisor import Component, StartFailed, Supervisor
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class MeshConfig:
+    root: Path = field(default_factory=lambda: Path(os.environ.get("LIENTHONG_HOME", "var")))
+    host: str = "127.0.0.1"
+    registry_port: int = 8600
+    gateway_ports: dict[str, int] = field(default_factory=lambda: {g.code: g.port for g in GATEWAYS})
+    connector_ports: dict[str, int] = field(default_factory=lambda: {c.name: c.port for c in CONNECTORS})
+    redis_port: int = 8679
+    redis_url: str | None = field(default_factory=lambda: os.environ.get("REDIS_URL"))
+    people: int = 100_000
+    seed: int = 1
+    gateway_workers: int = 1
+    echo_logs: bool = True
+
+    @property
+    def paths(self) -> MeshPaths:
+        return MeshPaths(self.root)
+
+
+@dataclass
+class Mesh:
+    """A running mesh: its URLs, its admin client, and the supervisor that owns its processes."""
+
+    config: MeshConfig
+    supervisor: Supervisor
+    redis: EmbeddedRedis | None
+    redis_url: str
+    registry_url: str
+    gateway_urls: dict[str, str]
+    connector_urls: dict[str, str]
+    kids: dict[str, str]  # subsystem -> kid of its client key
+
+    def admin(self) -> Any:
+        from registry.client import RegistryClient
+
+        return RegistryClient(self.registry_url, self.config.paths.registry / "admin.key", iss="admin")
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(host: str, wanted: int, what: str, say: Say) -> int:
+    """The wanted port, or a free one with a note saying which, so a busy port never stops the demo."""
+    if port_free(host, wanted):
+        return wanted
+    with socket.socket() as s:
+        s.bind((host, 0))
+        chosen = int(s.getsockname()[1])
+    say(f"port {wanted} is taken; {what} uses port {chosen} instead")
+    return chosen
+
+
+def _lienthong(*args: str) -> list[str]:
+    exe = Path(sys.executable).parent / "lienthong"
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "lienthong", *args]
+
+
+def _ensure_key(path: Path) -> keys.PrivateKey:
+    if path.exists():
+        return keys.load_private(path)
+    key = keys.generate()
+    keys.save_private(key, path)
+    return key
+
+
+def _exists_ok(create: Callable[..., Any], *args: Any) -> None:
+    """Run a create call; an object that already exists from an earlier run is fine (409)."""
+    from registry.client import RegistryError
+
+    try:
+        create(*args)
+    except RegistryError as exc:
+        if exc.status != 409:
+            raise
+
+
+def ensure_data(config: MeshConfig, say: Say) -> None:
+    data = config.paths.data
+    marker = data / ".generated"
+    wanted = f"people={config.people} seed={config.seed}"
+    if marker.exists() and marker.read_text() == wanted:
+        say(f"data: reusing {data} ({wanted})")
+        return
+    say(f"data: generating {config.people:,} people into {data}")
+    cmd = _lienthong("data", "generate", "--people", str(config.people), "--seed", str(config.seed), "--out", str(data))
+    if not sys.stdout.isatty():
+        cmd.append("--quiet")
+    subprocess.run(cmd, check=True)
+    marker.write_text(wanted)
+
+
+def database_url(config: MeshConfig, connector: str) -> str:
+    from connectors.sdk.config import default_database_url
+
+    return default_database_url(connector, config.paths.data.resolve())
+
+
+def start(config: MeshConfig, say: Say = print) -> Mesh:
+    """Start and configure the whole mesh; on any failure stop what was started and raise StartFailed."""
+    paths = config.paths
+    paths.root.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(paths.logs, echo=config.echo_logs)
+    redis: EmbeddedRedis | None = None
+    try:
+        if config.redis_url:
+            redis_url = config.redis_url
+            say(f"redis: using REDIS_URL {redis_url}")
+        else:
+            port = pick_port(config.host, config.redis_port, "embedded redis", say)
+            redis = EmbeddedRedis(paths.redis, port)
+            redis_url = redis.start()
+            say(f"redis: embedded server on {redis_url}, data in {paths.redis}")
+        ensure_data(config, say)
+        mesh = _start_processes(config, supervisor, redis, redis_url, say)
+        _configure(mesh, say)
+        return mesh
+    except BaseException:
+        supervisor.stop_all()
+        if redis is not None:
+            redis.stop()
+        raise
+
+
+def _start_processes(
+    config: MeshConfig, supervisor: Supervisor, redis: EmbeddedRedis | None, redis_url: str, say: Say
+) -> Mesh:
+    from registry import keyfiles
+
+    paths, host = config.paths, config.host
+    if not (paths.registry / keyfiles.SIGNING_KEY).exists():
+        made = keyfiles.init(paths.registry)
+        say(f"registry: keys made, admin key {made.admin_key}")
+    rport = pick_port(host, config.registry_port, "the registry", say)
+    registry_url = f"http://{host}:{rport}"
+    env = {"REDIS_URL": redis_url}
+    supervisor.start(
+        Component(
+            "registry",
+            _lienthong("registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)),
+            f"{registry_url}/healthz",
+            env,
+        )
+    )
+    mesh = Mesh(config, supervisor, redis, redis_url, registry_url, {}, {}, {})
+    with mesh.admin() as admin:
+        for gw in GATEWAYS:
+            port = pick_port(host, config.gateway_ports[gw.code], f"gateway {gw.code}", say)
+            url = f"http://{host}:{port}"
+            mesh.gateway_urls[gw.code] = url
+            jwk = keys.public_jwk(_ensure_key(paths.gateway(gw.code) / "gateway.key"))
+            _register_gateway(admin, gw.code, url, jwk)
+        for member in MEMBERS:
+            _exists_ok(admin.add_member, member.id, member.name, member.home_gateway)
+            for code, name in member.subsystems:
+                subsystem = f"{member.id}/{code}"
+                _exists_ok(admin.add_subsystem, subsystem, name)
+                jwk = keys.public_jwk(_ensure_key(paths.client_key(subsystem)))
+                mesh.kids[subsystem] = jwk["kid"]
+                _exists_ok(admin.add_client_key, subsystem, jwk)
+    registry_pub = paths.registry / keyfiles.SIGNING_PUB
+    for gw in GATEWAYS:
+        url = mesh.gateway_urls[gw.code]
+        data_dir = paths.gateway(gw.code)
+        argv = _lienthong(
+            "gateway", "serve", "--code", gw.code, "--host", host, "--port", url.rsplit(":", 1)[1],
+            "--registry", registry_url, "--registry-key", str(registry_pub), "--data-dir", str(data_dir),
+            "--workers", str(config.gateway_workers), "--redis-url", redis_url, "--trace-sample-ratio", "0.01",
+        )  # fmt: skip
+        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", env))
+    for spec in CONNECTORS:
+        port = pick_port(host, config.connector_ports[spec.name], f"connector {spec.name}", say)
+        url = f"http://{host}:{port}"
+        mesh.connector_urls[spec.name] = url
+        argv = _lienthong(
+            "connector", "serve", spec.name, "--host", host, "--port", str(port),
+            "--database-url", database_url(config, spec.name), "--registry", registry_url,
+            "--gateway", spec.gateway, "--key", str(paths.client_key(spec.subsystem)),
+            "--kid", mesh.kids[spec.subsystem],
+        )  # fmt: skip
+        supervisor.start(Component(spec.name, argv, f"{url}/healthz", env))
+    return mesh
+
+
+def _register_gateway(admin: Any, code: str, url: str, jwk: dict[str, Any]) -> None:
+    from registry.client import RegistryError
+
+    try:
+        admin.add_gateway(code, url, [jwk])
+        return
+    except RegistryError as exc:
+        if exc.status != 409:
+            raise
+    current = admin.get_gateway(code)
+    if current.get("base_url") != url:
+        admin.update_gateway(code, url)
+    if jwk["kid"] not in {k.get("kid") for k in current.get("keys", []) if not k.get("revoked")}:
+        admin.add_gateway_key(code, jwk)
+
+
+def _configure(mesh: Mesh, say: Say) -> None:
+    """Approve the services the connectors registered, add the grants, wait for every gateway to see them."""
+    from registry.client import RegistryError
+
+    with mesh.admin() as admin:
+        deadline = time.monotonic() + 30
+        pending = {c.service for c in CONNECTORS}
+        while pending and time.monotonic() < deadline:
+            for service_id in sorted(pending):
+                try:
+                    service = admin.get_service(service_id)
+                except RegistryError as exc:
+                    if exc.status == 404:
+                        continue
+                    raise
+                if not service.get("approved"):
+                    admin.approve_service(service_id)
+                    say(f"registry: approved {service_id}")
+                pending.discard(service_id)
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            raise StartFailed(f"these connectors never registered their service: {', '.join(sorted(pending))}")
+        for grant in GRANTS:
+            active = [g for g in admin.list_grants(consumer=grant.consumer, service=grant.service) if not g["revoked"]]
+            if active:
+                continue
+            endpoints: Any = "*"
+            if not isinstance(grant.endpoints, str):
+                endpoints = [{"method": m, "path": p} for m, p in grant.endpoints]
+            admin.add_grant(
+                grant.consumer,
+                grant.service,
+                list(grant.purposes),
+                endpoints=endpoints,
+                fields=list(grant.fields) if grant.fields is not None else None,
+                quota={"per_minute": grant.per_minute, "per_day": grant.per_day},
+            )
+        version = int(admin.snapshot(gateway=GATEWAYS[0].code).headers["etag"].strip('"'))
+    wait_for_snapshot(mesh, version)
+    say(f"mesh: every gateway holds snapshot version {version} or later")
+
+
+def wait_for_snapshot(mesh: Mesh, version: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for code, url in mesh.gateway_urls.items():
+        while True:
+            try:
+                held = httpx.get(f"{url}/healthz", timeout=2).json().get("snapshot_version") or 0
+            except (httpx.HTTPError, ValueError):
+                held = 0
+            if held >= version:
+                break
+            if time.monotonic() > deadline:
+                raise StartFailed(f"gateway {code} did not receive snapshot version {version} within {timeout:.0f}s")
+            time.sleep(0.1)
