@@ -72,7 +72,7 @@ def api_options(fn: F) -> F:
     opts = [
         click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default="http://127.0.0.1:8600",
                      show_default=True, help="registry base URL (env LIENTHONG_REGISTRY_URL)"),
-        click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        click.option("--key", "auth_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help=f"private key (PEM) to sign with [default: {DEFAULT_DATA_DIR}/admin.key]"),
         click.option("--kid", default=None, help="key id registered for --key [default: its thumbprint]"),
         click.option("--as", "issuer", default="admin", show_default=True,
@@ -83,13 +83,13 @@ def api_options(fn: F) -> F:
     return fn
 
 
-def _client(registry_url: str, key_file: Path | None, kid: str | None, issuer: str) -> Any:
+def _client(registry_url: str, auth_key: Path | None, kid: str | None, issuer: str) -> Any:
     from registry.client import RegistryClient
 
-    path = key_file or Path(DEFAULT_DATA_DIR) / keyfiles.ADMIN_KEY
+    path = auth_key or Path(DEFAULT_DATA_DIR) / keyfiles.ADMIN_KEY
     if not path.exists():
         raise click.ClickException(f"no key file {path}; pass --key or run `lienthong registry init`")
-    if kid is None and key_file is None and (path.parent / keyfiles.ADMIN_PUB).exists():
+    if kid is None and auth_key is None and (path.parent / keyfiles.ADMIN_PUB).exists():
         kid = keyfiles.admin_kid(path.parent)
     try:
         return RegistryClient(registry_url, path, kid, issuer)
