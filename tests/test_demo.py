@@ -1,0 +1,47 @@
+"""`lienthong demo --once` runs the whole mesh as separate processes and the national procedure across it (issue 5).
+
+It starts its own embedded Redis, registry, three gateways and four connectors on free ports, and must exit 0 only
+when every step gave the expected answer and the metered count equals the calls sent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from lienthong.redis_connection import free_port
+from tests.procs import lienthong
+
+
+def test_demo_once_runs_the_procedure_end_to_end(tmp_path: Path) -> None:
+    home = tmp_path / "mesh"
+    args = lienthong(
+        "demo", "--once", "--home", str(home), "--people", "2000", "--burst", "40",
+        "--registry-port", str(free_port()), "--gateway-port", str(free_port()),
+        "--connector-port", str(free_port()),
+    )  # fmt: skip
+    # a fresh mesh must not reuse another test's Redis
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-5000:]
+    assert "insurance issues the TE health insurance card: HTTP 201" in out
+    assert "HTTP 403 not-permitted" in out
+    assert "demo: every step gave the expected answer" in out
+    # each component wrote its own log, and none is left running
+    logs = {p.stem for p in (home / "logs").glob("*.log")}
+    assert {"registry", "gw-national", "gw-hanoi", "gw-nghean", "population", "insurance"} <= logs
+    leftover = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", f"processes still running: {leftover.stdout}"
+
+
+def test_demo_names_a_component_that_fails_to_start(tmp_path: Path) -> None:
+    home = tmp_path / "broken"
+    (home / "registry").mkdir(parents=True)
+    (home / "registry" / "registry.key").write_text("not a key")  # the registry cannot load its signing key
+    args = lienthong("demo", "--once", "--home", str(home), "--people", "200", "--registry-port", str(free_port()))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "registry" in out and "could not start" in out, out[-3000:]
