@@ -207,6 +207,8 @@ def test_spreads_look_like_vietnam(sqlite_data):
 def test_same_seed_same_rows_other_seed_other_rows(sqlite_data, tmp_path):
     generate(tmp_path / "again", people=PEOPLE, seed=7, batch_rows=50_000)  # batch size must not matter
     assert _dump(sqlite_urls(tmp_path / "again")) == sqlite_data
+    generate(tmp_path / "forked", people=PEOPLE, seed=7, parallel=True)  # rows built in a child process
+    assert _dump(sqlite_urls(tmp_path / "forked")) == sqlite_data
     generate(tmp_path / "other", people=300, seed=8)
     other = _dump(sqlite_urls(tmp_path / "other"))
     assert other["population.persons"][:50] != sqlite_data["population.persons"][:50]

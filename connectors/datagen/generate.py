@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
+import queue
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from connectors.datagen.households import COLUMNS, World
+from connectors.datagen.households import COLUMNS, Row, World
 from connectors.datagen.loader import Loader
 from connectors.schema import DATABASES
 
 # The day the generated country is seen from. Fixed, so one seed gives the same rows whatever day it runs.
 AS_OF = dt.date(2025, 7, 1)
 BATCH_ROWS = 50_000
+# From this many people on, rows are built in a child process while this one loads them: two cores instead of one.
+PARALLEL_FROM = 200_000
 DATABASE_NAMES: tuple[str, ...] = tuple(DATABASES)
 
 Progress = Callable[[int, int], None]
@@ -43,9 +47,9 @@ class GenerateResult:
         return self.total_rows / self.seconds if self.seconds else 0.0
 
 
-def sqlite_urls(out_dir: Path) -> dict[str, str]:
+def sqlite_urls(out_dir: Path | str) -> dict[str, str]:
     """The SQLite file URL of each database under `out_dir` (`population.sqlite`, ...)."""
-    return {name: f"sqlite:///{(out_dir / f'{name}.sqlite').resolve()}" for name in DATABASE_NAMES}
+    return {name: f"sqlite:///{(Path(out_dir) / f'{name}.sqlite').resolve()}" for name in DATABASE_NAMES}
 
 
 def postgres_urls(base_url: str) -> dict[str, str]:
@@ -76,6 +80,67 @@ def resolve_urls(out_dir: Path | None, database_urls: Mapping[str, str] | None) 
     return {name: given[name] for name in DATABASE_NAMES}
 
 
+Batch = tuple[int, dict[str, list[Row]]]
+
+
+def _batches(seed: int, as_of: dt.date, people: int, batch_rows: int) -> Iterator[Batch]:
+    """(people done so far, rows) every `batch_rows` rows; the last batch has every person."""
+    world = World(seed, as_of)
+    done = 0
+    while done < people:
+        done += world.household(people - done)
+        if world.pending >= batch_rows:
+            yield done, world.take_rows()
+    yield done, world.take_rows()
+
+
+def _produce(seed: int, as_of: dt.date, people: int, batch_rows: int, out: multiprocessing.Queue) -> None:
+    """Child process: put every batch on `out`, then None (or the error's text)."""
+    try:
+        for batch in _batches(seed, as_of, people, batch_rows):
+            out.put(batch)
+        out.put(None)
+    except BaseException as exc:  # the parent reports it; a child traceback alone would be lost
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+class ChildBatches:
+    """The same batches as _batches, built in a forked child process and passed through a bounded queue.
+
+    fork, not spawn: spawn re-imports the caller's __main__, which would run an unguarded script again. The child
+    starts before any database connection opens and only builds rows.
+    """
+
+    def __init__(self, seed: int, as_of: dt.date, people: int, batch_rows: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self.out = context.Queue(maxsize=4)
+        self.child = context.Process(target=_produce, args=(seed, as_of, people, batch_rows, self.out), daemon=True,
+                                     name="lienthong-datagen")  # fmt: skip
+        self.child.start()
+
+    def __iter__(self) -> Iterator[Batch]:
+        try:
+            while True:
+                try:
+                    item = self.out.get(timeout=1.0)
+                except queue.Empty:
+                    if not self.child.is_alive():
+                        raise RuntimeError(f"the generating process died (exit code {self.child.exitcode})") from None
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, str):
+                    raise RuntimeError(f"the generating process failed: {item}")
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.child.is_alive():
+            self.child.terminate()
+        self.child.join(5)
+
+
 def generate(
     out_dir: Path | str | None = None,
     *,
@@ -85,11 +150,14 @@ def generate(
     progress: Progress | None = None,
     as_of: dt.date = AS_OF,
     batch_rows: int = BATCH_ROWS,
+    parallel: bool | None = None,
 ) -> GenerateResult:
     """Generate `people` persons and everything hanging off them into the four databases; replaces earlier data.
 
     SQLite files go to `out_dir` (created if missing) unless `database_urls` gives a URL for that database
     (sqlite or postgresql+psycopg). `progress(done, total)` is called after each batch with people done so far.
+    `parallel` builds rows in a child process while this one loads them (default: from PARALLEL_FROM people);
+    the rows are the same either way.
     """
     if isinstance(people, bool) or not isinstance(people, int) or people < 1:
         raise GenerateError("people: a whole number of at least 1")
@@ -106,30 +174,27 @@ def generate(
     loaders = {name: Loader(name, url) for name, url in urls.items()}
     result = GenerateResult(people=people, seed=seed, urls=urls, rows=dict.fromkeys(COLUMNS, 0))
     started = time.perf_counter()
+    use_child = people >= PARALLEL_FROM if parallel is None else parallel
+    child = ChildBatches(seed, as_of, people, batch_rows) if use_child else None
     try:
         for loader in loaders.values():
             loader.start()
-        world = World(seed, as_of)
+        batches = child if child is not None else _batches(seed, as_of, people, batch_rows)
         done = 0
-
-        def flush() -> None:
-            for key, rows in world.take_rows().items():
+        for done, batch in batches:
+            for key, rows in batch.items():
                 database, table = key.split(".")
                 loaders[database].insert(table, COLUMNS[key], rows)
                 result.rows[key] += len(rows)
             for loader in loaders.values():
                 loader.commit()
-
-        while done < people:
-            done += world.household(people - done)
-            if world.pending >= batch_rows:
-                flush()
-                if progress is not None:
-                    progress(done, people)
-        flush()
+            if progress is not None and done < people:
+                progress(done, people)
         for loader in loaders.values():
             loader.finish()
     except BaseException:
+        if child is not None:
+            child.close()
         for loader in loaders.values():
             loader.abort()
         raise

@@ -39,6 +39,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 CARD_START = dt.date(2016, 1, 1).toordinal()  # the 12-digit chip-less card was first issued in 2016
 CARD_MILESTONES = (25, 40, 60)
+PLACE_POOL = 512
 
 
 def _add_years(day: dt.date, years: int) -> dt.date:
@@ -48,8 +49,21 @@ def _add_years(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year + years, day=28)
 
 
+_ISO: dict[int, str] = {}
+
+
 def _iso(ordinal: int) -> str:
-    return dt.date.fromordinal(ordinal).isoformat()
+    """ISO date of a day number, cached: a few tens of thousands of distinct days cover every row."""
+    text = _ISO.get(ordinal)
+    if text is None:
+        text = _ISO[ordinal] = dt.date.fromordinal(ordinal).isoformat()
+    return text
+
+
+def _anniversary(birth_iso: str, years: int) -> str:
+    """ISO date of the `years`-th birthday (28 February for those born on the 29th)."""
+    rest = "-02-28" if birth_iso[4:] == "-02-29" else birth_iso[4:]
+    return f"{int(birth_iso[:4]) + years:04d}{rest}"
 
 
 @dataclass(slots=True)
@@ -57,6 +71,7 @@ class Person:
     id: str
     sex: str
     birth: dt.date
+    birth_iso: str
     age: int
     family: str
     full_name: str
@@ -79,8 +94,8 @@ class World:
         self.rng = FastRandom(seed)
         self.as_of = as_of
         self.as_of_ord = as_of.toordinal()
-        self.rows: dict[str, list[Row]] = {name: [] for name in COLUMNS}
-        self.pending = 0
+        self.year_start, self.year_end = f"{as_of.year:04d}-01-01", f"{as_of.year:04d}-12-31"
+        self.rows: dict[str, list[Row]] = {}
         self.person_serials = ScrambledCounters(6, seed)
         self.old_ids = ScrambledCounters(9, seed + 1)
         self.si_serials = ScrambledCounters(8, seed + 2)
@@ -108,6 +123,9 @@ class World:
             "retired": Picker(dem.CATEGORIES_RETIRED),
         }
         self.facilities = {code: self._facilities(code) for code in PROVINCES}
+        # places are drawn from a pool per province: one draw instead of three on the hottest path
+        self.places = {code: [self._new_place(code) for _ in range(PLACE_POOL)] for code in PROVINCES}
+        self._bind_appenders()
 
     # --- small pieces ---------------------------------------------------------------------------------------------
 
@@ -120,9 +138,12 @@ class World:
             facilities.append((f"{hi2}{k:03d}", f"{label}, {name}"))
         return facilities
 
-    def _place(self, province: str) -> str:
+    def _new_place(self, province: str) -> str:
         rng = self.rng
         return f"{self.ward_kind.pick(rng)} {rng.choice(voc.VILLAGE_NAMES)}, {PROVINCES[province]}"
+
+    def _place(self, province: str) -> str:
+        return self.places[province][int(self.rng.random() * PLACE_POOL)]
 
     def _address(self, province: str) -> str:
         rng = self.rng
@@ -145,7 +166,8 @@ class World:
         prefix = f"{province}{2 * ((birth.year - 1900) // 100) + (sex == 'F')}{birth.year % 100:02d}"
         person_id = f"{prefix}{self.person_serials.next(prefix):06d}"
         return Person(
-            id=person_id, sex=sex, birth=birth, age=age, family=family, full_name=self._name(sex, family),
+            id=person_id, sex=sex, birth=birth, birth_iso=_iso(birth_ord), age=age, family=family,
+            full_name=self._name(sex, family),
             province=province, hometown=hometown or self._place(province),
             ethnicity=ethnicity or self.ethnicity.pick(rng), religion=religion or self.religion.pick(rng),
             relation=relation, marital=marital,
@@ -260,7 +282,7 @@ class World:
         self.household_serials[home] = serial
         household_id = f"HK{home}{serial:09d}"
         address = self._address(home)
-        self._add("population.households", (household_id, members[0].id, address, home))
+        self.put_household((household_id, members[0].id, address, home))
         for person in members:
             self._emit_person(person, household_id, address, home)
         for person in deceased:
@@ -268,17 +290,17 @@ class World:
 
     def _emit_person(self, p: Person, household_id: str | None, address: str, home: str) -> None:
         rng = self.rng
-        birth_iso = p.birth.isoformat()
+        birth_iso = p.birth_iso
         old_id = f"{self.old_ids.next():09d}" if p.birth.year < 2002 and rng.random() < 0.7 else None
         issue = issue_place = expiry = None
         if p.age >= 14:
-            start = max(CARD_START, _add_years(p.birth, 14).toordinal())
+            start = max(CARD_START, dt.date.fromisoformat(_anniversary(birth_iso, 14)).toordinal())
             issue_ord = rng.randint(start, self.as_of_ord) if start < self.as_of_ord else self.as_of_ord
             issue, issue_place = _iso(issue_ord), voc.CARD_ISSUER
             for milestone in CARD_MILESTONES:
-                day = _add_years(p.birth, milestone)
-                if day.toordinal() > issue_ord:
-                    expiry = day.isoformat()
+                day = _anniversary(birth_iso, milestone)
+                if day > issue:  # ISO dates order as strings
+                    expiry = day
                     break
         adult = p.age >= 16 and p.death is None
         phone = f"0{rng.choice(voc.PHONE_PREFIXES)}{rng.below(10_000_000):07d}" if adult and rng.random() < 0.85 \
@@ -287,7 +309,7 @@ class World:
         if adult and p.age <= 50 and rng.random() < 0.3:
             email = f"{fold(p.full_name).replace(' ', '.')}{rng.below(1000)}@mail.example.vn"
         death_iso = p.death.isoformat() if p.death else None
-        self._add("population.persons", (
+        self.put_person((
             p.id, p.full_name, None, birth_iso, p.sex, self._place(p.province), p.province, p.hometown, p.ethnicity,
             p.religion, "VN", self.blood.pick(rng), old_id, issue, issue_place, expiry, p.father_id, p.mother_id,
             p.spouse_id, p.marital, household_id, p.relation if household_id else None, death_iso, phone, email,
@@ -300,20 +322,20 @@ class World:
     def _residence(self, p: Person, address: str, home: str) -> None:
         rng = self.rng
         birth_ord = p.birth.toordinal()
-        since = birth_ord if p.age < 18 or p.relation == "child" else rng.randint(
-            _add_years(p.birth, 18).toordinal(), self.as_of_ord)
+        # from roughly the 18th birthday; the exact day does not matter for a residence record
+        since = birth_ord if p.age < 18 or p.relation == "child" else rng.randint(birth_ord + 6575, self.as_of_ord)
         if p.age >= 18 and since > birth_ord and rng.random() < 0.1:
             before = rng.randint(birth_ord, since - 1)
-            self._add("population.residence", (p.id, "permanent", self._address(p.province), p.province, _iso(before),
+            self.put_residence((p.id, "permanent", self._address(p.province), p.province, _iso(before),
                                                _iso(since - 1)))  # fmt: skip
         until = p.death.isoformat() if p.death else None
-        self._add("population.residence", (p.id, "permanent", address, home, _iso(since), until))
+        self.put_residence((p.id, "permanent", address, home, _iso(since), until))
         if p.death is None and 18 <= p.age <= 45 and rng.random() < 0.06:
             away = self.migration.pick(rng)
             moved = _iso(rng.randint(max(since, self.as_of_ord - 1100), self.as_of_ord))
             elsewhere = self._address(away)
-            self._add("population.residence", (p.id, "temporary", elsewhere, away, moved, None))
-            self._add("population.residence", (p.id, "current", elsewhere, away, moved, None))
+            self.put_residence((p.id, "temporary", elsewhere, away, moved, None))
+            self.put_residence((p.id, "current", elsewhere, away, moved, None))
 
     def _insure(self, p: Person, home: str) -> None:
         rng = self.rng
@@ -321,17 +343,19 @@ class World:
         si_number = f"{hi2}{self.si_serials.next(hi2):08d}"
         if p.age < 6:
             category = CHILD_CATEGORY
-            valid_from, valid_to = p.birth.isoformat(), (_add_years(p.birth, 6) - dt.timedelta(days=1)).isoformat()
+            # valid until the day before the 6th birthday
+            valid_from = p.birth_iso
+            valid_to = _iso(dt.date.fromisoformat(_anniversary(p.birth_iso, 6)).toordinal() - 1)
         else:
             stage = "school" if p.age < 18 else "young" if p.age < 23 else "working" if p.age < 60 else "retired"
             category = self.cards[stage].pick(rng)
-            valid_from = max(p.birth, dt.date(self.as_of.year, 1, 1)).isoformat()
-            valid_to = dt.date(self.as_of.year, 12, 31).isoformat()
+            valid_from = max(p.birth_iso, self.year_start)
+            valid_to = self.year_end
         level = CATEGORIES[category]
         code = f"{category}{level}{hi2}{si_number}"
         facility_code, facility_name = rng.choice(self.facilities[home])
-        self._add("insurance.insured", (si_number, p.id, p.full_name, p.birth.isoformat(), home, 0))
-        self._add("insurance.hi_cards", (code, si_number, category, level, home, valid_from, valid_to, facility_code,
+        self.put_insured((si_number, p.id, p.full_name, p.birth_iso, home, 0))
+        self.put_card((code, si_number, category, level, home, valid_from, valid_to, facility_code,
                                          facility_name, 0))  # fmt: skip
         if p.age < 6:
             self._birth(p, code)
@@ -347,8 +371,8 @@ class World:
         return f"{_iso(day)} {rng.randint(7, 16):02d}:{rng.below(60):02d}:{rng.below(60):02d}.000000"
 
     def _birth(self, child: Person, card_code: str) -> None:
-        self._add("civil_status.births", (
-            self._next_birth_id(child.province), child.province, child.full_name, child.sex, child.birth.isoformat(),
+        self.put_birth((
+            self._next_birth_id(child.province), child.province, child.full_name, child.sex, child.birth_iso,
             self._place(child.province), child.father_id, child.mother_id, self._registered_at(child.birth.toordinal()),
             child.id, card_code, 0,
         ))  # fmt: skip
@@ -358,7 +382,7 @@ class World:
         rng = self.rng
         sex = "M" if rng.random() < 0.52 else "F"
         birth_ord = self.as_of_ord - rng.randint(1, 20)
-        self._add("civil_status.births", (
+        self.put_birth((
             self._next_birth_id(home), home, self._name(sex, father.family), sex, _iso(birth_ord), self._place(home),
             father.id, mother.id, self._registered_at(birth_ord), None, None, 0,
         ))  # fmt: skip
@@ -382,7 +406,7 @@ class World:
         earliest = max(dt.date(1995, 1, 1).toordinal(), _add_years(rep.birth, 18).toordinal())
         registered = rng.randint(earliest, self.as_of_ord)
         capital = int(10 ** rng.uniform(8.5, 11.5)) // 1_000_000 * 1_000_000
-        self._add("business.enterprises", (code, None, name, fold(name), status, self._address(province), province,
+        self.put_enterprise((code, None, name, fold(name), status, self._address(province), province,
                                            rep.full_name, rep.id, "VN", capital, _iso(registered), 0))  # fmt: skip
         self._owners(code, form, rep, adults)
         if rng.random() < dem.BRANCH_SHARE:
@@ -390,7 +414,7 @@ class World:
                 where = province if rng.random() < 0.5 else self.province.pick(rng)
                 head = rng.choice(adults)
                 branch_name = f"{name} - Chi nhánh {PROVINCES[where]} {number}"
-                self._add("business.enterprises", (
+                self.put_enterprise((
                     f"{code}-{number:03d}", code, branch_name, fold(branch_name), status, self._address(where), where,
                     head.full_name, head.id, "VN", 0, _iso(rng.randint(registered, self.as_of_ord)), 0,
                 ))  # fmt: skip
@@ -399,7 +423,7 @@ class World:
     def _owners(self, code: str, form: str, rep: Person, adults: list[Person]) -> None:
         rng = self.rng
         if form in ("Doanh nghiệp tư nhân", "Công ty TNHH Một thành viên"):
-            self._add("business.owners", (code, rep.full_name, rep.id, None, 100.0))
+            self.put_owner((code, rep.full_name, rep.id, None, 100.0))
             return
         holders: list[tuple[str, str | None, str | None]] = [(rep.full_name, rep.id, None)]
         holders += [(p.full_name, p.id, None) for p in adults if p is not rep][:2]
@@ -409,14 +433,28 @@ class World:
         cuts = sorted(rng.sample(range(1, 10_000), len(holders) - 1)) if len(holders) > 1 else []
         bounds = [0, *cuts, 10_000]
         for (holder, personal, enterprise), low, high in zip(holders, bounds, bounds[1:], strict=False):
-            self._add("business.owners", (code, holder, personal, enterprise, (high - low) / 100))
+            self.put_owner((code, holder, personal, enterprise, (high - low) / 100))
 
-    def _add(self, table: str, row: Row) -> None:
-        self.rows[table].append(row)
-        self.pending += 1
+    def _bind_appenders(self) -> None:
+        """Fresh row buffers, with their append methods bound once (the hot path calls them ~5 times a person)."""
+        self.rows = {name: [] for name in COLUMNS}
+        rows = self.rows
+        self.put_person = rows["population.persons"].append
+        self.put_household = rows["population.households"].append
+        self.put_residence = rows["population.residence"].append
+        self.put_enterprise = rows["business.enterprises"].append
+        self.put_owner = rows["business.owners"].append
+        self.put_insured = rows["insurance.insured"].append
+        self.put_card = rows["insurance.hi_cards"].append
+        self.put_birth = rows["civil_status.births"].append
+
+    @property
+    def pending(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
 
     def take_rows(self) -> dict[str, list[Row]]:
         """Hand the buffered rows over to the loader and start new buffers."""
-        rows, self.rows, self.pending = self.rows, {name: [] for name in COLUMNS}, 0
+        rows = self.rows
+        self._bind_appenders()
         return rows
 
