@@ -4,6 +4,7 @@ latency percentiles, health, and problem+json naming the field on bad input."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -20,7 +22,7 @@ from lienthong.redis_connection import EmbeddedRedis, free_port
 from policies.audit import Audit
 from policies.chain import ChainConfig
 from policies.meter import Meter
-from tests.procs import Proc
+from tests.procs import Proc, lienthong
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, World, context
 
 HOUR_AGO = time.time() - 3600
@@ -170,3 +172,20 @@ def test_bad_input_is_problem_json_naming_the_field(ops: str, path: str, params:
 def test_unknown_path_is_problem_json(ops: str) -> None:
     r = httpx.get(f"{ops}/nothing-here")
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_metering_report_command_reads_the_same_counts(ops: str, redis_server: EmbeddedRedis) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    argv = lienthong("metering", "report", "--from", WINDOW["from"], "--to", WINDOW["to"], "--by", "consumer,outcome",
+                     "--redis", url)  # fmt: skip
+    as_json = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 0, as_json.stderr
+    body = orjson.loads(as_json.stdout)
+    assert body["total"] == 30
+    assert {(g["consumer"], g["outcome"]): g["count"] for g in body["groups"]} == {
+        (CONSUMER, "2xx"): 17, (CONSUMER, "4xx"): 3, (OTHER_CONSUMER, "2xx"): 10
+    }  # fmt: skip
+    table = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "total" in table.stdout and "30" in table.stdout
+    bad = subprocess.run([*argv[:-4], "--by", "colour", "--redis", url], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--by" in bad.stderr
