@@ -1,9 +1,12 @@
 """A small mesh of real processes for tests and benchmarks: a registry, gateways (national + provinces), upstreams.
 
-Until the registry part lands, the registry here is a stand-in process (`standin_registry_app` below) that serves
-snapshots this module signs itself with a registry key it made, with the real protocol (§7): signed compact JWS,
-ETag, If-None-Match, ?wait= long poll. Upstreams are a small real ASGI echo app under uvicorn (`echo_app`); it
-stands in for the connectors where a test needs no connector logic.
+The catalogue is declared on a `Mesh` (add_gateway, add_member, add_service, add_grant, ...) and `publish()` makes it
+live. With `registry="real"` (the default) a real `lienthong registry serve` process runs on the given Redis and
+publish() pushes what changed through the registry's own RegistryClient (the registry assigns grant ids: see
+`grant_id()`). With `registry="standin"` a stand-in process serves snapshots this module signs itself, speaking
+the same protocol (§7: signed compact JWS, ETag, If-None-Match, ?wait= long poll); it needs no Redis.
+Upstreams are a small real ASGI echo app under uvicorn (`echo_app`), standing in for connectors where a test needs
+no connector logic.
 
 Run as a module for the child processes:
     python -m tests.mesh_support registry --port P --dir D
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -192,6 +196,7 @@ class Mesh:
     redis_url: str = "redis://127.0.0.1:1/0"
     max_snapshot_age: float = 600
     workers: int = 1
+    registry: str = "real"  # or "standin"
     registry_key: KeyPair = field(init=False)
     registry_port: int = field(init=False)
     registry_proc: Proc | None = None
@@ -201,8 +206,13 @@ class Mesh:
     doc: dict[str, Any] = field(default_factory=dict)
     hosted: dict[str, dict[str, str]] = field(default_factory=dict)  # gateway -> service id -> upstream URL
     clients: dict[str, KeyPair] = field(default_factory=dict)
+    registry_handle: Any = None  # tests.registry_support.RegistryHandle in "real" mode
+    _pushed: set[tuple[str, str]] = field(default_factory=set)
+    _grant_ids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.registry not in ("real", "standin"):
+            raise ValueError("registry is 'real' or 'standin'")
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry_key = make_key(self.root / "registry.key")
         (self.root / "registry.jwk").write_bytes(orjson.dumps(self.registry_key.jwk))
@@ -214,7 +224,13 @@ class Mesh:
 
     @property
     def registry_url(self) -> str:
+        if self.registry_handle is not None:
+            return str(self.registry_handle.url)
         return f"http://127.0.0.1:{self.registry_port}"
+
+    def grant_id(self, name: str) -> str:
+        """The id the registry gave the grant declared as `name` (the same in stand-in mode)."""
+        return self._grant_ids.get(name, name)
 
     # catalogue -------------------------------------------------------------------------------------------------
 
@@ -273,7 +289,9 @@ class Mesh:
                 g["revoked"] = True
 
     def publish(self) -> int:
-        """Sign and publish the next version for every gateway (atomic file replace)."""
+        """Make the declared catalogue live; returns the snapshot version the gateways should reach."""
+        if self.registry == "real":
+            return self._sync() if self.registry_handle is not None else self.version
         self.version += 1
         for code in self.gateways:
             doc = copy.deepcopy(self.doc)
@@ -288,6 +306,13 @@ class Mesh:
     # processes -------------------------------------------------------------------------------------------------
 
     def start_registry(self) -> None:
+        if self.registry == "real":
+            from tests.registry_support import start_registry
+
+            self.registry_handle = start_registry(self.root, self.redis_url, self.log_dir)
+            (self.root / "registry.jwk").write_bytes(orjson.dumps(self.registry_handle.registry_public_jwk))
+            self._sync()
+            return
         self.registry_proc = Proc(
             "registry", [PY, "-m", "tests.mesh_support", "registry", "--port", str(self.registry_port),
                          "--dir", str(self.snap_dir)], self.log_dir, env={"PYTHONPATH": str(REPO)},
@@ -295,6 +320,14 @@ class Mesh:
         self.registry_proc.wait_http(f"{self.registry_url}/healthz")
 
     def registry_down(self, down: bool) -> None:
+        if self.registry_handle is not None:
+            process = self.registry_handle.proc.process
+            running = process is not None and process.poll() is None
+            if down and running:  # an outage, not a graceful stop (which would wait for the gateways' long polls)
+                self.registry_handle.proc.kill9()
+            elif not down and not running:
+                self.registry_handle.restart()
+            return
         flag = self.snap_dir / "down"
         if down:
             flag.touch()
@@ -332,10 +365,19 @@ class Mesh:
 
     def start_gateway(self, code: str, options: dict[str, str] | None = None, wait_ready: bool = True) -> GatewayProc:
         """Start `lienthong gateway serve` for `code`; options override CLI flags, e.g. {"--workers": "2"}."""
-        gw = self.gateways[code]
-        gw.proc = Proc(f"gateway-{code}", self.gateway_argv(gw, options), self.log_dir).start()
-        gw.proc.wait_http(f"{gw.url}/{'readyz' if wait_ready else 'healthz'}")
-        return gw
+        return self.start_gateways({code: options or {}}, wait_ready)[0]
+
+    def start_gateways(self, options: dict[str, dict[str, str]], wait_ready: bool = True) -> list[GatewayProc]:
+        """Start several gateways at once (their start-up overlaps), then wait for each."""
+        started = []
+        for code, opts in options.items():
+            gw = self.gateways[code]
+            gw.proc = Proc(f"gateway-{code}", self.gateway_argv(gw, opts), self.log_dir).start()
+            started.append(gw)
+        for gw in started:
+            assert gw.proc is not None
+            gw.proc.wait_http(f"{gw.url}/{'readyz' if wait_ready else 'healthz'}")
+        return started
 
     def stop_gateway(self, code: str) -> None:
         proc = self.gateways[code].proc
@@ -348,24 +390,98 @@ class Mesh:
                 gw.proc.stop()
         for proc in self.upstream_procs:
             proc.stop()
+        # killed, not stopped: a graceful stop would wait out the long polls the gateways left open
         if self.registry_proc is not None:
-            self.registry_proc.stop()
+            self.registry_proc.kill9()
+        if self.registry_handle is not None:
+            self.registry_handle.proc.kill9()
+            self.registry_handle.stop()
+
+    # the real registry ------------------------------------------------------------------------------------------
+
+    def _sync(self) -> int:
+        """Push what the registry has not seen yet, in dependency order; return its snapshot version."""
+        admin = self._admin()
+        doc = self.doc
+        for gw in doc["gateways"]:
+            if self._first(("gateway", gw["code"])):
+                admin.add_gateway(gw["code"], gw["base_url"], gw["keys"])
+        for m in doc["members"]:
+            if self._first(("member", m["id"])):
+                admin.add_member(m["id"], m["name"], m["home_gateway"])
+        for sub in doc["subsystems"]:
+            if self._first(("subsystem", sub["id"])):
+                admin.add_subsystem(sub["id"], sub["name"])
+        for client in doc["clients"]:
+            for jwk in client["keys"]:
+                if self._first(("client-key", jwk["kid"])):
+                    admin.add_client_key(client["subsystem"], jwk)
+        for svc in doc["services"]:
+            if self._first(("service", svc["id"])):
+                admin.register_service(
+                    svc["id"], openapi=_openapi(svc), gateway=svc["gateway"], upstream_url=self._upstream(svc),
+                    name=svc["name"], description=svc["description"], timeout_ms=svc["timeout_ms"],
+                )  # fmt: skip
+                if svc["approved"]:
+                    admin.approve_service(svc["id"])
+        for g in doc["grants"]:
+            if self._first(("grant", g["id"])):
+                made = admin.add_grant(g["consumer"], g["service"], g["purposes"], endpoints=g["endpoints"],
+                                       fields=g["fields"], quota=g["quota"])  # fmt: skip
+                self._grant_ids[g["id"]] = made["id"]
+            if g["revoked"] and self._first(("revoked", g["id"])):
+                admin.revoke_grant(self._grant_ids[g["id"]])
+        code = next(iter(self.gateways))
+        etag = admin.snapshot(gateway=code).headers["etag"]
+        self.version = int(etag.strip('W/"'))
+        return self.version
+
+    def _first(self, item: tuple[str, str]) -> bool:
+        if item in self._pushed:
+            return False
+        self._pushed.add(item)
+        return True
+
+    def _admin(self) -> Any:
+        if not hasattr(self, "_admin_client"):
+            self._admin_client = self.registry_handle.admin_client()
+        return self._admin_client
+
+    def _upstream(self, svc: dict[str, Any]) -> str:
+        return self.hosted[svc["gateway"]][svc["id"]]
 
     def wait_version(self, version: int, timeout: float = 5.0, codes: Iterable[str] | None = None) -> float:
         """Seconds until every gateway's /healthz reports `version`."""
         started = time.monotonic()
         pending = set(codes or self.gateways)
-        while pending:
-            for code in list(pending):
-                try:
-                    if httpx.get(f"{self.gateways[code].url}/healthz", timeout=1).json()["snapshot_version"] >= version:
-                        pending.discard(code)
-                except httpx.HTTPError:
-                    pass
-            if pending and time.monotonic() - started > timeout:
-                raise TimeoutError(f"gateways {sorted(pending)} did not reach snapshot version {version}")
-            time.sleep(0.05)
+        with httpx.Client(timeout=1) as http:
+            while pending:
+                for code in list(pending):
+                    try:
+                        if http.get(f"{self.gateways[code].url}/healthz").json()["snapshot_version"] >= version:
+                            pending.discard(code)
+                    except httpx.HTTPError:
+                        pass
+                if pending and time.monotonic() - started > timeout:
+                    raise TimeoutError(f"gateways {sorted(pending)} did not reach snapshot version {version}")
+                time.sleep(0.05)
         return time.monotonic() - started
+
+
+def _openapi(svc: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI document whose endpoints the registry derives back to the declared ones."""
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in svc["endpoints"]:
+        params = []
+        for name in re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", ep["path"]):
+            param: dict[str, Any] = {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            if name == ep.get("subject_param"):
+                param["x-lienthong-subject"] = True
+            params.append(param)
+        op = {"operationId": ep["operation_id"], "summary": ep["summary"], "parameters": params,
+              "responses": {"200": {"description": "found"}}}  # fmt: skip
+        paths.setdefault(ep["path"], {})[ep["method"].lower()] = op
+    return {"openapi": "3.1.0", "info": {"title": svc["name"], "version": svc["version_label"]}, "paths": paths}
 
 
 def call_headers(

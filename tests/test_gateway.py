@@ -1,8 +1,9 @@
 """The gateway as real granian processes: routing local and over one hop, forwarding, hygiene, limits, upstream
 failures, the breaker, metaservices, snapshot cache, staleness and revocation (protocol §2, §3, §6, §7, §8).
 
-The registry and the upstreams are stand-ins from tests/mesh_support.py (a stand-in registry process serving
-snapshots signed here, and an echo ASGI app under uvicorn) until the registry and connectors parts are wired in.
+The registry is the real one (`lienthong registry serve` on a real Redis, fed through its RegistryClient by
+tests/mesh_support.py); the upstreams are a small echo ASGI app under uvicorn, standing in for connectors here (the
+end-to-end tests with the real connectors are in test_gateway_e2e.py).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+import redis
 
-from lienthong.redis_connection import free_port
+from lienthong.redis_connection import EmbeddedRedis, free_port
 from tests.mesh_support import Mesh, call_headers, client_token
 
+HTTP = httpx.Client(timeout=10)  # one client: a new httpx client per call costs ~40 ms of TLS set-up
 NA_CLIENT = "VN/PROV/NGHEAN/civil-status"
 HN_CLIENT = "VN/PROV/HANOI/justice"
 GOV_CLIENT = "VN/GOV/BHXH/insurance"
@@ -31,9 +34,11 @@ FLAKY = "VN/PROV/HANOI/residence/flaky"
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("mesh")
-    m = Mesh(root, root / "logs")
+    # a database of its own: other tests flush database 0 of the session's server
+    m = Mesh(root, root / "logs", redis_url=redis_server.url.rsplit("/", 1)[0] + "/7")
+    redis.Redis.from_url(m.redis_url).flushdb()
     for code in ("national", "hanoi", "nghean"):
         m.add_gateway(code)
     try:
@@ -61,9 +66,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m.add_grant("g-hn-flaky", HN_CLIENT, FLAKY, ["birth-registration"])
         m.add_grant("g-hn-persons", HN_CLIENT, PERSONS, ["birth-registration"])
         m.publish()
-        m.start_gateway("national", {"--workers": "2", "--body-limit": "4096"})
-        m.start_gateway("hanoi")
-        m.start_gateway("nghean")
+        m.start_gateways({"national": {"--workers": "2", "--body-limit": "4096"}, "hanoi": {}, "nghean": {}})
         yield m
     finally:
         m.stop()
@@ -74,7 +77,7 @@ def url(mesh: Mesh, code: str, path: str) -> str:
 
 
 def get(mesh: Mesh, home: str, client: str, path: str, **extra: str) -> httpx.Response:
-    return httpx.get(url(mesh, home, path), headers=call_headers(mesh, client, home, **extra), timeout=10)
+    return HTTP.get(url(mesh, home, path), headers=call_headers(mesh, client, home, **extra), timeout=10)
 
 
 def assert_mesh_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
@@ -97,7 +100,7 @@ def test_local_call_reaches_the_connector_with_a_connector_assertion(mesh: Mesh)
     claims = echo["assertion"]
     assert claims["iss"] == "national" and claims["aud"] == f"connector:{PERSONS}"
     assert claims["sub"] == GOV_CLIENT and claims["svc"] == PERSONS and claims["purpose"] == "birth-registration"
-    assert claims["grant"] == "g-gov-persons" and "fields" not in claims and claims["uid"] == "off-7"
+    assert claims["grant"] == mesh.grant_id("g-gov-persons") and "fields" not in claims and claims["uid"] == "off-7"
     assert claims["jti"] == r.headers["x-road-id"] == echo["headers"]["x-road-id"]
     assert claims["exp"] - claims["iat"] <= 30
 
@@ -118,7 +121,7 @@ def test_call_from_a_province_crosses_one_hop_with_a_gateway_assertion(mesh: Mes
     assert headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     claims = echo["assertion"]
     assert claims["iss"] == "national"  # the hosting gateway re-signs for its connector
-    assert claims["fields"] == ["id", "full_name"] and claims["grant"] == "g-na-persons"
+    assert claims["fields"] == ["id", "full_name"] and claims["grant"] == mesh.grant_id("g-na-persons")
     assert claims["uid"] == "can-bo-12" and claims["issue"] == "HS-2026-1" and claims["jti"] == "tx-province-1"
 
 
@@ -139,24 +142,24 @@ def test_a_second_hop_is_refused(mesh: Mesh) -> None:
     # hanoi receives an assertion for a service national hosts: it must not forward again
     token = jwt.encode({"iss": "nghean", "aud": "hanoi", "sub": NA_CLIENT, "svc": PERSONS, "exp": time.time() + 10,
                         "iat": time.time(), "jti": "x"}, "k" * 32)  # fmt: skip
-    r = httpx.get(url(mesh, "hanoi", f"/r1/{PERSONS}/persons/1"), headers={"X-Lienthong-Assertion": token})
+    r = HTTP.get(url(mesh, "hanoi", f"/r1/{PERSONS}/persons/1"), headers={"X-Lienthong-Assertion": token})
     assert_mesh_error(r, 404, "unknown-service")
 
 
 def test_unknown_service_and_endpoint(mesh: Mesh) -> None:
     assert_mesh_error(get(mesh, "nghean", NA_CLIENT, "/r1/VN/GOV/BCA/population/nope/x"), 404, "unknown-service")
     assert_mesh_error(get(mesh, "nghean", NA_CLIENT, f"/r1/{PERSONS}/people/1"), 404, "unknown-endpoint")
-    assert_mesh_error(httpx.get(url(mesh, "nghean", "/elsewhere")), 404, "unknown-service")
+    assert_mesh_error(HTTP.get(url(mesh, "nghean", "/elsewhere")), 404, "unknown-service")
 
 
 def test_grant_and_token_checks_run_on_the_path(mesh: Mesh) -> None:
-    no_token = httpx.get(url(mesh, "nghean", f"/r1/{PERSONS}/persons/1"), headers={"X-Road-Client": NA_CLIENT})
+    no_token = HTTP.get(url(mesh, "nghean", f"/r1/{PERSONS}/persons/1"), headers={"X-Road-Client": NA_CLIENT})
     assert_mesh_error(no_token, 401, "invalid-token")
     wrong_purpose = get(mesh, "nghean", NA_CLIENT, f"/r1/{PERSONS}/persons/1", **{"X-Purpose": "marketing"})
     assert_mesh_error(wrong_purpose, 403, "access-denied")
     # the grant covers GET /persons/{id} only
     h = call_headers(mesh, NA_CLIENT, "nghean")
-    post = httpx.post(url(mesh, "nghean", f"/r1/{PERSONS}/persons/search"), headers=h, json={"q": 1})
+    post = HTTP.post(url(mesh, "nghean", f"/r1/{PERSONS}/persons/search"), headers=h, json={"q": 1})
     assert_mesh_error(post, 403, "access-denied")
 
 
@@ -180,9 +183,9 @@ def test_path_hygiene(mesh: Mesh, path: str) -> None:
 
 def test_body_limit(mesh: Mesh) -> None:
     h = call_headers(mesh, GOV_CLIENT, "national")
-    big = httpx.post(url(mesh, "national", f"/r1/{PERSONS}/persons/search"), headers=h, content=b"x" * 5000)
+    big = HTTP.post(url(mesh, "national", f"/r1/{PERSONS}/persons/search"), headers=h, content=b"x" * 5000)
     assert_mesh_error(big, 413, "body-too-large")
-    small = httpx.post(url(mesh, "national", f"/r1/{PERSONS}/persons/search"), headers=h, content=b'{"q":"x"}')
+    small = HTTP.post(url(mesh, "national", f"/r1/{PERSONS}/persons/search"), headers=h, content=b'{"q":"x"}')
     assert small.status_code == 200 and small.json()["echo"]["body"] == '{"q":"x"}'
 
 
@@ -244,7 +247,7 @@ def test_metaservices(mesh: Mesh) -> None:
     assert assert_mesh_error(missing, 400, "invalid-parameter")["field"] == "serviceCode"
     unknown = get(mesh, "nghean", NA_CLIENT, "/r1/VN/GOV/BCA/population/getOpenAPI?serviceCode=nope")
     assert_mesh_error(unknown, 404, "unknown-service")
-    anonymous = httpx.get(url(mesh, "nghean", "/r1/listClients"))
+    anonymous = HTTP.get(url(mesh, "nghean", "/r1/listClients"))
     assert_mesh_error(anonymous, 401, "invalid-token")
 
 
@@ -252,18 +255,19 @@ def test_metaservices(mesh: Mesh) -> None:
 
 
 def test_health_ready_and_metrics(mesh: Mesh) -> None:
-    health = httpx.get(url(mesh, "national", "/healthz")).json()
+    health = HTTP.get(url(mesh, "national", "/healthz")).json()
     assert health["gateway"] == "national" and health["snapshot_version"] >= 1
-    ready = httpx.get(url(mesh, "national", "/readyz"))
+    ready = HTTP.get(url(mesh, "national", "/readyz"))
     assert ready.status_code == 200 and ready.json()["max_snapshot_age_seconds"] == 600
     get(mesh, "nghean", NA_CLIENT, f"/r1/{PERSONS}/persons/1")
-    text = httpx.get(url(mesh, "nghean", "/metrics")).text
+    text = HTTP.get(url(mesh, "nghean", "/metrics")).text
     assert 'lienthong_gateway_requests_total{error="",role="home",status="2xx"}' in text
     assert "lienthong_gateway_request_seconds_bucket" in text
 
 
 def test_workers_share_one_port(mesh: Mesh) -> None:
-    pids = {httpx.get(url(mesh, "national", "/healthz")).json()["pid"] for _ in range(40)}
+    close = {"Connection": "close"}  # a new connection each time, so the kernel spreads them over the workers
+    pids = {HTTP.get(url(mesh, "national", "/healthz"), headers=close).json()["pid"] for _ in range(40)}
     assert len(pids) == 2
 
 
@@ -305,7 +309,7 @@ def _provider_call(mesh: Mesh, home: str, host: str, client: str, path: str) -> 
     svc = path.split("/")[2:7]
     claims = {"iss": home, "aud": host, "sub": client, "svc": "/".join(svc), "purpose": "revocation-test"}
     token = tokens.sign(gw.key.key, gw.key.kid, claims, lifetime=10)
-    return httpx.get(url(mesh, host, path), headers={"X-Lienthong-Assertion": token}, timeout=10)
+    return HTTP.get(url(mesh, host, path), headers={"X-Lienthong-Assertion": token}, timeout=10)
 
 
 def test_start_from_cache_with_the_registry_down_then_go_stale(mesh: Mesh, tmp_path: Path) -> None:
@@ -315,27 +319,27 @@ def test_start_from_cache_with_the_registry_down_then_go_stale(mesh: Mesh, tmp_p
     mesh.add_client("VN/PROV/QUANGNINH/civil")
     mesh.add_grant("g-qn", "VN/PROV/QUANGNINH/civil", PERSONS, ["birth-registration"])
     mesh.publish()
-    mesh.start_gateway("quangninh", {"--max-snapshot-age": "3"})
+    mesh.start_gateway("quangninh", {"--max-snapshot-age": "6"})
     assert (gw.data_dir / "snapshot.jws").exists()
     mesh.stop_gateway("quangninh")
     mesh.registry_down(True)
     try:
-        mesh.start_gateway("quangninh", {"--max-snapshot-age": "3"})  # readyz 200: served from the cache
+        mesh.start_gateway("quangninh", {"--max-snapshot-age": "6"})  # readyz 200: served from the cache
         ok = get(mesh, "quangninh", "VN/PROV/QUANGNINH/civil", f"/r1/{PERSONS}/persons/1")
         assert ok.status_code == 200, ok.text
-        deadline = time.monotonic() + 6
+        deadline = time.monotonic() + 9
         while time.monotonic() < deadline:
             r = get(mesh, "quangninh", "VN/PROV/QUANGNINH/civil", f"/r1/{PERSONS}/persons/1")
             if r.status_code == 503:
                 break
             time.sleep(0.2)
         body = assert_mesh_error(r, 503, "snapshot-expired")
-        assert "maximum age of 3 s" in str(body["detail"]) and "last confirmed" in str(body["detail"])
-        ready = httpx.get(url(mesh, "quangninh", "/readyz"))
+        assert "maximum age of 6 s" in str(body["detail"]) and "last confirmed" in str(body["detail"])
+        ready = HTTP.get(url(mesh, "quangninh", "/readyz"))
         assert_mesh_error(ready, 503, "snapshot-expired")
         mesh.registry_down(False)
         deadline = time.monotonic() + 8
-        while httpx.get(url(mesh, "quangninh", "/readyz")).status_code != 200:
+        while HTTP.get(url(mesh, "quangninh", "/readyz")).status_code != 200:
             assert time.monotonic() < deadline, "the gateway did not recover when the registry came back"
             time.sleep(0.2)
         assert get(mesh, "quangninh", "VN/PROV/QUANGNINH/civil", f"/r1/{PERSONS}/persons/1").status_code == 200
@@ -347,4 +351,4 @@ def test_start_from_cache_with_the_registry_down_then_go_stale(mesh: Mesh, tmp_p
 def test_a_token_for_another_gateway_is_refused(mesh: Mesh) -> None:
     token = client_token(mesh.clients[NA_CLIENT], NA_CLIENT, "hanoi")
     h = {"Authorization": f"Bearer {token}", "X-Road-Client": NA_CLIENT, "X-Purpose": "birth-registration"}
-    assert_mesh_error(httpx.get(url(mesh, "nghean", f"/r1/{PERSONS}/persons/1"), headers=h), 401, "invalid-token")
+    assert_mesh_error(HTTP.get(url(mesh, "nghean", f"/r1/{PERSONS}/persons/1"), headers=h), 401, "invalid-token")
