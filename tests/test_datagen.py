@@ -231,6 +231,10 @@ def test_bad_arguments_are_refused(tmp_path):
         generate(tmp_path, people=10, database_urls={"tax": "sqlite://"})
     with pytest.raises(GenerateError, match="postgres"):
         postgres_urls("sqlite:///x.sqlite")
+    with pytest.raises(GenerateError, match=r"database_urls\[insurance\]: only sqlite and postgresql"):
+        generate(tmp_path, people=10, database_urls={"insurance": "mysql://u@h/db"})
+    with pytest.raises(GenerateError, match=r"database_urls\[business\]: not a database URL"):
+        generate(tmp_path, people=10, database_urls={"business": "no url"})
 
 
 def _postgres_up() -> str | None:

@@ -47,6 +47,7 @@ def test_bad_arguments_exit_non_zero_with_a_clear_message(tmp_path):
         (("--people", "many"), "--people"),
         (("--seed", "-3"), "--seed"),
         (("--postgres", "mysql://x/y"), "--postgres"),
+        (("--database-url-business", "mysql://x/y"), "database_urls[business]"),
     ):
         done = _run(*args, "--out", str(tmp_path))
         assert done.returncode == 2, args

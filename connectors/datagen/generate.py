@@ -74,6 +74,13 @@ def resolve_urls(out_dir: Path | None, database_urls: Mapping[str, str] | None) 
     missing = [name for name in DATABASE_NAMES if name not in given]
     if missing and out_dir is None:
         raise GenerateError(f"out_dir: needed for the databases without a URL ({', '.join(missing)})")
+    for name, url in given.items():
+        try:
+            backend = sa.make_url(url).get_backend_name()
+        except sa.exc.ArgumentError:
+            raise GenerateError(f"database_urls[{name}]: not a database URL") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise GenerateError(f"database_urls[{name}]: only sqlite and postgresql databases, not {backend}")
     if out_dir is not None:
         files = sqlite_urls(out_dir)
         given.update({name: files[name] for name in missing})
