@@ -206,6 +206,7 @@ class Mesh:
     doc: dict[str, Any] = field(default_factory=dict)
     hosted: dict[str, dict[str, str]] = field(default_factory=dict)  # gateway -> service id -> upstream URL
     clients: dict[str, KeyPair] = field(default_factory=dict)
+    openapi_docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     registry_handle: Any = None  # tests.registry_support.RegistryHandle in "real" mode
     _pushed: set[tuple[str, str]] = field(default_factory=set)
     _grant_ids: dict[str, str] = field(default_factory=dict)
@@ -260,17 +261,26 @@ class Mesh:
         return pair
 
     def add_service(
-        self, service_id: str, gateway: str, upstream: str, endpoints: Iterable[tuple[str, str]],
+        self, service_id: str, gateway: str, upstream: str, endpoints: Iterable[tuple[str, str]] = (),
         timeout_ms: int = 5000, approved: bool = True, subject_param: str | None = None,
+        openapi: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
+        """Declare a service; give `endpoints` (method, path) or a real `openapi` document to derive them from."""
         provider, code = service_id.rsplit("/", 1)
+        if openapi is not None:
+            from registry.openapi_endpoints import derive  # the registry's own derivation, so both modes agree
+
+            derived = derive(openapi)
+        else:
+            derived = [{"method": m, "path": p, "operation_id": f"{m.lower()}{i}", "summary": p, "enabled": True,
+                        "subject_param": subject_param} for i, (m, p) in enumerate(endpoints)]  # fmt: skip
         self.doc["services"].append({
             "id": service_id, "provider": provider, "code": code, "version_label": "v1", "gateway": gateway,
             "approved": approved, "timeout_ms": timeout_ms, "name": code, "description": f"{code} service",
-            "endpoints": [{"method": m, "path": p, "operation_id": f"{m.lower()}{i}", "summary": p, "enabled": True,
-                           "subject_param": subject_param} for i, (m, p) in enumerate(endpoints)],
-            "version": 1,
+            "endpoints": derived, "version": 1,
         })  # fmt: skip
+        if openapi is not None:
+            self.openapi_docs[service_id] = openapi
         self.hosted[gateway][service_id] = upstream
 
     def add_grant(
@@ -419,8 +429,9 @@ class Mesh:
         for svc in doc["services"]:
             if self._first(("service", svc["id"])):
                 admin.register_service(
-                    svc["id"], openapi=_openapi(svc), gateway=svc["gateway"], upstream_url=self._upstream(svc),
-                    name=svc["name"], description=svc["description"], timeout_ms=svc["timeout_ms"],
+                    svc["id"], openapi=self.openapi_docs.get(svc["id"]) or _openapi(svc), gateway=svc["gateway"],
+                    upstream_url=self._upstream(svc), name=svc["name"], description=svc["description"],
+                    timeout_ms=svc["timeout_ms"],
                 )  # fmt: skip
                 if svc["approved"]:
                     admin.approve_service(svc["id"])
