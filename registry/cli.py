@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -345,8 +346,35 @@ def snapshot_show(gateway: str | None, registry_key: Path | None, raw: bool, **a
     _echo_json(doc)
 
 
+@click.group("catalog")
+def catalog_group() -> None:
+    """The service catalogue: find services, read their OpenAPI documents and endpoints."""
+
+
+@catalog_group.command("search")
+@click.argument("text", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@api_options
+def catalog_search(text: str, as_json: bool, **api: Any) -> None:
+    """Search services by text over names, descriptions and OpenAPI summaries (empty TEXT lists them all)."""
+    items = _run(lambda: _client(**api).search(text))
+    if as_json or not sys.stdout.isatty():
+        _echo_json(items)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(items)} services matching {text!r}" if text else f"{len(items)} services")
+    for column in ("service", "version", "approved", "name"):
+        table.add_column(column)
+    for item in items:
+        approved = "yes" if item.get("approved") else "no"
+        table.add_row(str(item.get("id")), str(item.get("version_label", "")), approved, str(item.get("name", "")))
+    Console().print(table)
+
+
 def register(group: click.Group) -> None:
     """Add this part's commands to the top-level group."""
     for command in (registry_group, members_group, gateways_group, services_group, clients_group, grants_group,
-                    snapshot_group):  # fmt: skip
+                    snapshot_group, catalog_group):  # fmt: skip
         group.add_command(command)

@@ -18,6 +18,11 @@ class NotInitialised(Exception):
 def serve(host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir: Path) -> None:
     if not (data_dir / keyfiles.SIGNING_KEY).exists():
         raise NotInitialised(f"no registry key in {data_dir}; run `lienthong registry init --data-dir {data_dir}`")
+    try:
+        keyfiles.signing_key(data_dir)
+    except ValueError as exc:  # checked before Redis starts, so a bad key file leaves nothing running
+        path = data_dir / keyfiles.SIGNING_KEY
+        raise NotInitialised(f"the registry signing key {path} cannot be read: {exc}") from exc
     embedded = None
     if redis_url is None:
         redis_url, embedded = resolve_url(redis_dir)

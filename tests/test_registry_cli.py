@@ -60,7 +60,7 @@ def test_serve_refuses_without_init(tmp_path: Path) -> None:
     [
         ["registry", "init"], ["registry", "serve"], ["members", "add"], ["gateways", "add"],
         ["services", "register"], ["services", "approve"], ["clients", "add-key"], ["clients", "revoke-key"],
-        ["grants", "add"], ["grants", "revoke"], ["snapshot", "show"],
+        ["grants", "add"], ["grants", "revoke"], ["snapshot", "show"], ["catalog", "search"],
     ],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
@@ -143,3 +143,18 @@ def test_refusals_print_the_problem_and_exit_non_zero(registry: RegistryHandle, 
     assert down.returncode == 1 and "cannot reach" in down.stderr
     no_key = run("members", "add", "VN/GOV/X", "--name", "x", "--home-gateway", "national", cwd=tmp_path)
     assert no_key.returncode == 1 and "registry init" in no_key.stderr
+
+
+def test_catalog_search_finds_by_summary_and_prints_json(registry: RegistryHandle) -> None:
+    admin = registry.admin_client()
+    admin.add_gateway("catgw", "http://127.0.0.1:8799")
+    admin.add_member("VN/GOV/CATALOG", "Catalog test ministry", "catgw")
+    admin.add_subsystem("VN/GOV/CATALOG/land", "Land register")
+    doc = {"openapi": "3.0.3", "info": {"title": "Land parcels", "version": "v1"},
+           "paths": {"/parcels/{id}": {"get": {"summary": "A land parcel by its cadastral number",
+                                              "responses": {"200": {"description": "ok"}}}}}}  # fmt: skip
+    admin.register_service("VN/GOV/CATALOG/land/parcels", openapi=doc, gateway="catgw",
+                           upstream_url="http://127.0.0.1:9", name="Land parcels")  # fmt: skip
+    found = ok(registry, "catalog", "search", "cadastral", "--json")
+    assert [s["id"] for s in found] == ["VN/GOV/CATALOG/land/parcels"]
+    assert ok(registry, "catalog", "search", "no-such-words-anywhere", "--json") == []
