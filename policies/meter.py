@@ -10,6 +10,8 @@ slot's previous life are replayed on start and every ADOPT_INTERVAL.
 
 Redis layout: meter:h:{YYYYMMDDHH} hash, field consumer|service|endpoint|consumer_gw|provider_gw|role|outcome -> n;
 meter:l:{YYYYMMDDHH} hash, field service|endpoint|role|le -> n (le: bucket upper bound in ms, "inf" last).
+The same two per UTC minute for the dashboard's last hour, meter:m:{YYYYMMDDHHMM} and meter:lm:{YYYYMMDDHHMM}, expire
+MINUTE_TTL after their last write (the batch that writes them sets the expiry in the same atomic step).
 """
 
 from __future__ import annotations
@@ -39,14 +41,24 @@ MAX_BATCH_LINES = 5000
 ROTATE_BYTES = 8 * 1024 * 1024
 ADOPT_INTERVAL = 30.0
 WATERMARK_TTL = 40 * 86400
+MINUTE_TTL = 2 * 3600
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 DIMENSIONS = ("consumer", "service", "endpoint", "consumer_gateway", "provider_gateway", "role", "outcome")
 OUTCOMES = ("2xx", "4xx", "5xx", "platform-error")
 
+# ARGV: start, end, watermark ttl, minute-key ttl, then (key, field, delta) triples; keys named meter:m:* or
+# meter:lm:* (per-minute counts) get the minute ttl.
 APPLY_SCRIPT = """
 local wm = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if wm > tonumber(ARGV[1]) then return wm end
-for i = 4, #ARGV, 3 do redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+local expiring = {}
+for i = 5, #ARGV, 3 do
+  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  if string.sub(ARGV[i], 1, 8) == 'meter:m:' or string.sub(ARGV[i], 1, 9) == 'meter:lm:' then
+    expiring[ARGV[i]] = true
+  end
+end
+for key in pairs(expiring) do redis.call('EXPIRE', key, tonumber(ARGV[4])) end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 return tonumber(ARGV[2])
 """
@@ -70,6 +82,10 @@ def bucket(latency_ms: float) -> str:
 
 def hour_key(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H")
+
+
+def minute_key(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H%M")
 
 
 def record_of(ctx: CallContext, now: float) -> bytes:
@@ -98,10 +114,14 @@ def fold(lines: Iterable[bytes]) -> Counter[tuple[str, str]]:
     deltas: Counter[tuple[str, str]] = Counter()
     for line in lines:
         rec = orjson.loads(line)
-        hour = hour_key(rec["t"])
-        dims = (rec["c"], rec["s"], rec["e"], rec["cg"], rec["pg"], rec["r"], rec["o"])
-        deltas[(f"meter:h:{hour}", "|".join(dims))] += 1
-        deltas[(f"meter:l:{hour}", f"{rec['s']}|{rec['e']}|{rec['r']}|{bucket(rec['ms'])}")] += 1
+        minute = minute_key(rec["t"])
+        hour = minute[:10]
+        dims = "|".join((rec["c"], rec["s"], rec["e"], rec["cg"], rec["pg"], rec["r"], rec["o"]))
+        histogram = f"{rec['s']}|{rec['e']}|{rec['r']}|{bucket(rec['ms'])}"
+        deltas[(f"meter:h:{hour}", dims)] += 1
+        deltas[(f"meter:l:{hour}", histogram)] += 1
+        deltas[(f"meter:m:{minute}", dims)] += 1
+        deltas[(f"meter:lm:{minute}", histogram)] += 1
     return deltas
 
 
@@ -137,7 +157,7 @@ class SpoolApplier:
                 f.seek(start)
 
     def _apply_batch(self, file_id: str, start: int, end: int, lines: list[bytes]) -> int:
-        args: list[Any] = [start, end, WATERMARK_TTL]
+        args: list[Any] = [start, end, WATERMARK_TTL, MINUTE_TTL]
         for (key, field), delta in fold(lines).items():
             args += [key, field, delta]
         applied = int(self._apply(keys=[f"meter:wm:{file_id}"], args=args))

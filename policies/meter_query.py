@@ -138,3 +138,150 @@ def _percentile(counts: Counter[str], order: list[str], n: int, q: float) -> flo
         if seen >= target and seen > 0:
             return None if le == "inf" else float(le)
     return None
+
+
+# ---- the dashboard's windows: the last hour by minute, the last 30 days by day ----------------------------------
+
+WINDOWS = ("hour", "month")
+SERIES_GROUPS = ("service", "consumer", "gateway")
+MONTH_DAYS = 30
+PROVIDER_ERRORS = ("4xx", "5xx")
+
+
+def parse_window(value: str | None, field: str = "window") -> str:
+    if value not in WINDOWS:
+        raise bad_request(field, f"{field} must be one of {', '.join(WINDOWS)}, got {str(value)[:40]!r}")
+    return value
+
+
+def window_buckets(window: str, now: datetime) -> tuple[list[str], list[list[str]]]:
+    """(labels, Redis key ids per label): 60 minutes ending with the current one (keys YYYYMMDDHHMM of the minute
+    hashes), or 30 UTC days ending today (each day the 24 YYYYMMDDHH of the hour hashes)."""
+    now = now.astimezone(UTC)
+    if window == "hour":
+        last = now.replace(second=0, microsecond=0)
+        minutes = [last - timedelta(minutes=59 - i) for i in range(60)]
+        return [_iso_z(m) for m in minutes], [[m.strftime("%Y%m%d%H%M")] for m in minutes]
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [today - timedelta(days=MONTH_DAYS - 1 - i) for i in range(MONTH_DAYS)]
+    return [d.strftime("%Y-%m-%d") for d in days], [[f"{d:%Y%m%d}{h:02d}" for h in range(24)] for d in days]
+
+
+def _iso_z(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:00Z")
+
+
+def _window_counts(
+    client: redis.Redis, window: str, now: datetime, roles: frozenset[str] | None = MESH_ROLES
+) -> tuple[list[str], list[Counter[tuple[str, ...]]]]:
+    """Per bucket of the window: Counter of the full dimension tuple (DIMENSIONS order) -> calls."""
+    labels, ids = window_buckets(window, now)
+    prefix = "meter:m:" if window == "hour" else "meter:h:"
+    pipe = client.pipeline(transaction=False)
+    for group in ids:
+        for key_id in group:
+            pipe.hgetall(prefix + key_id)
+    replies = iter(pipe.execute())
+    buckets: list[Counter[tuple[str, ...]]] = []
+    for group in ids:
+        counts: Counter[tuple[str, ...]] = Counter()
+        for _ in group:
+            for raw, value in next(replies).items():
+                parts = tuple((raw.decode() if isinstance(raw, bytes) else raw).split("|"))
+                if len(parts) != len(DIMENSIONS) or (roles is not None and parts[5] not in roles):
+                    continue
+                counts[parts] += int(value)
+        buckets.append(counts)
+    return labels, buckets
+
+
+def _dimension(name: str) -> int:
+    return DIMENSIONS.index("consumer_gateway" if name == "gateway" else name)
+
+
+def timeseries(client: redis.Redis, window: str, group_by: str, now: datetime) -> dict[str, Any]:
+    """Mesh transactions per bucket of the window, one series per value of group_by, largest series first."""
+    labels, buckets = _window_counts(client, window, now)
+    index = _dimension(group_by)
+    series: dict[str, list[int]] = {}
+    for i, counts in enumerate(buckets):
+        for dims, n in counts.items():
+            series.setdefault(dims[index], [0] * len(labels))[i] += n
+    ranked = sorted(series.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+    return {
+        "window": window,
+        "step": "minute" if window == "hour" else "day",
+        "group_by": group_by,
+        "buckets": labels,
+        "total": sum(sum(counts) for _, counts in ranked),
+        "series": [{"key": key, "total": sum(counts), "counts": counts} for key, counts in ranked],
+    }
+
+
+def top_consumers(client: redis.Redis, window: str, limit: int, now: datetime) -> dict[str, Any]:
+    """The consumers with the most mesh transactions in the window, with their outcomes."""
+    _, buckets = _window_counts(client, window, now)
+    per: dict[str, Counter[str]] = {}
+    for counts in buckets:
+        for dims, n in counts.items():
+            per.setdefault(dims[0], Counter())[dims[6]] += n
+    total = sum(sum(c.values()) for c in per.values())
+    ranked = sorted(per.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:limit]
+    items = []
+    for consumer, outcomes in ranked:
+        n = sum(outcomes.values())
+        items.append({"consumer": consumer, "count": n, "share": round(n / total, 4) if total else 0.0,
+                      **_error_split(outcomes)})  # fmt: skip
+    return {"window": window, "total": total, "items": items}
+
+
+def _error_split(outcomes: Counter[str]) -> dict[str, Any]:
+    n = sum(outcomes.values())
+    platform = outcomes.get("platform-error", 0)
+    provider = sum(outcomes.get(o, 0) for o in PROVIDER_ERRORS)
+    return {
+        "platform_errors": platform,
+        "provider_errors": provider,
+        "platform_error_rate": round(platform / n, 4) if n else 0.0,
+        "provider_error_rate": round(provider / n, 4) if n else 0.0,
+    }
+
+
+def error_rates(client: redis.Redis, window: str, now: datetime) -> dict[str, Any]:
+    """Platform errors (the mesh failed) and provider errors (4xx/5xx answers, the meter's outcome) over the window,
+    for the whole mesh and per service."""
+    _, buckets = _window_counts(client, window, now)
+    mesh: Counter[str] = Counter()
+    per: dict[str, Counter[str]] = {}
+    for counts in buckets:
+        for dims, n in counts.items():
+            mesh[dims[6]] += n
+            per.setdefault(dims[1], Counter())[dims[6]] += n
+    services = [{"service": svc, "total": sum(c.values()), "outcomes": dict(c), **_error_split(c)}
+                for svc, c in sorted(per.items())]  # fmt: skip
+    return {"window": window, "total": sum(mesh.values()), "outcomes": dict(mesh), **_error_split(mesh),
+            "services": services}  # fmt: skip
+
+
+def service_latency(client: redis.Redis, window: str, now: datetime) -> dict[str, Any]:
+    """p50/p95/p99 per service over the window (all its endpoints), from the minute or hour histograms."""
+    _, ids = window_buckets(window, now)
+    prefix = "meter:lm:" if window == "hour" else "meter:l:"
+    pipe = client.pipeline(transaction=False)
+    for group in ids:
+        for key_id in group:
+            pipe.hgetall(prefix + key_id)
+    hist: dict[str, Counter[str]] = {}
+    for fields in pipe.execute():
+        for raw, value in fields.items():
+            parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+            if len(parts) != 4 or parts[2] not in MESH_ROLES:
+                continue
+            hist.setdefault(parts[0], Counter())[parts[3]] += int(value)
+    order = [str(b) for b in LATENCY_BUCKETS_MS] + ["inf"]
+    items = []
+    for svc, counts in sorted(hist.items()):
+        n = sum(counts.values())
+        items.append({"service": svc, "count": n,
+                      **{f"p{q}_ms": _percentile(counts, order, n, q / 100) for q in (50, 95, 99)}})  # fmt: skip
+    return {"window": window, "items": items}
