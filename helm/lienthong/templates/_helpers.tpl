@@ -1,0 +1,77 @@
+{{/* Names, labels and the pieces every lienthong pod shares. */}}
+
+{{- define "lienthong.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "lienthong.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "lienthong.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "lienthong.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lienthong.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "lienthong.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "lienthong.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lienthong.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "lienthong.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "lienthong.registryUrl" -}}
+http://{{ include "lienthong.fullname" . }}-registry:{{ .Values.registry.port }}
+{{- end -}}
+
+{{/* REDIS_URL for every component: from a Secret, the external URL, or the embedded StatefulSet. Passed in the
+environment, never on the command line, so a password in the URL does not show in the process list. */}}
+{{- define "lienthong.redisEnv" -}}
+- name: REDIS_URL
+{{- if .Values.redis.urlSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.urlSecret.name }}
+      key: {{ .Values.redis.urlSecret.key }}
+{{- else if .Values.redis.url }}
+  value: {{ .Values.redis.url | quote }}
+{{- else if .Values.redis.embedded.enabled }}
+  value: {{ printf "redis://%s-redis:%v/0" (include "lienthong.fullname" .) .Values.redis.embedded.port | quote }}
+{{- else }}
+{{- fail "set redis.url, redis.urlSecret.name, or redis.embedded.enabled: every component needs the shared Redis" }}
+{{- end }}
+{{- end -}}
+
+{{/* The environment every lienthong process gets: no bytecode writes on the read-only root, a writable HOME. */}}
+{{- define "lienthong.commonEnv" -}}
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: HOME
+  value: /tmp
+{{- end -}}
+
+{{/* Pod-level settings shared by every lienthong pod. Service links are off: Kubernetes would otherwise inject
+variables such as LIENTHONG_REGISTRY_PORT=tcp://... that the lienthong CLI reads as its own options. */}}
+{{- define "lienthong.podSpecCommon" -}}
+enableServiceLinks: false
+automountServiceAccountToken: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
