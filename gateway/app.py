@@ -189,15 +189,14 @@ class GatewayApp:
             reply = problem_reply(problem)
             reply.headers["x-road-id"] = headers.get("x-road-id") or ""
             await send_reply(send, reply)
-            metrics.REQUESTS.labels("none", metrics.status_class(problem.status), problem.code).inc()
+            metrics.count("none", problem.status, problem.code, time.time() - started)
             return
         reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started)
         if ctx is not None:
             ctx.response_out = time.time()
         await send_reply(send, reply)
         role = ctx.role if ctx is not None else "none"
-        metrics.REQUESTS.labels(role, metrics.status_class(reply.status), reply.headers.get("x-road-error", "")).inc()
-        metrics.LATENCY.labels(role).observe(time.time() - started)
+        metrics.count(role, reply.status, reply.headers.get("x-road-error", ""), time.time() - started)
         if ctx is not None and ctx.service is not None:
             self.chain.log(ctx)
 

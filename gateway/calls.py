@@ -100,9 +100,9 @@ class CallHandler:
         ctx: CallContext | None = None
         try:
             snapshot = self.snapshots.current
-            stale = self.snapshots.staleness(started)
-            if stale.stale or snapshot is None:
-                raise Problem(503, "snapshot-expired", stale.detail, headers={"Retry-After": "5"})
+            if snapshot is None or started - self.snapshots.confirmed_at > self.snapshots.max_age:
+                detail = self.snapshots.staleness(started).detail
+                raise Problem(503, "snapshot-expired", detail, headers={"Retry-After": "5"})
             route = parse_r1(raw_path)
             ctx = CallContext(
                 gateway=self.code,

@@ -8,6 +8,7 @@ variable (a single process under a test harness) the default per-process registr
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -56,3 +57,20 @@ def render() -> tuple[bytes, str]:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+_counted: dict[tuple[str, int, str], Any] = {}
+_timed: dict[str, Any] = {}
+
+
+def count(role: str, status: int, error: str, seconds: float) -> None:
+    """One answered call; label children are cached because labels() costs more than the increment itself."""
+    key = (role, status // 100, error)
+    child = _counted.get(key)
+    if child is None:
+        child = _counted[key] = REQUESTS.labels(role, status_class(status), error)
+    child.inc()
+    timer = _timed.get(role)
+    if timer is None:
+        timer = _timed[role] = LATENCY.labels(role)
+    timer.observe(seconds)

@@ -1,5 +1,6 @@
 """The gateway's operations API (openapi/gateway-ops.yaml, connexion 3 under /ops/v1): mesh-wide transaction counts
-and latency from the shared Redis, this gateway's audit records by time window, and its configuration health.
+and latency from the shared Redis, this gateway's audit records by time window, its configuration health, the whole
+mesh's health from the gateways' heartbeats, and the dashboard page (gateway/dashboard/) over those queries.
 
 The gateway mounts it at /ops/v1 by stripping the prefix into root_path; this app puts the prefix back so connexion
 routes on the full path whichever way it is mounted (or served alone by uvicorn in tests).
@@ -26,17 +27,36 @@ from connexion.validators import VALIDATOR_MAP
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.ops_heartbeat import Heartbeat, gateway_health
 from lienthong.problem import Problem, bad_request
 from lienthong.redis_connection import sync_client
 from lienthong.snapshot import Snapshot
 from policies.audit_log import iter_records
 from policies.chain import ChainConfig
-from policies.meter_query import MESH_ROLES, latency, parse_group_by, parse_time, transactions
+from policies.meter_query import (
+    MESH_ROLES,
+    SERIES_GROUPS,
+    error_rates,
+    latency,
+    parse_group_by,
+    parse_time,
+    parse_window,
+    service_latency,
+    timeseries,
+    top_consumers,
+    transactions,
+)
 from registry.app import FieldParameterValidator, on_connexion_problem, on_http_exception, on_problem, on_unexpected
 
 SPEC = Path(__file__).resolve().parent.parent / "openapi" / "gateway-ops.yaml"
 BASE = "/ops/v1"
 MAX_PAGE = 10_000
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javascript; charset=utf-8",
+               ".css": "text/css; charset=utf-8"}  # fmt: skip
+# the page may load only its own files and call only this API: nothing from the internet, no inline script
+DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
 
 
 class OpsHandlers:
@@ -46,6 +66,7 @@ class OpsHandlers:
         self.cfg = cfg
         self.snapshot_getter = snapshot_getter
         self._redis: redis.Redis | None = None
+        self.heartbeat = Heartbeat(cfg.gateway, lambda: self.redis, snapshot_getter)
 
     @property
     def redis(self) -> redis.Redis:
@@ -84,6 +105,33 @@ class OpsHandlers:
         page = await asyncio.to_thread(_audit_page, directory, lo, hi, after, limit)
         token = _encode_token(_sort_key(page[-1])) if len(page) == limit else None
         return _json({"records": [rec for _, rec in page], "next_page_token": token})
+
+    async def timeseries(self, window: str = "hour", group_by: str = "service") -> ConnexionResponse:
+        if group_by not in SERIES_GROUPS:
+            raise bad_request("group_by", f"group_by must be one of {', '.join(SERIES_GROUPS)}")
+        return _json(await self._query(timeseries, parse_window(window), group_by, _now()))
+
+    async def top_consumers(self, window: str = "hour", limit: int = 10) -> ConnexionResponse:
+        if not 1 <= limit <= 100:
+            raise bad_request("limit", "limit must be 1..100")
+        return _json(await self._query(top_consumers, parse_window(window), limit, _now()))
+
+    async def errors(self, window: str = "hour") -> ConnexionResponse:
+        return _json(await self._query(error_rates, parse_window(window), _now()))
+
+    async def service_latency(self, window: str = "hour") -> ConnexionResponse:
+        return _json(await self._query(service_latency, parse_window(window), _now()))
+
+    async def gateways(self) -> ConnexionResponse:
+        snap = self.snapshot_getter()
+        known = sorted(snap.gateways) if snap is not None else [self.cfg.gateway]
+        return _json(await self._query(gateway_health, known))
+
+    async def dashboard(self) -> ConnexionResponse:
+        return _asset("index.html")
+
+    async def dashboard_asset(self, asset: str) -> ConnexionResponse:
+        return _asset(asset)
 
     async def health(self) -> ConnexionResponse:
         snap = self.snapshot_getter()
@@ -130,6 +178,22 @@ def _decode_token(token: str) -> SortKey:
         raise bad_request("page_token", "page_token is not one this API gave out") from None
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _asset(name: str) -> ConnexionResponse:
+    """A file of gateway/dashboard/ by its plain name (no folders, so no way out of it)."""
+    path = DASHBOARD_DIR / name
+    kind = ASSET_TYPES.get(path.suffix)
+    if "/" in name or "\\" in name or name.startswith(".") or kind is None or not path.is_file():
+        raise Problem(404, "not-found", f"the dashboard has no file {name[:60]!r}", field="asset")
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": DASHBOARD_CSP}  # fmt: skip
+    return ConnexionResponse(status_code=200, content_type=kind, mimetype=kind.split(";")[0], body=path.read_bytes(),
+                             headers=headers)  # fmt: skip
+
+
 def _json(body: dict[str, Any]) -> ConnexionResponse:
     return ConnexionResponse(status_code=200, content_type="application/json", mimetype="application/json",
                              body=orjson.dumps(body))  # fmt: skip
@@ -140,13 +204,16 @@ def _iso(value: datetime) -> str:
 
 
 class _FullPath:
-    """Give connexion the full /ops/v1/... path even when the caller stripped it into root_path."""
+    """Give connexion the full /ops/v1/... path even when the caller stripped it into root_path; start the heartbeat
+    on the first request if the app was built before the event loop ran (the gateway passes no lifespan events)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, heartbeat: Heartbeat) -> None:
         self.app = app
+        self.heartbeat = heartbeat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
+            self.heartbeat.start()
             path = scope.get("path", "")
             if not (path == BASE or path.startswith(BASE + "/")):
                 scope = dict(scope)
@@ -174,4 +241,5 @@ def build_ops_app(cfg: ChainConfig, snapshot_getter: Callable[[], Snapshot | Non
     app.add_error_handler(ProblemException, on_connexion_problem)
     app.add_error_handler(HTTPException, on_http_exception)
     app.add_error_handler(Exception, on_unexpected)
-    return _FullPath(app)
+    handlers.heartbeat.start()  # the gateway builds this app on its running loop, so it beats from the start
+    return _FullPath(app, handlers.heartbeat)

@@ -1,0 +1,139 @@
+"""Gateway heartbeats in the shared Redis, so any gateway's operations API can tell the health of the whole mesh.
+
+Each gateway worker writes, every HEARTBEAT_INTERVAL, one field of the hash `ops:hb:<gateway>` (field
+`<host>:<pid>`, value JSON: code, snapshot version, snapshot age, pid, time) and refreshes the hash's TTL; the hash
+`ops:gateways` remembers every gateway ever seen, so one whose heartbeats stopped still shows, as down. A worker's
+field older than HEARTBEAT_TTL counts as dead even while its siblings keep the hash alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+import redis
+
+from lienthong.snapshot import Snapshot
+
+log = logging.getLogger("lienthong.gateway.heartbeat")
+
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_TTL = 10
+KNOWN_KEY = "ops:gateways"
+KNOWN_TTL = 30 * 86400
+
+
+def heartbeat_key(gateway: str) -> str:
+    return f"ops:hb:{gateway}"
+
+
+class Heartbeat:
+    """One worker's heartbeat writer; start() is idempotent and needs a running event loop."""
+
+    def __init__(
+        self, gateway: str, client: Callable[[], redis.Redis], snapshot_getter: Callable[[], Snapshot | None]
+    ) -> None:
+        self.gateway = gateway
+        self.client = client
+        self.snapshot_getter = snapshot_getter
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def beat_once(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        snap = self.snapshot_getter()
+        body = {
+            "gateway": self.gateway,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "time": now,
+            "snapshot_version": snap.version if snap is not None else None,
+            "snapshot_age_seconds": round(snap.age(now), 3) if snap is not None else None,
+        }
+        pipe = self.client().pipeline(transaction=False)
+        pipe.hset(heartbeat_key(self.gateway), self.worker, orjson.dumps(body))
+        pipe.expire(heartbeat_key(self.gateway), HEARTBEAT_TTL)
+        pipe.hset(KNOWN_KEY, self.gateway, str(now))
+        pipe.expire(KNOWN_KEY, KNOWN_TTL)
+        pipe.execute()
+
+    def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: the first request starts it
+        self._task = loop.create_task(self._run(), name=f"ops-heartbeat-{self.gateway}")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.beat_once)
+                if self._failing:
+                    log.info("heartbeat to Redis works again")
+                self._failing = False
+            except redis.RedisError as exc:
+                if not self._failing:  # one line per outage, not one every two seconds
+                    log.warning("cannot write the heartbeat to Redis: %s", exc)
+                self._failing = True
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(redis.RedisError):
+            await asyncio.to_thread(self.client().hdel, heartbeat_key(self.gateway), self.worker)
+
+
+def gateway_health(client: redis.Redis, known: Iterable[str], now: float | None = None) -> dict[str, Any]:
+    """Every gateway in `known` (e.g. from the snapshot) or ever heard from: up while a worker's heartbeat is fresh,
+    with the newest snapshot version any live worker holds and the youngest snapshot age."""
+    now = time.time() if now is None else now
+    seen = {_text(k): float(v) for k, v in client.hgetall(KNOWN_KEY).items()}
+    codes = sorted(set(known) | set(seen))
+    pipe = client.pipeline(transaction=False)
+    for code in codes:
+        pipe.hgetall(heartbeat_key(code))
+    items = []
+    for code, workers in zip(codes, pipe.execute(), strict=True):
+        beats = []
+        for raw in workers.values():
+            try:
+                beat = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(beat, dict) and now - float(beat.get("time", 0)) <= HEARTBEAT_TTL:
+                beats.append(beat)
+        versions = [b["snapshot_version"] for b in beats if isinstance(b.get("snapshot_version"), int)]
+        ages = [float(b["snapshot_age_seconds"]) + (now - float(b["time"])) for b in beats
+                if isinstance(b.get("snapshot_age_seconds"), int | float)]  # fmt: skip
+        last = max((float(b["time"]) for b in beats), default=seen.get(code))
+        items.append(
+            {
+                "gateway": code,
+                "status": "up" if beats else "down",
+                "workers": len(beats),
+                "pids": sorted(int(b["pid"]) for b in beats if isinstance(b.get("pid"), int)),
+                "snapshot_version": max(versions) if versions else None,
+                "snapshot_age_seconds": round(min(ages), 3) if ages else None,
+                "last_seen": last,
+                "heartbeat_age_seconds": round(now - last, 3) if last is not None else None,
+            }
+        )
+    return {"time": now, "heartbeat_ttl_seconds": HEARTBEAT_TTL, "gateways": items}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
