@@ -167,8 +167,17 @@ def gateway_keygen(code: str, data_dir: str | None, force: bool) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the private key (PEM).")
 @click.option("--algorithm", type=click.Choice(["EdDSA", "ES256"]), default="EdDSA", show_default=True)
 @click.option("--register", is_flag=True, help="Also add the public key to the registry.")
-@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", help="Registry URL for --register.")
-def client_keygen(subsystem: str, out: str, algorithm: str, register: bool, registry_url: str | None) -> None:
+@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default="http://127.0.0.1:8600",
+              show_default=True, help="Registry URL for --register.")  # fmt: skip
+@click.option("--key", "auth_key", type=click.Path(dir_okay=False), default=None,
+              help="Key (PEM) to sign the registry call with [default: var/registry/admin.key].")  # fmt: skip
+@click.option("--kid", "auth_kid", default=None, help="Key id registered for --key [default: its thumbprint].")
+@click.option("--as", "issuer", default="admin", show_default=True,
+              help="Who signs: admin, or a subsystem of the same member (integrator).")  # fmt: skip
+def client_keygen(
+    subsystem: str, out: str, algorithm: str, register: bool, registry_url: str, auth_key: str | None,
+    auth_kid: str | None, issuer: str,
+) -> None:  # fmt: skip
     """Make a client key pair for a subsystem; prints the public JWK (with its kid)."""
     try:
         ids.validate("subsystem", subsystem, "subsystem")
@@ -179,14 +188,17 @@ def client_keygen(subsystem: str, out: str, algorithm: str, register: bool, regi
     jwk = keys.public_jwk(key)
     Path(out).with_suffix(".jwk").write_bytes(orjson.dumps(jwk, option=orjson.OPT_INDENT_2))
     if register:
-        if not registry_url:
-            raise click.UsageError("--register needs --registry or LIENTHONG_REGISTRY_URL")
-        from registry.client import RegistryClient  # the registry part's client; imported only when used
+        from registry import keyfiles
+        from registry.client import RegistryClient, RegistryError  # the registry part's client
 
-        client: Any = RegistryClient.from_env(registry_url) if hasattr(RegistryClient, "from_env") else None
-        if client is None:
-            raise click.ClickException("registry.client.RegistryClient cannot be configured from the environment")
-        client.add_client_key(subsystem, jwk)
+        path = Path(auth_key) if auth_key else Path("var/registry") / keyfiles.ADMIN_KEY
+        if not path.exists():
+            raise click.ClickException(f"no key file {path} to sign the registry call; pass --key")
+        try:
+            with RegistryClient(registry_url, path, auth_kid, issuer) as client:
+                client.add_client_key(subsystem, jwk)
+        except RegistryError as exc:
+            raise click.ClickException(f"the registry refused the key: {exc}") from exc
     click.echo(orjson.dumps(jwk).decode())
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ import redis
 
 from lienthong.redis_connection import EmbeddedRedis, free_port
 from tests.mesh_support import Mesh, call_headers, client_token
+from tests.procs import lienthong
 
 HTTP = httpx.Client(timeout=10)  # one client: a new httpx client per call costs ~40 ms of TLS set-up
 NA_CLIENT = "VN/PROV/NGHEAN/civil-status"
@@ -352,3 +355,38 @@ def test_a_token_for_another_gateway_is_refused(mesh: Mesh) -> None:
     token = client_token(mesh.clients[NA_CLIENT], NA_CLIENT, "hanoi")
     h = {"Authorization": f"Bearer {token}", "X-Road-Client": NA_CLIENT, "X-Purpose": "birth-registration"}
     assert_mesh_error(HTTP.get(url(mesh, "nghean", f"/r1/{PERSONS}/persons/1"), headers=h), 401, "invalid-token")
+
+
+# -- the commands ------------------------------------------------------------------------------------------------
+
+
+def test_call_command_exit_codes(mesh: Mesh) -> None:
+    pair = mesh.clients[NA_CLIENT]
+    base = ["--as", NA_CLIENT, "--key", str(pair.path), "--kid", pair.kid, "--gateway", mesh.gateways["nghean"].url]
+    ok = subprocess.run(lienthong("call", f"{PERSONS}/persons/77", *base, "--purpose", "birth-registration",
+                                  "--user-id", "off-1", "--json"), capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["status"] == 200 and out["body"]["echo"]["assertion"]["uid"] == "off-1"
+    denied = subprocess.run(lienthong("call", f"{PERSONS}/persons/77", *base, "--purpose", "marketing", "--json"),
+                            capture_output=True, text=True)  # fmt: skip
+    assert denied.returncode == 1 and json.loads(denied.stdout)["x_road_error"] == "access-denied"
+    usage = subprocess.run(lienthong("call", "not/a/service", *base, "--purpose", "x"), capture_output=True, text=True)
+    assert usage.returncode == 2 and "target" in usage.stderr
+
+
+def test_keygen_commands(mesh: Mesh, tmp_path: Path) -> None:
+    made = subprocess.run(lienthong("gateway", "keygen", "--code", "danang", "--data-dir", str(tmp_path / "gw")),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    jwk = json.loads(made.stdout)
+    assert jwk["kty"] == "OKP" and jwk["kid"] and "d" not in jwk
+    assert (tmp_path / "gw" / "gateway.key").stat().st_mode & 0o077 == 0
+    handle = mesh.registry_handle
+    client = subprocess.run(
+        lienthong("keygen", "--subsystem", HN_CLIENT, "--out", str(tmp_path / "hn.pem"), "--register",
+                  "--registry", handle.url, "--key", str(handle.admin_key_path), "--kid", handle.admin_kid),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert client.returncode == 0, client.stderr
+    kid = json.loads(client.stdout)["kid"]
+    assert kid in {k["kid"] for k in mesh._admin().list_client_keys(HN_CLIENT)["keys"]}
