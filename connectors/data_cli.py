@@ -78,6 +78,8 @@ def generate_command(
         raise click.UsageError(f"a database URL is not valid: {exc}") from None
     except sqlalchemy.exc.OperationalError as exc:
         raise click.ClickException(f"cannot use a database: {exc.orig or exc}") from None
+    except RuntimeError as exc:  # the generating child process failed; its error is in the message
+        raise click.ClickException(str(exc)) from None
     for name, url in result.urls.items():
         shown = sqlalchemy.make_url(url).render_as_string(hide_password=True)
         click.echo(f"{name:<13} {shown}")

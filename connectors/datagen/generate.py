@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import os
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,8 +20,10 @@ from connectors.schema import DATABASES
 # The day the generated country is seen from. Fixed, so one seed gives the same rows whatever day it runs.
 AS_OF = dt.date(2025, 7, 1)
 BATCH_ROWS = 50_000
-# From this many people on, rows are built in a child process while this one loads them: two cores instead of one.
+# From this many people on, a forked child builds the rows and loads the business, insurance and civil status
+# databases while this process loads the population database (the heaviest): two cores instead of one.
 PARALLEL_FROM = 200_000
+PARENT_DATABASES = ("population",)
 DATABASE_NAMES: tuple[str, ...] = tuple(DATABASES)
 
 Progress = Callable[[int, int], None]
@@ -88,6 +91,7 @@ def resolve_urls(out_dir: Path | None, database_urls: Mapping[str, str] | None) 
 
 
 Batch = tuple[int, dict[str, list[Row]]]
+Counts = dict[str, int]
 
 
 def _batches(seed: int, as_of: dt.date, people: int, batch_rows: int) -> Iterator[Batch]:
@@ -101,46 +105,96 @@ def _batches(seed: int, as_of: dt.date, people: int, batch_rows: int) -> Iterato
     yield done, world.take_rows()
 
 
-def _produce(seed: int, as_of: dt.date, people: int, batch_rows: int, out: multiprocessing.Queue) -> None:
-    """Child process: put every batch on `out`, then None (or the error's text)."""
+def _load(batches: Iterator[Batch], loaders: Mapping[str, Loader], counts: Counts) -> Iterator[Batch]:
+    """Load the rows of `loaders`' databases, count them, and pass the other databases' rows on."""
+    for done, batch in batches:
+        rest: dict[str, list[Row]] = {}
+        for key, rows in batch.items():
+            database, table = key.split(".")
+            loader = loaders.get(database)
+            if loader is None:
+                rest[key] = rows
+                continue
+            loader.insert(table, COLUMNS[key], rows)
+            counts[key] += len(rows)
+        for loader in loaders.values():
+            loader.commit()
+        yield done, rest
+
+
+def _put(out: multiprocessing.Queue, item: object, parent: int) -> None:
+    """Put on the bounded queue, giving up (and exiting) if the parent died, so no orphan blocks forever."""
+    while True:
+        try:
+            out.put(item, timeout=1.0)
+            return
+        except queue.Full:
+            if os.getppid() != parent:
+                raise SystemExit(1) from None
+
+
+def _child_main(seed: int, as_of: dt.date, people: int, batch_rows: int, urls: dict[str, str],
+                out: multiprocessing.Queue, parent: int) -> None:  # fmt: skip
+    """Forked child: build every row, load `urls`' databases, pass the rest on `out`; end with its counts or error."""
+    loaders = {name: Loader(name, url) for name, url in urls.items()}
+    counts: Counts = dict.fromkeys(COLUMNS, 0)
     try:
-        for batch in _batches(seed, as_of, people, batch_rows):
-            out.put(batch)
-        out.put(None)
+        for loader in loaders.values():
+            loader.start()
+        for batch in _load(_batches(seed, as_of, people, batch_rows), loaders, counts):
+            _put(out, ("rows", batch), parent)
+        _put(out, ("loaded", None), parent)
+        for loader in loaders.values():
+            loader.finish()  # index building overlaps the parent's
+        _put(out, ("done", counts), parent)
     except BaseException as exc:  # the parent reports it; a child traceback alone would be lost
-        out.put(f"{type(exc).__name__}: {exc}")
+        for loader in loaders.values():
+            loader.abort()
+        if not isinstance(exc, SystemExit):
+            _put(out, ("error", f"{type(exc).__name__}: {exc}"), parent)
 
 
-class ChildBatches:
-    """The same batches as _batches, built in a forked child process and passed through a bounded queue.
+class Child:
+    """A forked child running _child_main, read through a bounded queue (constant memory).
 
     fork, not spawn: spawn re-imports the caller's __main__, which would run an unguarded script again. The child
-    starts before any database connection opens and only builds rows.
+    starts before this process opens any database connection.
     """
 
-    def __init__(self, seed: int, as_of: dt.date, people: int, batch_rows: int) -> None:
+    def __init__(self, seed: int, as_of: dt.date, people: int, batch_rows: int, urls: dict[str, str]) -> None:
         context = multiprocessing.get_context("fork")
         self.out = context.Queue(maxsize=4)
-        self.child = context.Process(target=_produce, args=(seed, as_of, people, batch_rows, self.out), daemon=True,
-                                     name="lienthong-datagen")  # fmt: skip
+        args = (seed, as_of, people, batch_rows, urls, self.out, os.getpid())
+        self.child = context.Process(target=_child_main, args=args, daemon=True, name="lienthong-datagen")
         self.child.start()
 
-    def __iter__(self) -> Iterator[Batch]:
-        try:
-            while True:
-                try:
-                    item = self.out.get(timeout=1.0)
-                except queue.Empty:
-                    if not self.child.is_alive():
-                        raise RuntimeError(f"the generating process died (exit code {self.child.exitcode})") from None
-                    continue
-                if item is None:
-                    return
-                if isinstance(item, str):
-                    raise RuntimeError(f"the generating process failed: {item}")
-                yield item
-        finally:
-            self.close()
+    def _next(self) -> tuple[str, object]:
+        while True:
+            try:
+                item: tuple[str, object] = self.out.get(timeout=1.0)
+                return item
+            except queue.Empty:
+                if not self.child.is_alive():
+                    raise RuntimeError(f"the generating process died (exit code {self.child.exitcode})") from None
+
+    def batches(self) -> Iterator[Batch]:
+        """The rows the child passes on, until every row is built and loaded (its indexes may still be building)."""
+        while True:
+            kind, payload = self._next()
+            if kind == "rows":
+                yield payload  # type: ignore[misc]
+            elif kind == "loaded":
+                return
+            else:
+                raise RuntimeError(f"the generating process failed: {payload}")
+
+    def wait(self) -> Counts:
+        """The child's row counts, once its indexes are built."""
+        kind, payload = self._next()
+        if kind != "done":
+            raise RuntimeError(f"the generating process failed: {payload}")
+        self.close()
+        return payload  # type: ignore[return-value]
 
     def close(self) -> None:
         if self.child.is_alive():
@@ -163,8 +217,7 @@ def generate(
 
     SQLite files go to `out_dir` (created if missing) unless `database_urls` gives a URL for that database
     (sqlite or postgresql+psycopg). `progress(done, total)` is called after each batch with people done so far.
-    `parallel` builds rows in a child process while this one loads them (default: from PARALLEL_FROM people);
-    the rows are the same either way.
+    `parallel` splits the work with a forked child (default: from PARALLEL_FROM people); the rows are the same.
     """
     if isinstance(people, bool) or not isinstance(people, int) or people < 1:
         raise GenerateError("people: a whole number of at least 1")
@@ -178,27 +231,27 @@ def generate(
             if url == sqlite_urls(folder)[name]:
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     (folder / f"{name}.sqlite{suffix}").unlink(missing_ok=True)
-    loaders = {name: Loader(name, url) for name, url in urls.items()}
     result = GenerateResult(people=people, seed=seed, urls=urls, rows=dict.fromkeys(COLUMNS, 0))
     started = time.perf_counter()
     use_child = people >= PARALLEL_FROM if parallel is None else parallel
-    child = ChildBatches(seed, as_of, people, batch_rows) if use_child else None
+    child = None
+    if use_child:
+        child = Child(seed, as_of, people, batch_rows, {n: u for n, u in urls.items() if n not in PARENT_DATABASES})
+    loaders = {name: Loader(name, url) for name, url in urls.items() if child is None or name in PARENT_DATABASES}
+    done = 0
     try:
         for loader in loaders.values():
             loader.start()
-        batches = child if child is not None else _batches(seed, as_of, people, batch_rows)
-        done = 0
-        for done, batch in batches:
-            for key, rows in batch.items():
-                database, table = key.split(".")
-                loaders[database].insert(table, COLUMNS[key], rows)
-                result.rows[key] += len(rows)
-            for loader in loaders.values():
-                loader.commit()
+        source = child.batches() if child is not None else _batches(seed, as_of, people, batch_rows)
+        for done, rest in _load(source, loaders, result.rows):
+            assert not rest, f"rows of no database: {sorted(rest)}"
             if progress is not None and done < people:
                 progress(done, people)
         for loader in loaders.values():
             loader.finish()
+        if child is not None:
+            for key, count in child.wait().items():
+                result.rows[key] += count
     except BaseException:
         if child is not None:
             child.close()
