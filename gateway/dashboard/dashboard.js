@@ -1,0 +1,263 @@
+// The operations dashboard: fetch the ops API's dashboard queries every few seconds and draw them (SVG chart, tables).
+// Plain browser JavaScript, no library: the page must work on a mesh with no internet access.
+"use strict";
+
+(function () {
+  const REFRESH_MS = 5000;
+  const MAX_SERIES = 8; // more series than this fold into "other": a chart with 40 colours says nothing
+  const SVG = "http://www.w3.org/2000/svg";
+  const params = new URLSearchParams(window.location.search);
+  const state = {
+    window: params.get("window") === "month" ? "month" : "hour",
+    group: ["consumer", "gateway"].includes(params.get("group_by")) ? params.get("group_by") : "service",
+  };
+  let generation = 0; // answers to an older refresh (before a button was pressed) are dropped
+
+  const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
+  const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+  const pct = (rate) => `${(100 * rate).toFixed(2)}%`;
+  const ms = (v) => (v === null || v === undefined ? "> 10000" : fmt(v));
+
+  function el(tag, attrs, text) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  async function api(path) {
+    const r = await fetch(path, { cache: "no-store", headers: { Accept: "application/json" } });
+    if (!r.ok) {
+      let detail = `${r.status}`;
+      try { detail = (await r.json()).detail || detail; } catch (e) { /* not a problem document */ }
+      throw new Error(`${path.split("?")[0]}: ${detail}`);
+    }
+    return r.json();
+  }
+
+  function fillTable(testid, rows, columns, emptyText) {
+    const body = $(testid).querySelector("tbody");
+    body.replaceChildren();
+    if (rows.length === 0) {
+      const tr = el("tr");
+      tr.append(el("td", { colspan: String(columns), class: "empty" }, emptyText));
+      body.append(tr);
+      return;
+    }
+    for (const cells of rows) {
+      const tr = el("tr");
+      for (const cell of cells) tr.append(cell);
+      body.append(tr);
+    }
+  }
+
+  // ---- chart -------------------------------------------------------------------------------------------------------
+
+  function foldSeries(series) {
+    if (series.length <= MAX_SERIES) return series;
+    const kept = series.slice(0, MAX_SERIES - 1);
+    const rest = series.slice(MAX_SERIES - 1);
+    const counts = rest[0].counts.map((_, i) => rest.reduce((sum, s) => sum + s.counts[i], 0));
+    kept.push({ key: `other (${rest.length})`, total: rest.reduce((sum, s) => sum + s.total, 0), counts, other: true });
+    return kept;
+  }
+
+  function niceMax(v) {
+    if (v <= 5) return 5;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+
+  function bucketLabel(label, step) {
+    return step === "minute" ? label.slice(11, 16) : label.slice(5, 10);
+  }
+
+  function drawChart(ts) {
+    const box = $("chart");
+    const W = 1200, H = 260, L = 56, R = 12, T = 12, B = 28;
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", preserveAspectRatio: "none",
+      "aria-label": `transactions per ${ts.step} by ${ts.group_by}` });
+    const series = foldSeries(ts.series);
+    const n = ts.buckets.length;
+    const stacks = ts.buckets.map((_, i) => series.reduce((sum, s) => sum + s.counts[i], 0));
+    const top = niceMax(Math.max(0, ...stacks));
+    const plotW = W - L - R, plotH = H - T - B, slot = plotW / n, bar = Math.max(1, slot * 0.8);
+    for (let k = 0; k <= 4; k++) {
+      const y = T + plotH - (plotH * k) / 4;
+      root.append(svg("line", { x1: L, x2: W - R, y1: y, y2: y, class: "axis" }));
+      root.append(svg("text", { x: L - 6, y: y + 4, "text-anchor": "end" }, fmt(Math.round((top * k) / 4))));
+    }
+    const every = ts.step === "minute" ? 10 : 5;
+    ts.buckets.forEach((label, i) => {
+      const x = L + i * slot + (slot - bar) / 2;
+      if ((n - 1 - i) % every === 0) {
+        root.append(svg("text", { x: x + bar / 2, y: H - 8, "text-anchor": "middle" }, bucketLabel(label, ts.step)));
+      }
+      let y = T + plotH;
+      series.forEach((s, j) => {
+        const v = s.counts[i];
+        if (!v) return;
+        const h = (plotH * v) / top;
+        y -= h;
+        const rect = svg("rect", { x, y, width: bar, height: Math.max(h, 0.5), class: `c${s.other ? 8 : j}` });
+        rect.append(svg("title", {}, `${label}  ${s.key}: ${fmt(v)}`));
+        root.append(rect);
+      });
+    });
+    if (ts.total === 0) {
+      root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no calls in this window"));
+    }
+    box.replaceChildren(root);
+
+    const legend = $("legend");
+    legend.replaceChildren();
+    ts.series.forEach((s, j) => {
+      const li = el("li");
+      li.append(el("span", { class: `swatch c${j < MAX_SERIES - 1 || ts.series.length <= MAX_SERIES ? j : 8}` }));
+      li.append(el("span", {}, s.key));
+      li.append(el("span", { class: "count", "data-testid": "series-total", "data-key": s.key }, fmt(s.total)));
+      legend.append(li);
+    });
+  }
+
+  // ---- the sections ------------------------------------------------------------------------------------------------
+
+  function showConsumers(top) {
+    const rows = top.items.map((c) => [
+      el("td", {}, c.consumer),
+      el("td", { class: "num", "data-testid": "consumer-count", "data-key": c.consumer }, fmt(c.count)),
+      el("td", { class: "num" }, pct(c.share)),
+      el("td", { class: "num", "data-testid": "consumer-platform-errors", "data-key": c.consumer },
+        fmt(c.platform_errors)),
+      el("td", { class: "num", "data-testid": "consumer-provider-errors", "data-key": c.consumer },
+        fmt(c.provider_errors)),
+    ]);
+    fillTable("top-consumers", rows, 5, "no calls in this window");
+  }
+
+  function showErrors(errors) {
+    $("platform-errors").textContent = fmt(errors.platform_errors);
+    $("provider-errors").textContent = fmt(errors.provider_errors);
+    $("platform-error-rate").textContent = pct(errors.platform_error_rate);
+    $("provider-error-rate").textContent = pct(errors.provider_error_rate);
+    const rows = errors.services.map((s) => [
+      el("td", {}, s.service),
+      el("td", { class: "num", "data-testid": "service-calls", "data-key": s.service }, fmt(s.total)),
+      el("td", { class: "num", "data-testid": "service-platform-rate", "data-key": s.service },
+        pct(s.platform_error_rate)),
+      el("td", { class: "num", "data-testid": "service-provider-rate", "data-key": s.service },
+        pct(s.provider_error_rate)),
+      el("td", { class: "num", "data-testid": "service-4xx", "data-key": s.service }, fmt(s.outcomes["4xx"] || 0)),
+      el("td", { class: "num", "data-testid": "service-5xx", "data-key": s.service }, fmt(s.outcomes["5xx"] || 0)),
+    ]);
+    fillTable("errors", rows, 6, "no calls in this window");
+  }
+
+  function showLatency(lat) {
+    const rows = lat.items.map((s) => [
+      el("td", {}, s.service),
+      el("td", { class: "num", "data-testid": "latency-count", "data-key": s.service }, fmt(s.count)),
+      el("td", { class: "num", "data-testid": "latency-p50", "data-key": s.service }, ms(s.p50_ms)),
+      el("td", { class: "num", "data-testid": "latency-p95", "data-key": s.service }, ms(s.p95_ms)),
+      el("td", { class: "num", "data-testid": "latency-p99", "data-key": s.service }, ms(s.p99_ms)),
+    ]);
+    fillTable("latency", rows, 5, "no calls in this window");
+  }
+
+  function ago(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    if (seconds < 120) return `${seconds.toFixed(1)} s`;
+    if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  function showGateways(gw) {
+    const rows = gw.gateways.map((g) => {
+      const health = el("td", {});
+      health.append(el("span", { class: `pill ${g.status}`, "data-testid": "gateway-status", "data-key": g.gateway },
+        g.status));
+      return [
+        el("td", {}, g.gateway),
+        health,
+        el("td", { class: "num", "data-testid": "gateway-workers", "data-key": g.gateway }, fmt(g.workers)),
+        el("td", { class: "num", "data-testid": "gateway-snapshot-version", "data-key": g.gateway },
+          g.snapshot_version === null ? "–" : `v${g.snapshot_version}`),
+        el("td", { class: "num", "data-testid": "gateway-snapshot-age", "data-key": g.gateway },
+          ago(g.snapshot_age_seconds)),
+        el("td", { class: "num" }, g.heartbeat_age_seconds === null ? "never" : `${ago(g.heartbeat_age_seconds)} ago`),
+      ];
+    });
+    fillTable("gateways", rows, 6, "no gateway has reported yet");
+    $("gateways-up").textContent = `${gw.gateways.filter((g) => g.status === "up").length} / ${gw.gateways.length}`;
+  }
+
+  // ---- refresh loop ------------------------------------------------------------------------------------------------
+
+  async function refresh() {
+    const mine = ++generation;
+    const w = state.window;
+    try {
+      const [ts, top, errors, lat, gw, health] = await Promise.all([
+        api(`timeseries?window=${w}&group_by=${state.group}`),
+        api(`top-consumers?window=${w}&limit=10`),
+        api(`errors?window=${w}`),
+        api(`service-latency?window=${w}`),
+        api("gateways"),
+        api("health"),
+      ]);
+      if (mine !== generation) return;
+      $("window-label").textContent = w === "hour" ? "· last 60 minutes, per minute" : "· last 30 days, per day";
+      $("total").textContent = fmt(ts.total);
+      $("served-by").textContent = `served by ${health.gateway}`;
+      drawChart(ts);
+      showConsumers(top);
+      showErrors(errors);
+      showLatency(lat);
+      showGateways(gw);
+      $("updated").textContent = new Date().toLocaleTimeString("en-GB");
+      $("load-error").hidden = true;
+      document.body.setAttribute("data-state", "ready");
+      document.body.setAttribute("data-window", w);
+      document.body.setAttribute("data-group", state.group);
+    } catch (err) {
+      if (mine !== generation) return;
+      $("load-error").textContent = `cannot refresh: ${err.message}`;
+      $("load-error").hidden = false;
+      document.body.setAttribute("data-state", "error");
+    }
+  }
+
+  function pressButtons() {
+    for (const b of document.querySelectorAll("[data-window]")) {
+      if (b.tagName === "BUTTON") b.setAttribute("aria-pressed", String(b.dataset.window === state.window));
+    }
+    for (const b of document.querySelectorAll("[data-group]")) {
+      if (b.tagName === "BUTTON") b.setAttribute("aria-pressed", String(b.dataset.group === state.group));
+    }
+    const query = new URLSearchParams({ window: state.window, group_by: state.group });
+    window.history.replaceState(null, "", `${window.location.pathname}?${query}`);
+  }
+
+  function start() {
+    for (const b of document.querySelectorAll("button[data-window]")) {
+      b.addEventListener("click", () => { state.window = b.dataset.window; pressButtons(); refresh(); });
+    }
+    for (const b of document.querySelectorAll("button[data-group]")) {
+      b.addEventListener("click", () => { state.group = b.dataset.group; pressButtons(); refresh(); });
+    }
+    $("refresh-seconds").textContent = String(REFRESH_MS / 1000);
+    pressButtons();
+    refresh();
+    window.setInterval(refresh, REFRESH_MS);
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
