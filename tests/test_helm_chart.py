@@ -1,0 +1,488 @@
+"""Static checks of the Helm chart in helm/lienthong, since no helm binary exists here to render it.
+
+What is checked: Chart.yaml and values.yaml parse and hold what the templates need; every .Values path a template
+reads exists in values.yaml; every template's {{ }} and if/range/with/define ... end blocks balance; the Grafana
+dashboard only queries metric names and labels that gateway/metrics.py exports; every flag a template passes to
+`lienthong ... serve` exists in that command's real --help output, and the required ones are all passed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import metrics as gateway_metrics
+from lienthong import ids
+from tests.procs import lienthong
+
+CHART = Path(__file__).resolve().parent.parent / "helm" / "lienthong"
+TEMPLATES = sorted(p for p in (CHART / "templates").iterdir() if p.suffix in (".yaml", ".tpl", ".txt"))
+DASHBOARD = CHART / "dashboards" / "lienthong-mesh.json"
+
+# Labels Prometheus adds to every scraped series; lienthong_gateway comes from the gateway pods' label
+# lienthong-gateway (annotation scraping with the usual labelmap, or the chart's PodMonitor podTargetLabels).
+TARGET_LABELS = frozenset({"lienthong_gateway", "pod", "namespace", "instance", "job"})
+BLOCK_OPENERS = frozenset({"if", "range", "with", "define", "block"})
+PROMQL_KEYWORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
+)
+
+
+def _values() -> dict[str, Any]:
+    loaded = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _actions(text: str) -> list[tuple[int, str]]:
+    """Each {{ ... }} action as (line number, body without the trim markers), comments dropped."""
+    found = []
+    for m in re.finditer(r"\{\{(.*?)\}\}", text, re.S):
+        body = m.group(1).strip()
+        body = body.removeprefix("-").removesuffix("-").strip()
+        if body.startswith("/*"):
+            continue
+        found.append((text.count("\n", 0, m.start()) + 1, body))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- template structure
+
+
+def template_balance_errors(text: str) -> list[str]:
+    """Unbalanced {{ }} delimiters or if/range/with/define blocks without their end, as messages with line numbers."""
+    errors = []
+    if text.count("{{") != text.count("}}"):
+        errors.append(f"{text.count('{{')} '{{{{' against {text.count('}}')} '}}}}'")
+    pos = 0
+    while True:
+        start, close = text.find("{{", pos), text.find("}}", pos)
+        if start == -1 and close == -1:
+            break
+        if start == -1 or -1 < close < start:
+            errors.append(f"line {text.count(chr(10), 0, close) + 1}: '}}}}' without its '{{{{'")
+            pos = close + 2
+            continue
+        end = text.find("}}", start + 2)
+        if end == -1:
+            errors.append(f"line {text.count(chr(10), 0, start) + 1}: '{{{{' never closed")
+            break
+        if text.find("{{", start + 2, end) != -1:
+            errors.append(f"line {text.count(chr(10), 0, start) + 1}: '{{{{' inside an open action")
+        pos = end + 2
+    stack: list[tuple[str, int]] = []
+    for line, body in _actions(text):
+        word = body.split(None, 1)[0] if body else ""
+        if word in BLOCK_OPENERS:
+            stack.append((word, line))
+        elif word == "else":
+            if not stack or stack[-1][0] not in ("if", "range", "with"):
+                errors.append(f"line {line}: else outside an if/range/with")
+        elif word == "end":
+            if not stack:
+                errors.append(f"line {line}: end without an open block")
+            else:
+                stack.pop()
+    errors.extend(f"line {line}: {word} is never closed with end" for word, line in stack)
+    return errors
+
+
+def test_balance_check_catches_a_missing_end() -> None:
+    good = "{{- if .Values.a }}\n{{- range $x := .Values.b }}{{ $x }}{{- end }}\n{{- else }}no{{- end }}\n"
+    assert template_balance_errors(good) == []
+    assert any("never closed" in e for e in template_balance_errors("{{- if .Values.a }}\nx\n"))
+    assert any("without an open block" in e for e in template_balance_errors("x {{ end }}"))
+    assert template_balance_errors("{{ .Values.a }") != []
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
+def test_template_is_balanced(template: Path) -> None:
+    assert template_balance_errors(template.read_text()) == []
+
+
+# ------------------------------------------------------------------------------------------------ .Values paths
+
+
+@dataclass
+class ValuesUse:
+    """The .Values paths a template reads, directly or through $variables bound to a values node."""
+
+    paths: set[tuple[str, ...]] = field(default_factory=set)
+    item_paths: set[tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=set)  # (list path, item field)
+    unbound_ranges: list[str] = field(default_factory=list)
+
+
+_VALUES_REF = r"\$?\.Values((?:\.[A-Za-z_]\w*)+)"
+
+
+def values_use(text: str) -> ValuesUse:
+    use = ValuesUse()
+    bound: dict[str, tuple[tuple[str, ...], bool]] = {}  # $var -> (values path, is a range item)
+    for _line, body in _actions(text):
+        ranged = re.match(r"range\s+\$(\w+)\s*:=\s*" + _VALUES_REF, body)
+        if ranged:
+            bound[ranged.group(1)] = (tuple(ranged.group(2).split(".")[1:]), True)
+        elif re.match(r"range\s+(?:\$\w+\s*,\s*\$\w+\s*:=\s*)?\$?\.Values", body):
+            # without a bound item variable, `.x` inside the loop could not be told apart from root fields
+            use.unbound_ranges.append(body)
+        else:
+            assigned = re.match(r"\$(\w+)\s*:=\s*" + _VALUES_REF + r"\s*$", body)
+            if assigned:
+                bound[assigned.group(1)] = (tuple(assigned.group(2).split(".")[1:]), False)
+        for m in re.finditer(r"(?<![\w)])" + _VALUES_REF, body):
+            use.paths.add(tuple(m.group(1).split(".")[1:]))
+        for m in re.finditer(r"\$(\w+)((?:\.[A-Za-z_]\w*)+)", body):
+            if m.group(1) in bound:
+                base, is_item = bound[m.group(1)]
+                rest = tuple(m.group(2).split(".")[1:])
+                if is_item:
+                    use.item_paths.add((base, rest))
+                else:
+                    use.paths.add(base + rest)
+    return use
+
+
+def _walk(node: Any, path: tuple[str, ...]) -> bool:
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def missing_values(use: ValuesUse, values: dict[str, Any]) -> list[str]:
+    """Paths that do not exist in values; an item field must exist in at least one item of its list."""
+    missing = [".Values." + ".".join(p) for p in sorted(use.paths) if not _walk(values, p)]
+    for base, rest in sorted(use.item_paths):
+        node: Any = values
+        for key in base:
+            node = node.get(key) if isinstance(node, dict) else None
+        items = node if isinstance(node, list) else []
+        if not any(_walk(item, rest) for item in items):
+            missing.append(f".Values.{'.'.join(base)}[].{'.'.join(rest)}")
+    return missing
+
+
+def test_values_check_catches_a_wrong_path() -> None:
+    values = {"image": {"tag": "1"}, "gateways": [{"code": "a", "kid": ""}, {"code": "b"}], "d": {"port": 1}}
+    text = (
+        "{{ .Values.image.tag }}{{ $.Values.image.repository }}{{- $d := .Values.d }}{{ $d.port }}{{ $d.host }}"
+        "{{- range $gw := .Values.gateways }}{{ $gw.code }}{{ $gw.kid }}{{ $gw.cod }}{{- end }}"
+    )
+    use = values_use(text)
+    assert missing_values(use, values) == [".Values.d.host", ".Values.image.repository", ".Values.gateways[].cod"]
+    assert values_use("{{- range .Values.gateways }}{{ .code }}{{ end }}").unbound_ranges
+
+
+def test_every_values_path_in_the_templates_exists() -> None:
+    values = _values()
+    total = ValuesUse()
+    problems = []
+    for template in TEMPLATES:
+        use = values_use(template.read_text())
+        problems += [f"{template.name}: {m}" for m in missing_values(use, values)]
+        problems += [f"{template.name}: range without an item variable: {b}" for b in use.unbound_ranges]
+        total.paths |= use.paths
+        total.item_paths |= use.item_paths
+    assert problems == []
+    # the extraction itself must have found the chart's settings, or the check above proved nothing
+    assert ("image", "repository") in total.paths
+    assert ("gatewayDefaults", "persistence", "enabled") in total.paths
+    assert (("gateways",), ("workers",)) in total.item_paths
+    assert (("connectors",), ("databaseSecret", "name")) in total.item_paths
+    assert len(total.paths) + len(total.item_paths) > 40
+
+
+def test_chart_and_values_parse() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "lienthong"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    values = _values()
+    assert values["image"]["repository"] and values["image"]["tag"]
+    assert values["podSecurityContext"]["runAsNonRoot"] is True
+    assert values["containerSecurityContext"]["readOnlyRootFilesystem"] is True
+    codes = []
+    for gw in values["gateways"]:
+        assert {"code", "replicas", "workers", "resources"} <= gw.keys()
+        codes.append(ids.validate("gateway", gw["code"], "gateways[].code"))
+        assert {"requests", "limits"} <= gw["resources"].keys()
+    assert len(codes) == len(set(codes))
+    connector_names = _click_choices("connector")
+    for connector in values["connectors"]:
+        assert connector["name"] in connector_names
+        assert connector["gateway"] in codes, f"{connector['name']} names an unknown gateway"
+        assert {"name", "key"} <= connector["databaseSecret"].keys()
+    assert values["redis"]["embedded"]["enabled"] or values["redis"]["url"]
+
+
+def _click_choices(group: str) -> list[str]:
+    from lienthong.cli import main
+
+    assert isinstance(main, click.Group)
+    command = main.commands[group]
+    assert isinstance(command, click.Group)
+    argument = next(p for p in command.commands["serve"].params if isinstance(p, click.Argument))
+    assert isinstance(argument.type, click.Choice)
+    return [str(c) for c in argument.type.choices]
+
+
+def test_files_the_templates_read_exist() -> None:
+    for template in TEMPLATES:
+        for name in re.findall(r'\.Files\.Get\s+"([^"]+)"', template.read_text()):
+            assert (CHART / name).is_file(), f"{template.name} reads {name}"
+
+
+# --------------------------------------------------------------------------------------------------- CLI flags
+
+
+@dataclass
+class ServeCall:
+    template: str
+    items: list[str]  # the args list as written, template actions included
+    env: set[str]  # names of the container's environment variables
+
+
+def serve_calls() -> list[ServeCall]:
+    """Every `command: ["lienthong"]` container in the templates with its args list and env names."""
+    calls = []
+    for template in TEMPLATES:
+        lines = template.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() != 'command: ["lienthong"]':
+                continue
+            indent = len(line) - len(line.lstrip())
+            items: list[str] = []
+            env: set[str] = set()
+            section = None
+            for follow in lines[i + 1 :]:
+                stripped = follow.strip()
+                depth = len(follow) - len(follow.lstrip())
+                if (stripped and depth < indent) or (depth == indent and stripped.startswith("- ")):
+                    break  # the container ended
+                if depth == indent and stripped.endswith(":"):
+                    section = stripped[:-1]
+                elif section == "args" and stripped.startswith("- "):
+                    items.append(stripped[2:].strip().strip('"'))
+                elif section == "env" and stripped.startswith("- name:"):
+                    env.add(stripped.split(":", 1)[1].strip())
+            calls.append(ServeCall(template.name, items, env))
+    return calls
+
+
+@dataclass
+class HelpOption:
+    takes_value: bool
+    required: bool
+
+
+def help_options(groups: list[str]) -> dict[str, dict[str, HelpOption]]:
+    """The options of `lienthong GROUP serve` for each group, read from the real --help output (run side by side)."""
+    procs = {g: subprocess.Popen(lienthong(g, "serve", "--help"), stdout=subprocess.PIPE, text=True) for g in groups}
+    found = {}
+    for group, proc in procs.items():
+        stdout, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, f"lienthong {group} serve --help failed"
+        found[group] = _parse_help(stdout)
+    return found
+
+
+def _parse_help(text: str) -> dict[str, HelpOption]:
+    entries: list[str] = []
+    for line in text.split("Options:", 1)[1].splitlines():
+        if re.match(r"^\s{2}(-\w, )?--", line):
+            entries.append(line)
+        elif entries:
+            entries[-1] += " " + line.strip()
+    options = {}
+    for entry in entries:
+        m = re.match(r"^\s*(?:-\w, )?(--[a-z0-9-]+)(?: ([A-Z]+))?", entry)
+        assert m, entry
+        options[m.group(1)] = HelpOption(m.group(2) is not None, "[required]" in entry)
+    return options
+
+
+def test_every_serve_flag_in_the_templates_exists_in_the_real_cli() -> None:
+    calls = serve_calls()
+    groups = sorted({c.items[0] for c in calls})
+    assert groups == ["connector", "gateway", "registry"], groups
+    helps = help_options(groups)
+    assert "--registry-key" in helps["gateway"] and "--registry-key" not in helps["registry"]
+    for call in calls:
+        assert call.items[1] == "serve", call.items
+        options = helps[call.items[0]]
+        passed = call.items  # an {{ if }} around a flag is its own line, not a list item
+        flags = [item.split("=", 1)[0] for item in passed if item.startswith("--")]
+        unknown = [f for f in flags if f not in options]
+        assert unknown == [], f"{call.template}: {call.items[0]} serve has no {unknown}"
+        missing = [name for name, opt in options.items() if opt.required and name not in flags]
+        assert missing == [], f"{call.template}: {call.items[0]} serve needs {missing}"
+        for k, item in enumerate(passed):
+            if item in options and options[item].takes_value and "=" not in item:
+                value = passed[k + 1] if k + 1 < len(passed) else "--"
+                assert not value.startswith("--"), f"{call.template}: {item} has no value"
+        for var in re.findall(r"\$\((\w+)\)", " ".join(call.items)):
+            assert var in call.env, f"{call.template}: $({var}) in args but not in the container's env"
+
+
+def test_connector_names_are_a_positional_choice() -> None:
+    calls = [c for c in serve_calls() if c.items[0] == "connector"]
+    assert len(calls) == 1
+    # the NAME argument comes from the values' connector names, which test_chart_and_values_parse checks
+    assert calls[0].items[2].startswith("{{") and "$c.name" in calls[0].items[2]
+
+
+# --------------------------------------------------------------------------------------------- pod conventions
+
+
+def test_pods_are_locked_down_and_gateways_scraped_and_probed() -> None:
+    texts = {t.name: t.read_text() for t in TEMPLATES}
+    for name in ("registry.yaml", "gateways.yaml", "connectors.yaml"):
+        assert 'include "lienthong.podSpecCommon"' in texts[name], name
+        assert "toYaml $.Values.containerSecurityContext" in texts[name] or (
+            "toYaml .Values.containerSecurityContext" in texts[name]
+        ), name
+    helpers = texts["_helpers.tpl"]
+    assert "enableServiceLinks: false" in helpers and "enableServiceLinks: false" in texts["redis.yaml"]
+    gateways = texts["gateways.yaml"]
+    assert 'prometheus.io/scrape: "true"' in gateways
+    assert re.search(r"readinessProbe:\s+httpGet:\s+path: /readyz", gateways)
+    assert re.search(r"livenessProbe:\s+httpGet:\s+path: /healthz", gateways)
+    assert "--appendonly" in texts["redis.yaml"] and '"yes"' in texts["redis.yaml"]
+    # the pod label the dashboard groups by, as Prometheus sanitizes it, and the PodMonitor carries it over
+    pod_label = re.search(r"^\s+(lienthong-gateway): ", gateways, re.M)
+    assert pod_label is not None and re.sub(r"\W", "_", pod_label.group(1)) == "lienthong_gateway"
+    assert "- lienthong-gateway" in texts["podmonitor.yaml"]
+    dashboard_map = texts["grafana-dashboard.yaml"]
+    assert 'grafana_dashboard: "1"' in dashboard_map and ".Values.grafana.dashboard.enabled" in dashboard_map
+
+
+# --------------------------------------------------------------------------------------------------- dashboard
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Sample names a gateway exposes at /metrics, each with its label names, as prometheus-client renders them.
+
+    Each collector of gateway/metrics.py is rebuilt with the same name, type and labels in a fresh registry, given
+    one child, and rendered, so the suffixes are the library's own. `_created` is left out: the gateway runs in
+    multiprocess mode, whose collector does not emit it.
+    """
+    registry = CollectorRegistry()
+    collectors = [v for v in vars(gateway_metrics).values() if isinstance(v, MetricWrapperBase)]
+    assert len(collectors) >= 5
+    for collector in collectors:
+        name = next(iter(collector.describe())).name
+        labelnames = list(collector._labelnames)
+        clone: MetricWrapperBase
+        if isinstance(collector, Counter):
+            clone = Counter(name, "d", labelnames, registry=registry)
+            child = clone.labels(*labelnames) if labelnames else clone
+            child.inc()
+        elif isinstance(collector, Histogram):
+            clone = Histogram(name, "d", labelnames, registry=registry)
+            (clone.labels(*labelnames) if labelnames else clone).observe(0.1)
+        elif isinstance(collector, Gauge):
+            clone = Gauge(name, "d", labelnames, registry=registry)
+            (clone.labels(*labelnames) if labelnames else clone).set(1)
+        else:
+            raise AssertionError(f"unexpected collector type {type(collector)}")
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def promql_references(expr: str) -> tuple[dict[str, set[str]], set[str]]:
+    """Metric names in a PromQL expression with the labels its selectors name, and the grouping labels."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    grouping: set[str] = set()
+    for m in re.finditer(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", text):
+        grouping |= {label.strip() for label in m.group(1).split(",") if label.strip()}
+    text = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", " ", text)
+    metrics: dict[str, set[str]] = {}
+
+    def selector(m: re.Match[str]) -> str:
+        labels = set(re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", m.group(2)))
+        metrics.setdefault(m.group(1), set()).update(labels)
+        return " "
+
+    text = re.sub(r"([A-Za-z_:][\w:]*)\s*\{([^}]*)\}", selector, text)
+    for m in re.finditer(r"(?<![\w$.])([A-Za-z_:][\w:]*)(?![\w:])(?!\s*\()", text):
+        if m.group(1) not in PROMQL_KEYWORDS:
+            metrics.setdefault(m.group(1), set())
+    return metrics, grouping
+
+
+def test_promql_reader_finds_names_and_labels() -> None:
+    metrics, grouping = promql_references(
+        'histogram_quantile(0.95, sum by (le, role) (rate(a_bucket{x=~"$g", y!=""}[$__rate_interval])))'
+        " / sum(rate(b_total[5m])) - time() + max by (z) (c)"
+    )
+    assert metrics == {"a_bucket": {"x", "y"}, "b_total": set(), "c": set()}
+    assert grouping == {"le", "role", "z"}
+
+
+def _expressions(dashboard: dict[str, Any]) -> list[str]:
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        text = query.get("query") if isinstance(query, dict) else query
+        if variable["type"] == "query" and text:
+            # label_values(METRIC, LABEL) asks for the same thing as this PromQL
+            exprs.append(re.sub(r"^label_values\((.*),\s*(\w+)\)$", r"count by (\2) (\1)", text))
+    return exprs
+
+
+def test_dashboard_queries_only_exported_metrics_and_labels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 36
+    assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
+    for panel in dashboard["panels"]:
+        if "datasource" in panel:
+            assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+    series = exported_series()
+    used: set[str] = set()
+    problems = []
+    for expr in _expressions(dashboard):
+        metrics, grouping = promql_references(expr)
+        assert metrics, expr
+        known_labels = set(TARGET_LABELS)
+        for name, labels in metrics.items():
+            if name not in series:
+                problems.append(f"{name} is not exported (in {expr})")
+                continue
+            used.add(name)
+            known_labels |= series[name]
+            problems += [f"{name} has no label {label}" for label in labels - series[name] - TARGET_LABELS]
+        problems += [f"no series of {expr} has label {label}" for label in grouping - known_labels]
+    assert problems == []
+    wanted = {
+        "lienthong_gateway_requests_total", "lienthong_gateway_request_seconds_bucket",
+        "lienthong_gateway_upstream_seconds_bucket", "lienthong_gateway_snapshot_version",
+        "lienthong_gateway_snapshot_confirmed_timestamp_seconds",
+    }  # fmt: skip
+    assert wanted <= used
+
+
+def test_exported_series_follow_prometheus_client_suffixes() -> None:
+    series = exported_series()
+    assert "lienthong_gateway_requests_total" in series and "lienthong_gateway_requests" not in series
+    assert {"role", "status", "error"} <= series["lienthong_gateway_requests_total"]
+    assert "le" in series["lienthong_gateway_request_seconds_bucket"]
+    assert "lienthong_gateway_upstream_seconds_count" in series
