@@ -69,10 +69,11 @@
     return kept;
   }
 
-  function niceMax(v) {
-    if (v <= 5) return 5;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  function niceStep(v) {
+    // a round step (1, 2 or 5 times a power of ten) so that four steps reach v
+    const raw = Math.max(1, v / 4);
+    const p = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
     return 10 * p;
   }
 
@@ -83,12 +84,12 @@
   function drawChart(ts) {
     const box = $("chart");
     const W = 1200, H = 260, L = 56, R = 12, T = 12, B = 28;
-    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", preserveAspectRatio: "none",
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
       "aria-label": `transactions per ${ts.step} by ${ts.group_by}` });
     const series = foldSeries(ts.series);
     const n = ts.buckets.length;
     const stacks = ts.buckets.map((_, i) => series.reduce((sum, s) => sum + s.counts[i], 0));
-    const top = niceMax(Math.max(0, ...stacks));
+    const top = 4 * niceStep(Math.max(0, ...stacks));
     const plotW = W - L - R, plotH = H - T - B, slot = plotW / n, bar = Math.max(1, slot * 0.8);
     for (let k = 0; k <= 4; k++) {
       const y = T + plotH - (plotH * k) / 4;

@@ -1,0 +1,268 @@
+"""The operations dashboard in a real headless Chromium (Debian's package) over a real mesh: after a known burst of
+calls, the numbers on the page equal the operations API's numbers and the burst, from any gateway; saves the
+screenshot docs/dashboard.png for the README.
+
+Chromium is installed with apt-get when missing and the tests run as root; elsewhere the test skips saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from lienthong import keys
+from lienthong.mesh_client import MeshClient
+from lienthong.mesh_layout import BUSINESS, HANOI_PORTAL, INSURANCE, LICENSING, MOJ, NGHEAN_CIVIL, POPULATION, VERIFY
+from lienthong.mesh_up import Mesh, MeshConfig, start
+from lienthong.redis_connection import free_port
+
+BIRTH = "birth-registration"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--disable-dev-shm-usage"]  # fmt: skip
+
+
+def _chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _install_chromium() -> str:
+    """Debian's chromium, installed with apt-get if missing; an empty string and the reason when that cannot be."""
+    if _chromium_path():
+        return ""
+    if os.geteuid() != 0:
+        return "chromium is not installed and the tests do not run as root, so apt-get cannot install it"
+    if shutil.which("apt-get") is None:
+        return "chromium is not installed and there is no apt-get to install it with"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    try:
+        done = subprocess.run(install, capture_output=True, text=True, timeout=600, env=env)
+        if done.returncode != 0:  # the package lists may be missing or stale
+            subprocess.run(["apt-get", "update"], capture_output=True, text=True, timeout=300, env=env)
+            done = subprocess.run(install, capture_output=True, text=True, timeout=600, env=env)
+    except subprocess.TimeoutExpired:
+        return "apt-get install chromium took longer than 10 minutes"
+    if done.returncode != 0 or not _chromium_path():
+        return f"apt-get install chromium failed: {(done.stderr or done.stdout).strip()[-300:]}"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    reason = _install_chromium()
+    path = _chromium_path()
+    if reason or path is None:
+        pytest.skip(f"no headless browser for the dashboard test: {reason}")
+    return path
+
+
+def run_chromium(binary: str, profile: Path, url: str, *args: str) -> str:
+    profile.mkdir(parents=True, exist_ok=True)
+    argv = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=4000", *args, url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+class PageValues(HTMLParser):
+    """The text of every element marked data-testid, keyed by (testid, data-key), plus the body's attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[tuple[str, str | None], str] = {}
+        self.body: dict[str, str | None] = {}
+        self._open: list[tuple[str, tuple[str, str | None], list[str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "body":
+            self.body = found
+        for _, _, text in self._open:
+            text.append("")
+        testid = found.get("data-testid")
+        if testid:
+            self._open.append((tag, (testid, found.get("data-key")), []))
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open and self._open[-1][0] == tag:
+            _, key, text = self._open.pop()
+            self.values[key] = "".join(text).strip()
+
+    def handle_data(self, data: str) -> None:
+        for _, _, text in self._open:
+            text.append(data)
+
+
+def read_page(html: str) -> PageValues:
+    parser = PageValues()
+    parser.feed(html)
+    return parser
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+@dataclass
+class Burst:
+    mesh: Mesh
+    started: datetime
+    statuses: Counter[tuple[str, int]]  # (consumer, status) -> calls
+
+
+def _sample(mesh: Mesh, database: str, sql: str, n: int) -> list[str]:
+    engine = sa.create_engine(f"sqlite:///{(mesh.config.paths.data / f'{database}.sqlite').resolve()}")
+    with engine.connect() as conn:
+        rows = [str(r[0]) for r in conn.execute(sa.text(sql), {"n": n})]
+    engine.dispose()
+    return rows
+
+
+def send_burst(mesh: Mesh) -> Counter[tuple[str, int]]:
+    """31 calls from three consumers at three home gateways: 26 served, 5 refused by the mesh (wrong purpose)."""
+    people = _sample(mesh, "population", "SELECT id FROM persons ORDER BY id LIMIT :n", 10)
+    firms = _sample(mesh, "business", "SELECT code FROM enterprises WHERE parent_code IS NULL ORDER BY code LIMIT :n",
+                    6)  # fmt: skip
+    insured = _sample(mesh, "insurance", "SELECT si_number FROM insured ORDER BY si_number LIMIT :n", 8)
+    rng = random.Random(5)
+    plan = (
+        [(MOJ, "national", f"{POPULATION}/persons/{rng.choice(people)}", VERIFY) for _ in range(12)]
+        + [(NGHEAN_CIVIL, "nghean", f"{INSURANCE}/insured/{rng.choice(insured)}", BIRTH) for _ in range(8)]
+        + [(HANOI_PORTAL, "hanoi", f"{BUSINESS}/enterprises/{rng.choice(firms)}", LICENSING) for _ in range(6)]
+        + [(HANOI_PORTAL, "hanoi", f"{POPULATION}/persons/{rng.choice(people)}", LICENSING) for _ in range(5)]
+    )
+    clients: dict[str, MeshClient] = {}
+    statuses: Counter[tuple[str, int]] = Counter()
+    try:
+        for consumer, gateway, target, purpose in plan:
+            if consumer not in clients:
+                key = keys.load_private(mesh.config.paths.client_key(consumer))
+                clients[consumer] = MeshClient(mesh.gateway_urls[gateway], gateway, consumer, key, mesh.kids[consumer])
+            statuses[(consumer, clients[consumer].call("GET", target, purpose).status_code)] += 1
+    finally:
+        for client in clients.values():
+            client.close()
+    return statuses
+
+
+@pytest.fixture(scope="module")
+def burst(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Burst]:
+    root = tmp_path_factory.mktemp("mesh")
+    config = MeshConfig(
+        root=root, registry_port=free_port(), redis_port=free_port(), redis_url=None, people=300, echo_logs=False,
+        gateway_ports={code: free_port() for code in ("national", "hanoi", "nghean")},
+        connector_ports={name: free_port() for name in ("population", "business-registry", "insurance",
+                                                        "civil-status")},
+    )  # fmt: skip
+    started = datetime.now(UTC)
+    mesh = start(config, say=lambda line: None)
+    try:
+        yield Burst(mesh, started, send_burst(mesh))
+    finally:
+        mesh.stop()
+
+
+def ops(mesh: Mesh, gateway: str, path: str, **params: str) -> dict[str, Any]:
+    r = httpx.get(f"{mesh.gateway_urls[gateway]}/ops/v1/{path}", params=params, timeout=10)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def metered(b: Burst, expected: int) -> dict[str, Any]:
+    """The metering API's count of the burst, once the gateways' spools have reached Redis."""
+    window = {"from": b.started.strftime("%Y-%m-%dT%H:00:00Z"),
+              "to": (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:00:00Z")}  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        body = ops(b.mesh, "national", "transactions", **window, group_by="consumer")
+        if body["total"] >= expected or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def test_the_burst_went_through_as_planned(burst: Burst) -> None:
+    assert burst.statuses == {(MOJ, 200): 12, (NGHEAN_CIVIL, 200): 8, (HANOI_PORTAL, 200): 6, (HANOI_PORTAL, 403): 5}
+
+
+def test_dashboard_numbers_equal_the_metering_api_and_the_burst(burst: Burst, chromium: str, tmp_path: Path) -> None:
+    sent = sum(burst.statuses.values())
+    per_consumer: Counter[str] = Counter()
+    for (consumer, _), n in burst.statuses.items():
+        per_consumer[consumer] += n
+    api = metered(burst, sent)
+    assert api["total"] == sent
+    assert {g["consumer"]: g["count"] for g in api["groups"]} == per_consumer
+
+    mesh = burst.mesh
+    url = f"{mesh.gateway_urls['national']}/ops/v1/dashboard?window=hour&group_by=consumer"
+    before = {g["gateway"]: g for g in ops(mesh, "national", "gateways")["gateways"]}
+    page = read_page(run_chromium(chromium, tmp_path / "profile", url, "--dump-dom"))
+    after = {g["gateway"]: g for g in ops(mesh, "national", "gateways")["gateways"]}
+    assert page.body.get("data-state") == "ready", page.values.get(("load-error", None))
+    v = page.values
+
+    assert number(v[("total", None)]) == sent
+    assert {key: number(text) for (tid, key), text in v.items() if tid == "series-total"} == per_consumer
+    assert {key: number(text) for (tid, key), text in v.items() if tid == "consumer-count"} == per_consumer
+    assert number(v[("consumer-provider-errors", HANOI_PORTAL)]) == burst.statuses[(HANOI_PORTAL, 403)]
+
+    errors = ops(mesh, "national", "errors", window="hour")
+    assert (errors["platform_errors"], errors["provider_errors"]) == (0, 5)  # the mesh's refusals are 4xx
+    assert number(v[("platform-errors", None)]) == errors["platform_errors"]
+    assert number(v[("provider-errors", None)]) == errors["provider_errors"]
+    assert v[("provider-error-rate", None)] == f"{100 * errors['provider_error_rate']:.2f}%"
+
+    latency = ops(mesh, "national", "service-latency", window="hour")["items"]
+    assert {i["service"]: i["count"] for i in latency} == {POPULATION: 17, INSURANCE: 8, BUSINESS: 6}
+    for item in latency:
+        assert number(v[("latency-count", item["service"])]) == item["count"]
+        assert number(v[("latency-p50", item["service"])]) == int(item["p50_ms"])
+        assert number(v[("latency-p99", item["service"])]) == int(item["p99_ms"])
+
+    # the registry keeps publishing snapshots, so a version may move while the page loads; it lies between the
+    # heartbeats read just before and just after, and the heartbeats follow each gateway's own /health
+    for code in ("national", "hanoi", "nghean"):
+        assert before[code]["status"] == after[code]["status"] == v[("gateway-status", code)] == "up"
+        shown = int(v[("gateway-snapshot-version", code)].removeprefix("v"))
+        assert before[code]["snapshot_version"] <= shown <= after[code]["snapshot_version"]
+        assert after[code]["snapshot_version"] <= ops(mesh, code, "health")["snapshot"]["version"]
+        assert v[("gateway-snapshot-age", code)].endswith(("s", "min"))
+    assert v[("gateways-up", None)] == "3 / 3"
+
+
+def test_any_gateway_serves_the_same_mesh_wide_numbers_and_a_screenshot(
+    burst: Burst, chromium: str, tmp_path: Path
+) -> None:
+    sent = sum(burst.statuses.values())
+    metered(burst, sent)
+    mesh = burst.mesh
+    url = f"{mesh.gateway_urls['hanoi']}/ops/v1/dashboard?window=month&group_by=service"
+    page = read_page(run_chromium(chromium, tmp_path / "profile", url, "--dump-dom"))
+    assert page.body.get("data-window") == "month" and page.values[("served-by", None)] == "served by hanoi"
+    month = ops(mesh, "hanoi", "timeseries", window="month", group_by="service")
+    assert number(page.values[("total", None)]) == month["total"] == sent
+    shown = {key: number(text) for (tid, key), text in page.values.items() if tid == "series-total"}
+    assert shown == {s["key"]: s["total"] for s in month["series"]} == {POPULATION: 17, INSURANCE: 8, BUSINESS: 6}
+
+    shot_url = f"{mesh.gateway_urls['national']}/ops/v1/dashboard?window=hour&group_by=service"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    run_chromium(chromium, tmp_path / "profile-shot", shot_url, f"--screenshot={SCREENSHOT}", "--window-size=1400,1000")
+    data = SCREENSHOT.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 20_000
