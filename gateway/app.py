@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -187,7 +188,8 @@ class GatewayApp:
             return
         except Problem as problem:
             reply = problem_reply(problem)
-            reply.headers["x-road-id"] = headers.get("x-road-id") or ""
+            given = headers.get("x-road-id", "")
+            reply.headers["x-road-id"] = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
             await send_reply(send, reply)
             metrics.count("none", problem.status, problem.code, time.time() - started)
             return
