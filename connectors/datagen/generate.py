@@ -20,10 +20,10 @@ from connectors.schema import DATABASES
 # The day the generated country is seen from. Fixed, so one seed gives the same rows whatever day it runs.
 AS_OF = dt.date(2025, 7, 1)
 BATCH_ROWS = 50_000
-# From this many people on, a forked child builds the rows and loads the business, insurance and civil status
-# databases while this process loads the population database (the heaviest): two cores instead of one.
+# From this many people on, a forked child builds the rows and loads the business and civil status databases while
+# this process loads population and insurance (most of the rows): two cores instead of one, about evenly loaded.
 PARALLEL_FROM = 200_000
-PARENT_DATABASES = ("population",)
+PARENT_DATABASES = ("population", "insurance")
 DATABASE_NAMES: tuple[str, ...] = tuple(DATABASES)
 
 Progress = Callable[[int, int], None]
