@@ -240,7 +240,7 @@ def test_bad_arguments_are_refused(tmp_path):
 def test_a_failing_child_process_is_reported_not_hung(tmp_path):
     with pytest.raises(RuntimeError, match="generating process failed: OperationalError"):
         generate(tmp_path, people=500, parallel=True,
-                 database_urls={"insurance": "postgresql+psycopg://postgres@127.0.0.1:1/none"})  # fmt: skip
+                 database_urls={"business": "postgresql+psycopg://postgres@127.0.0.1:1/none"})  # fmt: skip
 
 
 def _postgres_up() -> str | None:
