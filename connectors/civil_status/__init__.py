@@ -22,6 +22,7 @@ from connectors.sdk import (
     not_permitted,
     run_idempotent,
 )
+from connectors.sdk.changes import record_change
 from connectors.sdk.inputs import checked, parse_date
 from connectors.sdk.values import json_value
 from lienthong.problem import Problem, bad_request
@@ -44,14 +45,6 @@ def _doc(row: Any, fields: list[str]) -> dict[str, Any]:
     return {f: json_value(row[f]) for f in fields}
 
 
-def _record_change(conn: Connection, birth_id: str, op: str) -> int:
-    result = conn.execute(
-        schema.changes.insert().values(entity="birth", entity_id=birth_id, op=op, at=dt.datetime.now(dt.UTC))
-    )
-    assert result.inserted_primary_key is not None
-    return int(result.inserted_primary_key[0])
-
-
 def recordBirth(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
     born = parse_date(body.get("birth_date"), "birth_date")
     if born > dt.date.today():
@@ -69,7 +62,8 @@ def recordBirth(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
             "mother_id": parents.get("mother_id"), "registered_at": dt.datetime.now(dt.UTC), "personal_id": None,
             "hi_card_code": None,
         }  # fmt: skip
-        conn.execute(births.insert().values(**row, change_seq=_record_change(conn, birth_id, "create")))
+        seq = record_change(conn, schema.changes, "birth", birth_id, "create")
+        conn.execute(births.insert().values(**row, change_seq=seq))
         return 201, _doc(row, list(FIELDS))
 
     key = request.headers.get("idempotency-key", "")
@@ -108,8 +102,7 @@ def completeBirth(id: str, body: dict[str, Any]) -> dict[str, Any]:
             parts = personal_id.parse(changes["personal_id"], "personal_id")
             if parts.sex != row["sex"] or parts.birth_year != row["birth_date"].year:
                 raise bad_request("personal_id", "the personal ID disagrees with the child's sex or birth year")
-        conn.execute(
-            births.update().where(births.c.id == id).values(**changes, change_seq=_record_change(conn, id, "update"))
-        )
+        seq = record_change(conn, schema.changes, "birth", id, "update")
+        conn.execute(births.update().where(births.c.id == id).values(**changes, change_seq=seq))
         updated = conn.execute(select(births).where(births.c.id == id)).mappings().one()
     return _doc(updated, current_call().granted(FIELDS))

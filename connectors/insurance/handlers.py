@@ -11,7 +11,7 @@ from sqlalchemy import Connection, select
 from connectors.rules import insurance_codes, personal_id, provinces
 from connectors.schema.insurance import changes, hi_cards, insured
 from connectors.sdk import current_call, current_runtime, nest, not_found, not_permitted, run_idempotent
-from connectors.sdk.changes import changes_page
+from connectors.sdk.changes import changes_page, record_change
 from connectors.sdk.inputs import checked, parse_cursor, parse_date
 from connectors.sdk.values import json_value
 from lienthong.problem import Problem, bad_request
@@ -117,15 +117,6 @@ def _new_si_number(conn: Connection) -> str:
     raise Problem(409, "conflict", "no free social insurance number was found; retry the request")
 
 
-def _record_change(conn: Connection, entity: str, entity_id: str, op: str) -> int:
-    result = conn.execute(
-        changes.insert().values(entity=entity, entity_id=entity_id, op=op, at=dt.datetime.now(dt.UTC))
-    )
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
-
-
 def issueChildCard(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
     from connexion import request
 
@@ -150,7 +141,7 @@ def issueChildCard(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
         person = conn.execute(select(insured.c.si_number).where(insured.c.person_id == pid)).first()
         if person is None:
             si = _new_si_number(conn)
-            seq = _record_change(conn, "insured", si, "create")
+            seq = record_change(conn, changes, "insured", si, "create")
             conn.execute(
                 insured.insert().values(
                     si_number=si,
@@ -184,10 +175,10 @@ def issueChildCard(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
             "primary_care_facility_name": body["primary_care_facility_name"],
         }
         if conn.execute(select(hi_cards.c.code).where(hi_cards.c.code == code)).first() is None:
-            values["change_seq"] = _record_change(conn, "hi_card", code, "create")
+            values["change_seq"] = record_change(conn, changes, "hi_card", code, "create")
             conn.execute(hi_cards.insert().values(code=code, **values))
         else:  # an expired card under the same code is renewed, not duplicated
-            values["change_seq"] = _record_change(conn, "hi_card", code, "update")
+            values["change_seq"] = record_change(conn, changes, "hi_card", code, "update")
             conn.execute(hi_cards.update().where(hi_cards.c.code == code).values(**values))
         card = {
             "code": code,

@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Connection, and_, or_, select
 from connectors.rules import personal_id, provinces
 from connectors.schema.population import changes, households, persons, residence
 from connectors.sdk import current_call, current_runtime, nest, not_found, not_permitted, run_idempotent
-from connectors.sdk.changes import changes_page
+from connectors.sdk.changes import changes_page, record_change
 from connectors.sdk.inputs import checked, parse_cursor, parse_date
 from connectors.sdk.values import json_value
 from lienthong.problem import Problem
@@ -264,15 +264,6 @@ def _new_person_id(conn: Connection, province: str, sex: str, birth_date: dt.dat
     raise Problem(409, "conflict", "no free personal ID serial was found; retry the request")
 
 
-def _record_change(conn: Connection, entity: str, entity_id: str, op: str) -> int:
-    result = conn.execute(
-        changes.insert().values(entity=entity, entity_id=entity_id, op=op, at=dt.datetime.now(dt.UTC))
-    )
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
-
-
 def registerBirth(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
     from connexion import request
 
@@ -300,7 +291,7 @@ def registerBirth(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
             if field == "father_id":
                 hometown = parent.hometown
         pid = _new_person_id(conn, province, body["sex"], birth)
-        seq = _record_change(conn, "person", pid, "create")
+        seq = record_change(conn, changes, "person", pid, "create")
         conn.execute(
             persons.insert().values(
                 id=pid,
@@ -328,7 +319,7 @@ def registerBirth(body: dict[str, Any]) -> tuple[Any, int, dict[str, str]]:
                     person_id=pid, kind=kind, address=hh.address, province_code=hh.province_code, valid_from=birth
                 )
             )
-        _record_change(conn, "household", body["household_id"], "update")
+        record_change(conn, changes, "household", body["household_id"], "update")
         answer = {
             "id": pid,
             "full_name": body["full_name"],
