@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +131,22 @@ def serve(definition: ConnectorDefinition, gateway: SigningGateway, url: str) ->
     finally:
         server.stop()
         server.app.runtime.engine.dispose()
+
+
+@contextmanager
+def connector_on(
+    definition: ConnectorDefinition,
+    gateway: SigningGateway,
+    backend: str,
+    tmp_path: Path,
+    seed: Callable[[str], None] | None = None,
+) -> Iterator[Caller]:
+    """A connector serving a fresh database of `backend` (seeded when asked), called as its gateway would."""
+    with database_url(backend, tmp_path) as url:
+        if seed is not None:
+            seed(url)
+        with serve(definition, gateway, url) as server:
+            yield Caller(server, gateway, definition.service_id)
 
 
 class Caller:

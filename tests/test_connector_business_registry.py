@@ -12,7 +12,7 @@ from connectors.business_registry import CONNECTOR
 from connectors.rules import enterprise_code, personal_id
 from connectors.rules.vietnamese import fold
 from connectors.schema import business as db
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, database_url, serve
+from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
 
 SERVICE = CONNECTOR.service_id
 REP = personal_id.make("040", "M", dt.date(1980, 1, 1), 111111)
@@ -103,10 +103,8 @@ def gateway() -> SigningGateway:
 def caller(
     request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with database_url(request.param, tmp_path_factory.mktemp("business")) as url:
-        seed(url)
-        with serve(CONNECTOR, gateway, url) as server:
-            yield Caller(server, gateway, SERVICE)
+    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("business"), seed) as caller:
+        yield caller
 
 
 def test_enterprise_with_owners_and_status(caller: Caller) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from connectors.civil_status import CONNECTOR
 from connectors.rules import insurance_codes, personal_id
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, database_url, serve
+from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
 
 SERVICE = CONNECTOR.service_id
 BORN = dt.date.today() - dt.timedelta(days=5)
@@ -32,9 +32,8 @@ def gateway() -> SigningGateway:
 def caller(
     request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with database_url(request.param, tmp_path_factory.mktemp("civil")) as url:
-        with serve(CONNECTOR, gateway, url) as server:  # the connector creates its own tables
-            yield Caller(server, gateway, SERVICE)
+    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("civil")) as caller:
+        yield caller
 
 
 def test_record_then_read_a_birth(caller: Caller) -> None:

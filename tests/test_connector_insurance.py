@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from connectors.insurance import CONNECTOR
 from connectors.rules import insurance_codes, personal_id
 from connectors.schema import insurance as db
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, database_url, serve
+from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
 
 SERVICE = CONNECTOR.service_id
 ADULT = personal_id.make("040", "F", dt.date(1990, 4, 4), 222222)
@@ -75,10 +75,8 @@ def gateway() -> SigningGateway:
 def caller(
     request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with database_url(request.param, tmp_path_factory.mktemp("insurance")) as url:
-        seed(url)
-        with serve(CONNECTOR, gateway, url) as server:
-            yield Caller(server, gateway, SERVICE)
+    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("insurance"), seed) as caller:
+        yield caller
 
 
 def test_insured_record_linked_to_a_personal_id(caller: Caller) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from connectors.population import CONNECTOR
 from connectors.rules import personal_id
 from connectors.schema import population as db
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, database_url, serve
+from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
 
 SERVICE = CONNECTOR.service_id
 FATHER = personal_id.make("040", "M", dt.date(1985, 3, 2), 123456)
@@ -126,10 +126,8 @@ def gateway() -> SigningGateway:
 def caller(
     request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with database_url(request.param, tmp_path_factory.mktemp("population")) as url:
-        seed(url)
-        with serve(CONNECTOR, gateway, url) as server:
-            yield Caller(server, gateway, SERVICE)
+    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("population"), seed) as caller:
+        yield caller
 
 
 def test_found_with_only_granted_fields(caller: Caller) -> None:
