@@ -16,8 +16,19 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from gateway.ops_api import build_ops_app
+from gateway.ops_api import SPEC, build_ops_app
 from gateway.ops_heartbeat import HEARTBEAT_TTL, KNOWN_KEY, Heartbeat
 from lienthong.redis_connection import EmbeddedRedis, free_port
 from policies.chain import ChainConfig
@@ -230,3 +241,30 @@ def test_bad_input_is_problem_json_naming_the_field(ops: str, path: str, params:
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["field"] == field
+
+
+DASHBOARD_PATHS = ("/timeseries", "/top-consumers", "/errors", "/service-latency", "/gateways", "/dashboard",
+                   "/dashboard/{asset}")  # fmt: skip
+OPERATIONS = [r.ok() for r in schemathesis.openapi.from_path(SPEC).get_all_operations()
+              if isinstance(r, Ok) and r.ok().path in DASHBOARD_PATHS]  # fmt: skip
+
+
+# an operation without parameters has no invalid request to generate
+CASES = [(op, mode) for op in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+         if mode == GenerationMode.POSITIVE or op.path not in ("/gateways", "/dashboard")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("operation", "mode"), CASES, ids=[f"{op.label}-{mode.value}" for op, mode in CASES])
+def test_dashboard_operations_conform_to_the_spec(ops: str, operation: Any, mode: GenerationMode) -> None:
+    """Generated requests never get a 5xx nor an answer off the spec; invalid ones are refused."""
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    if mode == GenerationMode.NEGATIVE:
+        checks.append(negative_data_rejection)
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=15, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def run(case: Any) -> None:
+        case.call_and_validate(base_url=ops, checks=checks, timeout=10)
+
+    run()
