@@ -36,6 +36,7 @@ from policies.chain import ChainConfig
 from policies.meter_query import (
     MESH_ROLES,
     SERIES_GROUPS,
+    DayCache,
     error_rates,
     latency,
     parse_group_by,
@@ -67,6 +68,7 @@ class OpsHandlers:
         self.snapshot_getter = snapshot_getter
         self._redis: redis.Redis | None = None
         self.heartbeat = Heartbeat(cfg.gateway, lambda: self.redis, snapshot_getter)
+        self.days = DayCache()
 
     @property
     def redis(self) -> redis.Redis:
@@ -109,15 +111,15 @@ class OpsHandlers:
     async def timeseries(self, window: str = "hour", group_by: str = "service") -> ConnexionResponse:
         if group_by not in SERIES_GROUPS:
             raise bad_request("group_by", f"group_by must be one of {', '.join(SERIES_GROUPS)}")
-        return _json(await self._query(timeseries, parse_window(window), group_by, _now()))
+        return _json(await self._query(timeseries, parse_window(window), group_by, _now(), self.days))
 
     async def top_consumers(self, window: str = "hour", limit: int = 10) -> ConnexionResponse:
         if not 1 <= limit <= 100:
             raise bad_request("limit", "limit must be 1..100")
-        return _json(await self._query(top_consumers, parse_window(window), limit, _now()))
+        return _json(await self._query(top_consumers, parse_window(window), limit, _now(), self.days))
 
     async def errors(self, window: str = "hour") -> ConnexionResponse:
-        return _json(await self._query(error_rates, parse_window(window), _now()))
+        return _json(await self._query(error_rates, parse_window(window), _now(), self.days))
 
     async def service_latency(self, window: str = "hour") -> ConnexionResponse:
         return _json(await self._query(service_latency, parse_window(window), _now()))

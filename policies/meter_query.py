@@ -8,6 +8,8 @@ crossed two gateways counts once; pass roles=None to see every gateway's own cou
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -171,26 +173,60 @@ def _iso_z(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:00Z")
 
 
-def _window_counts(
-    client: redis.Redis, window: str, now: datetime, roles: frozenset[str] | None = MESH_ROLES
-) -> tuple[list[str], list[Counter[tuple[str, ...]]]]:
-    """Per bucket of the window: Counter of the full dimension tuple (DIMENSIONS order) -> calls."""
+Counts = Counter[tuple[str, ...]]
+
+
+class DayCache:
+    """Folded counts of whole past UTC days, kept `ttl` seconds, so a dashboard refresh reads only today's hours.
+
+    A past day changes only when a dead worker's spool is replayed late (every 30 s), so a few minutes is a bounded
+    lag. One per operations app; thread-safe (queries run in worker threads)."""
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self._days: dict[str, tuple[float, Counts]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, day: str) -> Counts | None:
+        with self._lock:
+            hit = self._days.get(day)
+            return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl else None
+
+    def put(self, day: str, counts: Counts) -> None:
+        with self._lock:
+            self._days[day] = (time.monotonic(), counts)
+            for old in [d for d, (at, _) in self._days.items() if time.monotonic() - at >= self.ttl]:
+                del self._days[old]
+
+
+def _window_counts(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None
+                   ) -> tuple[list[str], list[Counts]]:  # fmt: skip
+    """Per bucket of the window: Counter of the full dimension tuple (DIMENSIONS order) -> mesh transactions."""
     labels, ids = window_buckets(window, now)
     prefix = "meter:m:" if window == "hour" else "meter:h:"
+    cached: list[Counts | None] = [None] * len(ids)
+    if cache is not None and window == "month":
+        cached[:-1] = [cache.get(label) for label in labels[:-1]]  # today is still being counted: never cached
     pipe = client.pipeline(transaction=False)
-    for group in ids:
-        for key_id in group:
-            pipe.hgetall(prefix + key_id)
+    for group, hit in zip(ids, cached, strict=True):
+        if hit is None:
+            for key_id in group:
+                pipe.hgetall(prefix + key_id)
     replies = iter(pipe.execute())
-    buckets: list[Counter[tuple[str, ...]]] = []
-    for group in ids:
-        counts: Counter[tuple[str, ...]] = Counter()
+    buckets: list[Counts] = []
+    for i, (group, hit) in enumerate(zip(ids, cached, strict=True)):
+        if hit is not None:
+            buckets.append(hit)
+            continue
+        counts: Counts = Counter()
         for _ in group:
             for raw, value in next(replies).items():
                 parts = tuple((raw.decode() if isinstance(raw, bytes) else raw).split("|"))
-                if len(parts) != len(DIMENSIONS) or (roles is not None and parts[5] not in roles):
+                if len(parts) != len(DIMENSIONS) or parts[5] not in MESH_ROLES:
                     continue
                 counts[parts] += int(value)
+        if cache is not None and window == "month" and i < len(ids) - 1:
+            cache.put(labels[i], counts)
         buckets.append(counts)
     return labels, buckets
 
@@ -199,9 +235,11 @@ def _dimension(name: str) -> int:
     return DIMENSIONS.index("consumer_gateway" if name == "gateway" else name)
 
 
-def timeseries(client: redis.Redis, window: str, group_by: str, now: datetime) -> dict[str, Any]:
+def timeseries(
+    client: redis.Redis, window: str, group_by: str, now: datetime, cache: DayCache | None = None
+) -> dict[str, Any]:
     """Mesh transactions per bucket of the window, one series per value of group_by, largest series first."""
-    labels, buckets = _window_counts(client, window, now)
+    labels, buckets = _window_counts(client, window, now, cache)
     index = _dimension(group_by)
     series: dict[str, list[int]] = {}
     for i, counts in enumerate(buckets):
@@ -218,9 +256,11 @@ def timeseries(client: redis.Redis, window: str, group_by: str, now: datetime) -
     }
 
 
-def top_consumers(client: redis.Redis, window: str, limit: int, now: datetime) -> dict[str, Any]:
+def top_consumers(
+    client: redis.Redis, window: str, limit: int, now: datetime, cache: DayCache | None = None
+) -> dict[str, Any]:
     """The consumers with the most mesh transactions in the window, with their outcomes."""
-    _, buckets = _window_counts(client, window, now)
+    _, buckets = _window_counts(client, window, now, cache)
     per: dict[str, Counter[str]] = {}
     for counts in buckets:
         for dims, n in counts.items():
@@ -247,10 +287,10 @@ def _error_split(outcomes: Counter[str]) -> dict[str, Any]:
     }
 
 
-def error_rates(client: redis.Redis, window: str, now: datetime) -> dict[str, Any]:
+def error_rates(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None) -> dict[str, Any]:
     """Platform errors (the mesh failed) and provider errors (4xx/5xx answers, the meter's outcome) over the window,
     for the whole mesh and per service."""
-    _, buckets = _window_counts(client, window, now)
+    _, buckets = _window_counts(client, window, now, cache)
     mesh: Counter[str] = Counter()
     per: dict[str, Counter[str]] = {}
     for counts in buckets:

@@ -33,6 +33,7 @@ from gateway.ops_heartbeat import HEARTBEAT_TTL, KNOWN_KEY, Heartbeat
 from lienthong.redis_connection import EmbeddedRedis, free_port
 from policies.chain import ChainConfig
 from policies.meter import MINUTE_TTL, Meter, minute_key
+from policies.meter_query import DayCache, timeseries
 from tests.procs import Proc
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, SERVICE, World, context
 
@@ -268,3 +269,18 @@ def test_dashboard_operations_conform_to_the_spec(ops: str, operation: Any, mode
         case.call_and_validate(base_url=ops, checks=checks, timeout=10)
 
     run()
+
+
+def test_month_reads_past_days_once_and_today_every_time(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    now = datetime.now(UTC)
+    field = f"{CONSUMER}|{SERVICE}|GET /persons/{{id}}|nghean|national|home|2xx"
+    two_days_ago = datetime.fromtimestamp(now.timestamp() - 2 * 86400, UTC)
+    client.hset(f"meter:h:{two_days_ago:%Y%m%d%H}", field, 3)
+    client.hset(f"meter:h:{now:%Y%m%d%H}", field, 1)
+    cache = DayCache(ttl=60)
+    assert timeseries(client, "month", "consumer", now, cache)["total"] == 4
+    client.hincrby(f"meter:h:{two_days_ago:%Y%m%d%H}", field, 10)  # a late spool replay into a past day
+    client.hincrby(f"meter:h:{now:%Y%m%d%H}", field, 5)
+    assert timeseries(client, "month", "consumer", now, cache)["total"] == 9  # today fresh, the past day from cache
+    assert timeseries(client, "month", "consumer", now, DayCache(ttl=0))["total"] == 19  # past the ttl: read again
