@@ -44,7 +44,7 @@ WATERMARK_TTL = 40 * 86400
 MINUTE_TTL = 2 * 3600
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 DIMENSIONS = ("consumer", "service", "endpoint", "consumer_gateway", "provider_gateway", "role", "outcome")
-OUTCOMES = ("2xx", "4xx", "5xx", "platform-error")
+OUTCOMES = ("2xx", "4xx", "5xx", "refused", "platform-error")
 
 # ARGV: start, end, watermark ttl, minute-key ttl, then (key, field, delta) triples; keys named meter:m:* or
 # meter:lm:* (per-minute counts) get the minute ttl.
@@ -65,9 +65,12 @@ return tonumber(ARGV[2])
 
 
 def outcome(status: int, error_code: str | None) -> str:
-    """2xx (any success, 1xx-3xx), 4xx, 5xx from the provider; platform-error when the mesh itself failed (5xx)."""
+    """2xx (any success, 1xx-3xx), 4xx, 5xx from the provider; refused when the mesh said no (its own 4xx: token,
+    grant, purpose, quota, path); platform-error when the mesh itself failed (5xx)."""
     if error_code is not None and (status >= 500 or status == 0):
         return "platform-error"
+    if error_code is not None:
+        return "refused"
     if status >= 500 or status == 0:
         return "5xx"
     return "4xx" if status >= 400 else "2xx"

@@ -279,11 +279,14 @@ def _error_split(outcomes: Counter[str]) -> dict[str, Any]:
     n = sum(outcomes.values())
     platform = outcomes.get("platform-error", 0)
     provider = sum(outcomes.get(o, 0) for o in PROVIDER_ERRORS)
+    refused = outcomes.get("refused", 0)
     return {
         "platform_errors": platform,
         "provider_errors": provider,
+        "refused": refused,
         "platform_error_rate": round(platform / n, 4) if n else 0.0,
         "provider_error_rate": round(provider / n, 4) if n else 0.0,
+        "refused_rate": round(refused / n, 4) if n else 0.0,
     }
 
 

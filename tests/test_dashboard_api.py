@@ -43,7 +43,7 @@ CALLS = [
     (CONSUMER, "nghean", "home", 200, None, 90, 4, 12),
     (CONSUMER, "nghean", "home", 500, None, 90, 4, 2),  # the provider failed: a provider error
     (OTHER_CONSUMER, "hanoi", "home", 502, "upstream-failed", 20 * 60, 40, 3),  # the mesh failed
-    (OTHER_CONSUMER, "hanoi", "home", 403, "access-denied", 20 * 60, 4, 5),
+    (OTHER_CONSUMER, "hanoi", "home", 403, "access-denied", 20 * 60, 4, 5),  # the mesh said no: refused
     (CONSUMER, "nghean", "provider", 200, None, 90, 4, 10),  # the provider gateway's own count: not a transaction
     (CONSUMER, "nghean", "home", 200, None, 75 * 60, 4, 4),  # older than the last hour
     (CONSUMER, "nghean", "home", 200, None, 3 * 86400, 4, 7),  # three days ago
@@ -158,9 +158,10 @@ def test_top_consumers_with_their_errors(ops: str) -> None:
 def test_errors_split_platform_from_provider(ops: str) -> None:
     body = get(f"{ops}/errors", window="hour")
     assert body["total"] == 22
-    assert body["outcomes"] == {"2xx": 12, "5xx": 2, "platform-error": 3, "4xx": 5}
-    assert (body["platform_errors"], body["provider_errors"]) == (3, 7)
-    assert body["platform_error_rate"] == round(3 / 22, 4) and body["provider_error_rate"] == round(7 / 22, 4)
+    assert body["outcomes"] == {"2xx": 12, "5xx": 2, "platform-error": 3, "refused": 5}
+    assert (body["platform_errors"], body["provider_errors"], body["refused"]) == (3, 2, 5)
+    assert body["platform_error_rate"] == round(3 / 22, 4) and body["provider_error_rate"] == round(2 / 22, 4)
+    assert body["refused_rate"] == round(5 / 22, 4)
     (svc,) = body["services"]
     assert svc["service"] == SERVICE and svc["total"] == 22 and svc["platform_errors"] == 3
 

@@ -139,7 +139,8 @@ def test_counts_carry_every_dimension_and_a_latency_histogram(redis_url: str, tm
     meter = Meter("nghean", tmp_path, redis_url)
     meter.open()
     snap = World().snapshot()
-    for status, code in ((200, None), (403, "access-denied"), (502, "upstream-failed"), (500, None)):
+    calls = ((200, None), (404, None), (403, "access-denied"), (502, "upstream-failed"), (500, None))
+    for status, code in calls:
         ctx = context(snap, role="home", gateway="nghean")
         ctx.client, ctx.status, ctx.error_code, ctx.consumer_gateway = CONSUMER, status, code, "nghean"
         ctx.provider_gateway = "national"
@@ -149,9 +150,10 @@ def test_counts_carry_every_dimension_and_a_latency_histogram(redis_url: str, tm
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     counts = client.hgetall(client.keys("meter:h:*")[0])
     prefix = f"{CONSUMER}|VN/GOV/BCA/population/persons|GET /persons/{{id}}|nghean|national|home|"
-    assert counts == {prefix + o: "1" for o in ("2xx", "4xx", "platform-error", "5xx")}
+    # the provider's 4xx, the mesh's refusal and the mesh's failure are three different outcomes
+    assert counts == {prefix + o: "1" for o in ("2xx", "4xx", "refused", "platform-error", "5xx")}
     latency = client.hgetall(client.keys("meter:l:*")[0])
-    assert latency == {"VN/GOV/BCA/population/persons|GET /persons/{id}|home|20": "4"}
+    assert latency == {"VN/GOV/BCA/population/persons|GET /persons/{id}|home|20": "5"}
 
 
 if __name__ == "__main__":

@@ -140,8 +140,9 @@
         fmt(c.platform_errors)),
       el("td", { class: "num", "data-testid": "consumer-provider-errors", "data-key": c.consumer },
         fmt(c.provider_errors)),
+      el("td", { class: "num", "data-testid": "consumer-refused", "data-key": c.consumer }, fmt(c.refused)),
     ]);
-    fillTable("top-consumers", rows, 5, "no calls in this window");
+    fillTable("top-consumers", rows, 6, "no calls in this window");
   }
 
   function showErrors(errors) {
@@ -149,6 +150,8 @@
     $("provider-errors").textContent = fmt(errors.provider_errors);
     $("platform-error-rate").textContent = pct(errors.platform_error_rate);
     $("provider-error-rate").textContent = pct(errors.provider_error_rate);
+    $("refused").textContent = fmt(errors.refused);
+    $("refused-rate").textContent = pct(errors.refused_rate);
     const rows = errors.services.map((s) => [
       el("td", {}, s.service),
       el("td", { class: "num", "data-testid": "service-calls", "data-key": s.service }, fmt(s.total)),
