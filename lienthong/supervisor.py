@@ -108,6 +108,33 @@ class Supervisor:
                 return component
         return None
 
+    def component(self, name: str) -> Component:
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise KeyError(f"no component named {name!r}")
+
+    def kill9(self, name: str) -> None:
+        """SIGKILL a component's whole process group, as a crash would; it stays in the list for restart()."""
+        proc = self.component(name).process
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    def restart(self, name: str, timeout: float = 60.0) -> float:
+        """Kill a component if it still runs, start it again with the same command; seconds until it is healthy."""
+        old = self.component(name)
+        self.kill9(name)
+        fresh = Component(old.name, old.argv, old.health_url, old.env)
+        started = time.monotonic()
+        self.start(fresh, timeout)
+        self.components.remove(fresh)  # keep the start order, which stop_all() reverses
+        self.components[self.components.index(old)] = fresh
+        return time.monotonic() - started
+
     def stop_all(self, timeout: float = 10.0) -> None:
         for component in reversed(self.components):
             proc = component.process
