@@ -57,14 +57,16 @@ def snapshot_doc(gw_key: keys.PrivateKey, other_key: keys.PrivateKey, client_key
                  province_key: keys.PrivateKey) -> dict[str, Any]:
     return {
         "version": 1, "instance": "VN", "gateway": "national",
-        "members": [{"id": "VN/GOV/BTP", "home_gateway": "national"}, {"id": "VN/GOV/BENCH", "home_gateway": "national"},
+        "members": [{"id": "VN/GOV/BTP", "home_gateway": "national"},
+                    {"id": "VN/GOV/BENCH", "home_gateway": "national"},
                     {"id": "VN/PROV/NGHEAN", "home_gateway": "nghean"}],
         "subsystems": [],
         "gateways": [{"code": "national", "base_url": "http://127.0.0.1:1", "keys": [keys.public_jwk(gw_key)]},
                      {"code": "nghean", "base_url": "http://127.0.0.1:2", "keys": [keys.public_jwk(other_key)]}],
         "services": [{"id": SERVICE, "provider": "VN/GOV/BENCH/echo", "code": "record", "gateway": "national",
                       "approved": True, "timeout_ms": 5000,
-                      "endpoints": [{"method": "GET", "path": "/record/{id}", "enabled": True, "subject_param": "id"}]}],
+                      "endpoints": [{"method": "GET", "path": "/record/{id}", "enabled": True,
+                                     "subject_param": "id"}]}],
         "upstreams": {SERVICE: "http://127.0.0.1:3"},
         "clients": [{"subsystem": CONSUMER, "keys": [keys.public_jwk(client_key)]},
                     {"subsystem": "VN/PROV/NGHEAN/civil-status", "keys": [keys.public_jwk(province_key)]}],

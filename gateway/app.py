@@ -10,7 +10,6 @@ import hashlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -19,7 +18,7 @@ import orjson
 from gateway import metrics
 from gateway.assertions import AssertionSigner
 from gateway.breaker import Breakers
-from gateway.calls import CallHandler, Reply, problem_reply
+from gateway.calls import CallHandler, Reply, new_transaction_id, problem_reply
 from gateway.settings import GatewaySettings
 from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient
@@ -189,7 +188,8 @@ class GatewayApp:
         except Problem as problem:
             reply = problem_reply(problem)
             given = headers.get("x-road-id", "")
-            reply.headers["x-road-id"] = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+            valid = 0 < len(given) <= 128 and given.isprintable()
+            reply.headers["x-road-id"] = given if valid else new_transaction_id()
             await send_reply(send, reply)
             metrics.count("none", problem.status, problem.code, time.time() - started)
             return

@@ -32,14 +32,15 @@ class AssertionSigner:
         self.key = key
         self.kid = kid
         self._header = _b64(orjson.dumps({"alg": algorithm_of(key), "kid": kid, "typ": "JWT"})) + b"."
+        self._ed25519 = tokens.ed25519_signer(key) if isinstance(key, ed25519.Ed25519PrivateKey) else None
 
     def sign(self, claims: dict[str, Any]) -> str:
-        if not isinstance(self.key, ed25519.Ed25519PrivateKey):  # ES256 needs PyJWT's DER-to-raw conversion
+        if self._ed25519 is None:  # ES256 needs PyJWT's DER-to-raw conversion
             return tokens.sign(self.key, self.kid, claims, lifetime=ASSERTION_LIFETIME)
         now = int(time.time())
         body = {"iat": now, "nbf": now, "exp": now + ASSERTION_LIFETIME, **claims}
         signing_input = self._header + _b64(orjson.dumps(body))
-        return (signing_input + b"." + _b64(self.key.sign(signing_input))).decode()
+        return (signing_input + b"." + _b64(self._ed25519(signing_input))).decode()
 
     def _claims(self, ctx: CallContext, audience: str) -> dict[str, Any]:
         claims: dict[str, Any] = {

@@ -37,6 +37,9 @@ UPSTREAM = Histogram(
     ["kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# bound once: labels() costs more than the observation itself
+UPSTREAM_CONNECTOR = UPSTREAM.labels("connector")
+UPSTREAM_GATEWAY = UPSTREAM.labels("gateway")
 SNAPSHOT_VERSION = Gauge(
     "lienthong_gateway_snapshot_version", "Version of the configuration snapshot in use", multiprocess_mode="max"
 )

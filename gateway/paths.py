@@ -39,7 +39,7 @@ def parse_r1(raw_path: str) -> R1Path:
         raise Problem(404, "unknown-service", "no service named after /r1/", field="path")
     decoded: list[str] = []
     for i, seg in enumerate(segments):
-        text = unquote(seg)
+        text = unquote(seg) if "%" in seg else seg
         if text == "" and i != len(segments) - 1:
             raise _invalid("the path contains an empty segment ('//')")
         if text in (".", ".."):

@@ -132,6 +132,8 @@ class Audit(PolicyBase):
         self.gateway = gateway
         self.writer = AuditWriter(data_dir / "audit")
         self._key = hmac_key
+        # keyed once; each record copies the state (a third of hmac.new's cost on the hot path)
+        self._subject_mac = hmac.new(hmac_key, digestmod=hashlib.sha256)
         self._task: asyncio.Task[None] | None = None
 
     def record(self, ctx: CallContext) -> dict[str, Any]:
@@ -153,7 +155,7 @@ class Audit(PolicyBase):
             "user_id": ctx.user_id,
             "issue": ctx.issue,
             "grant": ctx.grant.id if ctx.grant is not None else None,
-            "subject_hmac": hmac.new(self._key, subject.encode(), hashlib.sha256).hexdigest() if subject else None,
+            "subject_hmac": self._subject_hmac(subject) if subject else None,
             "status": ctx.status,
             "succeeded": 200 <= ctx.status < 400 and ctx.error_code is None,
             "error_code": ctx.error_code,
@@ -164,6 +166,11 @@ class Audit(PolicyBase):
             "consumer_gateway": ctx.consumer_gateway,
             "provider_gateway": ctx.provider_gateway,
         }
+
+    def _subject_hmac(self, subject: str) -> str:
+        mac = self._subject_mac.copy()
+        mac.update(subject.encode())
+        return mac.hexdigest()
 
     def log(self, ctx: CallContext) -> None:
         self.writer.append(self.record(ctx))
