@@ -104,6 +104,7 @@ class GatewayApp:
         )
         self.chain_config = chain_config(settings, private_key)
         self.chain = build_chain(self.chain_config)
+        self._audit = next((p for p in self.chain.policies if p.name == "audit"), None)
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_open_seconds)
         self._upstream: UpstreamClient | None = None
         self.calls = CallHandler(
@@ -197,10 +198,13 @@ class GatewayApp:
         if ctx is not None:
             ctx.response_out = time.time()
         await send_reply(send, reply)
-        role = ctx.role if ctx is not None else "none"
+        routed = ctx is not None and ctx.service is not None
+        role = ctx.role if ctx is not None and routed else "none"
         metrics.count(role, reply.status, reply.headers.get("x-road-error", ""), time.time() - started)
-        if ctx is not None and ctx.service is not None:
+        if ctx is not None and routed:
             self.chain.log(ctx)
+        elif ctx is not None and reply.status >= 400 and self._audit is not None:
+            self._audit.log(ctx)  # refused before routing (a path trick, no such service): audited, not metered
 
     async def _healthz(self, send: Send) -> None:
         current = self.snapshots.current

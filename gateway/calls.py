@@ -111,12 +111,11 @@ class CallHandler:
             if snapshot is None or started - self.snapshots.confirmed_at > self.snapshots.max_age:
                 detail = self.snapshots.staleness(started).detail
                 raise Problem(503, "snapshot-expired", detail, headers={"Retry-After": "5"})
-            route = parse_r1(raw_path)
             ctx = CallContext(
                 gateway=self.code,
                 transaction_id=txid,
                 method=method,
-                path=route.provider_path,
+                path="",
                 query=query,
                 headers=headers,
                 body=body,
@@ -124,6 +123,8 @@ class CallHandler:
                 request_hash=rhash,
                 request_in=started,
             )
+            route = parse_r1(raw_path)  # after the context exists, so that a refused path is audited too
+            ctx.path = route.provider_path
             if route.metaservice is not None:
                 reply = self._metaservice(ctx, route)
             else:
