@@ -120,6 +120,7 @@ def serve(
 def run_granian(settings: GatewaySettings) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     try:
         import uvloop  # noqa: F401
@@ -138,6 +139,10 @@ def run_granian(settings: GatewaySettings) -> None:
         log_access=False,
         respawn_failed_workers=True,
         backlog=2048,
+        # granian's default (backlog // workers) lets 2,048 idle connections take every slot and starve real
+        # clients; idle or slow-header connections are bounded by the header timeout instead (issue 7 attacks)
+        backpressure=16384,
+        http1_settings=HTTP1Settings(header_read_timeout=10_000),
     ).serve()
 
 
