@@ -24,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,14 @@ def hour_key(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H")
 
 
+@lru_cache(maxsize=4096)
+def _minute_label(minute: int) -> str:
+    return datetime.fromtimestamp(minute * 60, UTC).strftime("%Y%m%d%H%M")
+
+
 def minute_key(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H%M")
+    # a flush folds thousands of records from the same few minutes: format each minute once
+    return _minute_label(int(ts // 60))
 
 
 def record_of(ctx: CallContext, now: float) -> bytes:
