@@ -195,16 +195,17 @@ class GatewayApp:
             metrics.count("none", problem.status, problem.code, time.time() - started)
             return
         reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started)
+        routed = ctx is not None and ctx.service is not None
+        # Meter and audit before the reply leaves: a kill -9 can then never leave a call the client saw uncounted.
         if ctx is not None:
             ctx.response_out = time.time()
+            if routed:
+                self.chain.log(ctx)
+            elif reply.status >= 400 and self._audit is not None:
+                self._audit.log(ctx)  # refused before routing (a path trick, no such service): audited, not metered
         await send_reply(send, reply)
-        routed = ctx is not None and ctx.service is not None
         role = ctx.role if ctx is not None and routed else "none"
         metrics.count(role, reply.status, reply.headers.get("x-road-error", ""), time.time() - started)
-        if ctx is not None and routed:
-            self.chain.log(ctx)
-        elif ctx is not None and reply.status >= 400 and self._audit is not None:
-            self._audit.log(ctx)  # refused before routing (a path trick, no such service): audited, not metered
 
     async def _healthz(self, send: Send) -> None:
         current = self.snapshots.current

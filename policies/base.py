@@ -2,7 +2,8 @@
 
 - access(ctx): before the upstream call; raise lienthong.problem.Problem to refuse the call.
 - response(ctx): after the upstream answered (or the mesh failed); may rewrite ctx.response_body.
-- log(ctx): after the response went out; must never raise and never block (spool, do not send).
+- log(ctx): once the response is final, just before it is sent, so that a kill -9 can never leave a call the
+  client saw unmetered or unaudited; must never raise and never block (append to a spool, do not send).
 
 Hooks are synchronous on purpose: nothing on the hot path waits on the network. Work that needs I/O (quota
 reconciliation, metering flushes, exports) runs in the policy's own background task started by start().
