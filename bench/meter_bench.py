@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -113,6 +114,16 @@ async def measure(calls: int, redis_url: str, work: Path) -> dict[str, Any]:
     await traced.stop()
     await untraced.stop()
     return {"us_per_call": {k: round(v, 2) for k, v in results.items()}, "meter_flush_records_per_s": round(flush_rate)}
+
+
+def run(redis_url: str, calls: int = 20000) -> dict[str, float]:
+    """make bench's metering case: the meter's spool -> Redis flush rate and each phase's cost, flat figures."""
+    with tempfile.TemporaryDirectory(prefix="meter-bench-") as tmp:
+        out = asyncio.run(measure(calls, redis_url, Path(tmp)))
+    flat: dict[str, float] = {"flush_records_per_s": float(out["meter_flush_records_per_s"])}
+    for name, value in out["us_per_call"].items():
+        flat["us_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")] = value
+    return flat
 
 
 def main() -> None:

@@ -30,7 +30,9 @@ def serve(host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir
     from registry.app import create_app  # imported late: connexion's import is slow and init does not need it
 
     try:
-        uvicorn.run(create_app(data_dir, redis_url), host=host, port=port, log_level="warning", access_log=False)
+        # Long polls park for up to 60 s; a stop must not wait for them (gateways simply ask again).
+        uvicorn.run(create_app(data_dir, redis_url), host=host, port=port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=2)  # fmt: skip
     finally:
         if embedded is not None:
             embedded.stop()
