@@ -6,6 +6,7 @@ process through `create_app()` (a factory), reading its configuration from LIENT
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -185,6 +186,11 @@ class GatewayApp:
         try:
             body = await read_body(receive, headers, self.settings.body_limit)
         except ClientGone:
+            # granian reports an unreadable body (a malformed chunk) as a disconnect; without an answer it would
+            # send its own 500, so answer 400 in case the client is still there (sending to a gone one is a no-op)
+            with contextlib.suppress(Exception):
+                problem = Problem(400, "invalid-body", "the request body could not be read", field="body")
+                await send_reply(send, problem_reply(problem))
             return
         except Problem as problem:
             reply = problem_reply(problem)
