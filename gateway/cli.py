@@ -44,7 +44,9 @@ def gateway_group() -> None:
 @click.option(
     "--data-dir", envvar="LIENTHONG_DATA_DIR", type=click.Path(file_okay=False), help="Default var/gateways/<code>."
 )
-@click.option("--workers", envvar="LIENTHONG_WORKERS", type=int, default=1, show_default=True)
+@click.option("--workers", envvar="LIENTHONG_WORKERS", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default="the number of CPUs",
+              help="Worker processes sharing the port; one per core uses the whole machine.")  # fmt: skip
 @click.option(
     "--max-snapshot-age",
     envvar="LIENTHONG_MAX_SNAPSHOT_AGE",
