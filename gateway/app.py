@@ -19,7 +19,7 @@ import orjson
 from gateway import metrics
 from gateway.assertions import AssertionSigner
 from gateway.breaker import Breakers
-from gateway.calls import CallHandler, Reply, new_transaction_id, problem_reply
+from gateway.calls import CallHandler, Reply, problem_reply
 from gateway.settings import GatewaySettings
 from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient
@@ -183,6 +183,7 @@ class GatewayApp:
         raw_path = raw_path.split("?", 1)[0]
         method: str = scope["method"]
         query: bytes = scope.get("query_string", b"")
+        body, body_refused = b"", None
         try:
             body = await read_body(receive, headers, self.settings.body_limit)
         except ClientGone:
@@ -193,14 +194,8 @@ class GatewayApp:
                 await send_reply(send, problem_reply(problem))
             return
         except Problem as problem:
-            reply = problem_reply(problem)
-            given = headers.get("x-road-id", "")
-            valid = 0 < len(given) <= 128 and given.isprintable()
-            reply.headers["x-road-id"] = given if valid else new_transaction_id()
-            await send_reply(send, reply)
-            metrics.count("none", problem.status, problem.code, time.time() - started)
-            return
-        reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started)
+            body_refused = problem  # refused like any other call, so that it is audited
+        reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started, body_refused)
         routed = ctx is not None and ctx.service is not None
         # Meter and audit before the reply leaves: a kill -9 can then never leave a call the client saw uncounted.
         if ctx is not None:

@@ -97,9 +97,19 @@ class CallHandler:
         self._authn: Policy | None = next((p for p in chain.policies if p.name == "authn"), None)
 
     async def handle(
-        self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float
+        self,
+        method: str,
+        raw_path: str,
+        query: bytes,
+        headers: dict[str, str],
+        body: bytes,
+        started: float,
+        body_refused: Problem | None = None,
     ) -> tuple[Reply, CallContext | None]:
-        """Answer one call; the context (when routing got that far) is returned for the log phase."""
+        """Answer one call; the context (when routing got that far) is returned for the log phase.
+
+        `body_refused` is the server's refusal of the body (too large): answered here, after the context exists,
+        so that it is audited like every other refusal."""
         try:
             txid = transaction_id(headers)
         except Problem as problem:
@@ -125,6 +135,8 @@ class CallHandler:
             )
             route = parse_r1(raw_path)  # after the context exists, so that a refused path is audited too
             ctx.path = route.provider_path
+            if body_refused is not None:
+                raise body_refused
             if route.metaservice is not None:
                 reply = self._metaservice(ctx, route)
             else:

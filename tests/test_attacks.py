@@ -358,6 +358,8 @@ def test_a_100_mb_body_is_cut_at_the_limit(cm: ChaosMesh) -> None:
         assert sent < 20 * 1024 * 1024, f"{framing}: {sent} bytes went in before the gateway answered"
         r = _parse_response(answer)
         assert r.status_code == 413 and r.headers["x-road-error"] == "body-too-large"
+        records = _audited(cm, "national", r.headers["x-road-id"])  # the refusal is on the audit trail too
+        assert [(x["status"], x["error_code"]) for x in records] == [(413, "body-too-large")]
     still_serving(cm, "national")
 
 
