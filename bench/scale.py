@@ -106,14 +106,16 @@ def run_all(cases: set[str], results: Results, *, quick: bool, log: Callable[[st
             continue
         used = figures.pop("_args", {})
         if case == "datagen":
-            datagen = figures
+            datagen = dict(figures)
+            if "lookup" in cases:  # the lookup figures are reported once, under lookup
+                figures = {k: v for k, v in figures.items() if "lookup" not in k}
         if case in cases:
             results.add_scale(case, figures)
             if used:
                 results.notes.append(f"{case}: {CALLS[case][0]}.run({_show(used)})")
         log(f"{case}: {figures}")
     if "lookup" in cases:
-        lookup = {k: v for k, v in (datagen or {}).items() if "lookup" in k}
+        lookup = {k.removeprefix("lookup_"): v for k, v in (datagen or {}).items() if "lookup" in k}
         if lookup:
             results.add_scale("lookup", lookup)
         else:
