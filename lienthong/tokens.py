@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 MAX_CLIENT_TOKEN_LIFETIME = 300
 MAX_TOKEN_BYTES = 8192
 CLOCK_SKEW = 5
+UNKNOWN_KID = "unknown or revoked key id"  # verify's reason when key_for_kid has no key: a caller may refetch keys
 
 
 class TokenError(Exception):
@@ -182,7 +183,7 @@ def verify(
     parts = _parse(token)
     key = key_for_kid(parts.kid)
     if key is None:
-        raise TokenError("unknown or revoked key id")
+        raise TokenError(UNKNOWN_KID)
     if parts.header["alg"] != algorithm_of(key):
         raise TokenError(_FORMAT)
     signature = _segment(parts.signature)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import secrets
 import unicodedata
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, or_, select
 
 from connectors.rules import personal_id, provinces
 from connectors.schema.population import changes, households, persons, residence
@@ -114,18 +115,32 @@ def _residence_doc(found: dict[str, Any], granted: list[str], prefix: str) -> di
     return doc
 
 
-def _read_persons(conn: Connection, pids: list[str], granted: list[str], prefix: str = "") -> dict[str, Any]:
-    """pid -> person document (granted paths only), or the string "restricted" / "mismatch"."""
-    cols = [
-        PERSON_COLUMNS[p[len(prefix) :]].label(p[len(prefix) :]) for p in granted if p[len(prefix) :] in PERSON_COLUMNS
-    ]
+@functools.lru_cache(maxsize=512)
+def _persons_statement(names: tuple[str, ...], single: bool) -> Select[Any]:
+    """SELECT of the identity columns and the granted person columns `names` for the ids in :pids (one id: :pid).
+
+    Built once per grant shape: constructing and labelling the columns cost more than running the query, and a
+    single id skips the expanding IN's per-call rendering."""
+    cols = [PERSON_COLUMNS[n].label(n) for n in names]
     base = [
         persons.c.id.label("_pid"),
         persons.c.restricted.label("_restricted"),
         persons.c.sex.label("_sex"),
         persons.c.birth_date.label("_birth_date"),
     ]
-    rows = conn.execute(select(*base, *cols).where(persons.c.id.in_(pids))).mappings().all()
+    query = select(*base, *cols)
+    if single:
+        return query.where(persons.c.id == bindparam("pid"))
+    return query.where(persons.c.id.in_(bindparam("pids", expanding=True)))
+
+
+def _read_persons(conn: Connection, pids: list[str], granted: list[str], prefix: str = "") -> dict[str, Any]:
+    """pid -> person document (granted paths only), or the string "restricted" / "mismatch"."""
+    names = tuple(p[len(prefix) :] for p in granted if p[len(prefix) :] in PERSON_COLUMNS)
+    if len(pids) == 1:
+        rows = conn.execute(_persons_statement(names, True), {"pid": pids[0]}).mappings().all()
+    else:
+        rows = conn.execute(_persons_statement(names, False), {"pids": pids}).mappings().all()
     kinds = {p[len(prefix) :].split(".")[1] for p in granted if p[len(prefix) :].startswith("residence.")}
     visible = [r["_pid"] for r in rows if not r["_restricted"]]
     places = _residence_at(conn, visible, None, kinds) if kinds and visible else {}

@@ -17,9 +17,16 @@ import orjson
 import yaml
 from connexion import AsyncApp
 from connexion.exceptions import ProblemException
+from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.exceptions import ExceptionMiddleware
+from connexion.middleware.lifespan import LifespanMiddleware
+from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.security import SecurityMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import Receive, Scope, Send
 
 from connectors.sdk import errors
@@ -30,6 +37,7 @@ from connectors.sdk.database import create_tables, make_engine, reachable
 from connectors.sdk.definition import ConnectorDefinition
 from connectors.sdk.gateway_keys import GatewayKeys, load_jwks_file
 from connectors.sdk.idempotency import IDEMPOTENCY_METADATA
+from connectors.sdk.jsonifier import OrjsonJsonifier
 from connectors.sdk.registration import register_forever
 from connectors.sdk.registry_access import RegistryAccess
 from connectors.sdk.runtime import Runtime
@@ -48,6 +56,27 @@ def load_spec(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not an OpenAPI document")
     return doc
+
+
+def _declares_security(spec: dict[str, Any]) -> bool:
+    if spec.get("security") or (spec.get("components") or {}).get("securitySchemes"):
+        return True
+    return any(
+        isinstance(op, dict) and op.get("security")
+        for item in (spec.get("paths") or {}).values()
+        if isinstance(item, dict)
+        for op in item.values()
+    )
+
+
+def _middlewares(spec: dict[str, Any]) -> list[Any]:
+    """connexion's default stack without the layers a connector never uses, each of which routed every request
+    again: Swagger UI (off; /openapi.json is served in front), response validation (off), and security unless the
+    document declares some (the gateway assertion is the connector's gate, checked before connexion)."""
+    stack: list[Any] = [ServerErrorMiddleware, ExceptionMiddleware, RoutingMiddleware]
+    if _declares_security(spec):
+        stack.append(SecurityMiddleware)
+    return [*stack, RequestValidationMiddleware, LifespanMiddleware, ContextMiddleware]
 
 
 def _as_json(handler: Any) -> Any:
@@ -108,7 +137,12 @@ class ConnectorApp:
         self.verifier = AssertionVerifier(definition.audience, definition.service_id, keys)
         self._tasks: list[asyncio.Task[None]] = []
 
-        app = AsyncApp(definition.name, specification_dir=str(definition.spec_path.parent))
+        app = AsyncApp(
+            definition.name,
+            specification_dir=str(definition.spec_path.parent),
+            middlewares=_middlewares(self.spec),
+            jsonifier=OrjsonJsonifier(),
+        )
         app.add_api(
             definition.spec_path.name,
             resolver=_handler_resolver(definition.handlers),

@@ -49,13 +49,20 @@ class AssertionVerifier:
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The verified claims, or TokenError with a reason safe to show."""
-        kid = tokens.unverified_kid(token)
-        key = await self.keys.ensure(kid)
-        if key is None:
-            raise TokenError("unknown key id: not a key of the hosting gateway")
-        claims = tokens.verify(
-            token, lambda _kid: key, audience=self.audience, max_lifetime=REPLAY_WINDOW, required=_REQUIRED
-        )
+        try:  # one parse of the token in the usual case: the key is already known
+            claims = tokens.verify(
+                token, self.keys.get, audience=self.audience, max_lifetime=REPLAY_WINDOW, required=_REQUIRED
+            )
+        except TokenError as exc:
+            if exc.reason != tokens.UNKNOWN_KID:
+                raise
+            # a rotated key: refetch (at most once per interval) and verify again
+            key = await self.keys.ensure(tokens.unverified_kid(token))
+            if key is None:
+                raise TokenError("unknown key id: not a key of the hosting gateway") from None
+            claims = tokens.verify(
+                token, lambda _kid: key, audience=self.audience, max_lifetime=REPLAY_WINDOW, required=_REQUIRED
+            )
         if claims.get("iss") != self.keys.gateway:
             raise TokenError("the assertion was not issued by this connector's hosting gateway")
         svc = claims.get("svc")

@@ -58,7 +58,16 @@ class CallInfo:
 
     def granted(self, paths: Iterable[str]) -> list[str]:
         """The subset of `paths` (leaf dotted paths an endpoint can return) this call may see."""
-        return [p for p in paths if self.allows(p)]
+        if self.fields is None:
+            return list(paths)
+        wanted = paths if isinstance(paths, tuple) else tuple(paths)
+        key = (self.fields, wanted)
+        found = _GRANTED.get(key)
+        if found is None:
+            if len(_GRANTED) >= _GRANTED_MAX:
+                _GRANTED.clear()
+            found = _GRANTED[key] = tuple(p for p in wanted if self.allows(p))
+        return list(found)
 
     def require_any(self, paths: Iterable[str]) -> list[str]:
         """The granted subset of `paths`, or 403 `not-permitted` when the grant leaves nothing of them.
@@ -70,6 +79,10 @@ class CallInfo:
             raise not_permitted()
         return granted
 
+
+# (grant fields, endpoint paths) -> the granted paths: few grants and endpoints, and every call asks again
+_GRANTED: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[str, ...]] = {}
+_GRANTED_MAX = 4096
 
 _call: ContextVar[CallInfo] = ContextVar("lienthong_call")
 _runtime: ContextVar[Runtime] = ContextVar("lienthong_runtime")

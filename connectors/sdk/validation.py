@@ -20,6 +20,19 @@ from starlette.types import Scope
 from lienthong.problem import bad_request
 
 _FORMATS = Draft4Validator.FORMAT_CHECKER
+# id(parameter definition) -> (the definition, its validator). connexion builds a parameter validator per request;
+# building the jsonschema validator (and copying its schema) each time cost more than the validation itself. The
+# entry holds the definition, so its id cannot be reused while cached; definitions live as long as the app.
+_PARAM_VALIDATORS: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}
+
+
+def _param_validator(param: dict[str, Any]) -> Draft4Validator:
+    cached = _PARAM_VALIDATORS.get(id(param))
+    if cached is not None and cached[0] is param:
+        return cached[1]
+    validator = Draft4Validator(copy.deepcopy(param.get("schema", param)), format_checker=_FORMATS)
+    _PARAM_VALIDATORS[id(param)] = (param, validator)
+    return validator
 
 
 def body_field(exc: ValidationError) -> str:
@@ -64,9 +77,8 @@ class NamingParameterValidator(ParameterValidator):
             return
         if is_nullable(param) and is_null(value):
             return
-        schema = copy.deepcopy(param.get("schema", param))
         try:
-            Draft4Validator(schema, format_checker=_FORMATS).validate(value)
+            _param_validator(param).validate(value)
         except ValidationError as exc:
             raise bad_request(name, f"{where} parameter '{name}': {exc.message}") from None
 
