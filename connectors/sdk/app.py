@@ -38,6 +38,7 @@ from connectors.sdk.definition import ConnectorDefinition
 from connectors.sdk.gateway_keys import GatewayKeys, load_jwks_file
 from connectors.sdk.idempotency import IDEMPOTENCY_METADATA
 from connectors.sdk.jsonifier import OrjsonJsonifier
+from connectors.sdk.operations import decorate_once
 from connectors.sdk.registration import register_forever
 from connectors.sdk.registry_access import RegistryAccess
 from connectors.sdk.runtime import Runtime
@@ -143,6 +144,7 @@ class ConnectorApp:
             middlewares=_middlewares(self.spec),
             jsonifier=OrjsonJsonifier(),
         )
+        decorate_once(app)
         app.add_api(
             definition.spec_path.name,
             resolver=_handler_resolver(definition.handlers),
