@@ -7,9 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from lienthong.redis_connection import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -71,3 +75,21 @@ class Proc:
 def lienthong(*args: str) -> list[str]:
     """argv for the installed `lienthong` command of this virtualenv."""
     return [str(VENV_BIN / "lienthong"), *args]
+
+
+@contextmanager
+def ops_api(factory: str, data_dir: Path, redis_url: str) -> Iterator[str]:
+    """A gateway's operations API alone under uvicorn (`factory` reads OPS_TEST_DIR/OPS_TEST_REDIS); yields its base."""
+    port = free_port()
+    proc = Proc(
+        factory.rsplit(":", 1)[-1],
+        [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port)],
+        data_dir,
+        env={"OPS_TEST_DIR": str(data_dir), "OPS_TEST_REDIS": redis_url},
+    ).start()
+    base = f"http://127.0.0.1:{port}/ops/v1"
+    try:
+        proc.wait_http(f"{base}/health")
+        yield base
+    finally:
+        proc.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,11 +29,11 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.ops_api import SPEC, build_ops_app
 from gateway.ops_heartbeat import HEARTBEAT_TTL, KNOWN_KEY, Heartbeat
-from lienthong.redis_connection import EmbeddedRedis, free_port
+from lienthong.redis_connection import EmbeddedRedis
 from policies.chain import ChainConfig
 from policies.meter import MINUTE_TTL, Meter, minute_key
 from policies.meter_query import DayCache, timeseries
-from tests.procs import Proc
+from tests.procs import ops_api
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, SERVICE, World, context
 
 NOW = time.time()
@@ -82,19 +81,8 @@ def ops(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("gw")
     redis.Redis.from_url(db_url).flushdb()
     seed(data_dir, db_url)
-    port = free_port()
-    proc = Proc(
-        "ops-dashboard-api",
-        [sys.executable, "-m", "uvicorn", "--factory", "tests.test_dashboard_api:make_app", "--port", str(port)],
-        data_dir,
-        env={"OPS_TEST_DIR": str(data_dir), "OPS_TEST_REDIS": db_url},
-    ).start()
-    base = f"http://127.0.0.1:{port}/ops/v1"
-    try:
-        proc.wait_http(f"{base}/health")
+    with ops_api("tests.test_dashboard_api:make_app", data_dir, db_url) as base:
         yield base
-    finally:
-        proc.stop()
 
 
 def get(url: str, **params: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,11 +17,11 @@ import pytest
 import redis
 
 from gateway.ops_api import build_ops_app
-from lienthong.redis_connection import EmbeddedRedis, free_port
+from lienthong.redis_connection import EmbeddedRedis
 from policies.audit import Audit
 from policies.chain import ChainConfig
 from policies.meter import Meter
-from tests.procs import Proc, lienthong
+from tests.procs import lienthong, ops_api
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, World, context
 
 HOUR_AGO = time.time() - 3600
@@ -67,19 +66,8 @@ def ops(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -
     url = redis_server.url.rsplit("/", 1)[0] + "/5"  # a database of its own: other tests flush and fill db 0
     redis.Redis.from_url(url).flushdb()
     seed(data_dir, url)
-    port = free_port()
-    proc = Proc(
-        "ops-api",
-        [sys.executable, "-m", "uvicorn", "--factory", "tests.test_ops_api:make_app", "--port", str(port)],
-        data_dir,
-        env={"OPS_TEST_DIR": str(data_dir), "OPS_TEST_REDIS": url},
-    ).start()
-    base = f"http://127.0.0.1:{port}/ops/v1"
-    try:
-        proc.wait_http(f"{base}/health")
+    with ops_api("tests.test_ops_api:make_app", data_dir, url) as base:
         yield base
-    finally:
-        proc.stop()
 
 
 def iso(ts: float) -> str:
