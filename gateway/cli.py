@@ -239,7 +239,7 @@ def call(
     """Call SERVICE_ID/PATH (e.g. VN/GOV/BCA/population/persons/persons/001...) through the home gateway."""
     import httpx
 
-    from lienthong import tokens
+    from lienthong.mesh_client import MeshClient
 
     try:
         ids.validate("subsystem", subsystem, "--as")
@@ -249,23 +249,19 @@ def call(
         sys.exit(2)
     base = gateway_url.rstrip("/")
     key = keys.load_private(key_file)
+    payload: Any = None
+    if data is not None:
+        try:
+            payload = orjson.loads(Path(data[1:]).read_bytes() if data.startswith("@") else data.encode())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            click.echo(f"usage error: --data is not a JSON document: {exc}", err=True)
+            sys.exit(2)
     try:
         if audience is None:
             audience = str(httpx.get(f"{base}/healthz", timeout=5).json()["gateway"])
-        token = tokens.sign(
-            key, kid or keys.public_jwk(key)["kid"], {"iss": subsystem, "sub": subsystem, "aud": audience}
-        )
-        headers = {"Authorization": f"Bearer {token}", "X-Road-Client": subsystem, "X-Purpose": purpose}
-        if user_id:
-            headers["X-Road-UserId"] = user_id
-        if issue:
-            headers["X-Road-Issue"] = issue
-        content: bytes | None = None
-        if data is not None:
-            content = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
-            headers["Content-Type"] = "application/json"
+        client = MeshClient(base, audience, subsystem, key, kid)
         started = time.perf_counter()
-        response = httpx.request(method.upper(), f"{base}/r1/{target}", headers=headers, content=content, timeout=30)
+        response = client.call(method, target, purpose, body=payload, user_id=user_id, issue=issue)
         elapsed = time.perf_counter() - started
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
