@@ -1,0 +1,1 @@
+"""The test suite: real processes, a real Redis, real databases; see tests/conftest.py."""
