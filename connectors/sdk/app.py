@@ -27,6 +27,7 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.exceptions import HTTPException
 from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from connectors.sdk import errors
@@ -49,6 +50,7 @@ from lienthong.tokens import TokenError
 log = logging.getLogger("lienthong.connector")
 
 _HEADER_BYTES = HEADER.encode()
+_JSONIFIER = OrjsonJsonifier()
 _PUBLIC = {"/healthz", "/readyz", "/openapi.json"}
 
 
@@ -81,11 +83,16 @@ def _middlewares(spec: dict[str, Any]) -> list[Any]:
 
 
 def _as_json(handler: Any) -> Any:
-    """Name the media type of a handler's answer: the spec also declares problem+json, so connexion cannot guess."""
+    """Name the media type of a handler's answer: the spec also declares problem+json, so connexion cannot guess.
+
+    A plain document (the usual 200) becomes the response here, serialized by orjson in the handler's thread, so
+    connexion's content-type inference and serializer stay off the event loop."""
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         result = handler(*args, **kwargs)
+        if isinstance(result, dict | list):
+            return Response(_JSONIFIER.dumps(result), 200, media_type="application/json")
         if isinstance(result, tuple):
             body, status, *rest = result
             headers = dict(rest[0]) if rest else {}
@@ -142,7 +149,7 @@ class ConnectorApp:
             definition.name,
             specification_dir=str(definition.spec_path.parent),
             middlewares=_middlewares(self.spec),
-            jsonifier=OrjsonJsonifier(),
+            jsonifier=_JSONIFIER,
         )
         decorate_once(app)
         app.add_api(
