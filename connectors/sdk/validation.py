@@ -31,6 +31,8 @@ def _param_validator(param: dict[str, Any]) -> Draft4Validator:
     if cached is not None and cached[0] is param:
         return cached[1]
     validator = Draft4Validator(copy.deepcopy(param.get("schema", param)), format_checker=_FORMATS)
+    if len(_PARAM_VALIDATORS) >= 4096:  # apps built and dropped (tests) must not pile their definitions up here
+        _PARAM_VALIDATORS.clear()
     _PARAM_VALIDATORS[id(param)] = (param, validator)
     return validator
 
