@@ -298,3 +298,22 @@ def test_register_a_newborn_idempotently(caller: Caller) -> None:
         "invalid-parameter",
         "registration_province",
     )
+
+
+def test_interleaved_grants_never_see_each_others_fields(caller: Caller) -> None:
+    """The connector caches granted paths and SELECTs per grant shape; a cache keyed wrongly would leak fields."""
+    narrow, wide = ["full_name"], ["full_name", "birth_date", "household.id"]
+    for fields in (narrow, wide, narrow, wide, narrow):
+        r = caller.get(f"/persons/{FATHER}", fields=fields)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if fields == narrow:
+            assert body == {"full_name": "Nguyễn Văn An"}
+        else:
+            assert set(body) == {"full_name", "birth_date", "household"} and body["household"] == {"id": HOUSEHOLD}
+
+
+def test_answers_are_compact_utf8_json(caller: Caller) -> None:
+    r = caller.get(f"/persons/{FATHER}", fields=["full_name"])
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.content == '{"full_name":"Nguyễn Văn An"}'.encode()
