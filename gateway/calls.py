@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 import orjson
+from prometheus_client import Histogram
 
 from gateway import metaservices, metrics
 from gateway.assertions import ASSERTION_HEADER, AssertionSigner
@@ -254,19 +255,8 @@ class CallHandler:
             url += "?" + ctx.query.decode("latin-1")
         headers = self._outbound_headers(ctx, TO_CONNECTOR, self.signer.to_connector(ctx))
         timeout_ms = ctx.service.timeout_ms if ctx.service else 5000
-        started = time.perf_counter()
-        try:
-            return await self._upstream().call(
-                method=ctx.method,
-                url=url,
-                breaker=base,
-                headers=headers,
-                body=ctx.body,
-                timeout_ms=timeout_ms,
-                what=f"the connector of {ctx.service_id}",
-            )
-        finally:
-            metrics.UPSTREAM_CONNECTOR.observe(time.perf_counter() - started)
+        what = f"the connector of {ctx.service_id}"
+        return await self._send(ctx, url, base, headers, timeout_ms, what, metrics.UPSTREAM_CONNECTOR)
 
     async def _forward(self, ctx: CallContext, route: R1Path) -> UpstreamResponse:
         host = str(ctx.provider_gateway)
@@ -280,19 +270,22 @@ class CallHandler:
             url += "?" + ctx.query.decode("latin-1")
         headers = self._outbound_headers(ctx, TO_GATEWAY, self.signer.to_gateway(ctx, host))
         timeout_ms = (ctx.service.timeout_ms if ctx.service else 5000) + FORWARD_TIMEOUT_MARGIN_MS
+        what = f"hosting gateway {host}"
+        return await self._send(ctx, url, base, headers, timeout_ms, what, metrics.UPSTREAM_GATEWAY)
+
+    async def _send(
+        self, ctx: CallContext, url: str, breaker: str, headers: dict[str, str], timeout_ms: int, what: str,
+        timer: Histogram,
+    ) -> UpstreamResponse:  # fmt: skip
+        """One upstream call (connector or hosting gateway), timed into its histogram."""
         started = time.perf_counter()
         try:
             return await self._upstream().call(
-                method=ctx.method,
-                url=url,
-                breaker=base,
-                headers=headers,
-                body=ctx.body,
-                timeout_ms=timeout_ms,
-                what=f"hosting gateway {host}",
-            )
+                method=ctx.method, url=url, breaker=breaker, headers=headers, body=ctx.body, timeout_ms=timeout_ms,
+                what=what,
+            )  # fmt: skip
         finally:
-            metrics.UPSTREAM_GATEWAY.observe(time.perf_counter() - started)
+            timer.observe(time.perf_counter() - started)
 
     def _unverified_identity(self, ctx: CallContext) -> None:
         """Bare pass-through (authn disabled, benchmarks only): take the identity as claimed, verify nothing."""
