@@ -301,6 +301,11 @@ def _metered_successes(m: Mesh, consumer: str) -> int:
 
 
 def test_kill_9_under_load_meters_exactly_the_successes_the_client_saw(e2e: Mesh) -> None:
+    """Every success a client received is metered after a kill -9, and nothing else but the calls in flight.
+
+    The meter spools a call just before its reply is sent (docs/policies.md), so no received response can go
+    uncounted; a call killed between spooling and sending is counted though its client saw the connection drop.
+    Each load thread has at most one call in flight at the kill, hence the bound of one extra count per thread."""
     assert _metered_successes(e2e, LOAD) == 0
     service = CONNECTORS["population"][0]
     url = f"{e2e.gateways['national'].url}/r1/{service}/persons/{e2e.ids['population']}"  # type: ignore[attr-defined]
@@ -333,6 +338,8 @@ def test_kill_9_under_load_meters_exactly_the_successes_the_client_saw(e2e: Mesh
     assert seen > 0
     e2e.start_gateway("national", {"--workers": "2"})  # the new workers replay the dead ones' spools
     deadline = time.monotonic() + 10
-    while (metered := _metered_successes(e2e, LOAD)) != seen and time.monotonic() < deadline:
+    while (metered := _metered_successes(e2e, LOAD)) < seen and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert metered == seen
+    time.sleep(0.5)  # replayed spools may still be landing: the bound must hold once they have
+    metered = _metered_successes(e2e, LOAD)
+    assert seen <= metered <= seen + len(threads), f"client saw {seen} successes, the meter counted {metered}"
