@@ -3,11 +3,12 @@ uvicorn on a real port in a thread, and throwaway SQLite / PostgreSQL databases.
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,18 +136,21 @@ def serve(definition: ConnectorDefinition, gateway: SigningGateway, url: str) ->
 
 @contextmanager
 def connector_on(
-    definition: ConnectorDefinition,
-    gateway: SigningGateway,
-    backend: str,
-    tmp_path: Path,
-    seed: Callable[[str], None] | None = None,
+    definition: ConnectorDefinition, backend: str, tmp_path: Path, seed: Callable[[str], None] | None = None
 ) -> Iterator[Caller]:
-    """A connector serving a fresh database of `backend` (seeded when asked), called as its gateway would."""
+    """A connector serving a fresh database of `backend` (seeded when asked), called as its own gateway would."""
+    gateway = SigningGateway.make()
     with database_url(backend, tmp_path) as url:
         if seed is not None:
             seed(url)
         with serve(definition, gateway, url) as server:
             yield Caller(server, gateway, definition.service_id)
+
+
+def created(entity: str, ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Change-feed rows saying each id was created at the start of 2024, for seeding a connector's `changes`."""
+    at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    return [{"entity": entity, "entity_id": i, "op": "create", "at": at} for i in ids]
 
 
 class Caller:

@@ -12,7 +12,7 @@ from connectors.business_registry import CONNECTOR
 from connectors.rules import enterprise_code, personal_id
 from connectors.rules.vietnamese import fold
 from connectors.schema import business as db
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
+from tests.connector_support import BACKENDS, Caller, assert_problem, connector_on, created
 
 SERVICE = CONNECTOR.service_id
 REP = personal_id.make("040", "M", dt.date(1980, 1, 1), 111111)
@@ -84,26 +84,15 @@ def seed(url: str) -> None:
                 },
             ],
         )
-        conn.execute(
-            db.changes.insert(),
-            [
-                {"entity": "enterprise", "entity_id": c, "op": "create", "at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)}
-                for c in (HOA_BINH, SONG_DA, TRANG_AN)
-            ],
-        )
+        conn.execute(db.changes.insert(), created("enterprise", (HOA_BINH, SONG_DA, TRANG_AN)))
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def gateway() -> SigningGateway:
-    return SigningGateway.make()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def caller(
-    request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("business"), seed) as caller:
+    with connector_on(CONNECTOR, request.param, tmp_path_factory.mktemp("business"), seed) as caller:
         yield caller
 
 

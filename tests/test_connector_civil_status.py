@@ -9,7 +9,7 @@ import pytest
 
 from connectors.civil_status import CONNECTOR
 from connectors.rules import insurance_codes, personal_id
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
+from tests.connector_support import BACKENDS, Caller, assert_problem, connector_on
 
 SERVICE = CONNECTOR.service_id
 BORN = dt.date.today() - dt.timedelta(days=5)
@@ -23,16 +23,11 @@ BODY = {
 }
 
 
-@pytest.fixture(scope="module")
-def gateway() -> SigningGateway:
-    return SigningGateway.make()
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
 def caller(
-    request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("civil")) as caller:
+    with connector_on(CONNECTOR, request.param, tmp_path_factory.mktemp("civil")) as caller:
         yield caller
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from connectors.insurance import CONNECTOR
 from connectors.rules import insurance_codes, personal_id
 from connectors.schema import insurance as db
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
+from tests.connector_support import BACKENDS, Caller, assert_problem, connector_on, created
 
 SERVICE = CONNECTOR.service_id
 ADULT = personal_id.make("040", "F", dt.date(1990, 4, 4), 222222)
@@ -58,24 +58,15 @@ def seed(url: str) -> None:
                 change_seq=0,
             )
         )
-        conn.execute(
-            db.changes.insert().values(
-                entity="insured", entity_id=SI, op="create", at=dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-            )
-        )
+        conn.execute(db.changes.insert(), created("insured", (SI,)))
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def gateway() -> SigningGateway:
-    return SigningGateway.make()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def caller(
-    request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("insurance"), seed) as caller:
+    with connector_on(CONNECTOR, request.param, tmp_path_factory.mktemp("insurance"), seed) as caller:
         yield caller
 
 

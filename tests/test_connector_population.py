@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from connectors.population import CONNECTOR
 from connectors.rules import personal_id
 from connectors.schema import population as db
-from tests.connector_support import BACKENDS, Caller, SigningGateway, assert_problem, connector_on
+from tests.connector_support import BACKENDS, Caller, assert_problem, connector_on, created
 
 SERVICE = CONNECTOR.service_id
 FATHER = personal_id.make("040", "M", dt.date(1985, 3, 2), 123456)
@@ -107,26 +107,15 @@ def seed(url: str) -> None:
                 },
             ],
         )
-        conn.execute(
-            db.changes.insert(),
-            [
-                {"entity": "person", "entity_id": pid, "op": "create", "at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)}
-                for pid in (FATHER, MOTHER, CHILD)
-            ],
-        )
+        conn.execute(db.changes.insert(), created("person", (FATHER, MOTHER, CHILD)))
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def gateway() -> SigningGateway:
-    return SigningGateway.make()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def caller(
-    request: pytest.FixtureRequest, gateway: SigningGateway, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Caller]:
-    with connector_on(CONNECTOR, gateway, request.param, tmp_path_factory.mktemp("population"), seed) as caller:
+    with connector_on(CONNECTOR, request.param, tmp_path_factory.mktemp("population"), seed) as caller:
         yield caller
 
 
