@@ -148,19 +148,36 @@ class Connection:
             self.writer.close()
 
 
+# what one call can fail with: refused or cut connections, or an answer that is not HTTP
+CALL_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError)
+
+
+class Tally:
+    """Latencies, statuses and errors of one load run, shared by the closed- and open-loop generators."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.errors = 0
+
+    def answered(self, status: int, latency: float) -> None:
+        self.latencies.append(latency)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def result(self, elapsed: float) -> LoadResult:
+        return summarize(self.latencies, self.errors, self.statuses, elapsed)
+
+
 async def run_concurrency(
     url: str, *, connections: int = 32, duration: float = 5.0, headers: dict[str, str] | None = None,
     varying: tuple[str, list[str]] | None = None,
 ) -> LoadResult:
     """Closed loop: `connections` workers each send back-to-back requests for `duration` seconds."""
     target = Target(url, headers, varying=varying)
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    errors = 0
+    tally = Tally()
     stop_at = time.perf_counter() + duration
 
     async def worker() -> None:
-        nonlocal errors
         conn: Connection | None = None
         clock = time.perf_counter
         while clock() < stop_at:
@@ -169,13 +186,12 @@ async def run_concurrency(
                     conn = await Connection.open(target)
                 started = clock()
                 status, keep = await conn.call(target.next_request())
-                latencies.append(clock() - started)
-                statuses[status] = statuses.get(status, 0) + 1
+                tally.answered(status, clock() - started)
                 if not keep:
                     conn.close()
                     conn = None
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
-                errors += 1
+            except CALL_ERRORS:
+                tally.errors += 1
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -185,7 +201,7 @@ async def run_concurrency(
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return summarize(latencies, errors, statuses, time.perf_counter() - began)
+    return tally.result(time.perf_counter() - began)
 
 
 async def run_rate(
@@ -194,29 +210,25 @@ async def run_rate(
 ) -> LoadResult:
     """Open loop at a fixed rate; each latency counts from the request's scheduled start."""
     target = Target(url, headers, varying=varying)
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    errors = 0
+    tally = Tally()
     idle: list[Connection] = []
     interval = 1.0 / rate
     total = max(1, int(rate * duration))
     clock = time.perf_counter
 
     async def one(scheduled: float) -> None:
-        nonlocal errors
         conn = idle.pop() if idle else None
         try:
             if conn is None:
                 conn = await Connection.open(target)
             status, keep = await conn.call(target.next_request())
-            latencies.append(clock() - scheduled)
-            statuses[status] = statuses.get(status, 0) + 1
+            tally.answered(status, clock() - scheduled)
             if keep:
                 idle.append(conn)
             else:
                 conn.close()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
-            errors += 1
+        except CALL_ERRORS:
+            tally.errors += 1
             if conn is not None:
                 conn.close()
 
@@ -232,7 +244,7 @@ async def run_rate(
     elapsed = clock() - began
     for conn in idle:
         conn.close()
-    return summarize(latencies, errors, statuses, elapsed)
+    return tally.result(elapsed)
 
 
 def run_sync(url: str, *, connections: int = 32, rate: float | None = None, duration: float = 5.0,
