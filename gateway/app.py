@@ -24,6 +24,7 @@ from gateway.settings import GatewaySettings
 from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient
 from lienthong import keys
+from lienthong.lifespan import serve_lifespan
 from lienthong.problem import Problem
 from policies.chain import ChainConfig, build_chain
 
@@ -160,20 +161,7 @@ class GatewayApp:
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:
-                    log.exception("gateway startup failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send, self.startup, self.shutdown, f"gateway {self.settings.code}")
 
     async def _r1(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.time()

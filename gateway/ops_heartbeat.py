@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import redis
 
+from lienthong.background import stop_task
 from lienthong.snapshot import Snapshot
 
 log = logging.getLogger("lienthong.gateway.heartbeat")
@@ -88,11 +89,8 @@ class Heartbeat:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         with contextlib.suppress(redis.RedisError):
             await asyncio.to_thread(self.client().hdel, heartbeat_key(self.gateway), self.worker)
 

@@ -19,6 +19,7 @@ import httpx
 import orjson
 
 from lienthong import tokens
+from lienthong.background import stop_task
 from lienthong.keys import PrivateKey, PublicKey, public_key_from_jwk
 from lienthong.snapshot import Snapshot, SnapshotError, verify_jws
 
@@ -187,9 +188,6 @@ class SnapshotClient:
         self._task = asyncio.create_task(self._poll_forever(), name=f"snapshot-poll-{self.code}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._http is not None:
             await self._http.aclose()

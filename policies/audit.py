@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from lienthong.background import stop_task
 from policies.audit_log import ChainHead, fsync_dir, read_head, segment_path
 from policies.base import CallContext, PolicyBase
 from policies.chain import ChainConfig
@@ -188,13 +189,8 @@ class Audit(PolicyBase):
                 log.exception("audit fsync failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self.writer.close()
 
 

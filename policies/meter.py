@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import redis
 
+from lienthong.background import stop_task
 from policies.base import CallContext, PolicyBase
 from policies.chain import ChainConfig
 from policies.worker_slot import WorkerSlot, claim_slot, orphan_slots
@@ -289,13 +290,8 @@ class Meter(PolicyBase):
         return adopted
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._fd >= 0:
             try:
                 await asyncio.to_thread(self.flush_once)

@@ -10,6 +10,7 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from lienthong.background import stop_task
 from registry.store import CHANNEL, K_VERSION
 
 log = logging.getLogger("lienthong.registry.watch")
@@ -28,10 +29,7 @@ class VersionWatch:
         self._task = asyncio.create_task(self._run(), name="registry-version-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def _observe(self, version: int) -> None:
         if version > self.version:

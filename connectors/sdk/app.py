@@ -5,7 +5,6 @@ the verified claims to handlers (CallInfo)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import importlib
 import logging
@@ -44,6 +43,8 @@ from connectors.sdk.registration import register_forever
 from connectors.sdk.registry_access import RegistryAccess
 from connectors.sdk.runtime import Runtime
 from connectors.sdk.validation import VALIDATOR_MAP
+from lienthong.background import stop_task
+from lienthong.lifespan import serve_lifespan
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
 from lienthong.tokens import TokenError
 
@@ -219,26 +220,11 @@ class ConnectorApp:
 
     async def shutdown(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         self.runtime.engine.dispose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # reported to the server, which then refuses to start
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send, self.startup, self.shutdown, f"connector {self.definition.name}")
 
 
 async def _send_json(send: Send, status: int, body: bytes, media_type: str = "application/json") -> None:
