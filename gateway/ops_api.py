@@ -20,14 +20,12 @@ from typing import Any
 import connexion
 import orjson
 import redis
-from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionResponse
 from connexion.resolver import Resolver
-from connexion.validators import VALIDATOR_MAP
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.ops_heartbeat import Heartbeat, gateway_health
+from lienthong.api_problems import add_problem_handlers, validator_map
 from lienthong.problem import Problem, bad_request
 from lienthong.redis_connection import sync_client
 from lienthong.snapshot import Snapshot
@@ -47,7 +45,6 @@ from policies.meter_query import (
     top_consumers,
     transactions,
 )
-from registry.app import FieldParameterValidator, on_connexion_problem, on_http_exception, on_problem, on_unexpected
 
 SPEC = Path(__file__).resolve().parent.parent / "openapi" / "gateway-ops.yaml"
 BASE = "/ops/v1"
@@ -231,7 +228,7 @@ class _FullPath:
 def build_ops_app(cfg: ChainConfig, snapshot_getter: Callable[[], Snapshot | None]) -> ASGIApp:
     """The ASGI app for /ops/v1 of one gateway."""
     handlers = OpsHandlers(cfg, snapshot_getter)
-    app = connexion.AsyncApp(__name__, validator_map={**VALIDATOR_MAP, "parameter": FieldParameterValidator})
+    app = connexion.AsyncApp(__name__, validator_map=validator_map(body=False))
     app.add_api(
         SPEC,
         base_path=BASE,
@@ -239,9 +236,6 @@ def build_ops_app(cfg: ChainConfig, snapshot_getter: Callable[[], Snapshot | Non
         pythonic_params=True,
         swagger_ui_options=connexion.options.SwaggerUIOptions(swagger_ui_path="/ui"),
     )
-    app.add_error_handler(Problem, on_problem)
-    app.add_error_handler(ProblemException, on_connexion_problem)
-    app.add_error_handler(HTTPException, on_http_exception)
-    app.add_error_handler(Exception, on_unexpected)
+    add_problem_handlers(app, "gateway operations API")
     handlers.heartbeat.start()  # the gateway builds this app on its running loop, so it beats from the start
     return _FullPath(app, handlers.heartbeat)
