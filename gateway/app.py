@@ -93,6 +93,7 @@ async def send_reply(send: Send, reply: Reply) -> None:
 class GatewayApp:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
+        self.body_limit = settings.body_limit
         private_key = keys.load_private(settings.key_file)
         self.snapshots = SnapshotClient(
             code=settings.code,
@@ -120,7 +121,7 @@ class GatewayApp:
         self.ops_app: ASGIApp | None = None
 
     def upstream(self) -> UpstreamClient:
-        if self._upstream is None:  # made lazily: pyreqwest binds to the running loop
+        if self._upstream is None:  # made lazily, inside the worker's event loop
             self._upstream = UpstreamClient(self.breakers)
         return self._upstream
 
@@ -164,25 +165,32 @@ class GatewayApp:
         await serve_lifespan(receive, send, self.startup, self.shutdown, f"gateway {self.settings.code}")
 
     async def _r1(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """/r1 through ASGI: only for paths the server's direct route does not take (e.g. a percent-encoded /r1/)."""
         started = time.time()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         raw_path_bytes = scope.get("raw_path")
         raw_path = raw_path_bytes.decode("latin-1") if raw_path_bytes else scope["path"]
-        raw_path = raw_path.split("?", 1)[0]
-        method: str = scope["method"]
-        query: bytes = scope.get("query_string", b"")
         body, body_refused = b"", None
         try:
-            body = await read_body(receive, headers, self.settings.body_limit)
+            body = await read_body(receive, headers, self.body_limit)
         except ClientGone:
-            # granian reports an unreadable body (a malformed chunk) as a disconnect; without an answer it would
-            # send its own 500, so answer 400 in case the client is still there (sending to a gone one is a no-op)
+            # an unreadable body (a malformed chunk) arrives as a disconnect; answer 400 in case the client is
+            # still there (sending to a gone one is a no-op)
             with contextlib.suppress(Exception):
                 problem = Problem(400, "invalid-body", "the request body could not be read", field="body")
                 await send_reply(send, problem_reply(problem))
             return
         except Problem as problem:
             body_refused = problem  # refused like any other call, so that it is audited
+        query: bytes = scope.get("query_string", b"")
+        reply = await self.r1(scope["method"], raw_path.split("?", 1)[0], query, headers, body, started, body_refused)
+        await send_reply(send, reply)
+
+    async def r1(
+        self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
+        body_refused: Problem | None = None,
+    ) -> Reply:  # fmt: skip
+        """One /r1 call, log phase included; the server (gateway.http_server) calls this directly."""
         reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started, body_refused)
         routed = ctx is not None and ctx.service is not None
         # Meter and audit before the reply leaves: a kill -9 can then never leave a call the client saw uncounted.
@@ -192,9 +200,9 @@ class GatewayApp:
                 self.chain.log(ctx)
             elif reply.status >= 400 and self._audit is not None:
                 self._audit.log(ctx)  # refused before routing (a path trick, no such service): audited, not metered
-        await send_reply(send, reply)
         role = ctx.role if ctx is not None and routed else "none"
         metrics.count(role, reply.status, reply.headers.get("x-road-error", ""), time.time() - started)
+        return reply
 
     async def _healthz(self, send: Send) -> None:
         current = self.snapshots.current

@@ -83,7 +83,7 @@ def serve(
     breaker_open_seconds: float,
     snapshot_wait: int,
 ) -> None:
-    """Serve /r1 calls with granian worker processes sharing one port."""
+    """Serve /r1 calls with worker processes sharing one port."""
     try:
         ids.validate("gateway", code, "code")
         enabled = parse_policies(policies)
@@ -113,39 +113,12 @@ def serve(
     os.environ.update(settings.to_env())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     try:
-        run_granian(settings)
+        from gateway.workers import serve as serve_workers
+
+        serve_workers(settings)
     finally:
         if embedded is not None:
             embedded.stop()
-
-
-def run_granian(settings: GatewaySettings) -> None:
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-    from granian.http import HTTP1Settings
-
-    try:
-        import uvloop  # noqa: F401
-
-        loop = Loops.uvloop
-    except ImportError:
-        loop = Loops.asyncio
-    Granian(
-        "gateway.app:create_app",
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        workers=settings.workers,
-        loop=loop,
-        factory=True,
-        log_access=False,
-        respawn_failed_workers=True,
-        backlog=2048,
-        # granian's default (backlog // workers) lets 2,048 idle connections take every slot and starve real
-        # clients; idle or slow-header connections are bounded by the header timeout instead (issue 7 attacks)
-        backpressure=16384,
-        http1_settings=HTTP1Settings(header_read_timeout=10_000),
-    ).serve()
 
 
 @gateway_group.command("keygen")

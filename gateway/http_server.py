@@ -1,0 +1,514 @@
+"""The gateway's HTTP/1.1 server: one asyncio protocol per connection, httptools (llhttp) parsing the requests.
+
+`/r1/...` calls go straight to `GatewayApp.r1` with no ASGI scope or message dicts; every other path (health,
+metrics, the operations API) goes to the same app through a small ASGI bridge. Measured on the project's 2-core
+machine, a proxy of this shape answered three times what granian + pyreqwest did (see gateway/upstream.py), and the
+server is the part of the hot path that runs on every byte.
+
+What a server on the open network owes its clients, and how it is kept here:
+- bounded heads (MAX_HEAD_BYTES, MAX_HEADERS: 431) and bodies (the app's limit: 413, answered and audited as soon
+  as the declared or received size passes it, without reading the rest);
+- time limits by a one-second sweep, not a timer per request: HEADER_TIMEOUT for a head to arrive (slow-loris),
+  BODY_TIMEOUT for a body, KEEPALIVE_TIMEOUT for an idle connection;
+- malformed HTTP is answered 400 and the connection closed; pipelined requests are answered in order, and reading
+  pauses while PIPELINE_LIMIT of them wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
+from typing import Any, Protocol, cast
+from urllib.parse import unquote
+
+import httptools
+
+from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
+
+log = logging.getLogger("lienthong.gateway.http")
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 200
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 30.0
+KEEPALIVE_TIMEOUT = 75.0
+PIPELINE_LIMIT = 16
+SHUTDOWN_GRACE = 10.0
+LINGER_SECONDS = 2.0
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+                   Awaitable[None]]  # fmt: skip
+
+
+class Reply(Protocol):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class App(Protocol):
+    """What the server needs of the gateway app."""
+
+    body_limit: int
+
+    async def r1(
+        self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
+        body_refused: Problem | None,
+    ) -> Reply: ...  # fmt: skip
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None: ...
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    return f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
+
+
+_STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else _status_line(status)
+
+
+class _Clock:
+    """The Date header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.header = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self.header
+
+
+class Request:
+    __slots__ = ("body", "chunks", "expect_continue", "headers", "keep_alive", "method", "raw_headers", "refused",
+                 "size", "started", "target")  # fmt: skip
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.target = b""
+        self.method = "GET"
+        self.headers: dict[str, str] = {}
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.body = b""
+        self.keep_alive = True
+        self.expect_continue = False
+        self.refused: Problem | None = None
+
+
+def problem_bytes(problem: Problem, keep_alive: bool = False) -> bytes:
+    body = problem.to_bytes()
+    head = [
+        status_line(problem.status),
+        b"content-type: ",
+        PROBLEM_MEDIA_TYPE.encode(),
+        b"\r\n",
+        b"x-road-error: ",
+        problem.code.encode(),
+        b"\r\n",
+        b"content-length: ",
+        str(len(body)).encode(),
+        b"\r\n",
+    ]
+    if not keep_alive:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.app = server.app
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.request: Request | None = None  # being parsed
+        self.queue: deque[Request] = deque()  # parsed, waiting their turn
+        self.active: Request | None = None  # being answered
+        self.head_bytes = 0
+        self.deadline = 0.0
+        self.closing = False
+        self.paused = False
+        self.client: tuple[str, int] | None = None
+        self._writable: asyncio.Event | None = None
+        self._gone: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        peer = transport.get_extra_info("peername")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
+        if len(self.server.connections) >= self.server.max_connections:
+            transport.abort()  # over the bound: refuse at once rather than let idle sockets starve real clients
+            return
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.transport = None
+        self.server.connections.discard(self)
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+        if self._writable is not None:
+            self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse_now(Problem(400, "invalid-parameter", "protocol upgrades are not served", field="Upgrade"))
+        except httptools.HttpParserError as exc:
+            if not self.closing:
+                self._refuse_now(_malformed(exc))
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
+    # -- httptools callbacks -------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        now = self.loop.time()
+        self.request = Request(time.time())
+        self.head_bytes = 0
+        self.deadline = now + HEADER_TIMEOUT
+
+    def on_url(self, url: bytes) -> None:
+        assert self.request is not None
+        self.request.target += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.request
+        assert request is not None
+        self._count_head(len(name) + len(value) + 4)
+        if len(request.raw_headers) >= MAX_HEADERS:
+            raise _TooLarge(f"more than {MAX_HEADERS} header fields")
+        name = name.lower()
+        request.raw_headers.append((name, value))
+        request.headers[name.decode("latin-1")] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        request = self.request
+        assert request is not None
+        parser = self.parser
+        request.method = parser.get_method().decode("ascii")
+        request.keep_alive = parser.should_keep_alive()
+        self.deadline = self.loop.time() + BODY_TIMEOUT
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.app.body_limit:
+            self._body_too_large(request)
+            return
+        if request.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        request = self.request
+        if request is None or request.refused is not None:
+            return
+        request.size += len(body)
+        if request.size > self.app.body_limit:
+            self._body_too_large(request)
+            return
+        request.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self.request
+        self.request = None
+        if request is None or request.refused is not None:
+            return  # a refused body was answered already
+        chunks = request.chunks
+        request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.deadline = float("inf")  # the app bounds its own upstream calls
+        self._enqueue(request)
+
+    # -- answering -----------------------------------------------------------------------------------------------
+
+    def _count_head(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _TooLarge(f"the request head is over {MAX_HEAD_BYTES} bytes")
+
+    def _body_too_large(self, request: Request) -> None:
+        """Answer 413 through the app (so it is audited) and stop reading; the connection closes after."""
+        limit = self.app.body_limit
+        request.refused = Problem(413, "body-too-large", f"the request body is over the limit of {limit} bytes",
+                                  field="body")  # fmt: skip
+        request.keep_alive = False
+        request.chunks = []
+        self.closing = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._enqueue(request)
+
+    def _enqueue(self, request: Request) -> None:
+        if self.active is None:
+            self._start(request)
+            return
+        self.queue.append(request)
+        if len(self.queue) >= PIPELINE_LIMIT and self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _start(self, request: Request) -> None:
+        self.active = request
+        self.loop.create_task(self._answer(request))
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            path, _, query = request.target.partition(b"?")
+            if isinstance(request, _Refusal):
+                if self.transport is not None:
+                    self.transport.write(problem_bytes(request.problem))
+            elif path.startswith(b"/r1/"):
+                reply = await self.app.r1(request.method, path.decode("latin-1"), query, request.headers,
+                                          request.body, request.started, request.refused)  # fmt: skip
+                self._write(request, reply.status, reply.headers, reply.body)
+            else:
+                await self._asgi(request, path, query)
+        except Exception:
+            log.exception("unexpected error answering %s %r", request.method, request.target[:200])
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(problem_bytes(Problem(500, "internal-error", "the gateway failed")))
+            request.keep_alive = False
+        self._finished(request)
+
+    def _finished(self, request: Request) -> None:
+        self.active = None
+        transport = self.transport
+        if transport is None:
+            return
+        if request.refused is not None or isinstance(request, _Refusal):
+            self._linger(transport)
+            return
+        if not request.keep_alive:
+            self.closing = True
+            transport.close()
+            return
+        if self.queue:
+            self._start(self.queue.popleft())
+            if self.paused and len(self.queue) < PIPELINE_LIMIT // 2:
+                self.paused = False
+                transport.resume_reading()
+            return
+        if self.request is None:
+            self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
+
+    def _write(self, request: Request, status: int, headers: dict[str, str], body: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        parts = [status_line(status), head.encode("latin-1", "replace"), b"content-length: ", str(len(body)).encode(),
+                 b"\r\n", self.server.clock.date()]  # fmt: skip
+        if not request.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if request.method != "HEAD":
+            parts.append(body)
+        transport.write(b"".join(parts))
+
+    def _refuse_now(self, problem: Problem) -> None:
+        """A request that cannot be parsed: answer at once (after any answer in progress) and close."""
+        self.closing = True
+        self.queue.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.active is None:
+            transport.write(problem_bytes(problem))
+            self._linger(transport)
+        else:
+            transport.pause_reading()
+            self.queue.append(_Refusal(problem))
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after a refusal the way nginx does: stop writing, read and drop what the client still sends for a
+        moment, then close. Closing at once with unread data would reset the connection, and the client's stack
+        may then drop the answer before the client has read it."""
+        self.closing = True
+        self.queue.clear()
+        self.deadline = self.loop.time() + LINGER_SECONDS
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+
+    # -- the ASGI bridge for everything but /r1 ------------------------------------------------------------------
+
+    async def _asgi(self, request: Request, raw_path: bytes, query: bytes) -> None:
+        server = self.server
+        scope: dict[str, Any] = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            "method": request.method, "scheme": "http", "path": unquote(raw_path.decode("latin-1")),
+            "raw_path": raw_path, "query_string": query, "root_path": "", "headers": request.raw_headers,
+            "client": self.client, "server": server.address,
+        }  # fmt: skip
+        sent_body = False
+        started: dict[str, Any] = {}
+        chunked = False
+
+        async def receive() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": request.body, "more_body": False}
+            if self._gone is None:
+                self._gone = self.loop.create_future()
+                if self.transport is None:
+                    self._gone.set_result(None)
+            await self._gone
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal chunked
+            kind = message["type"]
+            if kind == "http.response.start":
+                started.update(status=int(message["status"]), headers=list(message.get("headers", [])))
+                return
+            if kind != "http.response.body" or not started or started.get("done"):
+                return
+            body: bytes = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            transport = self.transport
+            if transport is None:
+                return
+            if "sent_head" not in started:
+                started["sent_head"] = True
+                names = {bytes(k).lower() for k, _ in started["headers"]}
+                head = [status_line(started["status"])]
+                head += [bytes(k) + b": " + bytes(v) + b"\r\n" for k, v in started["headers"]]
+                if b"content-length" not in names:
+                    if more:
+                        chunked = True
+                        head.append(b"transfer-encoding: chunked\r\n")
+                    else:
+                        head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
+                if b"date" not in names:
+                    head.append(server.clock.date())
+                if not request.keep_alive:
+                    head.append(b"connection: close\r\n")
+                head.append(b"\r\n")
+                transport.write(b"".join(head))
+            if request.method != "HEAD" and body:
+                transport.write(b"%x\r\n%s\r\n" % (len(body), body) if chunked else body)
+            if not more:
+                started["done"] = True
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
+            if self._writable is not None and not self._writable.is_set():
+                await self._writable.wait()
+
+        await self.app(scope, receive, send)
+        if not started.get("done"):
+            if "sent_head" in started:
+                request.keep_alive = False  # a response cut short cannot be framed: close
+            elif self.transport is not None:
+                self.transport.write(problem_bytes(Problem(500, "internal-error", "no response from the app")))
+                request.keep_alive = False
+
+    def expire(self, now: float) -> None:
+        """Called by the server's sweep: close a connection whose head, body or idle time ran out."""
+        if now < self.deadline or self.transport is None:
+            return
+        if not self.closing and self.active is None and self.request is not None:
+            problem = Problem(408, "invalid-parameter", "the request did not arrive in time", field="request")
+            with contextlib.suppress(Exception):
+                self.transport.write(problem_bytes(problem))
+        self.closing = True
+        self.transport.close()
+
+
+class _Refusal(Request):
+    """A parse failure waiting behind an answer in progress (pipelining)."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(time.time())
+        self.problem = problem
+        self.keep_alive = False
+        self.target = b"/"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _malformed(exc: Exception) -> Problem:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, _TooLarge):
+        return Problem(431, "invalid-parameter", str(cause), field="headers")
+    return Problem(400, "invalid-body" if "chunk" in str(exc).lower() else "invalid-parameter",
+                   "the request is not well-formed HTTP/1.1", field="request")  # fmt: skip
+
+
+class Server:
+    """Connections of one worker, and the sweep that enforces their time limits."""
+
+    def __init__(self, app: App, loop: asyncio.AbstractEventLoop, max_connections: int = 16384) -> None:
+        self.app = app
+        self.loop = loop
+        self.max_connections = max_connections
+        self.connections: set[Connection] = set()
+        self.clock = _Clock()
+        self.address: tuple[str, int] | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, sock: Any) -> None:
+        self._server = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=2048)
+        name = sock.getsockname()
+        self.address = (str(name[0]), int(name[1]))
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.expire(now)
+
+    async def stop(self) -> None:
+        """Stop accepting, let calls in flight finish (up to SHUTDOWN_GRACE), then close what is left."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        give_up = self.loop.time() + SHUTDOWN_GRACE
+        while any(c.active is not None for c in self.connections) and self.loop.time() < give_up:
+            for conn in self.connections:
+                if conn.active is None and conn.transport is not None:
+                    conn.transport.close()
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()

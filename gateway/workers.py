@@ -1,0 +1,157 @@
+"""A gateway process: one listening socket, N forked worker processes serving it, each with its own event loop.
+
+The parent binds the port (so a taken port fails at once, with its name), forks the workers, restarts one that
+dies, and on SIGTERM or SIGINT asks every worker to finish its calls in flight and stop. Workers are forked before
+the app is built, so each builds its own (its own worker slot for the meter spool and audit chain, its own
+upstream pool); the settings reach them through the LIENTHONG_* environment as they reach any process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("lienthong.gateway.workers")
+
+RESTART_WINDOW = 10.0  # a worker that dies sooner than this after its start counts as failing to start
+MAX_QUICK_DEATHS = 5
+STOP_GRACE = 15.0
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"gateway: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def raise_fd_limit() -> None:
+    """Idle keep-alive clients each hold a descriptor; take all the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(settings: GatewaySettings) -> None:
+    """Run the gateway until SIGTERM/SIGINT; returns once every worker has stopped."""
+    raise_fd_limit()
+    sock = listen(settings.host, settings.port)
+    supervisor = _Supervisor(lambda: _worker_main(sock), settings.workers)
+    try:
+        supervisor.run()
+    finally:
+        sock.close()
+
+
+class _Supervisor:
+    def __init__(self, target: Callable[[], None], count: int) -> None:
+        self.target = target
+        self.count = count
+        self.children: dict[int, float] = {}  # pid -> started (monotonic)
+        self.stopping = False
+        self.quick_deaths = 0
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                self.target()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("gateway worker failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = time.monotonic()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        del frame
+        if not self.stopping:
+            self.stopping = True
+            for pid in self.children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for _ in range(self.count):
+            self._spawn()
+        stop_deadline: float | None = None
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                if self.stopping:
+                    stop_deadline = stop_deadline or time.monotonic() + STOP_GRACE
+                    if time.monotonic() > stop_deadline:
+                        for child in self.children:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(child, signal.SIGKILL)
+                time.sleep(0.1)
+                continue
+            started = self.children.pop(pid, None)
+            if started is None or self.stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            lived = time.monotonic() - started
+            log.warning("gateway worker %d exited (%s) after %.1f s; starting another", pid, code, lived)
+            self.quick_deaths = self.quick_deaths + 1 if lived < RESTART_WINDOW else 0
+            if self.quick_deaths >= MAX_QUICK_DEATHS:
+                log.error("gateway workers keep failing at start; giving up")
+                self._on_signal(signal.SIGTERM, None)
+                sys.exit(1)
+            self._spawn()
+
+
+def _worker_main(sock: socket.socket) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers in order
+    try:
+        import uvloop
+
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        runner = asyncio.run
+    runner(_worker(sock))
+
+
+async def _worker(sock: socket.socket) -> None:
+    from gateway.app import create_app
+    from gateway.http_server import Server
+
+    app = create_app()
+    await app.startup()
+    loop = asyncio.get_running_loop()
+    server = Server(app, loop)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await server.start(sock)
+        await stop.wait()
+    finally:
+        await server.stop()
+        await app.shutdown()
