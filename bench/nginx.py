@@ -60,8 +60,10 @@ def proxy_conf(prefix: Path, port: int, upstream_port: int) -> str:
     )
 
 
-def start(supervisor: Supervisor, name: str, prefix: Path, conf_text: str, port: int) -> Component:
-    """Write the config, check it, start nginx pinned to the server core and wait until it answers."""
+def start(
+    supervisor: Supervisor, name: str, prefix: Path, conf_text: str, port: int, pin: list[str] | None = None
+) -> Component:
+    """Write the config, check it, start nginx pinned to the server core (or `pin`) and wait until it answers."""
     exe = executable()
     if exe is None:
         raise FileNotFoundError("nginx is not installed")
@@ -73,6 +75,6 @@ def start(supervisor: Supervisor, name: str, prefix: Path, conf_text: str, port:
     if check.returncode != 0:
         raise RuntimeError(f"nginx rejected {conf}: {check.stderr.strip()[-500:]}")
     return supervisor.start(
-        Component(name, [*machine.server_prefix(), *base], health_url=f"http://127.0.0.1:{port}/healthz"),
+        Component(name, [*(machine.server_prefix() if pin is None else pin), *base], health_url=f"http://127.0.0.1:{port}/healthz"),
         timeout=15,
     )

@@ -24,8 +24,8 @@ from lienthong.redis_connection import EmbeddedRedis, free_port
 from lienthong.supervisor import Supervisor
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
-# Frames every worker stack starts with (process start-up, the CLI, granian's server loop): not where time goes.
-WRAPPERS = ("multiprocessing/", "click/", "granian/server/", "<module>", "gateway/cli.py", "granian/_futures.py")
+# Frames every worker stack starts with (process start-up, the CLI, the worker's loop): not where time goes.
+WRAPPERS = ("click/", "<module>", "gateway/cli.py", "gateway/workers.py", "uvloop/__init__.py", "asyncio/runners.py")
 
 
 def py_spy() -> str:
@@ -60,7 +60,7 @@ def top_entries(collapsed: str, limit: int = 25) -> str:
             total[frame] += count
     if not samples:
         return f"no Python samples ({native} outside Python)\n"
-    lines = [f"samples with Python frames: {samples}; without (granian/Rust, released GIL): {native}", "",
+    lines = [f"samples with Python frames: {samples}; without (native code, released GIL): {native}", "",
              f"top {limit} by own time (share of Python samples):"]
     lines += [f"{n / samples:7.1%}  {frame}" for frame, n in own.most_common(limit)]
     lines += ["", f"top {limit} by total time (frame anywhere on the stack; start-up wrappers left out):"]
@@ -83,7 +83,10 @@ def profile(policies: str, duration: float, label: str | None) -> Path:
         bench: mesh.BenchMesh | None = None
         try:
             port = free_port()
-            nginx.start(sup, "nginx-upstream", tmp / "nu", nginx.upstream_conf(tmp / "nu", port), port)
+            # the upstream runs beside the load generator: on the gateway's core, its work would run inside the
+            # gateway's write() calls (loopback delivery wakes it there) and be sampled as the gateway's
+            conf = nginx.upstream_conf(tmp / "nu", port)
+            nginx.start(sup, "nginx-upstream", tmp / "nu", conf, port, pin=machine.loadgen_prefix())
             redis.start()
             bench = mesh.BenchMesh(tmp, f"http://127.0.0.1:{port}", redis.url)
             bench.publish_and_start_registry()

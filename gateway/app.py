@@ -6,6 +6,7 @@ process through `create_app()` (a factory), reading its configuration from LIENT
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -24,6 +25,7 @@ from gateway.settings import GatewaySettings
 from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient
 from lienthong import keys
+from lienthong.background import stop_task
 from lienthong.lifespan import serve_lifespan
 from lienthong.problem import Problem
 from policies.chain import ChainConfig, build_chain
@@ -119,6 +121,7 @@ class GatewayApp:
             authn_enabled="authn" in settings.policies,
         )
         self.ops_app: ASGIApp | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
 
     def upstream(self) -> UpstreamClient:
         if self._upstream is None:  # made lazily, inside the worker's event loop
@@ -128,6 +131,7 @@ class GatewayApp:
     async def startup(self) -> None:
         await self.snapshots.start()
         await self.chain.start()
+        self._metrics_task = asyncio.create_task(metrics.flush_forever(), name="metrics-flush")
         try:
             from gateway.ops_api import build_ops_app  # the ops API is a separate part; absent until it lands
         except ImportError:
@@ -136,6 +140,8 @@ class GatewayApp:
             self.ops_app = build_ops_app(self.chain_config, lambda: self.snapshots.current)
 
     async def shutdown(self) -> None:
+        await stop_task(self._metrics_task)
+        metrics.flush()
         await self.chain.stop()
         await self.snapshots.stop()
         if self._upstream is not None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import jwt
 import orjson
-from prometheus_client import Histogram
 
 from gateway import metaservices, metrics
 from gateway.assertions import ASSERTION_HEADER, AssertionSigner
@@ -286,7 +285,7 @@ class CallHandler:
 
     async def _send(
         self, ctx: CallContext, origin: str, target: str, headers: dict[str, str], timeout_ms: int, what: str,
-        timer: Histogram,
+        timer: metrics.Timing,
     ) -> UpstreamResponse:  # fmt: skip
         """One upstream call (connector or hosting gateway), timed into its histogram."""
         started = time.perf_counter()

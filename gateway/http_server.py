@@ -98,15 +98,17 @@ class _Clock:
 
 
 class Request:
-    __slots__ = ("body", "chunks", "expect_continue", "headers", "keep_alive", "method", "raw_headers", "refused",
-                 "size", "started", "target")  # fmt: skip
+    __slots__ = ("body", "chunks", "direct", "expect_continue", "fields", "headers", "keep_alive", "method",
+                 "raw_headers", "refused", "size", "started", "target")  # fmt: skip
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.target = b""
         self.method = "GET"
         self.headers: dict[str, str] = {}
-        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []  # for the ASGI bridge only
+        self.fields = 0
+        self.direct = False  # an /r1 call: answered without ASGI, so raw_headers stays empty
         self.chunks: list[bytes] = []
         self.size = 0
         self.body = b""
@@ -161,7 +163,7 @@ class Connection(asyncio.Protocol):
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
         self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
         if len(self.server.connections) >= self.server.max_connections:
-            transport.abort()  # over the bound: refuse at once rather than let idle sockets starve real clients
+            self.transport.abort()  # over the bound: refuse at once rather than let idle sockets starve real clients
             return
         self.server.connections.add(self)
 
@@ -211,10 +213,14 @@ class Connection(asyncio.Protocol):
         request = self.request
         assert request is not None
         self._count_head(len(name) + len(value) + 4)
-        if len(request.raw_headers) >= MAX_HEADERS:
+        if request.fields == 0:
+            request.direct = request.target.startswith(b"/r1/")
+        request.fields += 1
+        if request.fields > MAX_HEADERS:
             raise _TooLarge(f"more than {MAX_HEADERS} header fields")
         name = name.lower()
-        request.raw_headers.append((name, value))
+        if not request.direct:
+            request.raw_headers.append((name, value))
         request.headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a gateway, safe across granian's worker processes.
+"""Prometheus metrics of a gateway, safe across its worker processes.
 
 `lienthong gateway serve` points PROMETHEUS_MULTIPROC_DIR at `<data-dir>/metrics` (emptied at start) before the
 workers exist, so every worker writes its own mmap files and `/metrics` on any worker sums them all. Without that
@@ -7,6 +7,7 @@ variable (a single process under a test harness) the default per-process registr
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -37,9 +38,6 @@ UPSTREAM = Histogram(
     ["kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-# bound once: labels() costs more than the observation itself
-UPSTREAM_CONNECTOR = UPSTREAM.labels("connector")
-UPSTREAM_GATEWAY = UPSTREAM.labels("gateway")
 SNAPSHOT_VERSION = Gauge(
     "lienthong_gateway_snapshot_version", "Version of the configuration snapshot in use", multiprocess_mode="max"
 )
@@ -51,6 +49,7 @@ SNAPSHOT_CONFIRMED = Gauge(
 
 
 def render() -> tuple[bytes, str]:
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -58,22 +57,68 @@ def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def status_class(status: int) -> str:
-    return f"{status // 100}xx"
+class Timing:
+    """One histogram child's observations, folded in memory until the next flush."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: tuple[float, ...] = tuple(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.total += seconds
+        for i, bound in enumerate(self.bounds):
+            if seconds <= bound:
+                self.counts[i] += 1
+                return
+
+    def flush(self) -> None:
+        # the child's own observe() adds one to one bucket and to the sum; this adds n and the sum of n at once
+        if self.total:
+            self.child._sum.inc(self.total)
+            self.total = 0.0
+        for i, n in enumerate(self.counts):
+            if n:
+                self.child._buckets[i].inc(n)
+                self.counts[i] = 0
 
 
-_counted: dict[tuple[str, int, str], Any] = {}
-_timed: dict[str, Any] = {}
+def _timing(histogram: Histogram, label: str) -> Timing:
+    return Timing(histogram.labels(label))
+
+
+# Each update of a prometheus value takes a lock and writes its mmap'd file, several per call; the hot path counts in
+# memory instead and flush() hands the totals over once a second and before every /metrics answer.
+_counted: dict[tuple[str, int, str], int] = {}
+_timed: dict[str, Timing] = {}
+UPSTREAM_CONNECTOR = _timing(UPSTREAM, "connector")
+UPSTREAM_GATEWAY = _timing(UPSTREAM, "gateway")
+FLUSH_INTERVAL = 1.0
 
 
 def count(role: str, status: int, error: str, seconds: float) -> None:
-    """One answered call; label children are cached because labels() costs more than the increment itself."""
+    """One answered call."""
     key = (role, status // 100, error)
-    child = _counted.get(key)
-    if child is None:
-        child = _counted[key] = REQUESTS.labels(role, status_class(status), error)
-    child.inc()
+    _counted[key] = _counted.get(key, 0) + 1
     timer = _timed.get(role)
     if timer is None:
-        timer = _timed[role] = LATENCY.labels(role)
+        timer = _timed[role] = _timing(LATENCY, role)
     timer.observe(seconds)
+
+
+def flush() -> None:
+    """Hand this worker's counts to prometheus."""
+    for (role, status, error), n in list(_counted.items()):
+        REQUESTS.labels(role, f"{status}xx", error).inc(n)
+    _counted.clear()
+    for timer in (UPSTREAM_CONNECTOR, UPSTREAM_GATEWAY, *_timed.values()):
+        timer.flush()
+
+
+async def flush_forever() -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        flush()

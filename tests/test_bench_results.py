@@ -117,7 +117,7 @@ def test_profile_top_entries_count_own_and_total_samples() -> None:
         'process 1:"gw" 5\n'
     )
     text = top_entries(collapsed)
-    assert "samples with Python frames: 8; without (granian/Rust, released GIL): 5" in text
+    assert "samples with Python frames: 8; without (native code, released GIL): 5" in text
     own, total = text.split("by total time")
     assert "75.0%  sign (jwt/x.py:1)" in own and "25.0%  GatewayApp._r1" in own
     assert "100.0%  GatewayApp._r1 (gateway/app.py:194)" in total

@@ -152,3 +152,40 @@ def test_install_refuses_an_older_version_or_another_gateways_snapshot(tmp_path:
     with pytest.raises(SnapshotError, match="for gateway"):
         client._install(_doc(6, gateway="hanoi"), time.time())
     assert client.current is held and not client.staleness().stale
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def test_metrics_folded_in_memory_reach_prometheus_exactly_at_flush() -> None:
+    from gateway import metrics
+
+    metrics.flush()
+    ok = {"role": "unit-test", "status": "2xx", "error": ""}
+    refused = {"role": "unit-test", "status": "4xx", "error": "access-denied"}
+    before_ok, before_refused = _sample("lienthong_gateway_requests_total", ok), _sample(
+        "lienthong_gateway_requests_total", refused
+    )
+    le_5ms = {"role": "unit-test", "le": "0.005"}
+    before_bucket = _sample("lienthong_gateway_request_seconds_bucket", le_5ms)
+    before_sum = _sample("lienthong_gateway_request_seconds_sum", {"role": "unit-test"})
+    for _ in range(7):
+        metrics.count("unit-test", 200, "", 0.004)
+    for _ in range(3):
+        metrics.count("unit-test", 403, "access-denied", 0.2)
+    # nothing reaches prometheus before the flush: the hot path only counts in memory
+    assert _sample("lienthong_gateway_requests_total", ok) == before_ok
+    metrics.flush()
+    assert _sample("lienthong_gateway_requests_total", ok) == before_ok + 7
+    assert _sample("lienthong_gateway_requests_total", refused) == before_refused + 3
+    # buckets are cumulative: the 7 calls of 4 ms are under 5 ms, the 3 of 200 ms are not
+    assert _sample("lienthong_gateway_request_seconds_bucket", le_5ms) == before_bucket + 7
+    assert _sample("lienthong_gateway_request_seconds_sum", {"role": "unit-test"}) == pytest.approx(
+        before_sum + 7 * 0.004 + 3 * 0.2
+    )
+    metrics.flush()  # a second flush adds nothing
+    assert _sample("lienthong_gateway_requests_total", ok) == before_ok + 7
