@@ -23,6 +23,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CASES: dict[str, str] = {
     "nginx_upstream": "1. nginx upstream alone",
     "nginx_proxy": "2. nginx reverse proxy",
+    "floor_own": "2a. Python floor: the gateway's server + client, forwarding only",
+    "floor_granian": "2b. Python floor: granian (RSGI) + pyreqwest, forwarding only",
     "gateway_bare": "3. gateway, policies off",
     "gateway_full_1hop": "4. gateway, full chain, 1 hop",
     "gateway_full_2hop": "5. full chain, 2 hops",
@@ -38,6 +40,9 @@ RATIOS: dict[str, tuple[str, str, float]] = {
     "full_vs_bare": ("gateway_full_1hop", "gateway_bare", 0.8),
     "twohop_vs_onehop": ("gateway_full_2hop", "gateway_full_1hop", 0.0),
     "connector_2hop_vs_direct": ("connector_2hop", "connector_direct", 0.7),
+    "floor_own_vs_nginx": ("floor_own", "nginx_proxy", 0.0),
+    "floor_granian_vs_nginx": ("floor_granian", "nginx_proxy", 0.0),
+    "bare_vs_floor_own": ("gateway_bare", "floor_own", 0.0),
 }
 # What one hop adds at low load: key -> (case with the hop, case without it)
 HOP_ADDED: dict[str, tuple[str, str]] = {

@@ -2,7 +2,7 @@
 
     python -m bench.run [--quick] [--only CASES] [--duration S] [--results-dir DIR]
 
-CASES is a comma list of groups (`nginx`, `gateway`, `connector`, `scale`) or single names (`nginx_proxy`,
+CASES is a comma list of groups (`nginx`, `floor`, `gateway`, `connector`, `scale`) or single names (`nginx_proxy`,
 `gateway_full_2hop`, `snapshot`, `revocation`, ...). Every case ends measured or listed as "not measured: <why>".
 """
 
@@ -20,10 +20,11 @@ from bench import install, machine, mesh, nginx, scale, wrk
 from bench.measure import Case, Plan, run_case
 from bench.results import CASES, RESULTS_DIR, Results, print_table
 from lienthong.redis_connection import free_port
-from lienthong.supervisor import StartFailed, Supervisor
+from lienthong.supervisor import Component, StartFailed, Supervisor
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "nginx": ("nginx_upstream", "nginx_proxy"),
+    "floor": ("floor_own", "floor_granian"),
     "gateway": ("gateway_bare", "gateway_full_1hop", "gateway_full_2hop"),
     "connector": ("connector_direct", "connector_2hop"),
     "scale": scale.CASES,
@@ -119,9 +120,29 @@ def throughput(cases: set[str], plan: Plan, results: Results, sup: Supervisor, t
                      plan, log)
         except (StartFailed, RuntimeError, OSError) as exc:
             results.skip("nginx_proxy", f"the nginx proxy did not start: {exc}")
+    for kind in ("own", "granian"):
+        if f"floor_{kind}" in cases:
+            floor(kind, sup, upstream_url, results, plan, log)
     mesh_cases = [c for c in wanted if c.startswith(("gateway_", "connector_"))]
     if mesh_cases:
         mesh.run_cases(mesh_cases, plan, results, sup, tmp, upstream_url, log)
+
+
+def floor(kind: str, sup: Supervisor, upstream_url: str, results: Results, plan: Plan, log: mesh.Log) -> None:
+    """Cases 2a/2b (bench/proxy_floor.py): a forwarding-only proxy on the server core."""
+    name, port = f"floor_{kind}", free_port()
+    argv = [*machine.server_prefix(), sys.executable, "-m", "bench.proxy_floor", kind, "--port", str(port),
+            "--upstream", upstream_url]
+    try:
+        proc = sup.start(Component(name, argv, health_url=f"http://127.0.0.1:{port}/healthz"), timeout=30)
+    except StartFailed as exc:
+        results.skip(name, f"it did not start: {exc}")
+        return
+    assert proc.process is not None
+    try:
+        run_case(results, Case(name, f"http://127.0.0.1:{port}/r1/record/1", cpu_pids=[proc.process.pid]), plan, log)
+    finally:
+        sup.kill9(name)  # done with it; the nginx upstream stays for the next cases
 
 
 def main(argv: list[str] | None = None) -> int:
