@@ -98,8 +98,8 @@ class _Clock:
 
 
 class Request:
-    __slots__ = ("body", "chunks", "direct", "expect_continue", "fields", "headers", "keep_alive", "method",
-                 "raw_headers", "refused", "size", "started", "target")  # fmt: skip
+    __slots__ = ("body", "chunks", "direct", "expect_continue", "fields", "head_done", "headers", "http10",
+                 "keep_alive", "method", "raw_headers", "refused", "size", "started", "target")  # fmt: skip
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -113,7 +113,9 @@ class Request:
         self.size = 0
         self.body = b""
         self.keep_alive = True
-        self.expect_continue = False
+        self.http10 = False
+        self.head_done = False  # after this, on_header gets trailer fields, which are dropped (RFC 9110 §6.5.1)
+        self.expect_continue = False  # a 100 Continue is owed once the answers ahead of this one are out
         self.refused: Problem | None = None
 
 
@@ -182,7 +184,7 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse_now(Problem(400, "invalid-parameter", "protocol upgrades are not served", field="Upgrade"))
+            self._no_upgrade()
         except httptools.HttpParserError as exc:
             if not self.closing:
                 self._refuse_now(_malformed(exc))
@@ -212,6 +214,8 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self.request
         assert request is not None
+        if request.head_done:
+            return  # a trailer field: never merged, so a chunked body's trailer can never pose as a header
         self._count_head(len(name) + len(value) + 4)
         if request.fields == 0:
             request.direct = request.target.startswith(b"/r1/")
@@ -229,13 +233,16 @@ class Connection(asyncio.Protocol):
         parser = self.parser
         request.method = parser.get_method().decode("ascii")
         request.keep_alive = parser.should_keep_alive()
+        request.http10 = parser.get_http_version() == "1.0"
+        request.head_done = True
         self.deadline = self.loop.time() + BODY_TIMEOUT
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.app.body_limit:
             self._body_too_large(request)
             return
-        if request.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if request.headers.get("expect", "").lower() == "100-continue":
+            request.expect_continue = True
+            self._continue()
 
     def on_body(self, body: bytes) -> None:
         request = self.request
@@ -258,6 +265,28 @@ class Connection(asyncio.Protocol):
         self._enqueue(request)
 
     # -- answering -----------------------------------------------------------------------------------------------
+
+    def _continue(self) -> None:
+        """Send the 100 Continue the request being read is owed, once no answer ahead of it is still to come."""
+        request = self.request
+        if request is None or not request.expect_continue or self.active is not None or self.queue:
+            return
+        request.expect_continue = False
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _no_upgrade(self) -> None:
+        """llhttp has completed the request that asked for an upgrade; what follows it is not HTTP/1.1. Answer that
+        request as an ordinary one (a server may ignore Upgrade, RFC 9110 §7.8) and close after it."""
+        self.closing = True
+        last = self.queue[-1] if self.queue else self.active
+        if last is None:
+            problem = Problem(400, "invalid-parameter", "protocol upgrades are not served", field="Upgrade")
+            self._refuse_now(problem)
+            return
+        last.keep_alive = False
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def _count_head(self, n: int) -> None:
         self.head_bytes += n
@@ -287,6 +316,7 @@ class Connection(asyncio.Protocol):
 
     def _start(self, request: Request) -> None:
         self.active = request
+        self.server.in_flight += 1
         self.loop.create_task(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
@@ -295,6 +325,9 @@ class Connection(asyncio.Protocol):
             if isinstance(request, _Refusal):
                 if self.transport is not None:
                     self.transport.write(problem_bytes(request.problem))
+            elif request.refused is not None and not path.startswith(b"/r1/"):
+                if self.transport is not None:  # the app's /r1 route audits its refusals; elsewhere answer here
+                    self.transport.write(problem_bytes(request.refused))
             elif path.startswith(b"/r1/"):
                 reply = await self.app.r1(request.method, path.decode("latin-1"), query, request.headers,
                                           request.body, request.started, request.refused)  # fmt: skip
@@ -306,6 +339,8 @@ class Connection(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(problem_bytes(Problem(500, "internal-error", "the gateway failed")))
             request.keep_alive = False
+        finally:
+            self.server.in_flight -= 1
         self._finished(request)
 
     def _finished(self, request: Request) -> None:
@@ -328,6 +363,8 @@ class Connection(asyncio.Protocol):
             return
         if self.request is None:
             self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
+        else:
+            self._continue()
 
     def _write(self, request: Request, status: int, headers: dict[str, str], body: bytes) -> None:
         transport = self.transport
@@ -346,7 +383,6 @@ class Connection(asyncio.Protocol):
     def _refuse_now(self, problem: Problem) -> None:
         """A request that cannot be parsed: answer at once (after any answer in progress) and close."""
         self.closing = True
-        self.queue.clear()
         transport = self.transport
         if transport is None:
             return
@@ -413,7 +449,9 @@ class Connection(asyncio.Protocol):
                 head = [status_line(started["status"])]
                 head += [bytes(k) + b": " + bytes(v) + b"\r\n" for k, v in started["headers"]]
                 if b"content-length" not in names:
-                    if more:
+                    if more and request.http10:
+                        request.keep_alive = False  # no chunked coding toward HTTP/1.0: the close ends the body
+                    elif more:
                         chunked = True
                         head.append(b"transfer-encoding: chunked\r\n")
                     else:
@@ -428,7 +466,7 @@ class Connection(asyncio.Protocol):
                 transport.write(b"%x\r\n%s\r\n" % (len(body), body) if chunked else body)
             if not more:
                 started["done"] = True
-                if chunked:
+                if chunked and request.method != "HEAD":
                     transport.write(b"0\r\n\r\n")
             if self._writable is not None and not self._writable.is_set():
                 await self._writable.wait()
@@ -485,6 +523,7 @@ class Server:
         self.loop = loop
         self.max_connections = max_connections
         self.connections: set[Connection] = set()
+        self.in_flight = 0  # answers being made, also those whose client has gone
         self.clock = _Clock()
         self.address: tuple[str, int] | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -510,7 +549,7 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
         give_up = self.loop.time() + SHUTDOWN_GRACE
-        while any(c.active is not None for c in self.connections) and self.loop.time() < give_up:
+        while self.in_flight and self.loop.time() < give_up:
             for conn in self.connections:
                 if conn.active is None and conn.transport is not None:
                     conn.transport.close()

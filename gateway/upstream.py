@@ -65,6 +65,8 @@ class _Connection(asyncio.Protocol):
         self.answered = False
         self.reusable = True
         self.head_only = False
+        self.head_done = False  # after this, on_header gets trailer fields, which are dropped (RFC 9110 §6.5.1)
+        self.framed = False  # Content-Length or chunked; else the body ends when the upstream closes
         self.idle_since = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------------
@@ -82,17 +84,29 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
         self.transport = None
-        if self.waiter is not None and not self.waiter.done():
+        if self.waiter is None or self.waiter.done():
+            return
+        if self.head_done and not self.framed and exc is None:
+            self.on_message_complete()  # a body delimited by the close (RFC 9112 §6.3, last rule) has ended
+        else:
             self._fail("the upstream closed the connection before it answered")
 
     # -- httptools callbacks -------------------------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # a trailer field: never merged into the headers, so it can never pose as one
         key = name.decode("latin-1").lower()
         if key not in HOP_BY_HOP:
             self.headers.append((key, value.decode("latin-1")))
+        elif key == "content-length" or key == "transfer-encoding":
+            self.framed = True
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return  # interim (100 Continue, 103 Early Hints): llhttp ends it as a message, and the final one follows
+        self.head_done = True
         if self.head_only:  # a HEAD answer has no body whatever its Content-Length says; llhttp cannot know that
             self.reusable = False
             self.on_message_complete()
@@ -108,6 +122,12 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
+        if not self.head_done:  # the end of an interim response: forget it, the final one follows
+            if self.parser.get_status_code() == 101:
+                self._fail("the upstream switched protocols")
+                return
+            self.headers, self.chunks, self.size, self.framed = [], [], 0, False
+            return
         if not self.parser.should_keep_alive():
             self.reusable = False
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
@@ -119,6 +139,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.waiter = waiter
         self.headers, self.chunks, self.size, self.answered, self.head_only = [], [], 0, False, head_only
+        self.head_done = self.framed = False
         self.transport.write(data)
 
     def _fail(self, detail: str) -> None:
@@ -192,6 +213,9 @@ class UpstreamClient:
         except (_Failed, OSError) as exc:
             circuit.failure()
             raise Problem(502, "upstream-failed", f"{what} could not be reached or answered garbage") from exc
+        except BaseException:
+            circuit.failure()  # cancelled or broken: a half-open probe must not stay taken for ever
+            raise
         circuit.success()
         return response
 
