@@ -1,6 +1,7 @@
 """The gateway's raw ASGI application: `/r1/...` on the hand-written hot path, health, metrics and the ops API.
 
-No web framework sits on the hot path; dispatch is a few string comparisons. granian builds one app per worker
+No web framework sits on the hot path: the server (gateway.http_server) calls `r1` directly, and the rest arrives as
+ASGI, dispatched by a few string comparisons. Each worker builds one app
 process through `create_app()` (a factory), reading its configuration from LIENTHONG_* variables (gateway.settings).
 """
 
@@ -255,7 +256,7 @@ class GatewayApp:
 
 
 def create_app() -> GatewayApp:
-    """granian's factory: one app per worker, configured from the environment the CLI wrote."""
+    """One app per worker, configured from the environment the CLI wrote."""
     logging.basicConfig(
         level=os.environ.get("LIENTHONG_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s %(message)s"
     )

@@ -1,6 +1,6 @@
 """A gateway process's configuration, carried from the CLI to every worker process through LIENTHONG_* variables.
 
-granian starts workers as fresh processes that build the app through a factory, so the environment is the one
+`gateway serve` forks its workers before any app exists and each builds its own, so the environment is the one
 channel that reaches all of them; the CLI writes it, `GatewaySettings.from_env()` reads it in each worker.
 """
 

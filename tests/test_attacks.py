@@ -380,7 +380,7 @@ def test_a_thousand_headers(cm: ChaosMesh) -> None:
     "junk",
     [b"\x00\x01\x02\xff\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"GET /r1/x HTTP/1.1\r\nHost x\r\n\r\n",
      b"POST /r1/x HTTP/1.1\r\nContent-Length: -5\r\n\r\n", b"GET /r1/\xc3\x28 HTTP/1.1\r\nHost: x\r\n\r\n",
-     # granian hands the app a disconnect for an unreadable chunked body; the gateway must still answer 4xx
+     # an unreadable chunked body: the gateway must still answer 4xx
      b"GET /r1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nzz\r\n",
      b"GET /r1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
      b"POST /r1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],

@@ -1,4 +1,4 @@
-"""The gateway as real granian processes: routing local and over one hop, forwarding, hygiene, limits, upstream
+"""The gateway as real processes: routing local and over one hop, forwarding, hygiene, limits, upstream
 failures, the breaker, metaservices, snapshot cache, staleness and revocation (protocol §2, §3, §6, §7, §8).
 
 The registry is the real one (`lienthong registry serve` on a real Redis, fed through its RegistryClient by

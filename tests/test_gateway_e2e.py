@@ -329,7 +329,7 @@ def test_kill_9_under_load_meters_exactly_the_successes_the_client_saw(e2e: Mesh
     time.sleep(1.5)
     national = e2e.gateways["national"]
     assert national.proc is not None
-    national.proc.kill9()  # the whole process group: the granian main process and both workers
+    national.proc.kill9()  # the whole process group: the serving parent and both workers
     time.sleep(0.3)
     stop.set()
     for t in threads:

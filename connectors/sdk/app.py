@@ -238,5 +238,5 @@ async def _send_problem(send: Send, problem: Problem) -> None:
 
 
 def build_app(definition: ConnectorDefinition, config: ConnectorConfig) -> ConnectorApp:
-    """The connector as an ASGI app: serve it with uvicorn or granian (lifespan on)."""
+    """The connector as an ASGI app: serve it with uvicorn or any ASGI server (lifespan on)."""
     return ConnectorApp(definition, config)
