@@ -39,7 +39,7 @@ def top_entries(collapsed: str, limit: int = 25) -> str:
     """Top frames by own and by total samples, from py-spy's collapsed-stack ("raw") output.
 
     py-spy roots each stack in a "process N:..." frame; that is dropped. A sample with no Python frame is time in
-    granian's Rust code or the GIL released; it is counted apart. Wrapper frames on nearly every stack (the worker's
+    native code with the GIL released; it is counted apart. Wrapper frames on nearly every stack (the worker's
     bootstrap) are left out of the total list, which would otherwise be all wrappers.
     """
     own: Counter[str] = Counter()

@@ -1,8 +1,8 @@
-"""The gateway's raw ASGI application: `/r1/...` on the hand-written hot path, health, metrics and the ops API.
+"""The gateway's application: `/r1/...` on the hand-written hot path, health, metrics and the ops API.
 
 No web framework sits on the hot path: the server (gateway.http_server) calls `r1` directly, and the rest arrives as
-ASGI, dispatched by a few string comparisons. Each worker builds one app
-process through `create_app()` (a factory), reading its configuration from LIENTHONG_* variables (gateway.settings).
+ASGI, dispatched by a few string comparisons. Each worker process builds one app through `create_app()`, reading
+its configuration from LIENTHONG_* variables (gateway.settings).
 """
 
 from __future__ import annotations
