@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis
@@ -156,6 +157,27 @@ def test_counts_carry_every_dimension_and_a_latency_histogram(redis_url: str, tm
     assert latency == {"VN/GOV/BCA/population/persons|GET /persons/{id}|home|20": "5"}
 
 
+def test_fold_counts_each_call_once_per_redis_field() -> None:
+    from policies.meter import fold
+
+    def line(t: float, client: str, outcome: str, ms: float) -> bytes:
+        return orjson.dumps({"t": t, "c": client, "s": "S", "e": "GET /p", "cg": "hanoi", "pg": "national",
+                             "r": "home", "o": outcome, "ms": ms}) + b"\n"  # fmt: skip
+
+    t0 = 1_764_576_000.0  # 2025-12-01 08:00:00 UTC
+    lines = [line(t0 + 1, "A", "2xx", 0.4), line(t0 + 2, "A", "2xx", 0.9), line(t0 + 3, "A", "2xx", 3.0),
+             line(t0 + 61, "A", "2xx", 0.5), line(t0 + 5, "B", "refused", 0.2)]  # fmt: skip
+    deltas = fold(lines)
+    a = "A|S|GET /p|hanoi|national|home|2xx"
+    assert deltas[("meter:h:2025120108", a)] == 4
+    assert deltas[("meter:h:2025120108", "B|S|GET /p|hanoi|national|home|refused")] == 1
+    assert deltas[("meter:m:202512010800", a)] == 3 and deltas[("meter:m:202512010801", a)] == 1
+    assert deltas[("meter:l:2025120108", "S|GET /p|home|1")] == 4  # 0.4, 0.9, 0.5 (A) and 0.2 (B)
+    assert deltas[("meter:l:2025120108", "S|GET /p|home|5")] == 1
+    assert deltas[("meter:lm:202512010801", "S|GET /p|home|1")] == 1
+    assert sum(n for (key, _), n in deltas.items() if key.startswith("meter:h:")) == len(lines)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("mode")
@@ -165,3 +187,4 @@ if __name__ == "__main__":
     ns = parser.parse_args()
     forever = ns.n == "forever"
     asyncio.run(_child(Path(ns.dir), ns.redis, 0 if forever else int(ns.n), forever))
+
