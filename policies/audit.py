@@ -76,12 +76,14 @@ class AuditWriter:
             self.append({"event": "recovered", "torn_bytes": torn, "at": _ms(time.time())})
             self.sync()
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], keys_sorted: bool = False) -> None:
+        """Chain and write one record. `keys_sorted`: the record's keys, "seq" and "prev" among them, are already
+        in sorted order, so serializing it as it stands gives the sorted-key bytes the hash is defined over."""
         with self._lock:
             record["seq"] = self.head.seq + 1
             record["prev"] = self.head.hash
             # one serialization: the hash covers exactly these sorted-key bytes, then "hash" is spliced in last
-            body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+            body = orjson.dumps(record) if keys_sorted else orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
             digest = hashlib.sha256(body).hexdigest()
             line = body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
             record["hash"] = digest
@@ -138,34 +140,39 @@ class Audit(PolicyBase):
         self._task: asyncio.Task[None] | None = None
 
     def record(self, ctx: CallContext) -> dict[str, Any]:
+        """The call's record, its keys in sorted order ("seq" and "prev" held for the writer), so that it is
+        serialized without sorting: a third of orjson's cost here (tests/test_policy_audit.py checks the order)."""
         subject = subject_value(ctx)
         endpoint = ctx.endpoint
+        status, error_code = ctx.status, ctx.error_code
         return {
-            "gateway": self.gateway,
-            "role": ctx.role,
-            "transaction_id": ctx.transaction_id,
-            "request_in_ts": _ms(ctx.request_in),
-            "request_out_ts": _ms(ctx.request_out),
-            "response_in_ts": _ms(ctx.response_in),
-            "response_out_ts": _ms(ctx.response_out or time.time()),
             "client": ctx.client,
-            "service": ctx.service.id if ctx.service is not None else ctx.service_id,
+            "consumer_gateway": ctx.consumer_gateway,
+            "error_code": error_code,
+            "gateway": self.gateway,
+            "grant": ctx.grant.id if ctx.grant is not None else None,
+            "issue": ctx.issue,
             "method": ctx.method,
             "path_template": endpoint.path if endpoint is not None else None,
-            "purpose": ctx.purpose,
-            "user_id": ctx.user_id,
-            "issue": ctx.issue,
-            "grant": ctx.grant.id if ctx.grant is not None else None,
-            "subject_hmac": self._subject_hmac(subject) if subject else None,
-            "status": ctx.status,
-            "succeeded": 200 <= ctx.status < 400 and ctx.error_code is None,
-            "error_code": ctx.error_code,
-            "request_size": len(ctx.body),
-            "response_size": len(ctx.response_body),
-            "request_hash": ctx.request_hash or hashlib.sha256(ctx.body).hexdigest(),
-            "response_hash": hashlib.sha256(ctx.response_body).hexdigest(),
-            "consumer_gateway": ctx.consumer_gateway,
+            "prev": None,
             "provider_gateway": ctx.provider_gateway,
+            "purpose": ctx.purpose,
+            "request_hash": ctx.request_hash or hashlib.sha256(ctx.body).hexdigest(),
+            "request_in_ts": _ms(ctx.request_in),
+            "request_out_ts": _ms(ctx.request_out),
+            "request_size": len(ctx.body),
+            "response_hash": hashlib.sha256(ctx.response_body).hexdigest(),
+            "response_in_ts": _ms(ctx.response_in),
+            "response_out_ts": _ms(ctx.response_out or time.time()),
+            "response_size": len(ctx.response_body),
+            "role": ctx.role,
+            "seq": None,
+            "service": ctx.service.id if ctx.service is not None else ctx.service_id,
+            "status": status,
+            "subject_hmac": self._subject_hmac(subject) if subject else None,
+            "succeeded": 200 <= status < 400 and error_code is None,
+            "transaction_id": ctx.transaction_id,
+            "user_id": ctx.user_id,
         }
 
     def _subject_hmac(self, subject: str) -> str:
@@ -174,7 +181,7 @@ class Audit(PolicyBase):
         return mac.hexdigest()
 
     def log(self, ctx: CallContext) -> None:
-        self.writer.append(self.record(ctx))
+        self.writer.append(self.record(ctx), keys_sorted=True)
 
     async def start(self) -> None:
         self.writer.open()

@@ -76,6 +76,21 @@ def test_record_fields_and_subject_only_as_hmac(audit_dir: Path) -> None:
     assert rec["path_template"] == "/persons/{id}" and rec["client"] == CONSUMER
 
 
+def test_records_are_written_as_their_sorted_key_serialization(audit_dir: Path) -> None:
+    """Audit.record lists its keys in sorted order so the writer can skip orjson's sort; a field added out of order
+    would make the written bytes differ from what the hash is defined over."""
+    snap = World().snapshot()
+    ctx = context(snap, role="provider", path=f"/persons/{PERSON_ID}")
+    record = Audit("national", audit_dir.parent, KEY).record(ctx)
+    assert list(record) == sorted(record)
+    for _, lines in lines_of(audit_dir):
+        for line in lines:
+            rec = orjson.loads(line)
+            body = {k: v for k, v in rec.items() if k != "hash"}
+            sorted_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            assert line == sorted_bytes[:-1] + f',"hash":"{rec["hash"]}"}}\n'.encode()
+
+
 def test_intact_chain_verifies_and_tampering_fails_the_real_command(audit_dir: Path) -> None:
     result = verify_process(audit_dir)
     assert result.returncode == 0, result.stdout + result.stderr
