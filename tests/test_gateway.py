@@ -12,6 +12,8 @@ import base64
 import hashlib
 import http.client
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -272,6 +274,26 @@ def test_workers_share_one_port(mesh: Mesh) -> None:
     close = {"Connection": "close"}  # a new connection each time, so the kernel spreads them over the workers
     pids = {HTTP.get(url(mesh, "national", "/healthz"), headers=close).json()["pid"] for _ in range(40)}
     assert len(pids) == 2
+
+
+def test_a_worker_killed_alone_is_replaced_while_the_other_serves(mesh: Mesh) -> None:
+    close = {"Connection": "close"}
+
+    def pids() -> set[int]:
+        return {HTTP.get(url(mesh, "national", "/healthz"), headers=close).json()["pid"] for _ in range(40)}
+
+    before = pids()
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)  # one worker, not the process group: gateway serve must start another
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (len(seen) == 2 and victim not in seen):
+        time.sleep(0.2)
+        seen = pids()  # the surviving worker answers on the shared port all along
+    assert len(seen) == 2 and victim not in seen, seen
+    r = get(mesh, "national", GOV_CLIENT, f"/r1/{PERSONS}/persons/001203004567")
+    assert r.status_code == 200, r.text
 
 
 # -- snapshot ---------------------------------------------------------------------------------------------------
