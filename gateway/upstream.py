@@ -250,6 +250,9 @@ class UpstreamClient:
                 if attempt == 0 and reused and not exc.answered and method in IDEMPOTENT:
                     continue
                 raise
+            except BaseException:
+                conn.close()  # cancelled mid-call: its answer may still come, so the connection is never reused
+                raise
             finally:
                 busy.discard(conn)
                 conn.waiter = None

@@ -537,6 +537,34 @@ def test_breaker_half_open_probe_closes_it_again() -> None:
     assert len(up.requests) == 5
 
 
+def test_a_cancelled_call_closes_its_connection_and_the_next_call_gets_a_fresh_one() -> None:
+    closed = asyncio.Event()
+
+    async def first_silent(seen, reader, writer) -> bool:
+        if seen.connection == 1:
+            await reader.read()  # the client's close ends this read
+            closed.set()
+            return False
+        return await echo(seen, reader, writer)
+
+    async def main():
+        async with Upstream(first_silent) as up:
+            c = client()
+            call = asyncio.create_task(get(c, up.base, "/never"))
+            await asyncio.sleep(0.2)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.wait_for(closed.wait(), 2.0)  # not left open behind the pool's back
+            after = await get(c, up.base, "/next")
+            await c.close()
+            return up, after
+
+    up, after = run(main())
+    assert after.status == 200 and after.body.startswith(b"GET /next c2 n1")
+    assert up.connections == 2
+
+
 def test_timeouts_count_for_the_breaker() -> None:
     async def silent(seen, reader, writer) -> bool:
         await reader.read()
