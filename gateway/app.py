@@ -27,7 +27,6 @@ from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient
 from lienthong import keys
 from lienthong.background import stop_task
-from lienthong.lifespan import serve_lifespan
 from lienthong.problem import Problem
 from policies.chain import ChainConfig, build_chain
 
@@ -165,11 +164,6 @@ class GatewayApp:
                 await self._ops(scope, receive, send)
             else:
                 await send_reply(send, problem_reply(Problem(404, "unknown-service", f"no route {path}", field="path")))
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        await serve_lifespan(receive, send, self.startup, self.shutdown, f"gateway {self.settings.code}")
 
     async def _r1(self, scope: Scope, receive: Receive, send: Send) -> None:
         """/r1 through ASGI: only for paths the server's direct route does not take (e.g. a percent-encoded /r1/)."""

@@ -322,16 +322,17 @@ class Connection(asyncio.Protocol):
     async def _answer(self, request: Request) -> None:
         try:
             path, _, query = request.target.partition(b"?")
+            direct = path.startswith(b"/r1/")
             if isinstance(request, _Refusal):
                 if self.transport is not None:
                     self.transport.write(problem_bytes(request.problem))
-            elif request.refused is not None and not path.startswith(b"/r1/"):
-                if self.transport is not None:  # the app's /r1 route audits its refusals; elsewhere answer here
-                    self.transport.write(problem_bytes(request.refused))
-            elif path.startswith(b"/r1/"):
+            elif direct:  # a refused body goes to the app too, which audits the refusal
                 reply = await self.app.r1(request.method, path.decode("latin-1"), query, request.headers,
                                           request.body, request.started, request.refused)  # fmt: skip
                 self._write(request, reply.status, reply.headers, reply.body)
+            elif request.refused is not None:
+                if self.transport is not None:
+                    self.transport.write(problem_bytes(request.refused))
             else:
                 await self._asgi(request, path, query)
         except Exception:
