@@ -4,9 +4,9 @@
 
 No server and no network: a `CallHandler` is driven directly with the bench's request (the same service, grant and
 headers as bench/mesh.py), the upstream answers a canned record instantly, and the log phase runs as in the app.
-What it prints (µs per call) is what the gateway adds on top of its HTTP server and the upstream round trip, so a change to
-the hot path can be judged in seconds and without the noise of a shared machine's load tests. Redis (quota, meter)
-is an embedded server on a free port.
+What it prints (µs per call) is what the gateway adds on top of its HTTP server and the upstream round trip, so a
+change to the hot path can be judged in seconds and without the noise of a shared machine's load tests. Redis
+(quota, meter) is an embedded server on a free port.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The full policy chain inside real gateway processes (gateway worker processes): one call from a province to the national
+"""The full policy chain inside real gateway worker processes: one call from a province to the national
 database crosses two gateways and is one trace, minimized at the hosting gateway, metered once as a mesh transaction,
 audited at both gateways with verifiable chains, and limited by quota with 429 + Retry-After."""
 
