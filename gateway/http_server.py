@@ -22,13 +22,14 @@ import http
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from email.utils import formatdate
 from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 import httptools
 
+from lienthong.background import stop_task
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
 
 log = logging.getLogger("lienthong.gateway.http")
@@ -43,8 +44,6 @@ SHUTDOWN_GRACE = 10.0
 LINGER_SECONDS = 2.0
 
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-                   Awaitable[None]]  # fmt: skip
 
 
 class Reply(Protocol):
@@ -83,7 +82,7 @@ def status_line(status: int) -> bytes:
 
 
 class _Clock:
-    """The Date header, formatted once a second."""
+    """The Date header, formatted once a second; one per worker process."""
 
     def __init__(self) -> None:
         self.second = 0
@@ -97,18 +96,40 @@ class _Clock:
         return self.header
 
 
+CLOCK = _Clock()
+
+
+def response_bytes(
+    status: int, headers: dict[str, str], body: bytes, *, keep_alive: bool, with_body: bool = True
+) -> bytes:
+    """A whole HTTP/1.1 response framed by Content-Length."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    parts = [status_line(status), head.encode("latin-1", "replace"), b"content-length: ", str(len(body)).encode(),
+             b"\r\n", CLOCK.date()]  # fmt: skip
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if with_body:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def problem_bytes(problem: Problem) -> bytes:
+    """The server's own refusal (the connection closes after it)."""
+    headers = {"content-type": PROBLEM_MEDIA_TYPE, "x-road-error": problem.code}
+    return response_bytes(problem.status, headers, problem.to_bytes(), keep_alive=False)
+
+
 class Request:
-    __slots__ = ("body", "chunks", "direct", "expect_continue", "fields", "head_done", "headers", "http10",
-                 "keep_alive", "method", "raw_headers", "refused", "size", "started", "target")  # fmt: skip
+    __slots__ = ("body", "chunks", "expect_continue", "head_done", "headers", "http10", "keep_alive", "method",
+                 "raw_headers", "refused", "size", "started", "target")  # fmt: skip
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.target = b""
         self.method = "GET"
         self.headers: dict[str, str] = {}
-        self.raw_headers: list[tuple[bytes, bytes]] = []  # for the ASGI bridge only
-        self.fields = 0
-        self.direct = False  # an /r1 call: answered without ASGI, so raw_headers stays empty
+        self.raw_headers: list[tuple[bytes, bytes]] = []  # as received, repeated ones too, for the ASGI bridge
         self.chunks: list[bytes] = []
         self.size = 0
         self.body = b""
@@ -117,26 +138,6 @@ class Request:
         self.head_done = False  # after this, on_header gets trailer fields, which are dropped (RFC 9110 §6.5.1)
         self.expect_continue = False  # a 100 Continue is owed once the answers ahead of this one are out
         self.refused: Problem | None = None
-
-
-def problem_bytes(problem: Problem, keep_alive: bool = False) -> bytes:
-    body = problem.to_bytes()
-    head = [
-        status_line(problem.status),
-        b"content-type: ",
-        PROBLEM_MEDIA_TYPE.encode(),
-        b"\r\n",
-        b"x-road-error: ",
-        problem.code.encode(),
-        b"\r\n",
-        b"content-length: ",
-        str(len(body)).encode(),
-        b"\r\n",
-    ]
-    if not keep_alive:
-        head.append(b"connection: close\r\n")
-    head.append(b"\r\n")
-    return b"".join(head) + body
 
 
 class Connection(asyncio.Protocol):
@@ -217,14 +218,10 @@ class Connection(asyncio.Protocol):
         if request.head_done:
             return  # a trailer field: never merged, so a chunked body's trailer can never pose as a header
         self._count_head(len(name) + len(value) + 4)
-        if request.fields == 0:
-            request.direct = request.target.startswith(b"/r1/")
-        request.fields += 1
-        if request.fields > MAX_HEADERS:
+        if len(request.raw_headers) >= MAX_HEADERS:
             raise _TooLarge(f"more than {MAX_HEADERS} header fields")
         name = name.lower()
-        if not request.direct:
-            request.raw_headers.append((name, value))
+        request.raw_headers.append((name, value))
         request.headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -322,11 +319,7 @@ class Connection(asyncio.Protocol):
     async def _answer(self, request: Request) -> None:
         try:
             path, _, query = request.target.partition(b"?")
-            direct = path.startswith(b"/r1/")
-            if isinstance(request, _Refusal):
-                if self.transport is not None:
-                    self.transport.write(problem_bytes(request.problem))
-            elif direct:  # a refused body goes to the app too, which audits the refusal
+            if path.startswith(b"/r1/"):  # a refused body goes to the app too, which audits the refusal
                 reply = await self.app.r1(request.method, path.decode("latin-1"), query, request.headers,
                                           request.body, request.started, request.refused)  # fmt: skip
                 self._write(request, reply.status, reply.headers, reply.body)
@@ -349,7 +342,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        if request.refused is not None or isinstance(request, _Refusal):
+        if request.refused is not None:
             self._linger(transport)
             return
         if not request.keep_alive:
@@ -368,18 +361,10 @@ class Connection(asyncio.Protocol):
             self._continue()
 
     def _write(self, request: Request, status: int, headers: dict[str, str], body: bytes) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        parts = [status_line(status), head.encode("latin-1", "replace"), b"content-length: ", str(len(body)).encode(),
-                 b"\r\n", self.server.clock.date()]  # fmt: skip
-        if not request.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        if request.method != "HEAD":
-            parts.append(body)
-        transport.write(b"".join(parts))
+        if self.transport is not None:
+            data = response_bytes(status, headers, body, keep_alive=request.keep_alive,
+                                  with_body=request.method != "HEAD")  # fmt: skip
+            self.transport.write(data)
 
     def _refuse_now(self, problem: Problem) -> None:
         """A request that cannot be parsed: answer at once (after any answer in progress) and close."""
@@ -392,7 +377,7 @@ class Connection(asyncio.Protocol):
             self._linger(transport)
         else:
             transport.pause_reading()
-            self.queue.append(_Refusal(problem))
+            self.queue.append(_refusal(problem))
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Close after a refusal the way nginx does: stop writing, read and drop what the client still sends for a
@@ -458,7 +443,7 @@ class Connection(asyncio.Protocol):
                     else:
                         head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
                 if b"date" not in names:
-                    head.append(server.clock.date())
+                    head.append(CLOCK.date())
                 if not request.keep_alive:
                     head.append(b"connection: close\r\n")
                 head.append(b"\r\n")
@@ -492,16 +477,12 @@ class Connection(asyncio.Protocol):
         self.transport.close()
 
 
-class _Refusal(Request):
-    """A parse failure waiting behind an answer in progress (pipelining)."""
-
-    __slots__ = ("problem",)
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(time.time())
-        self.problem = problem
-        self.keep_alive = False
-        self.target = b"/"
+def _refusal(problem: Problem) -> Request:
+    """A parse failure waiting behind an answer in progress (pipelining): answered like any refused request, by the
+    server itself, as its target is no /r1 call."""
+    request = Request(time.time())
+    request.refused, request.keep_alive, request.target = problem, False, b"/"
+    return request
 
 
 class _TooLarge(Exception):
@@ -525,7 +506,6 @@ class Server:
         self.max_connections = max_connections
         self.connections: set[Connection] = set()
         self.in_flight = 0  # answers being made, also those whose client has gone
-        self.clock = _Clock()
         self.address: tuple[str, int] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -547,8 +527,8 @@ class Server:
         """Stop accepting, let calls in flight finish (up to SHUTDOWN_GRACE), then close what is left."""
         if self._server is not None:
             self._server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        await stop_task(self._sweeper)
+        self._sweeper = None
         give_up = self.loop.time() + SHUTDOWN_GRACE
         while self.in_flight and self.loop.time() < give_up:
             for conn in self.connections:
