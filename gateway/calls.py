@@ -8,7 +8,6 @@ hosts the service, *home* when it forwards to the hosting gateway with its own s
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import os
 import time
@@ -51,15 +50,6 @@ def request_hash(method: str, raw_path: str, query: bytes, body: bytes) -> str:
     """base64 SHA-256 over 'METHOD\\nPATH\\nQUERY\\n' + body, the request as this gateway received it (§3)."""
     digest = hashlib.sha256(f"{method}\n{raw_path}\n".encode("latin-1") + query + b"\n" + body).digest()
     return base64.b64encode(digest).decode()
-
-
-@functools.lru_cache(maxsize=1024)
-def split_base(base: str) -> tuple[str, str]:
-    """'http://host:8801/prefix/' -> ('http://host:8801', '/prefix'): the origin the pool connects to, and the path
-    every target starts with."""
-    scheme, sep, rest = base.partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host}", (slash + path).rstrip("/")
 
 
 def problem_reply(problem: Problem, instance: str | None = None) -> Reply:
@@ -259,39 +249,38 @@ class CallHandler:
         base = ctx.snapshot.upstreams.get(str(ctx.service_id))
         if not base:
             raise Problem(502, "upstream-failed", f"no connector address is registered for {ctx.service_id} here")
-        origin, prefix = split_base(base)
-        target = prefix + route.raw_provider_path
+        target = route.raw_provider_path
         if ctx.query:
             target += "?" + ctx.query.decode("latin-1")
         headers = self._outbound_headers(ctx, TO_CONNECTOR, self.signer.to_connector(ctx))
         timeout_ms = ctx.service.timeout_ms if ctx.service else 5000
         what = f"the connector of {ctx.service_id}"
-        return await self._send(ctx, origin, target, headers, timeout_ms, what, metrics.UPSTREAM_CONNECTOR)
+        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_CONNECTOR)
 
     async def _forward(self, ctx: CallContext, route: R1Path) -> UpstreamResponse:
         host = str(ctx.provider_gateway)
         gateway = ctx.snapshot.gateways.get(host)
         if gateway is None or not gateway.get("base_url"):
             raise Problem(502, "upstream-failed", f"hosting gateway {host} has no address in the snapshot")
-        origin, prefix = split_base(str(gateway["base_url"]))
+        base = str(gateway["base_url"])
         rest = route.raw_provider_path if route.raw_provider_path != "/" else ""
-        target = f"{prefix}/r1/{ctx.service_id}{rest}"
+        target = f"/r1/{ctx.service_id}{rest}"
         if ctx.query:
             target += "?" + ctx.query.decode("latin-1")
         headers = self._outbound_headers(ctx, TO_GATEWAY, self.signer.to_gateway(ctx, host))
         timeout_ms = (ctx.service.timeout_ms if ctx.service else 5000) + FORWARD_TIMEOUT_MARGIN_MS
         what = f"hosting gateway {host}"
-        return await self._send(ctx, origin, target, headers, timeout_ms, what, metrics.UPSTREAM_GATEWAY)
+        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_GATEWAY)
 
     async def _send(
-        self, ctx: CallContext, origin: str, target: str, headers: dict[str, str], timeout_ms: int, what: str,
+        self, ctx: CallContext, base: str, target: str, headers: dict[str, str], timeout_ms: int, what: str,
         timer: metrics.Timing,
     ) -> UpstreamResponse:  # fmt: skip
         """One upstream call (connector or hosting gateway), timed into its histogram."""
         started = time.perf_counter()
         try:
             return await self._upstream().call(
-                method=ctx.method, base=origin, target=target, headers=headers, body=ctx.body,
+                method=ctx.method, base=base, target=target, headers=headers, body=ctx.body,
                 timeout_ms=timeout_ms, what=what,
             )  # fmt: skip
         finally:

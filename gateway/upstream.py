@@ -2,9 +2,9 @@
 
 The client is an asyncio protocol over the worker's own loop with httptools (llhttp) parsing the responses. On the
 project's 2-core machine a minimal proxy built this way answered 34.6k req/s against 11.7k for granian + pyreqwest
-and 42.5k for nginx in the same run (bench/hotpath_servers.py): every request that stays out of another runtime and
-out of per-call object building is time the policy chain can have. Bodies and statuses pass through as the
-upstream sent them: no decompression, no redirects.
+and 42.5k for nginx in the same run; `make bench` keeps measuring the pair (bench/proxy_floor.py). Every request
+that stays out of another runtime and out of per-call object building is time the policy chain can have. Bodies and
+statuses pass through as the upstream sent them: no decompression, no redirects.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from gateway.breaker import Breakers
+from lienthong.background import stop_task
 from lienthong.problem import Problem
 
 # Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus framing the client redoes.
@@ -62,16 +63,19 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[UpstreamResponse] | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.chunks: list[bytes] = []
-        self.size = 0
         self.answered = False
         self.reusable = True
         self.head_only = False
-        self.head_done = False  # after this, on_header gets trailer fields, which are dropped (RFC 9110 §6.5.1)
-        self.framed = False  # Content-Length or chunked; else the body ends when the upstream closes
+        self._new_message()
         self.idle_since = 0.0
         self.deadline = 0.0  # loop time by which the call in progress must be answered
+
+    def _new_message(self) -> None:
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.head_done = False  # after this, on_header gets trailer fields, which are dropped (RFC 9110 §6.5.1)
+        self.framed = False  # Content-Length or chunked; else the body ends when the upstream closes
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class _Connection(asyncio.Protocol):
             if self.parser.get_status_code() == 101:
                 self._fail("the upstream switched protocols")
                 return
-            self.headers, self.chunks, self.size, self.framed = [], [], 0, False
+            self._new_message()
             return
         if not self.parser.should_keep_alive():
             self.reusable = False
@@ -142,8 +146,8 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes, waiter: asyncio.Future[UpstreamResponse], head_only: bool) -> None:
         assert self.transport is not None
         self.waiter = waiter
-        self.headers, self.chunks, self.size, self.answered, self.head_only = [], [], 0, False, head_only
-        self.head_done = self.framed = False
+        self.answered, self.head_only = False, head_only
+        self._new_message()
         self.transport.write(data)
 
     def expire(self) -> None:
@@ -166,12 +170,13 @@ class _Connection(asyncio.Protocol):
 
 @dataclass(slots=True)
 class _Origin:
-    """Where one base URL's connections go, and its idle pool."""
+    """Where one base URL's connections go, the path every target there starts with, and its idle pool."""
 
     scheme: str
     host: str
     port: int
     host_header: bytes
+    prefix: str  # 'http://host:8801/prefix/' -> '/prefix'
     idle: deque[_Connection]
 
 
@@ -190,10 +195,14 @@ class UpstreamClient:
         origin = self._origins.get(base)
         if origin is None:
             parts = urlsplit(base)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            try:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError:  # a port that is no number or out of range
+                port = 0
+            if parts.scheme not in ("http", "https") or not parts.hostname or not port:
                 raise Problem(502, "upstream-failed", f"the upstream address {base!r} is not an http(s) URL")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            origin = _Origin(parts.scheme, parts.hostname, port, parts.netloc.encode("latin-1"), deque())
+            prefix = parts.path.rstrip("/")
+            origin = _Origin(parts.scheme, parts.hostname, port, parts.netloc.encode("latin-1"), prefix, deque())
             self._origins[base] = origin
         return origin
 
@@ -208,12 +217,12 @@ class UpstreamClient:
         timeout_ms: int,
         what: str,
     ) -> UpstreamResponse:
-        """Send `method target` to `base` (scheme://host:port); transport failure is 502 upstream-failed, a
-        timeout 504 upstream-timeout. The breaker is keyed by `base`."""
+        """Send `method target` to `base` (a registered base URL; a path in it prefixes `target`); transport
+        failure is 502 upstream-failed, a timeout 504 upstream-timeout. The breaker is keyed by `base`."""
         circuit = self.breakers.get(base)
         circuit.before_call()
         origin = self._origin(base)
-        request = self._serialize(method, target, origin.host_header, headers, body)
+        request = self._serialize(method, origin.prefix + target, origin.host_header, headers, body)
         loop = asyncio.get_running_loop()
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep(loop), name="upstream-timeouts")
@@ -310,9 +319,8 @@ class UpstreamClient:
                 conn.expire()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        await stop_task(self._sweeper)
+        self._sweeper = None
         for origin in self._origins.values():
             while origin.idle:
                 origin.idle.pop().close()

@@ -484,6 +484,27 @@ def test_base_that_is_not_http_is_502() -> None:
     assert problem.status == 502 and problem.code == "upstream-failed"
 
 
+@pytest.mark.parametrize("base", ["http://127.0.0.1:99999", "http://127.0.0.1:port"])
+def test_base_with_an_impossible_port_is_502(base: str) -> None:
+    async def main():
+        return await problem_of(get(client(), base))
+
+    problem = run(main())
+    assert problem.status == 502 and problem.code == "upstream-failed"
+
+
+def test_a_path_in_the_base_prefixes_every_target() -> None:
+    async def main():
+        async with Upstream(echo) as up:
+            c = client()
+            response = await get(c, up.base + "/connector/", "/persons/1?x=2")
+            await c.close()
+            return up, response
+
+    up, response = run(main())
+    assert response.status == 200 and up.requests[0].target == "/connector/persons/1?x=2"
+
+
 # -- the breaker -----------------------------------------------------------------------------------------------------
 
 
