@@ -74,7 +74,7 @@ def start(
     check = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
     if check.returncode != 0:
         raise RuntimeError(f"nginx rejected {conf}: {check.stderr.strip()[-500:]}")
+    prefix_argv = machine.server_prefix() if pin is None else pin
     return supervisor.start(
-        Component(name, [*(machine.server_prefix() if pin is None else pin), *base], health_url=f"http://127.0.0.1:{port}/healthz"),
-        timeout=15,
+        Component(name, [*prefix_argv, *base], health_url=f"http://127.0.0.1:{port}/healthz"), timeout=15
     )

@@ -13,6 +13,7 @@ import click
 import orjson
 
 from gateway.settings import DEFAULT_BODY_LIMIT, DEFAULT_MAX_SNAPSHOT_AGE, GatewaySettings, parse_policies
+from gateway.workers import serve as serve_workers
 from lienthong import ids, keys
 
 
@@ -113,8 +114,6 @@ def serve(
     os.environ.update(settings.to_env())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     try:
-        from gateway.workers import serve as serve_workers
-
         serve_workers(settings)
     finally:
         if embedded is not None:
