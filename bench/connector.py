@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
-from bench.measure import Case, Plan, run_case
-from bench.results import Results
+from bench.measure import Case
 from lienthong import tokens
 from lienthong.redis_connection import free_port
 
@@ -101,10 +100,9 @@ class Population:
 
         return make
 
-    def measure_direct(self, results: Results, plan: Plan, log: Callable[[str], None], gateway_key: Any) -> None:
-        case = Case("connector_direct", f"{self.url}/persons/{self.person_id}", cpu_pids=self.pids(),
-                    tokens=self.assertions(gateway_key), token_rate_cap=4000 if not results.quick else 2500)
-        run_case(results, case, plan, log)
+    def direct_case(self, gateway_key: Any) -> Case:
+        return Case("connector_direct", f"{self.url}/persons/{self.person_id}", cpu_pids=self.pids(),
+                    tokens=self.assertions(gateway_key), token_rate_cap=4000)
 
     def stop(self) -> None:
         if self.proc is not None:

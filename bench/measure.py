@@ -1,7 +1,10 @@
-"""Measuring one throughput case: check it answers 200, warm it up, load it at concurrency 32, then at a low rate.
+"""Measuring the throughput cases: check each answers 200, then load them in interleaved rounds, then at a low rate.
 
-The load runs on the load-generator core (wrk when installed, else `python -m bench.loadgen`); CPU seconds are read
-from the server processes' trees before and after. A case whose answers are mostly errors gets no figure.
+Every case's processes run for the whole phase, so that round r loads case after case, a few seconds each, and
+round r+1 does it again, in an order rotated by one. Two cases compared in a ratio are then measured seconds apart
+in every round rather than minutes apart once (bench/results.py takes the medians). Each load is warmed up first,
+runs on the load-generator core (wrk when installed, else `python -m bench.loadgen`), and reads the CPU seconds of
+the case's server processes before and after. A case whose answers are mostly errors, in any round, gets no figure.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ class NotMeasured(Exception):
 class Plan:
     """How long each phase lasts; the quick run shortens all of them."""
 
-    duration: float = 10.0
-    warmup: float = 2.0
-    low_rate: float = 200.0
+    duration: float = 3.0  # per round
+    warmup: float = 1.0  # before each round's load
+    rounds: int = 5
+    low_rate: float = 200.0  # at most; a case that cannot take 4x this is loaded at a quarter of its own rate
     low_duration: float = 5.0
     use_wrk: bool = True
 
@@ -119,46 +123,72 @@ def _check(result: LoadResult, what: str) -> None:
         raise NotMeasured(f"{what}: {bad} of {result.requests} requests failed or were not 2xx ({result.statuses})")
 
 
-def run_case(results: Results, case: Case, plan: Plan, log: Callable[[str], None]) -> None:
-    """Measure one case into `results`, or record why it could not be measured."""
-    try:
-        _run_case(results, case, plan, log)
-    finally:
-        _forget_tokens()
+def run_rounds(results: Results, cases: list[Case], plan: Plan, log: Callable[[str], None]) -> None:
+    """Measure every case into `results`, or record why it could not be measured."""
+    live = []
+    for case in cases:
+        try:
+            headers = case.refresh_headers() if case.refresh_headers else case.headers
+            one = case.tokens(1) if case.tokens else None
+            preflight(case, {**headers, one[0]: one[1][0]} if one else headers)
+            live.append(case)
+        except NotMeasured as exc:
+            results.skip(case.name, str(exc))
+            log(f"{case.name}: not measured: {exc}")
+    for round_no in range(plan.rounds):
+        shift = round_no % len(live) if live else 0
+        for case in live[shift:] + live[:shift]:
+            if case.name in results.not_measured:
+                continue
+            try:
+                _load_round(results, case, plan, round_no, log)
+            except (NotMeasured, RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
+                why = str(exc) if isinstance(exc, NotMeasured) else f"the load run failed: {exc}"
+                results.drop(case.name, f"round {round_no + 1}: {why}")
+                log(f"{case.name}: not measured: round {round_no + 1}: {why}")
+            finally:
+                _forget_tokens()
+    for case in live:
+        if case.name not in results.not_measured:
+            try:
+                _low_rate(results, case, plan, log)
+            finally:
+                _forget_tokens()
 
 
-def _run_case(results: Results, case: Case, plan: Plan, log: Callable[[str], None]) -> None:
+def _load_round(results: Results, case: Case, plan: Plan, round_no: int, log: Callable[[str], None]) -> None:
+    headers = case.refresh_headers() if case.refresh_headers else case.headers
+    if plan.warmup > 0:
+        load(case.url, headers, plan.warmup, plan.use_wrk, single_use(case, plan.warmup))
+    varying = single_use(case, plan.duration)
+    before = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
+    result = load(case.url, headers, plan.duration, plan.use_wrk, varying)
+    after = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
+    _check(result, f"load at concurrency {CONCURRENCY}")
+    if case.tokens and result.rps > 0.9 * case.token_rate_cap:
+        results.notes.append(f"{case.name}: reached the {case.token_rate_cap:g}/s of single-use tokens made; "
+                             "its throughput may be higher")
+    results.add_load(case.name, result, None if before is None or after is None else after - before, round_no)
+    log(f"{case.name} (round {round_no + 1}/{plan.rounds}): {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+        f"p99 {result.p99_ms:.2f} ms")
+
+
+def low_rate_for(ceiling: float, loaded_rps: float | None) -> float:
+    """A rate that keeps the server's core mostly idle: queueing would otherwise be read as per-hop latency."""
+    if not loaded_rps:
+        return ceiling
+    return float(min(ceiling, max(10, round(loaded_rps / 4))))
+
+
+def _low_rate(results: Results, case: Case, plan: Plan, log: Callable[[str], None]) -> None:
+    """Latency when nothing is saturated: at the plan's rate, or a quarter of what the case carried under load."""
     try:
+        rate = low_rate_for(plan.low_rate, results.median_rps(case.name))
         headers = case.refresh_headers() if case.refresh_headers else case.headers
-        one = case.tokens(1) if case.tokens else None
-        preflight(case, {**headers, one[0]: one[1][0]} if one else headers)
-        if plan.warmup > 0:
-            load(case.url, headers, plan.warmup, plan.use_wrk, single_use(case, plan.warmup))
-        headers = case.refresh_headers() if case.refresh_headers else headers
-        varying = single_use(case, plan.duration)
-        before = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
-        result = load(case.url, headers, plan.duration, plan.use_wrk, varying)
-        after = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
-        _check(result, "load at concurrency 32")
-        if case.tokens and result.rps > 0.9 * case.token_rate_cap:
-            results.notes.append(f"{case.name}: reached the {case.token_rate_cap:g}/s of single-use tokens made; "
-                                 "its throughput may be higher")
-        results.add_load(case.name, result, None if before is None or after is None else after - before)
-        log(f"{case.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
-    except NotMeasured as exc:
-        results.skip(case.name, str(exc))
-        log(f"{case.name}: not measured: {exc}")
-        return
-    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        results.skip(case.name, f"the load run failed: {exc}")
-        log(f"{case.name}: not measured: {exc}")
-        return
-    try:
-        headers = case.refresh_headers() if case.refresh_headers else headers
-        low = python_load(case.url, headers=headers, duration=plan.low_duration, rate=plan.low_rate,
-                          varying=single_use(case, plan.low_duration, plan.low_rate))
-        _check(low, f"low rate {plan.low_rate:g}/s")
-        results.add_low(case.name, low, plan.low_rate)
+        low = python_load(case.url, headers=headers, duration=plan.low_duration, rate=rate,
+                          varying=single_use(case, plan.low_duration, rate))
+        _check(low, f"low rate {rate:g}/s")
+        results.add_low(case.name, low, rate)
     except (NotMeasured, RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
         results.skip(f"{case.name}_low_rate", str(exc))
         log(f"{case.name} low rate: not measured: {exc}")

@@ -5,24 +5,26 @@ document and serves it with the protocol's long poll), so the benchmark and the 
 setup. Gateways run pinned to the server core with one worker, so every ratio against nginx is per core.
 
 Layout: `national` hosts the bench service (upstream = the nginx upstream) and the population service (upstream = the
-population connector); `nghean` is a province whose consumer reaches national's services over one mesh hop.
-Each case is measured only when the parts it needs exist; otherwise it is reported as not measured, with why.
+population connector); `nghean` is a province whose consumer reaches national's services over one mesh hop. A
+second `national` process with every policy off serves the bare case, so that all cases run side by side for the
+interleaved rounds (bench/measure.py). Each case is measured only when the parts it needs exist; otherwise it is
+reported as not measured, with why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench import connector, machine
-from bench.measure import Case, Plan, run_case
+from bench.measure import Case
 from bench.results import Results
-from lienthong.redis_connection import EmbeddedRedis
-from lienthong.supervisor import Supervisor
+from lienthong.redis_connection import EmbeddedRedis, free_port
 
 Log = Callable[[str], None]
 LIENTHONG = str(Path(sys.executable).parent / "lienthong")
@@ -55,10 +57,11 @@ def missing_parts() -> str | None:
 
 
 class BenchMesh:
-    """The catalogue and processes of the gateway cases; `start_gateway` (re)starts one with given policies."""
+    """The catalogue and processes of the gateway cases; `start_gateway` starts one with given policies."""
 
     def __init__(self, tmp: Path, upstream_url: str, redis_url: str) -> None:
-        from tests.mesh_support import Mesh  # the gateway part's fixture; imported late as it may not exist yet
+        # the gateway part's fixture; imported late as it may not exist yet
+        from tests.mesh_support import GatewayProc, Mesh
 
         self.redis_url = redis_url
         self.workers = 1
@@ -66,6 +69,8 @@ class BenchMesh:
                               workers=1)
         self.national = self.mesh.add_gateway("national")
         self.nghean = self.mesh.add_gateway("nghean")
+        # the same gateway identity on its own port and files; not in the snapshot, so no mesh hop reaches it
+        self.bare = GatewayProc("national", free_port(), self.national.key, self.national.data_dir.parent / "bare")
         for member, home in (("VN/GOV/BENCH", "national"), ("VN/GOV/BTP", "national"), ("VN/GOV/BCA", "national"),
                              ("VN/PROV/NGHEAN", "nghean")):
             self.mesh.add_member(member, home)
@@ -89,23 +94,19 @@ class BenchMesh:
         self.mesh.publish()
         self.mesh.start_registry()
 
-    def start_gateway(self, code: str, policies: str) -> Any:
-        """Start (or restart) gateway `code` pinned to the server core; wait until it is ready."""
+    def start_gateway(self, gw: Any, policies: str) -> None:
+        """Start one gateway process pinned to the server core; wait until it is ready."""
         from tests.procs import Proc
 
-        gw = self.mesh.gateways[code]
-        if gw.proc is not None:
-            gw.proc.stop()
         # The argv is built here from `lienthong gateway serve --help`, the gateway's public contract.
         argv = [LIENTHONG, "gateway", "serve", "--code", gw.code, "--host", "127.0.0.1", "--port", str(gw.port),
                 "--registry", self.mesh.registry_url, "--registry-key", str(self.mesh.root / "registry.jwk"),
                 "--key", str(gw.key.path), "--kid", gw.key.kid, "--data-dir", str(gw.data_dir),
                 "--workers", str(self.workers), "--policies", policies, "--redis-url", self.redis_url,
                 "--trace-sample-ratio", TRACE_SAMPLING]
-        gw.proc = Proc(f"gateway-{code}-{policies.replace(',', '-')}", [*machine.server_prefix(), *argv],
+        gw.proc = Proc(f"gateway-{gw.code}-{policies.replace(',', '-')}", [*machine.server_prefix(), *argv],
                        self.mesh.log_dir).start()
         gw.proc.wait_http(f"{gw.url}/readyz", timeout=60)
-        return gw
 
     def headers(self, consumer: str, home: str) -> Callable[[], dict[str, str]]:
         """A fresh client token per load phase: signed once, valid 300 s (the protocol's maximum)."""
@@ -117,11 +118,13 @@ class BenchMesh:
 
         return make
 
-    def pid(self, code: str) -> list[int]:
-        gw = self.mesh.gateways[code]
+    @staticmethod
+    def pid(gw: Any) -> list[int]:
         return [gw.proc.process.pid] if gw.proc is not None and gw.proc.process is not None else []
 
     def stop(self) -> None:
+        if self.bare.proc is not None:
+            self.bare.proc.stop()
         self.mesh.stop()
 
 
@@ -129,87 +132,93 @@ def url(gateway: Any, service: str, path: str) -> str:
     return f"{gateway.url}/r1/{service}{path}"
 
 
-def run_cases(cases: list[str], plan: Plan, results: Results, sup: Supervisor, tmp: Path, upstream_url: str,
-              log: Log) -> None:
+@contextlib.contextmanager
+def cases_started(cases: list[str], results: Results, tmp: Path, upstream_url: str, log: Log) -> Iterator[list[Case]]:
+    """Start what the wanted mesh cases need and yield them as load cases; stop it all afterwards."""
     reason = missing_parts()
     if reason:
         for case in cases:
             results.skip(case, reason)
             log(f"{case}: not measured: {reason}")
+        yield []
         return
     redis = EmbeddedRedis(tmp / "redis", durable=False)
     bench: BenchMesh | None = None
     pop: connector.Population | None = None
+    started: list[Case] = []
     try:
-        redis.start()
-        bench = BenchMesh(tmp, upstream_url, redis.url)
-        want_connector = any(c.startswith("connector_") for c in cases)
-        if want_connector:
-            try:
-                pop = connector.Population.prepare(tmp / "population", quick=results.quick, log=log)
-                bench.add_population(pop.url)
-                pop.start(bench.national.key, tmp / "logs")
-            except (connector.Unavailable, RuntimeError) as exc:
-                for case in (c for c in cases if c.startswith("connector_")):
-                    results.skip(case, str(exc))
-                    log(f"{case}: not measured: {exc}")
-                pop = None
-        bench.publish_and_start_registry()
-        _gateway_cases(bench, cases, plan, results, log)
-        if pop is not None:
-            _connector_cases(bench, pop, cases, plan, results, log)
-    except Exception as exc:  # a part that fails to start must cost its figures, not the whole run
-        why = f"the mesh did not start: {type(exc).__name__}: {str(exc)[:1500]}"
-        for case in cases:
-            if f"{case}_rps" not in results.figures and case not in results.not_measured:
-                results.skip(case, why)
-        log(why)
+        try:
+            redis.start()
+            bench = BenchMesh(tmp, upstream_url, redis.url)
+            if any(c.startswith("connector_") for c in cases):
+                try:
+                    pop = connector.Population.prepare(tmp / "population", quick=results.quick, log=log)
+                    bench.add_population(pop.url)
+                    pop.start(bench.national.key, tmp / "logs")
+                except (connector.Unavailable, RuntimeError) as exc:
+                    for case in (c for c in cases if c.startswith("connector_")):
+                        results.skip(case, str(exc))
+                        log(f"{case}: not measured: {exc}")
+                    pop = None
+            bench.publish_and_start_registry()
+            started = _gateway_cases(bench, cases, results, log)
+            if pop is not None:
+                started += _connector_cases(bench, pop, cases)
+        except Exception as exc:  # a part that fails to start must cost its figures, not the whole run
+            why = f"the mesh did not start: {type(exc).__name__}: {str(exc)[:1500]}"
+            for case in cases:
+                if case not in results.not_measured:
+                    results.skip(case, why)
+            log(why)
+            started = []
+        yield started
     finally:
         if pop is not None:
             pop.stop()
         if bench is not None:
             bench.stop()
         redis.stop()
-    del sup
 
 
-def _start_or_skip(bench: BenchMesh, code: str, policies: str, results: Results, skip: list[str], log: Log) -> bool:
+def _start_or_skip(bench: BenchMesh, gw: Any, policies: str, results: Results, skip: list[str], log: Log) -> bool:
     try:
-        bench.start_gateway(code, policies)
+        bench.start_gateway(gw, policies)
         return True
     except RuntimeError as exc:
-        why = f"gateway {code} with --policies {policies} did not start: {str(exc)[-1200:]}"
+        why = f"gateway {gw.code} with --policies {policies} did not start: {str(exc)[-1200:]}"
         for case in skip:
             results.skip(case, why)
         log(why)
         return False
 
 
-def _gateway_cases(bench: BenchMesh, cases: list[str], plan: Plan, results: Results, log: Log) -> None:
-    path = url(bench.national, BENCH_SERVICE, f"/record/{SUBJECT}")
+def _gateway_cases(bench: BenchMesh, cases: list[str], results: Results, log: Log) -> list[Case]:
+    out: list[Case] = []
+    record = f"/record/{SUBJECT}"
     local = bench.headers(LOCAL_CONSUMER, "national")
-    if "gateway_bare" in cases and _start_or_skip(bench, "national", "none", results, ["gateway_bare"], log):
-        run_case(results, Case("gateway_bare", path, cpu_pids=bench.pid("national"), refresh_headers=local), plan, log)
+    if "gateway_bare" in cases and _start_or_skip(bench, bench.bare, "none", results, ["gateway_bare"], log):
+        out.append(Case("gateway_bare", url(bench.bare, BENCH_SERVICE, record), cpu_pids=bench.pid(bench.bare),
+                        refresh_headers=local))
     full = [c for c in cases if c != "gateway_bare"]
-    if not full or not _start_or_skip(bench, "national", FULL_POLICIES, results, full, log):
-        return
+    if not full or not _start_or_skip(bench, bench.national, FULL_POLICIES, results, full, log):
+        return out
     if "gateway_full_1hop" in cases:
-        run_case(results, Case("gateway_full_1hop", path, cpu_pids=bench.pid("national"), refresh_headers=local),
-                 plan, log)
+        out.append(Case("gateway_full_1hop", url(bench.national, BENCH_SERVICE, record),
+                        cpu_pids=bench.pid(bench.national), refresh_headers=local))
     two = [c for c in cases if c in ("gateway_full_2hop", "connector_2hop")]
-    if two and _start_or_skip(bench, "nghean", FULL_POLICIES, results, two, log) and "gateway_full_2hop" in cases:
-        province = bench.headers(PROVINCE_CONSUMER, "nghean")
-        run_case(results, Case("gateway_full_2hop", url(bench.nghean, BENCH_SERVICE, f"/record/{SUBJECT}"),
-                               cpu_pids=bench.pid("nghean") + bench.pid("national"), refresh_headers=province),
-                 plan, log)
+    if two and _start_or_skip(bench, bench.nghean, FULL_POLICIES, results, two, log) and "gateway_full_2hop" in cases:
+        out.append(Case("gateway_full_2hop", url(bench.nghean, BENCH_SERVICE, record),
+                        cpu_pids=bench.pid(bench.nghean) + bench.pid(bench.national),
+                        refresh_headers=bench.headers(PROVINCE_CONSUMER, "nghean")))
+    return out
 
 
-def _connector_cases(bench: BenchMesh, pop: connector.Population, cases: list[str], plan: Plan, results: Results,
-                     log: Log) -> None:
+def _connector_cases(bench: BenchMesh, pop: connector.Population, cases: list[str]) -> list[Case]:
+    out: list[Case] = []
     if "connector_direct" in cases:
-        pop.measure_direct(results, plan, log, bench.national.key)
-    if "connector_2hop" in cases and "connector_2hop" not in results.not_measured:
-        province = bench.headers(PROVINCE_CONSUMER, "nghean")
-        target = url(bench.nghean, connector.SERVICE, f"/persons/{pop.person_id}")
-        run_case(results, Case("connector_2hop", target, refresh_headers=province,
-                               cpu_pids=bench.pid("nghean") + bench.pid("national") + pop.pids()), plan, log)
+        out.append(pop.direct_case(bench.national.key))
+    if "connector_2hop" in cases and bench.nghean.proc is not None and bench.national.proc is not None:
+        out.append(Case("connector_2hop", url(bench.nghean, connector.SERVICE, f"/persons/{pop.person_id}"),
+                        refresh_headers=bench.headers(PROVINCE_CONSUMER, "nghean"),
+                        cpu_pids=bench.pid(bench.nghean) + bench.pid(bench.national) + pop.pids()))
+    return out

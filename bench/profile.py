@@ -90,10 +90,10 @@ def profile(policies: str, duration: float, label: str | None) -> Path:
             redis.start()
             bench = mesh.BenchMesh(tmp, f"http://127.0.0.1:{port}", redis.url)
             bench.publish_and_start_registry()
-            gw = bench.start_gateway("national", policies)
-            url = mesh.url(gw, mesh.BENCH_SERVICE, f"/record/{mesh.SUBJECT}")
+            bench.start_gateway(bench.national, policies)
+            url = mesh.url(bench.national, mesh.BENCH_SERVICE, f"/record/{mesh.SUBJECT}")
             headers = bench.headers(mesh.LOCAL_CONSUMER, "national")()
-            pid = str(bench.pid("national")[0])
+            pid = str(bench.pid(bench.national)[0])
             load = threading.Thread(target=_load, args=(url, headers, duration + 3), daemon=True)
             load.start()
             common = ["record", "--pid", pid, "--subprocesses", "--nonblocking", "--rate", "250",

@@ -2,6 +2,10 @@
 
 `bench/results/latest.json` is one flat object, one key per figure (`{case}_rps`, `{case}_p50_ms`, ...), plus
 `machine`, `timestamp`, `notes` and `not_measured` (case -> why). A figure that was not measured is null, never a guess.
+
+The load cases run in interleaved rounds (bench/measure.py). A case's figure is its median over the rounds, and a
+ratio is the median of the ratios *within* each round, where both cases ran a minute apart at most, with `_min` and
+`_max` beside it: a slow spell on a shared machine then moves one round, not the verdict.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ CASES: dict[str, str] = {
     "connector_2hop": "6b. connector via 2 gateways",
 }
 LOAD_FIGURES = ("rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_1k")
-LOW_FIGURES = ("low_p50_ms", "low_p99_ms")
+LOW_FIGURES = ("low_p50_ms", "low_p99_ms", "low_rate_rps")
 
 # ratio key -> (numerator case, denominator case, target)
 RATIOS: dict[str, tuple[str, str, float]] = {
@@ -64,29 +69,61 @@ def _num(value: object) -> float | None:
 class Results:
     """Figures of one run; every case ends either measured or in `not_measured` with a reason."""
 
-    def __init__(self, machine: dict[str, Any], *, quick: bool) -> None:
+    def __init__(self, machine: dict[str, Any], *, quick: bool, rounds: int = 1) -> None:
         self.figures: dict[str, Any] = {}
         self.not_measured: dict[str, str] = {}
         self.notes: list[str] = []
         self.machine = machine
         self.quick = quick
+        self.planned_rounds = rounds
         self.generators: dict[str, str] = {}
+        self.rounds: dict[str, dict[int, dict[str, float | None]]] = {}  # case -> round -> figure -> value
 
-    def add_load(self, case: str, result: LoadResult, cpu_seconds: float | None) -> None:
-        self.figures[f"{case}_rps"] = result.rps
-        self.figures[f"{case}_p50_ms"] = _round(result.p50_ms)
-        self.figures[f"{case}_p99_ms"] = _round(result.p99_ms)
-        self.figures[f"{case}_p999_ms"] = _round(result.p999_ms)
+    def add_load(self, case: str, result: LoadResult, cpu_seconds: float | None, round_no: int = 0) -> None:
         per_1k = cpu_seconds / result.requests * 1000 if cpu_seconds is not None and result.requests else None
-        self.figures[f"{case}_cpu_s_per_1k"] = _round(per_1k, 4)
-        self.figures[f"{case}_requests"] = result.requests
-        self.figures[f"{case}_errors"] = result.errors + result.non2xx
+        self.rounds.setdefault(case, {})[round_no] = {
+            "rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "p999_ms": result.p999_ms,
+            "cpu_s_per_1k": per_1k, "requests": result.requests, "errors": result.errors + result.non2xx,
+        }  # fmt: skip
         self.generators[case] = result.generator
+
+    def drop(self, case: str, reason: str) -> None:
+        """A case that failed in a later round loses its earlier rounds too: no figure from part of a run."""
+        self.rounds.pop(case, None)
+        self.skip(case, reason)
+
+    def _load_figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for case, rounds in self.rounds.items():
+            for fig in LOAD_FIGURES:
+                values = [v for r in rounds.values() if (v := r[fig]) is not None]
+                digits = 4 if fig == "cpu_s_per_1k" else 3
+                median = statistics.median(values) if values else None
+                out[f"{case}_{fig}"] = median if fig == "rps" else _round(median, digits)
+            rates = [float(r["rps"] or 0) for r in rounds.values()]
+            out[f"{case}_rps_min"], out[f"{case}_rps_max"] = min(rates), max(rates)
+            out[f"{case}_requests"] = sum(int(r["requests"] or 0) for r in rounds.values())
+            out[f"{case}_errors"] = sum(int(r["errors"] or 0) for r in rounds.values())
+            out[f"{case}_rounds"] = len(rounds)
+        return out
+
+    def _ratio(self, num: str, den: str) -> tuple[float | None, float | None, float | None]:
+        """Median, min and max over the rounds both cases ran in."""
+        a, b = self.rounds.get(num, {}), self.rounds.get(den, {})
+        per_round = [x / y for r in sorted(a.keys() & b.keys()) if (x := a[r]["rps"]) and (y := b[r]["rps"])]
+        if not per_round:
+            return None, None, None
+        return (round(statistics.median(per_round), 3), round(min(per_round), 3), round(max(per_round), 3))
 
     def add_low(self, case: str, result: LoadResult, rate: float) -> None:
         self.figures[f"{case}_low_p50_ms"] = _round(result.p50_ms)
         self.figures[f"{case}_low_p99_ms"] = _round(result.p99_ms)
-        self.figures["low_rate_rps"] = rate
+        self.figures[f"{case}_low_rate_rps"] = rate
+        self.figures["low_rate_rps"] = max(rate, self.figures.get("low_rate_rps") or 0)
+
+    def median_rps(self, case: str) -> float | None:
+        rates = [r["rps"] for r in self.rounds.get(case, {}).values() if r["rps"]]
+        return statistics.median(rates) if rates else None
 
     def skip(self, case: str, reason: str) -> None:
         self.not_measured[case] = reason
@@ -104,15 +141,16 @@ class Results:
         for case in CASES:
             for fig in (*LOAD_FIGURES, *LOW_FIGURES):
                 out[f"{case}_{fig}"] = self.figures.get(f"{case}_{fig}")
+        out.update(self._load_figures())
         out.update(self.figures)
         for key, (num, den, _target) in RATIOS.items():
-            a, b = _num(out.get(f"{num}_rps")), _num(out.get(f"{den}_rps"))
-            out[key] = round(a / b, 3) if a is not None and b else None
+            out[key], out[f"{key}_min"], out[f"{key}_max"] = self._ratio(num, den)
         for key, (with_hop, without) in HOP_ADDED.items():
             a, b = _num(out.get(f"{with_hop}_low_p50_ms")), _num(out.get(f"{without}_low_p50_ms"))
             out[key] = round(a - b, 3) if a is not None and b is not None else None
         out["generators"] = dict(self.generators)
         out["quick"] = self.quick
+        out["rounds"] = self.planned_rounds
         out["machine"] = self.machine
         out["timestamp"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         out["notes"] = list(self.notes)
@@ -166,18 +204,22 @@ def ratio_rows(data: dict[str, Any]) -> list[list[str]]:
     rows = []
     for key, (_num_case, _den, target) in RATIOS.items():
         verdict = "" if data.get(key) is None or not target else ("meets" if data[key] >= target else "misses")
-        rows.append([key, _fmt(data.get(key), 3), f">= {target}" if target else "", verdict])
+        low, high = data.get(f"{key}_min"), data.get(f"{key}_max")
+        spread = f"{_fmt(low, 3)}-{_fmt(high, 3)}" if low is not None and high is not None else ""
+        rows.append([key, _fmt(data.get(key), 3), spread, f">= {target}" if target else "", verdict])
     for key in HOP_ADDED:
         value = data.get(key)
         verdict = "" if value is None else ("meets" if value <= HOP_TARGET_MS else "misses")
-        rows.append([key, _fmt(value, 3), f"<= {HOP_TARGET_MS} ms", verdict])
+        rows.append([key, _fmt(value, 3), "", f"<= {HOP_TARGET_MS} ms", verdict])
     return rows
 
 
 def scale_rows(data: dict[str, Any]) -> list[list[str]]:
-    known = {f"{case}_{fig}" for case in CASES for fig in (*LOAD_FIGURES, *LOW_FIGURES, "requests", "errors")}
-    known |= set(RATIOS) | set(HOP_ADDED) | {"machine", "timestamp", "notes", "not_measured", "generators", "quick",
-                                             "low_rate_rps"}
+    known = {f"{case}_{fig}" for case in CASES
+             for fig in (*LOAD_FIGURES, *LOW_FIGURES, "requests", "errors", "rounds", "rps_min", "rps_max")}
+    known |= {f"{key}{end}" for key in RATIOS for end in ("", "_min", "_max")}
+    known |= set(HOP_ADDED) | {"machine", "timestamp", "notes", "not_measured", "generators", "quick", "low_rate_rps",
+                               "rounds"}
     return [[key, _fmt(value)] for key, value in data.items() if key not in known]
 
 
@@ -187,7 +229,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"# lienthong benchmark ({'quick' if data.get('quick') else 'full'} run, {data['timestamp']})",
         "",
         f"Machine: {machine.get('cores')} cores, {machine.get('cpu_model')}. Load at concurrency 32; low-rate "
-        f"latency at {data.get('low_rate_rps') or '-'} req/s. Generators: "
+        f"latency at {data.get('low_rate_rps') or '-'} req/s, or a quarter of a case's own throughput where that is "
+        "lower (" + (", ".join(f"{case} {rate:g}/s" for case in CASES
+                               if (rate := data.get(f"{case}_low_rate_rps")) is not None
+                               and rate < (data.get("low_rate_rps") or 0)) or "none was") + "). Generators: "
         + (", ".join(f"{k}={v}" for k, v in data.get("generators", {}).items()) or "-")
         + ".",
         "",
@@ -195,7 +240,9 @@ def markdown(data: dict[str, Any]) -> str:
         "|" + "---|" * len(HEADERS),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in case_rows(data)]
-    lines += ["", "| ratio / added latency | value | target | |", "|---|---|---|---|"]
+    lines += ["", f"Ratios are the median of {data.get('rounds') or 1} interleaved rounds; the spread is their "
+              "lowest and highest.", "",
+              "| ratio / added latency | value | spread over rounds | target | |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in ratio_rows(data)]
     scale = scale_rows(data)
     if scale:
@@ -219,7 +266,7 @@ def print_table(data: dict[str, Any], console: Console | None = None) -> None:
         table.add_row(*row)
     console.print(table)
     ratios = Table(title="ratios and per-hop latency")
-    for h in ("figure", "value", "target", ""):
+    for h in ("figure", "value", "spread over rounds", "target", ""):
         ratios.add_column(h)
     for row in ratio_rows(data):
         ratios.add_row(*row)

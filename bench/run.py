@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench import install, machine, mesh, nginx, scale, wrk
-from bench.measure import Case, Plan, run_case
+from bench.measure import Case, Plan, run_rounds
 from bench.results import CASES, RESULTS_DIR, Results, print_table
 from lienthong.redis_connection import free_port
 from lienthong.supervisor import Component, StartFailed, Supervisor
@@ -47,9 +47,11 @@ def selected(only: str | None) -> set[str]:
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
-    plan = Plan(duration=3.0, warmup=1.0, low_duration=2.0) if args.quick else Plan()
+    plan = Plan(duration=3.0, warmup=1.0, rounds=1, low_duration=2.0) if args.quick else Plan()
     if args.duration:
         plan.duration = args.duration
+    if args.rounds:
+        plan.rounds = args.rounds
     plan.use_wrk = not args.python_loadgen
     return plan
 
@@ -62,14 +64,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     cases = selected(args.only)
     plan = plan_for(args)
-    results = Results(machine.describe(), quick=args.quick)
+    results = Results(machine.describe(), quick=args.quick, rounds=plan.rounds)
     install.ensure_tools(results.notes)
     for name in (*CASES, *scale.CASES):
         if name not in cases:
             results.skip(name, "not selected (--only)")
     results.notes.append(
         f"load generator: {'wrk' if plan.use_wrk and wrk.available() else 'python (bench.loadgen)'} at concurrency "
-        f"32 for {plan.duration:g} s after {plan.warmup:g} s warm-up; low-rate latency by bench.loadgen at "
+        f"32, {plan.rounds} interleaved round(s) of {plan.duration:g} s per case, each after {plan.warmup:g} s "
+        f"warm-up; figures are medians over the rounds; low-rate latency by bench.loadgen at "
         f"{plan.low_rate:g} req/s for {plan.low_duration:g} s, counted from each request's scheduled start"
     )
     pins = machine.server_prefix(), machine.loadgen_prefix()
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def throughput(cases: set[str], plan: Plan, results: Results, sup: Supervisor, tmp: Path, log: mesh.Log) -> None:
+    """Start every wanted case's processes, then measure them all in interleaved rounds."""
     wanted = [c for c in CASES if c in cases]
     if not wanted:
         return
@@ -108,27 +112,27 @@ def throughput(cases: set[str], plan: Plan, results: Results, sup: Supervisor, t
         return
     upstream_url = f"http://127.0.0.1:{up_port}"
     assert upstream.process is not None
+    started: list[Case] = []
     if "nginx_upstream" in cases:
-        run_case(results, Case("nginx_upstream", f"{upstream_url}/record", cpu_pids=[upstream.process.pid]), plan, log)
+        started.append(Case("nginx_upstream", f"{upstream_url}/record", cpu_pids=[upstream.process.pid]))
     if "nginx_proxy" in cases:
         port = free_port()
         try:
             prefix = tmp / "nginx-proxy"
             proxy = nginx.start(sup, "nginx-proxy", prefix, nginx.proxy_conf(prefix, port, up_port), port)
             assert proxy.process is not None
-            run_case(results, Case("nginx_proxy", f"http://127.0.0.1:{port}/record", cpu_pids=[proxy.process.pid]),
-                     plan, log)
+            started.append(Case("nginx_proxy", f"http://127.0.0.1:{port}/record", cpu_pids=[proxy.process.pid]))
         except (StartFailed, RuntimeError, OSError) as exc:
             results.skip("nginx_proxy", f"the nginx proxy did not start: {exc}")
     for kind in ("own", "granian"):
         if f"floor_{kind}" in cases:
-            floor(kind, sup, upstream_url, results, plan, log)
+            started += floor(kind, sup, upstream_url, results)
     mesh_cases = [c for c in wanted if c.startswith(("gateway_", "connector_"))]
-    if mesh_cases:
-        mesh.run_cases(mesh_cases, plan, results, sup, tmp, upstream_url, log)
+    with mesh.cases_started(mesh_cases, results, tmp, upstream_url, log) as mesh_started:
+        run_rounds(results, started + mesh_started, plan, log)
 
 
-def floor(kind: str, sup: Supervisor, upstream_url: str, results: Results, plan: Plan, log: mesh.Log) -> None:
+def floor(kind: str, sup: Supervisor, upstream_url: str, results: Results) -> list[Case]:
     """Cases 2a/2b (bench/proxy_floor.py): a forwarding-only proxy on the server core."""
     name, port = f"floor_{kind}", free_port()
     argv = [*machine.server_prefix(), sys.executable, "-m", "bench.proxy_floor", kind, "--port", str(port),
@@ -137,19 +141,17 @@ def floor(kind: str, sup: Supervisor, upstream_url: str, results: Results, plan:
         proc = sup.start(Component(name, argv, health_url=f"http://127.0.0.1:{port}/healthz"), timeout=30)
     except StartFailed as exc:
         results.skip(name, f"it did not start: {exc}")
-        return
+        return []
     assert proc.process is not None
-    try:
-        run_case(results, Case(name, f"http://127.0.0.1:{port}/r1/record/1", cpu_pids=[proc.process.pid]), plan, log)
-    finally:
-        sup.kill9(name)  # done with it; the nginx upstream stays for the next cases
+    return [Case(name, f"http://127.0.0.1:{port}/r1/record/1", cpu_pids=[proc.process.pid])]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a minute, for development")
     parser.add_argument("--only", help="comma list of cases or groups (nginx, gateway, connector, scale)")
-    parser.add_argument("--duration", type=float, help="seconds of load per case (default 10, quick 3)")
+    parser.add_argument("--duration", type=float, help="seconds of load per case and round (default 3)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of every load case (default 5, quick 1)")
     parser.add_argument("--python-loadgen", action="store_true", help="use bench.loadgen even when wrk is installed")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     run(parser.parse_args(argv))

@@ -51,6 +51,7 @@ def test_writer_produces_every_required_key(tmp_path: Path) -> None:
     results.add_load("gateway_bare", _load(10_000, 1.0), 2.0)
     results.add_low("gateway_bare", _load(200, 0.9), 200)
     results.add_load("gateway_full_1hop", _load(8_000, 1.5), 2.0)
+    results.add_low("gateway_full_1hop", _load(50, 1.6), 50)  # a slow case is loaded at a quarter of its rate
     results.skip("gateway_full_2hop", "the national gateway did not start")
     results.skip("connector_direct", "connectors/population does not exist yet")
     results.skip("connector_2hop", "connectors/population does not exist yet")
@@ -72,10 +73,40 @@ def test_writer_produces_every_required_key(tmp_path: Path) -> None:
     # 2.0 CPU seconds over 20,000 requests is 0.1 s per 1,000.
     assert data["gateway_bare_cpu_s_per_1k"] == 0.1
     assert data["gateway_bare_added_p50_ms"] == 0.6
+    assert data["gateway_full_1hop_low_rate_rps"] == 50 and data["low_rate_rps"] == 200
+    assert "gateway_full_1hop 50/s" in (tmp_path / "latest.md").read_text()
     assert data["snapshot_build_s"] == 0.4 and data["snapshot_nested_deliver_s"] == 0.1
     assert "snapshot_ignored" not in data
     assert data["machine"] == {"cores": 2, "cpu_model": "test cpu"}
     assert data["timestamp"].endswith("Z")
+
+
+def test_ratios_are_taken_within_each_round_then_the_median(tmp_path: Path) -> None:
+    # A slow spell that halves everything in round 2 must not move the ratio; the case figures are medians.
+    results = Results({"cores": 2, "cpu_model": "test cpu"}, quick=False, rounds=3)
+    for round_no, (proxy, full) in enumerate(((20_000, 7_000), (10_000, 3_000), (21_000, 6_300))):
+        results.add_load("nginx_proxy", _load(proxy, 0.5), 1.0, round_no)
+        results.add_load("gateway_full_1hop", _load(full, 1.5), 1.0, round_no)
+    results.add_load("gateway_bare", _load(9_000, 1.0), 1.0, 0)
+    results.add_load("gateway_bare", _load(8_000, 1.0), 1.0, 2)  # round 1 failed for bare: no pair in round 1
+    results.add_load("connector_direct", _load(600, 10.0), 1.0, 0)
+    results.drop("connector_direct", "round 2: 40 of 1200 requests failed")
+    data = results.write(tmp_path)
+
+    assert data["rounds"] == 3
+    assert data["nginx_proxy_rps"] == 20_000 and data["gateway_full_1hop_rps"] == 6_300
+    assert (data["nginx_proxy_rps_min"], data["nginx_proxy_rps_max"]) == (10_000, 21_000)
+    assert data["gateway_full_1hop_requests"] == 2 * (7_000 + 3_000 + 6_300)
+    # per round 0.35, 0.3, 0.3: the median of those, not the medians' quotient 6,300 / 20,000 = 0.315
+    assert (data["full_vs_nginx"], data["full_vs_nginx_min"], data["full_vs_nginx_max"]) == (0.3, 0.3, 0.35)
+    # only rounds 0 and 2 hold both cases: 7000/9000 and 6300/8000
+    assert data["full_vs_bare_min"] == 0.778 and data["full_vs_bare_max"] == 0.787
+    assert data["full_vs_bare"] == round((7_000 / 9_000 + 6_300 / 8_000) / 2, 3)
+    assert data["connector_direct_rps"] is None
+    assert data["not_measured"]["connector_direct"] == "round 2: 40 of 1200 requests failed"
+    md = (tmp_path / "latest.md").read_text()
+    assert "median of 3 interleaved rounds" in md
+    assert "| full_vs_nginx | 0.300 | 0.300-0.350 | >= 0.3 | meets |" in md
 
 
 def test_markdown_table_shows_figures_and_reasons(tmp_path: Path) -> None:
@@ -88,6 +119,15 @@ def test_markdown_table_shows_figures_and_reasons(tmp_path: Path) -> None:
     assert "| 3. gateway, policies off | not measured |" in md
     assert "- gateway_bare: `lienthong gateway serve` does not exist yet" in md
     assert "full run" in md
+
+
+def test_the_low_rate_stays_under_a_quarter_of_the_case_throughput() -> None:
+    from bench.measure import low_rate_for
+
+    assert low_rate_for(200, 40_000) == 200
+    assert low_rate_for(200, 213) == 53
+    assert low_rate_for(200, 12) == 10
+    assert low_rate_for(200, None) == 200
 
 
 def test_wrk_output_is_parsed_from_the_hook_line() -> None:
