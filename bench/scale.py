@@ -1,4 +1,5 @@
-"""The scale cases: snapshot build and delivery, revocation reaching 35 gateways, data generation, lookup, metering.
+"""The scale cases: snapshot build and delivery, revocation reaching 35 gateways, data generation, lookup, metering,
+and the hot path's instructions per call (bench/instructions.py, full run only).
 
 Most are other parts' `run()` functions (registry/bench_snapshot.py, bench/datagen_bench.py, bench/meter_bench.py);
 each runs in its own process (`python -m bench.scale CASE`) with a time limit, so one that crashes or hangs costs
@@ -23,16 +24,17 @@ from typing import Any
 from bench.results import Results
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("snapshot", "revocation", "datagen", "lookup", "meter")
+CASES = ("snapshot", "revocation", "datagen", "lookup", "meter", "instructions")
 MARKER = "SCALEJSON "
 
-# case -> (module, full-run arguments, quick-run arguments, time limit in seconds for full / quick)
-CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any], tuple[float, float]]] = {
+# case -> (module, full-run arguments, quick-run arguments or None (full run only), time limit in s for full / quick)
+CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None, tuple[float, float]]] = {
     "snapshot": ("registry.bench_snapshot", {"services": 10_000, "grants": 100_000},
                  {"services": 10_000, "grants": 100_000}, (240, 120)),
     "revocation": ("bench.revocation", {"gateways": 35}, {"gateways": 35}, (120, 60)),
-    "datagen": ("bench.datagen_bench", {"people": 10_000_000}, {"people": 100_000}, (540, 90)),
+    "datagen": ("bench.datagen_bench", {"people": 10_000_000}, {"people": 100_000}, (1500, 90)),
     "meter": ("bench.meter_bench", {}, {}, (180, 60)),
+    "instructions": ("bench.instructions", {"calls": 1000}, None, (900, 0)),
 }
 
 
@@ -65,6 +67,8 @@ def _call(module_name: str, kwargs: dict[str, Any], workdir: Path) -> dict[str, 
 def run_one(case: str, quick: bool, workdir: Path, timeout: float | None = None) -> dict[str, Any]:
     """Run one scale case in a child process; raise RuntimeError with the reason when it yields no figures."""
     module, full, short, limits = CALLS[case]
+    if quick and short is None:
+        raise RuntimeError("measured in the full run only")
     if importlib.util.find_spec(module) is None:
         raise RuntimeError(f"{module.replace('.', '/')}.py does not exist yet")
     limit = timeout or (limits[1] if quick else limits[0])
@@ -72,7 +76,7 @@ def run_one(case: str, quick: bool, workdir: Path, timeout: float | None = None)
     try:
         done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=limit, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"{module}.run({_show(short if quick else full)}) took over {limit:g} s") from exc
+        raise RuntimeError(f"{module}.run({_show(short if quick and short else full)}) took over {limit:g} s") from exc
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(MARKER):
             data: dict[str, Any] = json.loads(line[len(MARKER) :])
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     module, full, short, _limits = CALLS[args.case]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"lienthong-{args.case}-"))
     try:
-        out: dict[str, Any] = _call(module, short if args.quick else full, workdir)
+        out: dict[str, Any] = _call(module, short if args.quick and short is not None else full, workdir)
     except Exception as exc:  # any failure of another part's code becomes a "not measured" reason
         traceback.print_exc()
         out = {"error": f"{module}.run() raised {type(exc).__name__}: {exc}"}

@@ -162,3 +162,17 @@ def test_profile_top_entries_count_own_and_total_samples() -> None:
     assert "75.0%  sign (jwt/x.py:1)" in own and "25.0%  GatewayApp._r1" in own
     assert "100.0%  GatewayApp._r1 (gateway/app.py:194)" in total
     assert "gateway/cli.py" not in total
+
+
+def test_a_full_run_only_scale_case_is_not_measured_in_the_quick_run(tmp_path: Path) -> None:
+    from bench import scale
+
+    with pytest.raises(RuntimeError, match="full run only"):
+        scale.run_one("instructions", quick=True, workdir=tmp_path)
+
+
+def test_instruction_counts_are_read_from_valgrind_output() -> None:
+    from bench.instructions import COLLECTED
+
+    found = COLLECTED.search("==6411== Events    : Ir\n==6411== Collected : 2774579984\n==6411==\n")
+    assert found is not None and int(found.group(1)) == 2774579984
