@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -70,10 +71,7 @@ class Timing:
 
     def observe(self, seconds: float) -> None:
         self.total += seconds
-        for i, bound in enumerate(self.bounds):
-            if seconds <= bound:
-                self.counts[i] += 1
-                return
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bound >= seconds; the last one is +Inf
 
     def flush(self) -> None:
         # the child's own observe() adds one to one bucket and to the sum; this adds n and the sum of n at once
@@ -87,13 +85,16 @@ class Timing:
 
 
 def _timing(histogram: Histogram, label: str) -> Timing:
-    return Timing(histogram.labels(label))
+    timing = Timing(histogram.labels(label))
+    _timings.append(timing)
+    return timing
 
 
 # Each update of a prometheus value takes a lock and writes its mmap'd file, several per call; the hot path counts in
 # memory instead and flush() hands the totals over once a second and before every /metrics answer.
 _counted: dict[tuple[str, int, str], int] = {}
 _timed: dict[str, Timing] = {}
+_timings: list[Timing] = []  # every Timing made, for flush()
 UPSTREAM_CONNECTOR = _timing(UPSTREAM, "connector")
 UPSTREAM_GATEWAY = _timing(UPSTREAM, "gateway")
 FLUSH_INTERVAL = 1.0
@@ -111,10 +112,10 @@ def count(role: str, status: int, error: str, seconds: float) -> None:
 
 def flush() -> None:
     """Hand this worker's counts to prometheus."""
-    for (role, status, error), n in list(_counted.items()):
+    for (role, status, error), n in _counted.items():
         REQUESTS.labels(role, f"{status}xx", error).inc(n)
     _counted.clear()
-    for timer in (UPSTREAM_CONNECTOR, UPSTREAM_GATEWAY, *_timed.values()):
+    for timer in _timings:
         timer.flush()
 
 

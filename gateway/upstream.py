@@ -183,9 +183,8 @@ class _Origin:
 class UpstreamClient:
     """One pooled client per worker process; made inside the worker's event loop."""
 
-    def __init__(self, breakers: Breakers, max_idle_per_host: int = MAX_IDLE_PER_HOST) -> None:
+    def __init__(self, breakers: Breakers) -> None:
         self.breakers = breakers
-        self.max_idle_per_host = max_idle_per_host
         self._origins: dict[str, _Origin] = {}
         self._tls: ssl.SSLContext | None = None
         self._busy: set[_Connection] = set()
@@ -219,24 +218,23 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """Send `method target` to `base` (a registered base URL; a path in it prefixes `target`); transport
         failure is 502 upstream-failed, a timeout 504 upstream-timeout. The breaker is keyed by `base`."""
-        circuit = self.breakers.get(base)
-        circuit.before_call()
+        # built before the breaker is asked, so that a bad address or header cannot leave a half-open probe taken
         origin = self._origin(base)
         request = self._serialize(method, origin.prefix + target, origin.host_header, headers, body)
+        circuit = self.breakers.get(base)
+        circuit.before_call()
         loop = asyncio.get_running_loop()
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep(loop), name="upstream-timeouts")
         deadline = loop.time() + timeout_ms / 1000
         try:
             response = await self._exchange(origin, request, method, deadline, loop)
-        except TimeoutError as exc:
-            circuit.failure()
-            raise Problem(504, "upstream-timeout", f"{what} did not answer within {timeout_ms} ms") from exc
-        except (_Failed, OSError) as exc:
-            circuit.failure()
-            raise Problem(502, "upstream-failed", f"{what} could not be reached or answered garbage") from exc
-        except BaseException:
-            circuit.failure()  # cancelled or broken: a half-open probe must not stay taken for ever
+        except BaseException as exc:
+            circuit.failure()  # cancelled or broken too: a half-open probe must not stay taken for ever
+            if isinstance(exc, TimeoutError):
+                raise Problem(504, "upstream-timeout", f"{what} did not answer within {timeout_ms} ms") from exc
+            if isinstance(exc, _Failed | OSError):
+                raise Problem(502, "upstream-failed", f"{what} could not be reached or answered garbage") from exc
             raise
         circuit.success()
         return response
@@ -250,8 +248,7 @@ class UpstreamClient:
             conn, reused = await self._acquire(origin, deadline, loop)
             waiter: asyncio.Future[UpstreamResponse] = loop.create_future()
             conn.deadline = deadline
-            busy = self._busy
-            busy.add(conn)
+            self._busy.add(conn)
             try:
                 conn.send(request, waiter, method == "HEAD")
                 response = await waiter
@@ -263,7 +260,7 @@ class UpstreamClient:
                 conn.close()  # cancelled mid-call: its answer may still come, so the connection is never reused
                 raise
             finally:
-                busy.discard(conn)
+                self._busy.discard(conn)
                 conn.waiter = None
             self._release(origin, conn)
             return response
@@ -276,7 +273,7 @@ class UpstreamClient:
         idle = origin.idle
         while idle:
             conn = idle.pop()
-            if conn.reusable and conn.transport is not None and now - conn.idle_since < IDLE_TIMEOUT:
+            if conn.reusable and now - conn.idle_since < IDLE_TIMEOUT:
                 return conn, True
             conn.close()
         tls = None
@@ -294,7 +291,7 @@ class UpstreamClient:
         return conn, False
 
     def _release(self, origin: _Origin, conn: _Connection) -> None:
-        if conn.reusable and conn.transport is not None and len(origin.idle) < self.max_idle_per_host:
+        if conn.reusable and len(origin.idle) < MAX_IDLE_PER_HOST:
             conn.idle_since = time.monotonic()
             origin.idle.append(conn)
         else:

@@ -28,9 +28,10 @@ RESTART_WINDOW = 10.0  # a worker that dies sooner than this after its start cou
 MAX_QUICK_DEATHS = 5
 STOP_GRACE = 15.0
 GC_THRESHOLD = 20_000
+BACKLOG = 2048
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -39,7 +40,7 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise SystemExit(f"gateway: cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(backlog)
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -78,7 +79,7 @@ class _Supervisor:
             try:
                 self.target()
             except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
+                code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
             except BaseException:
                 log.exception("gateway worker failed")
                 code = 1
