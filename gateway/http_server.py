@@ -383,7 +383,6 @@ class Connection(asyncio.Protocol):
         """Close after a refusal the way nginx does: stop writing, read and drop what the client still sends for a
         moment, then close. Closing at once with unread data would reset the connection, and the client's stack
         may then drop the answer before the client has read it."""
-        self.closing = True
         self.queue.clear()
         self.deadline = self.loop.time() + LINGER_SECONDS
         if transport.can_write_eof():

@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import uvloop
+
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("lienthong.gateway.workers")
@@ -133,13 +135,7 @@ class _Supervisor:
 def _worker_main(sock: socket.socket) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers in order
-    try:
-        import uvloop
-
-        runner: Callable[..., object] = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-        runner = asyncio.run
-    runner(_worker(sock))
+    uvloop.run(_worker(sock))
 
 
 async def _worker(sock: socket.socket) -> None:
