@@ -1,14 +1,13 @@
 """The gateway's application: `/r1/...` on the hand-written hot path, health, metrics and the ops API.
 
-No web framework sits on the hot path: the server (gateway.http_server) calls `r1` directly, and the rest arrives as
-ASGI, dispatched by a few string comparisons. Each worker process builds one app through `create_app()`, reading
-its configuration from LIENTHONG_* variables (gateway.settings).
+No web framework sits on the hot path: the server (gateway.http_server) calls `r1` directly for every `/r1/` path,
+however it is spelled, and the rest arrives as ASGI, dispatched by a few string comparisons. Each worker process
+builds one app through `create_app()`, reading its configuration from LIENTHONG_* variables (gateway.settings).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -39,10 +38,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("lienthong.gateway")
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
 def derive_audit_key(private_key: keys.PrivateKey) -> bytes:
     """Every worker of one gateway must chain audit records with the same key; derive it from the gateway key."""
     return hashlib.sha256(b"lienthong-audit-hmac\0" + keys.private_pem(private_key)).digest()
@@ -57,32 +52,6 @@ def chain_config(settings: GatewaySettings, private_key: keys.PrivateKey) -> Cha
         audit_hmac_key=settings.audit_hmac_key or derive_audit_key(private_key),
         trace_sample_ratio=settings.trace_sample_ratio,
     )
-
-
-async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise Problem(400, "invalid-parameter", "Content-Length is not a number", field="Content-Length")
-        if int(declared) > limit:
-            raise Problem(413, "body-too-large", f"the request body is over the limit of {limit} bytes", field="body")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise Problem(
-                    413, "body-too-large", f"the request body is over the limit of {limit} bytes", field="body"
-                )
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
@@ -151,9 +120,7 @@ class GatewayApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/r1/"):
-                await self._r1(scope, receive, send)
-            elif path == "/healthz":
+            if path == "/healthz":
                 await self._healthz(send)
             elif path == "/readyz":
                 await self._readyz(send)
@@ -164,28 +131,6 @@ class GatewayApp:
                 await self._ops(scope, receive, send)
             else:
                 await send_reply(send, problem_reply(Problem(404, "unknown-service", f"no route {path}", field="path")))
-
-    async def _r1(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """/r1 through ASGI: only for paths the server's direct route does not take (e.g. a percent-encoded /r1/)."""
-        started = time.time()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        raw_path_bytes = scope.get("raw_path")
-        raw_path = raw_path_bytes.decode("latin-1") if raw_path_bytes else scope["path"]
-        body, body_refused = b"", None
-        try:
-            body = await read_body(receive, headers, self.body_limit)
-        except ClientGone:
-            # an unreadable body (a malformed chunk) arrives as a disconnect; answer 400 in case the client is
-            # still there (sending to a gone one is a no-op)
-            with contextlib.suppress(Exception):
-                problem = Problem(400, "invalid-body", "the request body could not be read", field="body")
-                await send_reply(send, problem_reply(problem))
-            return
-        except Problem as problem:
-            body_refused = problem  # refused like any other call, so that it is audited
-        query: bytes = scope.get("query_string", b"")
-        reply = await self.r1(scope["method"], raw_path.split("?", 1)[0], query, headers, body, started, body_refused)
-        await send_reply(send, reply)
 
     async def r1(
         self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,

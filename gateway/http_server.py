@@ -1,9 +1,9 @@
 """The gateway's HTTP/1.1 server: one asyncio protocol per connection, httptools (llhttp) parsing the requests.
 
-`/r1/...` calls go straight to `GatewayApp.r1` with no ASGI scope or message dicts; every other path (health,
-metrics, the operations API) goes to the same app through a small ASGI bridge. Measured on the project's 2-core
-machine, a proxy of this shape answered three times what granian + pyreqwest did (see gateway/upstream.py), and the
-server is the part of the hot path that runs on every byte.
+`/r1/...` calls (percent-encoded or not) go straight to `GatewayApp.r1` with no ASGI scope or message dicts; every
+other path (health, metrics, the operations API) goes to the same app through a small ASGI bridge. Measured on the
+project's 2-core machine, a proxy of this shape answered three times what granian + pyreqwest did (see
+gateway/upstream.py), and the server is the part of the hot path that runs on every byte.
 
 What a server on the open network owes its clients, and how it is kept here:
 - bounded heads (MAX_HEAD_BYTES, MAX_HEADERS: 431) and bodies (the app's limit: 413, answered and audited as soon
@@ -12,6 +12,7 @@ What a server on the open network owes its clients, and how it is kept here:
   BODY_TIMEOUT for a body, KEEPALIVE_TIMEOUT for an idle connection;
 - malformed HTTP is answered 400 and the connection closed; pipelined requests are answered in order, and reading
   pauses while PIPELINE_LIMIT of them wait.
+
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def response_bytes(
     if with_body:
         parts.append(body)
     return b"".join(parts)
+
+
+def is_r1(path: bytes) -> bool:
+    """An `/r1/` call, spelled plainly or percent-encoded (`/%721/`): both take the direct route, with the raw path,
+    so that a refused one is audited whatever its spelling."""
+    return path.startswith(b"/r1/") or (b"%" in path and unquote(path.decode("latin-1")).startswith("/r1/"))
 
 
 def problem_bytes(problem: Problem) -> bytes:
@@ -319,7 +326,7 @@ class Connection(asyncio.Protocol):
     async def _answer(self, request: Request) -> None:
         try:
             path, _, query = request.target.partition(b"?")
-            if path.startswith(b"/r1/"):  # a refused body goes to the app too, which audits the refusal
+            if is_r1(path):  # a refused body goes to the app too, which audits the refusal
                 reply = await self.app.r1(request.method, path.decode("latin-1"), query, request.headers,
                                           request.body, request.started, request.refused)  # fmt: skip
                 self._write(request, reply.status, reply.headers, reply.body)

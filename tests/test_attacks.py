@@ -18,6 +18,7 @@ The mesh is bench.chaos_mesh's (the demo mesh as real processes), shared with te
 from __future__ import annotations
 
 import base64
+import contextlib
 import resource
 import socket
 import threading
@@ -361,6 +362,23 @@ def test_a_100_mb_body_is_cut_at_the_limit(cm: ChaosMesh) -> None:
         records = _audited(cm, "national", r.headers["x-road-id"])  # the refusal is on the audit trail too
         assert [(x["status"], x["error_code"]) for x in records] == [(413, "body-too-large")]
     still_serving(cm, "national")
+
+
+def test_an_oversized_body_on_a_percent_encoded_r1_path_is_audited(cm: ChaosMesh) -> None:
+    """`/%721/` is `/r1/` spelled otherwise: its 413 must reach the audit trail as the plain spelling's does."""
+    path = f"/%721/{POPULATION}/persons/{cm.ids['population'][0]}"
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in _headers(cm, MOJ, "national").items()) + "\r\n"
+    answer = b""
+    with socket.create_connection(("127.0.0.1", _port(cm, "national")), timeout=10) as s:
+        s.sendall(head.encode())
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in answer and (more := s.recv(65536)):
+                answer += more
+    r = _parse_response(answer)
+    assert r.status_code == 413 and r.headers["x-road-error"] == "body-too-large"
+    records = _audited(cm, "national", r.headers["x-road-id"])
+    assert [(x["status"], x["error_code"]) for x in records] == [(413, "body-too-large")]
 
 
 def test_a_thousand_headers(cm: ChaosMesh) -> None:

@@ -522,11 +522,25 @@ def test_asgi_bridge_scope(server, raw, app) -> None:
     assert app.r1_calls == []  # a path not starting with /r1/ never reaches r1 directly
 
 
-def test_percent_encoded_r1_goes_through_the_asgi_bridge(server, raw, app) -> None:
+def test_percent_encoded_r1_takes_the_direct_route_with_its_raw_path(server, raw, app) -> None:
     conn = raw()
     conn.send(get("/%721/x"))
-    echo = conn.read_response().json()
-    assert echo["path"] == "/r1/x" and echo["raw_path"] == "/%721/x"
+    response = conn.read_response()
+    assert response.headers["x-echo"] == "r1" and response.json()["path"] == "/%721/x"
+    assert app.asgi_calls == [] and [c["path"] for c in app.r1_calls] == ["/%721/x"]
+
+
+def test_percent_encoded_r1_with_an_oversized_body_is_refused_through_r1(server, raw, app) -> None:
+    conn = raw()
+    conn.send(f"POST /%721/big HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY_LIMIT + 1}\r\n\r\n".encode())
+    _assert_refused_413(conn.read_response(), app.r1_calls)
+    assert app.r1_calls[0]["path"] == "/%721/big"
+
+
+def test_a_percent_sign_elsewhere_stays_on_the_asgi_bridge(server, raw, app) -> None:
+    conn = raw()
+    conn.send(get("/ops/v1/%721/x"))
+    assert conn.read_response().json()["path"] == "/ops/v1/r1/x"
     assert app.r1_calls == []
 
 
