@@ -47,7 +47,7 @@ def selected(only: str | None) -> set[str]:
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
-    plan = Plan(duration=3.0, warmup=1.0, rounds=1, low_duration=2.0) if args.quick else Plan()
+    plan = Plan(duration=2.0, warmup=0.5, rounds=1, low_duration=1.0) if args.quick else Plan()
     if args.duration:
         plan.duration = args.duration
     if args.rounds:

@@ -32,7 +32,7 @@ CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None, tuple[float, 
     "snapshot": ("registry.bench_snapshot", {"services": 10_000, "grants": 100_000},
                  {"services": 10_000, "grants": 100_000}, (240, 120)),
     "revocation": ("bench.revocation", {"gateways": 35}, {"gateways": 35}, (120, 60)),
-    "datagen": ("bench.datagen_bench", {"people": 10_000_000}, {"people": 100_000}, (1500, 90)),
+    "datagen": ("bench.datagen_bench", {"people": 10_000_000}, {"people": 30_000}, (1500, 60)),
     "meter": ("bench.meter_bench", {}, {}, (180, 60)),
     "instructions": ("bench.instructions", {"calls": 1000}, None, (900, 0)),
 }
