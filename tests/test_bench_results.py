@@ -109,6 +109,19 @@ def test_ratios_are_taken_within_each_round_then_the_median(tmp_path: Path) -> N
     assert "| full_vs_nginx | 0.300 | 0.300-0.350 | >= 0.3 | meets |" in md
 
 
+def test_the_hop_latency_target_is_per_hop(tmp_path: Path) -> None:
+    # 1.5 ms over the two gateways in front of the connector meets 1 ms a hop; 1.5 ms for one hop does not
+    results = Results({"cores": 2, "cpu_model": "test cpu"}, quick=False)
+    for case, p50 in (("gateway_full_1hop", 1.0), ("gateway_full_2hop", 2.5), ("connector_direct", 2.0),
+                      ("connector_2hop", 3.5)):  # fmt: skip
+        results.add_low(case, _load(100, p50), 100)
+    data = results.write(tmp_path)
+    assert data["second_hop_added_p50_ms"] == data["connector_2hop_added_p50_ms"] == 1.5
+    md = (tmp_path / "latest.md").read_text()
+    assert "| second_hop_added_p50_ms | 1.500 |  | <= 1.0 ms | misses |" in md
+    assert "| connector_2hop_added_p50_ms | 1.500 |  | <= 2.0 ms (2 hops) | meets |" in md
+
+
 def test_markdown_table_shows_figures_and_reasons(tmp_path: Path) -> None:
     results = Results({"cores": 2, "cpu_model": "test cpu"}, quick=False)
     results.add_load("nginx_proxy", _load(20_000, 0.5), None)
