@@ -12,7 +12,6 @@ What a server on the open network owes its clients, and how it is kept here:
   BODY_TIMEOUT for a body, KEEPALIVE_TIMEOUT for an idle connection;
 - malformed HTTP is answered 400 and the connection closed; pipelined requests are answered in order, and reading
   pauses while PIPELINE_LIMIT of them wait.
-
 """
 
 from __future__ import annotations
