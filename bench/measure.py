@@ -59,6 +59,10 @@ class Case:
     tokens: Callable[[int], tuple[str, list[str]]] | None = None
     token_rate_cap: float = 5000.0  # values made per second of load; a case that reaches it is reported as capped
 
+    def phase_headers(self) -> dict[str, str]:
+        """The headers for the next load phase: refreshed when the case says how, else the fixed ones."""
+        return self.refresh_headers() if self.refresh_headers else self.headers
+
 
 def python_load(url: str, *, headers: dict[str, str], duration: float, rate: float | None = None,
                 varying: tuple[str, Path] | None = None) -> LoadResult:
@@ -128,7 +132,7 @@ def run_rounds(results: Results, cases: list[Case], plan: Plan, log: Callable[[s
     live = []
     for case in cases:
         try:
-            headers = case.refresh_headers() if case.refresh_headers else case.headers
+            headers = case.phase_headers()
             one = case.tokens(1) if case.tokens else None
             preflight(case, {**headers, one[0]: one[1][0]} if one else headers)
             live.append(case)
@@ -157,7 +161,7 @@ def run_rounds(results: Results, cases: list[Case], plan: Plan, log: Callable[[s
 
 
 def _load_round(results: Results, case: Case, plan: Plan, round_no: int, log: Callable[[str], None]) -> None:
-    headers = case.refresh_headers() if case.refresh_headers else case.headers
+    headers = case.phase_headers()
     if plan.warmup > 0:
         load(case.url, headers, plan.warmup, plan.use_wrk, single_use(case, plan.warmup))
     varying = single_use(case, plan.duration)
@@ -184,7 +188,7 @@ def _low_rate(results: Results, case: Case, plan: Plan, log: Callable[[str], Non
     """Latency when nothing is saturated: at the plan's rate, or a quarter of what the case carried under load."""
     try:
         rate = low_rate_for(plan.low_rate, results.median_rps(case.name))
-        headers = case.refresh_headers() if case.refresh_headers else case.headers
+        headers = case.phase_headers()
         low = python_load(case.url, headers=headers, duration=plan.low_duration, rate=rate,
                           varying=single_use(case, plan.low_duration, rate))
         _check(low, f"low rate {rate:g}/s")

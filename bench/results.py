@@ -224,6 +224,13 @@ def scale_rows(data: dict[str, Any]) -> list[list[str]]:
     return [[key, _fmt(value)] for key, value in data.items() if key not in known]
 
 
+def _lowered_rates(data: dict[str, Any]) -> str:
+    """The cases loaded below the common low rate, with their rate: "connector_2hop 172/s"."""
+    ceiling = data.get("low_rate_rps") or 0
+    return ", ".join(f"{case} {rate:g}/s" for case in CASES
+                     if (rate := data.get(f"{case}_low_rate_rps")) is not None and rate < ceiling)  # fmt: skip
+
+
 def markdown(data: dict[str, Any]) -> str:
     machine = data["machine"]
     lines = [
@@ -231,9 +238,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Machine: {machine.get('cores')} cores, {machine.get('cpu_model')}. Load at concurrency 32; low-rate "
         f"latency at {data.get('low_rate_rps') or '-'} req/s, or a quarter of a case's own throughput where that is "
-        "lower (" + (", ".join(f"{case} {rate:g}/s" for case in CASES
-                               if (rate := data.get(f"{case}_low_rate_rps")) is not None
-                               and rate < (data.get("low_rate_rps") or 0)) or "none was") + "). Generators: "
+        f"lower ({_lowered_rates(data) or 'none was'}). Generators: "
         + (", ".join(f"{k}={v}" for k, v in data.get("generators", {}).items()) or "-")
         + ".",
         "",

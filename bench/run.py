@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a minute, for development")
     parser.add_argument("--only", help="comma list of cases or groups (nginx, floor, gateway, connector, scale)")
-    parser.add_argument("--duration", type=float, help="seconds of load per case and round (default 3)")
+    parser.add_argument("--duration", type=float, help="seconds of load per case and round (default 3, quick 2)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds of every load case (default 5, quick 1)")
     parser.add_argument("--python-loadgen", action="store_true", help="use bench.loadgen even when wrk is installed")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))

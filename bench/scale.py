@@ -64,11 +64,20 @@ def _call(module_name: str, kwargs: dict[str, Any], workdir: Path) -> dict[str, 
     return {**result, "_args": {k: v for k, v in args.items() if isinstance(v, int | float | str)}}
 
 
+def _arguments(case: str, quick: bool) -> dict[str, Any]:
+    """The case's run() arguments for this run; a full-run-only case has none in the quick run."""
+    _module, full, short, _limits = CALLS[case]
+    if not quick:
+        return full
+    if short is None:
+        raise RuntimeError("measured in the full run only")
+    return short
+
+
 def run_one(case: str, quick: bool, workdir: Path, timeout: float | None = None) -> dict[str, Any]:
     """Run one scale case in a child process; raise RuntimeError with the reason when it yields no figures."""
-    module, full, short, limits = CALLS[case]
-    if quick and short is None:
-        raise RuntimeError("measured in the full run only")
+    module, _full, _short, limits = CALLS[case]
+    kwargs = _arguments(case, quick)
     if importlib.util.find_spec(module) is None:
         raise RuntimeError(f"{module.replace('.', '/')}.py does not exist yet")
     limit = timeout or (limits[1] if quick else limits[0])
@@ -76,7 +85,7 @@ def run_one(case: str, quick: bool, workdir: Path, timeout: float | None = None)
     try:
         done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=limit, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"{module}.run({_show(short if quick and short else full)}) took over {limit:g} s") from exc
+        raise RuntimeError(f"{module}.run({_show(kwargs)}) took over {limit:g} s") from exc
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(MARKER):
             data: dict[str, Any] = json.loads(line[len(MARKER) :])
@@ -133,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
-    module, full, short, _limits = CALLS[args.case]
+    module = CALLS[args.case][0]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"lienthong-{args.case}-"))
     try:
-        out: dict[str, Any] = _call(module, short if args.quick and short is not None else full, workdir)
+        out: dict[str, Any] = _call(module, _arguments(args.case, args.quick), workdir)
     except Exception as exc:  # any failure of another part's code becomes a "not measured" reason
         traceback.print_exc()
         out = {"error": f"{module}.run() raised {type(exc).__name__}: {exc}"}
