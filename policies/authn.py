@@ -6,6 +6,7 @@ token.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from lienthong.keys import PublicKey
@@ -25,6 +26,25 @@ def _invalid_token(detail: str, field: str = "Authorization") -> Problem:
 
 def _invalid_assertion(detail: str) -> Problem:
     return Problem(401, "invalid-assertion", detail, field="X-Lienthong-Assertion")
+
+
+def verify_client_token(token: str, keys: Mapping[str, tuple[str, PublicKey]], audience: str) -> dict[str, Any]:
+    """A client token signed by one of the snapshot's client keys (kid -> (subsystem, key)) for `audience`, its iss
+    and sub the subsystem that owns the key; a 401 Problem otherwise. Also verifies the operations API's member
+    tokens (gateway/ops_auth.py), with the ops audience."""
+
+    def key_for(kid: str) -> PublicKey | None:
+        found = keys.get(kid)
+        return found[1] if found else None
+
+    try:
+        claims = verify(token, key_for, audience=audience, required=("exp", "iat", "aud", "iss", "sub"))
+    except TokenError as exc:
+        raise _invalid_token(exc.reason) from None
+    owner = keys[claims["_kid"]][0]
+    if claims.get("sub") != owner or claims.get("iss") != owner:
+        raise _invalid_token("the token's iss and sub must be the subsystem that owns its key")
+    return claims
 
 
 class Authn(PolicyBase):
@@ -79,20 +99,7 @@ class Authn(PolicyBase):
         ctx.issue = ctx.headers.get("x-road-issue") or None
 
     def _verify_client(self, token: str, ctx: CallContext) -> dict[str, Any]:
-        keys = ctx.snapshot.client_keys
-
-        def key_for(kid: str) -> PublicKey | None:
-            found = keys.get(kid)
-            return found[1] if found else None
-
-        try:
-            claims = verify(token, key_for, audience=self.gateway, required=("exp", "iat", "aud", "iss", "sub"))
-        except TokenError as exc:
-            raise _invalid_token(exc.reason) from None
-        owner = keys[claims["_kid"]][0]
-        if claims.get("sub") != owner or claims.get("iss") != owner:
-            raise _invalid_token("the token's iss and sub must be the subsystem that owns its key")
-        return claims
+        return verify_client_token(token, ctx.snapshot.client_keys, self.gateway)
 
     def _remember(self, token: str, claims: dict[str, Any], now: float) -> None:
         if len(self._verified) >= CACHE_LIMIT:
