@@ -14,6 +14,7 @@ import jwt
 import orjson
 
 from lienthong.keys import PublicKey, public_key_from_jwk
+from lienthong.subjects import SubjectSpec, parse_declaration
 
 
 class SnapshotError(Exception):
@@ -28,6 +29,7 @@ class Endpoint:
     operation_id: str | None = None
     summary: str | None = None
     subject_param: str | None = None
+    subjects: SubjectSpec | None = None  # where its data subjects sit, parsed once (lienthong/subjects.py)
     pattern: re.Pattern[str] | None = None
     static: bool = True
 
@@ -146,6 +148,7 @@ def _service(s: dict[str, Any]) -> Service:
                 operation_id=e.get("operation_id"),
                 summary=e.get("summary"),
                 subject_param=e.get("subject_param"),
+                subjects=parse_declaration(e),
                 pattern=None if static else template_pattern(e["path"]),
                 static=static,
             )
