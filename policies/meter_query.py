@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,10 @@ GROUPS = ("service", "consumer", "gateway", "consumer_gateway", "provider_gatewa
           "hour", "day")  # fmt: skip
 MESH_ROLES = frozenset({"home", "local"})
 MAX_HOURS = 366 * 24
+# Who may see a count: keep(dimensions in DIMENSIONS order) for the call counts, keep_service(service id) for the
+# latency histograms (which have no consumer). None: everything (the operator); the ops API passes a member's.
+Keep = Callable[[Sequence[str]], bool]
+KeepService = Callable[[str], bool]
 
 
 def parse_time(value: str, field: str) -> datetime:
@@ -78,6 +83,7 @@ def transactions(
     end: datetime,
     group_by: list[str],
     roles: frozenset[str] | None = MESH_ROLES,
+    keep: Keep | None = None,
 ) -> dict[str, Any]:
     """{"total": n, "groups": [{<dim>: value, ..., "count": n}]} sorted by count, largest first."""
     window = hours(start, end)
@@ -91,7 +97,7 @@ def transactions(
             if len(parts) != len(DIMENSIONS):
                 continue
             dims = dict(zip(DIMENSIONS, parts, strict=True))
-            if roles is not None and dims["role"] not in roles:
+            if (roles is not None and dims["role"] not in roles) or (keep is not None and not keep(parts)):
                 continue
             sums[_group_key(dims, hour, group_by)] += int(value)
     groups = [{**dict(zip(group_by, key, strict=True)), "count": n} for key, n in sums.most_common()]
@@ -99,8 +105,9 @@ def transactions(
 
 
 def latency(
-    client: redis.Redis, start: datetime, end: datetime, service: str | None, roles: frozenset[str] | None = MESH_ROLES
-) -> dict[str, Any]:
+    client: redis.Redis, start: datetime, end: datetime, service: str | None, roles: frozenset[str] | None = MESH_ROLES,
+    keep_service: KeepService | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Percentiles (bucket upper bounds, ms) from the histograms, per service and endpoint."""
     window = hours(start, end)
     pipe = client.pipeline(transaction=False)
@@ -114,6 +121,8 @@ def latency(
                 continue
             svc, endpoint, role, le = parts
             if (service is not None and svc != service) or (roles is not None and role not in roles):
+                continue
+            if keep_service is not None and not keep_service(svc):
                 continue
             hist.setdefault((svc, endpoint), Counter())[le] += int(value)
     order = [str(b) for b in LATENCY_BUCKETS_MS] + ["inf"]
@@ -199,8 +208,8 @@ class DayCache:
                 del self._days[old]
 
 
-def _window_counts(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None
-                   ) -> tuple[list[str], list[Counts]]:  # fmt: skip
+def _window_counts(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None,
+                   keep: Keep | None = None) -> tuple[list[str], list[Counts]]:  # fmt: skip
     """Per bucket of the window: Counter of the full dimension tuple (DIMENSIONS order) -> mesh transactions."""
     labels, ids = window_buckets(window, now)
     prefix = "meter:m:" if window == "hour" else "meter:h:"
@@ -228,6 +237,8 @@ def _window_counts(client: redis.Redis, window: str, now: datetime, cache: DayCa
         if cache is not None and window == "month" and i < len(ids) - 1:
             cache.put(labels[i], counts)
         buckets.append(counts)
+    if keep is not None:  # after the cache, which holds every count
+        buckets = [Counter({dims: n for dims, n in counts.items() if keep(dims)}) for counts in buckets]
     return labels, buckets
 
 
@@ -236,10 +247,11 @@ def _dimension(name: str) -> int:
 
 
 def timeseries(
-    client: redis.Redis, window: str, group_by: str, now: datetime, cache: DayCache | None = None
-) -> dict[str, Any]:
+    client: redis.Redis, window: str, group_by: str, now: datetime, cache: DayCache | None = None,
+    keep: Keep | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Mesh transactions per bucket of the window, one series per value of group_by, largest series first."""
-    labels, buckets = _window_counts(client, window, now, cache)
+    labels, buckets = _window_counts(client, window, now, cache, keep)
     index = _dimension(group_by)
     series: dict[str, list[int]] = {}
     for i, counts in enumerate(buckets):
@@ -257,10 +269,11 @@ def timeseries(
 
 
 def top_consumers(
-    client: redis.Redis, window: str, limit: int, now: datetime, cache: DayCache | None = None
-) -> dict[str, Any]:
+    client: redis.Redis, window: str, limit: int, now: datetime, cache: DayCache | None = None,
+    keep: Keep | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The consumers with the most mesh transactions in the window, with their outcomes."""
-    _, buckets = _window_counts(client, window, now, cache)
+    _, buckets = _window_counts(client, window, now, cache, keep)
     per: dict[str, Counter[str]] = {}
     for counts in buckets:
         for dims, n in counts.items():
@@ -290,10 +303,11 @@ def _error_split(outcomes: Counter[str]) -> dict[str, Any]:
     }
 
 
-def error_rates(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None) -> dict[str, Any]:
+def error_rates(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None,
+                keep: Keep | None = None) -> dict[str, Any]:  # fmt: skip
     """Platform errors (the mesh failed) and provider errors (4xx/5xx answers, the meter's outcome) over the window,
     for the whole mesh and per service."""
-    _, buckets = _window_counts(client, window, now, cache)
+    _, buckets = _window_counts(client, window, now, cache, keep)
     mesh: Counter[str] = Counter()
     per: dict[str, Counter[str]] = {}
     for counts in buckets:
@@ -306,7 +320,8 @@ def error_rates(client: redis.Redis, window: str, now: datetime, cache: DayCache
             "services": services}  # fmt: skip
 
 
-def service_latency(client: redis.Redis, window: str, now: datetime) -> dict[str, Any]:
+def service_latency(client: redis.Redis, window: str, now: datetime, keep_service: KeepService | None = None
+                    ) -> dict[str, Any]:  # fmt: skip
     """p50/p95/p99 per service over the window (all its endpoints), from the minute or hour histograms."""
     _, ids = window_buckets(window, now)
     prefix = "meter:lm:" if window == "hour" else "meter:l:"
@@ -319,6 +334,8 @@ def service_latency(client: redis.Redis, window: str, now: datetime) -> dict[str
         for raw, value in fields.items():
             parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
             if len(parts) != 4 or parts[2] not in MESH_ROLES:
+                continue
+            if keep_service is not None and not keep_service(parts[0]):
                 continue
             hist.setdefault(parts[0], Counter())[parts[3]] += int(value)
     order = [str(b) for b in LATENCY_BUCKETS_MS] + ["inf"]
