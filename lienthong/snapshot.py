@@ -1,12 +1,17 @@
 """The registry's signed snapshot (protocol §7), verified and indexed for constant-time lookups on the hot path.
 
-The registry writes it, gateways and connectors read it; this module is the one reader.
+The registry writes it, gateways and connectors read it; this module is the one reader. Nothing inside a signed
+snapshot may stop a gateway from taking it (issue 13): an entry this reader cannot build (a service whose path
+template does not compile, a grant or client key of the wrong shape, a section that is not a list) is left out and
+listed in `Snapshot.quarantined`, and the rest installs. Leaving an entry out always fails closed: a quarantined
+service answers 503 `service-quarantined`, a quarantined grant grants nothing, a quarantined key verifies nothing.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +19,32 @@ import jwt
 import orjson
 
 from lienthong.keys import PublicKey, public_key_from_jwk
-from lienthong.subjects import SubjectSpec, parse_declaration
+
+# A gateway's own bounds on one service, whatever the registry let through: a larger service is quarantined rather
+# than compiled (the registry's per-service limits are lower; these only stop a snapshot from a buggy registry).
+MAX_ENDPOINTS = 2000
+MAX_TEMPLATE_LENGTH = 1024
+METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"})
+DEFAULT_TIMEOUT_MS = 5000
+MAX_TIMEOUT_MS = 600_000
 
 
 class SnapshotError(Exception):
     """The snapshot failed its signature or shape check."""
+
+
+class EntryError(ValueError):
+    """One entry of a snapshot cannot be built; it is quarantined, the rest of the snapshot installs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """An entry left out of the snapshot in use: `kind` is service, grant, client, gateway, member, subsystem,
+    upstream or section; `id` its id (or `services[3]` when it has none usable); `reason` why."""
+
+    kind: str
+    id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +55,6 @@ class Endpoint:
     operation_id: str | None = None
     summary: str | None = None
     subject_param: str | None = None
-    subjects: SubjectSpec | None = None  # where its data subjects sit, parsed once (lienthong/subjects.py)
     pattern: re.Pattern[str] | None = None
     static: bool = True
 
@@ -46,14 +71,16 @@ class Service:
     doc: dict[str, Any]
     static_routes: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
     templated: list[Endpoint] = field(default_factory=list)
+    # templates by (method, number of '/'): a call scans only those of its own shape, however many the service has
+    templated_index: dict[tuple[str, int], list[Endpoint]] = field(default_factory=dict)
 
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
-        """Find the endpoint for a request path: a dict hit for static paths, else the (few) templates."""
+        """Find the endpoint for a request path: a dict hit for static paths, else the templates of its shape."""
         hit = self.static_routes.get((method, path))
         if hit is not None:
             return hit, {}
-        for ep in self.templated:
-            if ep.method == method and ep.pattern is not None:
+        for ep in self.templated_index.get((method, path.count("/")), ()):
+            if ep.pattern is not None:
                 m = ep.pattern.match(path)
                 if m:
                     return ep, m.groupdict()
@@ -78,7 +105,38 @@ class Grant:
         return self.endpoints is None or (method, path_template) in self.endpoints
 
 
+# -- path templates (protocol §2) -------------------------------------------------------------------------------
+
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A segment is literal RFC 3986 pchar text (no '%': templates are matched against decoded paths) or one {param}.
+_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+\Z")
+_PARAM_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+
+
+def check_template(path: object) -> str:
+    """The path template grammar every reader of a snapshot relies on; raise EntryError naming the flaw.
+
+    '/' alone, or '/'-separated segments, each literal text or exactly one {name}; no empty, '.' or '..' segment
+    (a call could step out of its endpoint after decoding); a parameter name at most once (it names a regex group).
+    """
+    if not isinstance(path, str):
+        raise EntryError(f"path {_show(path)} is not a string")
+    if not path.startswith("/"):
+        raise EntryError(f"path {_show(path)} does not start with '/'")
+    if len(path) > MAX_TEMPLATE_LENGTH:
+        raise EntryError(f"path {_show(path)} is longer than {MAX_TEMPLATE_LENGTH} characters")
+    if path == "/":
+        return path
+    names: set[str] = set()
+    for segment in path[1:].split("/"):
+        param = _PARAM_SEGMENT.match(segment)
+        if param is not None:
+            if param.group(1) in names:
+                raise EntryError(f"path {_show(path)} names the parameter {param.group(1)!r} twice")
+            names.add(param.group(1))
+        elif segment in (".", "..") or not _LITERAL_SEGMENT.match(segment):
+            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}")
+    return path
 
 
 def template_pattern(path: str) -> re.Pattern[str]:
@@ -92,34 +150,45 @@ def template_pattern(path: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-class Snapshot:
-    """An indexed, read-only view of one snapshot document; swap whole objects, never mutate one."""
+# -- the snapshot -----------------------------------------------------------------------------------------------
 
-    def __init__(self, doc: dict[str, Any], *, received_at: float | None = None) -> None:
+
+class Snapshot:
+    """An indexed, read-only view of one snapshot document; swap whole objects, never mutate one.
+
+    `previous` is the snapshot this one replaces: a service whose entry is unchanged keeps its compiled Service (or
+    its quarantine) instead of being built again, so a new version costs what changed in it, not its size.
+    """
+
+    def __init__(
+        self, doc: dict[str, Any], *, received_at: float | None = None, previous: Snapshot | None = None
+    ) -> None:
         self.doc = doc
         self.version: int = int(doc["version"])
         self.gateway: str | None = doc.get("gateway")
         self.received_at = received_at if received_at is not None else time.time()
-        self.members: dict[str, dict[str, Any]] = {m["id"]: m for m in doc.get("members", [])}
-        self.subsystems: dict[str, dict[str, Any]] = {s["id"]: s for s in doc.get("subsystems", [])}
-        self.gateways: dict[str, dict[str, Any]] = {g["code"]: g for g in doc.get("gateways", [])}
-        self.upstreams: dict[str, str] = dict(doc.get("upstreams", {}))
+        self.quarantined: list[Quarantined] = []
+        self.quarantined_services: dict[str, str] = {}  # service id -> the detail its calls' 503 carries
+        self.members: dict[str, dict[str, Any]] = {}
+        self.subsystems: dict[str, dict[str, Any]] = {}
+        self.gateways: dict[str, dict[str, Any]] = {}
         self.gateway_keys: dict[str, tuple[str, PublicKey]] = {}
-        for gw in doc.get("gateways", []):
-            for jwk in gw.get("keys", []):
-                if not jwk.get("revoked"):
-                    self.gateway_keys[jwk["kid"]] = (gw["code"], public_key_from_jwk(jwk))
+        self.upstreams: dict[str, str] = {}
         self.client_keys: dict[str, tuple[str, PublicKey]] = {}
-        for client in doc.get("clients", []):
-            for jwk in client.get("keys", []):
-                if not jwk.get("revoked"):
-                    self.client_keys[jwk["kid"]] = (client["subsystem"], public_key_from_jwk(jwk))
-        self.services: dict[str, Service] = {s["id"]: _service(s) for s in doc.get("services", [])}
+        self.services: dict[str, Service] = {}
         self.grants: dict[tuple[str, str], list[Grant]] = {}
-        for g in doc.get("grants", []):
-            grant = _grant(g)
-            if not grant.revoked:
-                self.grants.setdefault((grant.consumer, grant.service), []).append(grant)
+        self._built: dict[str, tuple[Any, Service | str]] = {}  # service id -> (its entry, Service or why not)
+        self._each("members", "member", "id", self._add_member)
+        self._each("subsystems", "subsystem", "id", self._add_subsystem)
+        self._each("gateways", "gateway", "code", self._add_gateway)
+        for sid, url in self._section("upstreams", dict):
+            if isinstance(url, str):
+                self.upstreams[sid] = url
+            else:
+                self._quarantine("upstream", sid, f"upstream {_show(url)} is not a URL string")
+        self._each("clients", "client", "subsystem", self._add_client)
+        self._each("services", "service", "id", lambda s: self._add_service(s, previous))
+        self._each("grants", "grant", "id", self._add_grant)
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.received_at
@@ -135,54 +204,224 @@ class Snapshot:
                 return grant
         return None
 
+    # -- building, one entry at a time ----------------------------------------------------------------------------
+
+    def _section(self, section: str, kind: type) -> list[tuple[Any, Any]]:
+        """(index, entry) of a list section or (key, value) of a dict one; a section of another type is empty."""
+        value = self.doc.get(section)
+        if value is None:
+            return []
+        if kind is dict and isinstance(value, dict):
+            return list(value.items())
+        if kind is list and isinstance(value, list):
+            return list(enumerate(value))
+        self._quarantine("section", section, f"section {section!r} is not a JSON {kind.__name__}")
+        return []
+
+    def _each(self, section: str, kind: str, id_key: str, build: Callable[[Any], None]) -> None:
+        """Build every entry of a section; whatever one raises quarantines that entry alone."""
+        for index, entry in self._section(section, list):
+            try:
+                build(entry)
+            except Exception as exc:  # any failure, ours or a library's, quarantines only the entry
+                ident = entry.get(id_key) if isinstance(entry, dict) else None
+                self._quarantine(kind, ident if isinstance(ident, str) and ident else f"{section}[{index}]", _why(exc))
+
+    def _quarantine(self, kind: str, ident: str, reason: str) -> None:
+        reason = _clip(reason)
+        self.quarantined.append(Quarantined(kind, _clip(ident), reason))
+        if kind == "service":
+            self.quarantined_services[ident] = f"service {_clip(ident)} is quarantined on this gateway: {reason}"
+            self.services.pop(ident, None)  # a later entry with the same id wins, bad or good
+
+    def _add_member(self, m: Any) -> None:
+        ident = _ident(m, "id")
+        if m.get("home_gateway") is not None and not isinstance(m["home_gateway"], str):
+            raise EntryError(f"home_gateway {_show(m['home_gateway'])} is not a string")
+        self.members[ident] = m
+
+    def _add_subsystem(self, s: Any) -> None:
+        self.subsystems[_ident(s, "id")] = s
+
+    def _add_gateway(self, g: Any) -> None:
+        code = _ident(g, "code")
+        if not isinstance(g.get("base_url", ""), str):
+            raise EntryError(f"base_url {_show(g['base_url'])} is not a string")
+        keys = _keys(g, code)
+        self.gateways[code] = g
+        self.gateway_keys.update(keys)
+
+    def _add_client(self, c: Any) -> None:
+        self.client_keys.update(_keys(c, _ident(c, "subsystem")))
+
+    def _add_service(self, s: Any, previous: Snapshot | None) -> None:
+        sid = _ident(s, "id")
+        before = previous._built.get(sid) if previous is not None else None
+        if before is not None and before[0] == s:
+            built = before[1]  # unchanged since the version before: neither compiled nor refused again
+        else:
+            try:
+                built = _service(s)
+            except Exception as exc:  # remembered, so that an unchanged bad entry is not rebuilt
+                built = _why(exc)
+        self._built[sid] = (s, built)
+        if isinstance(built, str):
+            raise EntryError(built)
+        self.services[sid] = built
+        self.quarantined_services.pop(sid, None)
+
+    def _add_grant(self, g: Any) -> None:
+        grant = _grant(g)
+        if not grant.revoked:
+            self.grants.setdefault((grant.consumer, grant.service), []).append(grant)
+
 
 def _service(s: dict[str, Any]) -> Service:
-    endpoints = []
-    for e in s.get("endpoints", []):
-        static = "{" not in e["path"]
-        endpoints.append(
-            Endpoint(
-                method=e["method"].upper(),
-                path=e["path"],
-                enabled=bool(e.get("enabled", True)),
-                operation_id=e.get("operation_id"),
-                summary=e.get("summary"),
-                subject_param=e.get("subject_param"),
-                subjects=parse_declaration(e),
-                pattern=None if static else template_pattern(e["path"]),
-                static=static,
-            )
-        )
+    endpoints = _list(s, "endpoints")
+    if len(endpoints) > MAX_ENDPOINTS:
+        raise EntryError(f"{len(endpoints)} endpoints, more than a gateway compiles for one service ({MAX_ENDPOINTS})")
+    built = [_endpoint(e) for e in endpoints]
+    timeout_ms = s.get("timeout_ms")
+    if timeout_ms is None:
+        timeout_ms = DEFAULT_TIMEOUT_MS
+    elif not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+        raise EntryError(f"timeout_ms {_show(timeout_ms)} is not an integer from 1 to {MAX_TIMEOUT_MS}")
     service = Service(
-        id=s["id"],
-        provider=s["provider"],
-        code=s["code"],
-        gateway=s["gateway"],
-        approved=bool(s.get("approved")),
-        timeout_ms=int(s.get("timeout_ms") or 5000),
-        endpoints=endpoints,
+        id=_ident(s, "id"),
+        provider=_ident(s, "provider"),
+        code=_ident(s, "code"),
+        gateway=_ident(s, "gateway"),
+        approved=_flag(s, "approved", False),
+        timeout_ms=timeout_ms,
+        endpoints=built,
         doc=s,
     )
-    service.static_routes = {(e.method, e.path): e for e in endpoints if e.static}
-    service.templated = [e for e in endpoints if not e.static]
+    service.static_routes = {(e.method, e.path): e for e in built if e.static}
+    service.templated = [e for e in built if not e.static]
+    for e in service.templated:
+        service.templated_index.setdefault((e.method, e.path.count("/")), []).append(e)
     return service
 
 
-def _grant(g: dict[str, Any]) -> Grant:
+def _endpoint(e: Any) -> Endpoint:
+    if not isinstance(e, dict):
+        raise EntryError(f"endpoint {_show(e)} is not an object")
+    method = e.get("method")
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise EntryError(f"endpoint method {_show(method)} is not an HTTP method")
+    path = check_template(e.get("path"))
+    static = "{" not in path
+    return Endpoint(
+        method=method.upper(),
+        path=path,
+        enabled=_flag(e, "enabled", True),
+        operation_id=_text(e, "operation_id"),
+        summary=_text(e, "summary"),
+        subject_param=_text(e, "subject_param"),
+        pattern=None if static else template_pattern(path),
+        static=static,
+    )
+
+
+def _grant(g: Any) -> Grant:
+    ident = _ident(g, "id")
     eps = g.get("endpoints", "*")
+    endpoints: frozenset[tuple[str, str]] | None = None
+    if eps != "*":
+        pairs = []
+        for e in _list(g, "endpoints"):
+            if not isinstance(e, dict) or not isinstance(e.get("method"), str) or not isinstance(e.get("path"), str):
+                raise EntryError(f"grant endpoint {_show(e)} is not a method and path")
+            pairs.append((e["method"].upper(), e["path"]))
+        endpoints = frozenset(pairs)
     quota = g.get("quota") or {}
+    if not isinstance(quota, dict):
+        raise EntryError(f"quota {_show(quota)} is not an object")
     fields = g.get("fields")
     return Grant(
-        id=g["id"],
-        consumer=g["consumer"],
-        service=g["service"],
-        endpoints=None if eps == "*" else frozenset((e["method"].upper(), e["path"]) for e in eps),
-        purposes=frozenset(g.get("purposes", [])),
-        fields=None if fields is None else tuple(fields),
-        per_minute=quota.get("per_minute"),
-        per_day=quota.get("per_day"),
-        revoked=bool(g.get("revoked")),
+        id=ident,
+        consumer=_ident(g, "consumer"),
+        service=_ident(g, "service"),
+        endpoints=endpoints,
+        purposes=frozenset(_strings(g, "purposes")),
+        fields=None if fields is None else tuple(_strings(g, "fields")),
+        per_minute=_count(quota, "per_minute"),
+        per_day=_count(quota, "per_day"),
+        revoked=_flag(g, "revoked", False),
     )
+
+
+# -- field checks: each raises EntryError naming the field ---------------------------------------------------------
+
+
+def _ident(entry: Any, key: str) -> str:
+    if not isinstance(entry, dict):
+        raise EntryError(f"entry {_show(entry)} is not an object")
+    value = entry.get(key)
+    if not isinstance(value, str) or not value:
+        raise EntryError(f"{key} {_show(value)} is not a non-empty string")
+    return value
+
+
+def _list(entry: dict[str, Any], key: str) -> list[Any]:
+    value = entry.get(key, [])
+    if not isinstance(value, list):
+        raise EntryError(f"{key} {_show(value)} is not a list")
+    return value
+
+
+def _strings(entry: dict[str, Any], key: str) -> list[str]:
+    values = _list(entry, key)
+    if not all(isinstance(v, str) for v in values):
+        raise EntryError(f"{key} {_show(values)} is not a list of strings")
+    return values
+
+
+def _flag(entry: dict[str, Any], key: str, default: bool) -> bool:
+    value = entry.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise EntryError(f"{key} {_show(value)} is not true or false")
+    return value
+
+
+def _text(entry: dict[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise EntryError(f"{key} {_show(value)} is not a string")
+    return value
+
+
+def _count(entry: dict[str, Any], key: str) -> int | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise EntryError(f"{key} {_show(value)} is not a count")
+    return value
+
+
+def _keys(entry: dict[str, Any], owner: str) -> dict[str, tuple[str, PublicKey]]:
+    """kid -> (owner, key) for the entry's keys that are not revoked."""
+    out = {}
+    for jwk in _list(entry, "keys"):
+        if not isinstance(jwk, dict):
+            raise EntryError(f"key {_show(jwk)} is not a JWK object")
+        if not _flag(jwk, "revoked", False):
+            out[_ident(jwk, "kid")] = (owner, public_key_from_jwk(jwk))
+    return out
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, EntryError) else f"{type(exc).__name__}: {exc}"
+
+
+def _show(value: Any) -> str:
+    """A bounded repr for log lines and problem details: garbage can be megabytes long."""
+    return _clip(repr(value), 80)
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def verify_jws(token: bytes | str, registry_key: PublicKey) -> dict[str, Any]:
