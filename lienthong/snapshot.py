@@ -19,6 +19,7 @@ import jwt
 import orjson
 
 from lienthong.keys import PublicKey, public_key_from_jwk
+from lienthong.subjects import SubjectSpec, parse_declaration
 
 # A gateway's own bounds on one service, whatever the registry let through: a larger service is quarantined rather
 # than compiled (the registry's per-service limits are lower; these only stop a snapshot from a buggy registry).
@@ -55,6 +56,7 @@ class Endpoint:
     operation_id: str | None = None
     summary: str | None = None
     subject_param: str | None = None
+    subjects: SubjectSpec | None = None  # where its data subjects sit, parsed once (lienthong/subjects.py)
     pattern: re.Pattern[str] | None = None
     static: bool = True
 
@@ -318,6 +320,7 @@ def _endpoint(e: Any) -> Endpoint:
         operation_id=_text(e, "operation_id"),
         summary=_text(e, "summary"),
         subject_param=_text(e, "subject_param"),
+        subjects=parse_declaration(e),  # a malformed declaration quarantines the service
         pattern=None if static else template_pattern(path),
         static=static,
     )
