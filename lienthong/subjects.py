@@ -90,16 +90,16 @@ def parse_declaration(endpoint: Mapping[str, Any]) -> SubjectSpec | None:
     for i, loc in enumerate(declared):
         if not isinstance(loc, Mapping):
             raise ValueError(f"subjects[{i}] must be an object")
-        place = loc.get("in")
-        if place == "body":
+        where = loc.get("in")
+        if where == "body":
             body.append(parse_pointer(loc.get("pointer")))
-        elif place in PARAM_PLACES:
+        elif where in PARAM_PLACES:
             name = loc.get("name")
             if not isinstance(name, str) or not name or len(name) > 128:
                 raise ValueError(f"subjects[{i}].name must be a parameter name")
-            params.append((place, name.lower() if place == "header" else name))
+            params.append((str(where), name.lower() if where == "header" else name))
         else:
-            raise ValueError(f"subjects[{i}].in must be one of path, query, header, body; got {place!r}")
+            raise ValueError(f"subjects[{i}].in must be one of path, query, header, body; got {where!r}")
     items: Pointer | None = None
     if batch is not None:
         if not isinstance(batch, Mapping):

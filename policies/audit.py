@@ -1,9 +1,12 @@
 """audit (priority 600, log phase): one hash-chained record per call, with X-Road's operational-monitoring fields.
 
-The data subject (the value of the endpoint's subject parameter, e.g. a personal ID) is kept only as
-HMAC-SHA256(audit key, value), never in clear. Records go to this worker's segment files (policies/audit_log.py)
-with one write(2) each, so a kill -9 after log() returned loses nothing; fsync runs in batches every
-SYNC_INTERVAL in the background.
+The data subjects (every identifier at the locations the endpoint declares: path, query, header or body, a batch's
+whole array included; lienthong/subjects.py) are kept only as HMAC-SHA256(subject key, value), never in clear, in
+`subject_hmacs` (first-seen order, no repeats; `subject_hmac` is the first, for older readers). The subject key is
+mesh-wide (LIENTHONG_SUBJECT_KEY, hex, the same on every gateway) so that "who read this person" finds a call on
+every gateway it crossed; `subject_key_id` names the key a record used. Records go to this worker's segment files
+(policies/audit_log.py) with one write(2) each, so a kill -9 after log() returned loses nothing; fsync runs in
+batches every SYNC_INTERVAL in the background.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
 from lienthong.background import stop_task
+from lienthong.problem import Problem
 from policies.audit_log import ChainHead, fsync_dir, read_head, segment_path
-from policies.base import CallContext, PolicyBase
+from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 from policies.worker_slot import WorkerSlot, claim_slot
 
@@ -31,22 +34,34 @@ log = logging.getLogger("lienthong.policies.audit")
 
 SYNC_INTERVAL = 0.05
 SEGMENT_BYTES = 64 * 1024 * 1024
+SUBJECT_KEY_ENV = "LIENTHONG_SUBJECT_KEY"
+MIN_SUBJECT_KEY_BYTES = 16
 
 
 def _ms(ts: float) -> int | None:
     return int(ts * 1000) if ts else None
 
 
-def subject_value(ctx: CallContext) -> str | None:
-    """The value of the endpoint's subject parameter, from the path or else the query string."""
-    name = ctx.endpoint.subject_param if ctx.endpoint is not None else None
-    if not name:
-        return None
-    value = ctx.path_params.get(name)
-    if value is None and ctx.query:
-        values = parse_qs(ctx.query.decode("latin-1"), keep_blank_values=True).get(name)
-        value = values[0] if values else None
-    return value
+def subject_key(own: bytes) -> tuple[bytes, bool]:
+    """The key of the subject HMACs and whether it is mesh-wide: LIENTHONG_SUBJECT_KEY (hex, at least 16 bytes)
+    when set, else this gateway's own audit key, whose HMACs no other gateway's records share (docs/policies.md)."""
+    text = os.environ.get(SUBJECT_KEY_ENV, "").strip()
+    if not text:
+        return own, False
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"{SUBJECT_KEY_ENV} must be hex") from None
+    if len(key) < MIN_SUBJECT_KEY_BYTES:
+        raise ValueError(
+            f"{SUBJECT_KEY_ENV} must be at least {MIN_SUBJECT_KEY_BYTES} bytes ({2 * MIN_SUBJECT_KEY_BYTES} hex)"
+        )
+    return key, True
+
+
+def key_id(key: bytes) -> str:
+    """A public name of a subject key, so records HMAC'd with the same key can be told apart from others."""
+    return hashlib.sha256(b"lienthong-subject-key-id\0" + key).hexdigest()[:16]
 
 
 class AuditWriter:
@@ -134,7 +149,7 @@ class Audit(PolicyBase):
     def __init__(self, gateway: str, data_dir: Path, hmac_key: bytes) -> None:
         self.gateway = gateway
         self.writer = AuditWriter(data_dir / "audit")
-        self._key = hmac_key
+        self.key_id = key_id(hmac_key)
         # keyed once; each record copies the state (a third of hmac.new's cost on the hot path)
         self._subject_mac = hmac.new(hmac_key, digestmod=hashlib.sha256)
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +157,10 @@ class Audit(PolicyBase):
     def record(self, ctx: CallContext) -> dict[str, Any]:
         """The call's record, its keys in sorted order ("seq" and "prev" held for the writer), so that it is
         serialized without sorting: a third of orjson's cost here (tests/test_policy_audit.py checks the order)."""
-        subject = subject_value(ctx)
+        try:
+            subjects = [self._subject_hmac(s) for s in read_subjects(ctx)]
+        except Problem:  # the body the call was refused for (or never routed); it touched nobody
+            subjects = []
         endpoint = ctx.endpoint
         status, error_code = ctx.status, ctx.error_code
         return {
@@ -152,6 +170,7 @@ class Audit(PolicyBase):
             "gateway": self.gateway,
             "grant": ctx.grant.id if ctx.grant is not None else None,
             "issue": ctx.issue,
+            "items": ctx.items,
             "method": ctx.method,
             "path_template": endpoint.path if endpoint is not None else None,
             "prev": None,
@@ -169,7 +188,9 @@ class Audit(PolicyBase):
             "seq": None,
             "service": ctx.service.id if ctx.service is not None else ctx.service_id,
             "status": status,
-            "subject_hmac": self._subject_hmac(subject) if subject else None,
+            "subject_hmac": subjects[0] if subjects else None,
+            "subject_hmacs": subjects,
+            "subject_key_id": self.key_id,
             "succeeded": 200 <= status < 400 and error_code is None,
             "transaction_id": ctx.transaction_id,
             "user_id": ctx.user_id,
@@ -177,8 +198,11 @@ class Audit(PolicyBase):
 
     def _subject_hmac(self, subject: str) -> str:
         mac = self._subject_mac.copy()
-        mac.update(subject.encode())
+        mac.update(subject.encode("utf-8", "surrogatepass"))
         return mac.hexdigest()
+
+    def access(self, ctx: CallContext) -> None:
+        read_subjects(ctx)  # a declared subject location the gateway cannot read refuses the call (400), here
 
     def log(self, ctx: CallContext) -> None:
         self.writer.append(self.record(ctx), keys_sorted=True)
@@ -202,4 +226,8 @@ class Audit(PolicyBase):
 
 
 def build(cfg: ChainConfig) -> Audit:
-    return Audit(cfg.gateway, cfg.data_dir, cfg.audit_hmac_key)
+    key, mesh_wide = subject_key(cfg.audit_hmac_key)
+    if not mesh_wide:
+        log.warning("%s is not set: subject HMACs on gateway %s use its own key and match no other gateway's "
+                    "records (docs/policies.md)", SUBJECT_KEY_ENV, cfg.gateway)  # fmt: skip
+    return Audit(cfg.gateway, cfg.data_dir, key)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from lienthong.snapshot import Endpoint, Grant, Service, Snapshot
+from lienthong.subjects import extract
 
 Role = Literal["home", "provider", "local"]  # local: home and hosting gateway are the same
 
@@ -47,6 +48,8 @@ class CallContext:
     provider_gateway: str | None = None
     request_hash: str = ""
     traceparent: str | None = None
+    subjects: list[str] | None = None  # the data subjects' identifiers, once read_subjects() ran; never logged
+    items: int = 1  # the batch's item count (quota and meter count items), 1 for any other call
     # response side
     status: int = 0
     response_body: bytes = b""
@@ -57,6 +60,20 @@ class CallContext:
     request_out: float = 0.0
     response_in: float = 0.0
     response_out: float = 0.0
+
+
+def read_subjects(ctx: CallContext) -> list[str]:
+    """The call's subject identifiers (and ctx.items), read once from the locations its endpoint declares.
+
+    Raises Problem (400 naming the field, 413) the first time a declared location cannot be read; the policy that
+    asks first in the access phase refuses the call with it, later readers (the log phase) get an empty list."""
+    if ctx.subjects is not None:
+        return ctx.subjects
+    ctx.subjects = []  # set first: a refused read is neither retried nor raised again
+    spec = ctx.endpoint.subjects if ctx.endpoint is not None else None
+    if spec is not None:
+        ctx.subjects, ctx.items = extract(spec, ctx.path_params, ctx.query, ctx.headers, ctx.body)
+    return ctx.subjects
 
 
 class Policy(Protocol):

@@ -10,6 +10,8 @@ slot's previous life are replayed on start and every ADOPT_INTERVAL.
 
 Redis layout: meter:h:{YYYYMMDDHH} hash, field consumer|service|endpoint|consumer_gw|provider_gw|role|outcome -> n;
 meter:l:{YYYYMMDDHH} hash, field service|endpoint|role|le -> n (le: bucket upper bound in ms, "inf" last).
+The counts count items: a batch call (its endpoint declares `x-lienthong-batch`) that the mesh let through counts
+its item count (spool field "n", absent for 1), as its quota did; refused calls count 1. Histograms count calls.
 The same two per UTC minute for the dashboard's last hour, meter:m:{YYYYMMDDHHMM} and meter:lm:{YYYYMMDDHHMM}, expire
 MINUTE_TTL after their last write (the batch that writes them sets the expiry in the same atomic step).
 """
@@ -32,7 +34,8 @@ import orjson
 import redis
 
 from lienthong.background import stop_task
-from policies.base import CallContext, PolicyBase
+from lienthong.problem import Problem
+from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 from policies.worker_slot import WorkerSlot, claim_slot, orphan_slots
 
@@ -104,40 +107,57 @@ def record_of(ctx: CallContext, now: float) -> bytes:
     service = ctx.service.id if ctx.service is not None else (ctx.service_id or "-")
     provider_gw = ctx.provider_gateway or (ctx.service.gateway if ctx.service is not None else "-")
     end = ctx.response_out or now
-    return orjson.dumps(
-        {
-            "t": ctx.request_in,
-            "c": ctx.client or "-",
-            "s": service,
-            "e": endpoint,
-            "cg": ctx.consumer_gateway or "-",
-            "pg": provider_gw,
-            "r": ctx.role,
-            "o": outcome(ctx.status, ctx.error_code),
-            "ms": round(max(0.0, end - ctx.request_in) * 1000, 3),
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+    record: dict[str, Any] = {
+        "t": ctx.request_in,
+        "c": ctx.client or "-",
+        "s": service,
+        "e": endpoint,
+        "cg": ctx.consumer_gateway or "-",
+        "pg": provider_gw,
+        "r": ctx.role,
+        "o": outcome(ctx.status, ctx.error_code),
+        "ms": round(max(0.0, end - ctx.request_in) * 1000, 3),
+    }
+    items = _items(ctx)
+    if items != 1:
+        record["n"] = items
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _items(ctx: CallContext) -> int:
+    """The items the call counts: a batch's item count once the mesh let it through, else 1."""
+    endpoint = ctx.endpoint
+    if ctx.error_code is not None or endpoint is None or endpoint.subjects is None or endpoint.subjects.batch is None:
+        return 1
+    try:
+        read_subjects(ctx)  # already read in access when quota or audit ran; cached on ctx
+    except Problem:
+        return 1
+    return ctx.items
 
 
 def fold(lines: Iterable[bytes]) -> Counter[tuple[str, str]]:
     """Spool lines -> {(redis hash key, field): delta}."""
     # A batch holds thousands of calls of the same few shapes: count the shapes, then build keys once per shape.
     shapes: Counter[tuple[Any, ...]] = Counter()
+    items: Counter[tuple[Any, ...]] = Counter()
     for line in lines:
         rec = orjson.loads(line)
-        shapes[(int(rec["t"] // 60), rec["c"], rec["s"], rec["e"], rec["cg"], rec["pg"], rec["r"], rec["o"],
-                 bucket(rec["ms"]))] += 1  # fmt: skip
+        shape = (int(rec["t"] // 60), rec["c"], rec["s"], rec["e"], rec["cg"], rec["pg"], rec["r"], rec["o"],
+                 bucket(rec["ms"]))  # fmt: skip
+        shapes[shape] += 1
+        items[shape] += rec.get("n", 1)
     deltas: Counter[tuple[str, str]] = Counter()
-    for (minute_number, c, s, e, cg, pg, r, o, le), n in shapes.items():
+    for (minute_number, c, s, e, cg, pg, r, o, le), calls in shapes.items():
+        n = items[(minute_number, c, s, e, cg, pg, r, o, le)]
         minute = _minute_label(minute_number)
         hour = minute[:10]
         dims = "|".join((c, s, e, cg, pg, r, o))
         histogram = f"{s}|{e}|{r}|{le}"
         deltas[(f"meter:h:{hour}", dims)] += n
-        deltas[(f"meter:l:{hour}", histogram)] += n
+        deltas[(f"meter:l:{hour}", histogram)] += calls
         deltas[(f"meter:m:{minute}", dims)] += n
-        deltas[(f"meter:lm:{minute}", histogram)] += n
+        deltas[(f"meter:lm:{minute}", histogram)] += calls
     return deltas
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from lienthong.problem import Problem
-from policies.base import CallContext, PolicyBase
+from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 
 log = logging.getLogger("lienthong.policies.quota")
@@ -32,21 +32,27 @@ MAX_LEASE = 100
 REDIS_BACKOFF = 1.0  # seconds without trying Redis on the hot path after a failure
 NO_LIMIT = -1
 
-# KEYS: minute key, day key. ARGV: minute limit, day limit (-1: none), wanted, minute debt, day debt, minute ttl.
-# Returns {granted, exhausted window: "m", "d" or ""}. Near the limit a lease is at most a quarter of what is
-# left, so the last tokens spread over the workers instead of sitting in one.
+# KEYS: minute key, day key. ARGV: minute limit, day limit (-1: none), wanted, minute debt, day debt, minute ttl,
+# needed (the fewest tokens that let the call through: its items not yet covered by the worker's own tokens).
+# Returns {granted, window: "m", "d" or "", left in that window}: granted is 0 or at least `needed`, never part of a
+# call. Near the limit a lease is at most a quarter of what is left (but never less than needed), so the last tokens
+# spread over the workers instead of sitting in one.
 LEASE_SCRIPT = """
 local lm, ld = tonumber(ARGV[1]), tonumber(ARGV[2])
 local want, debt_m, debt_d = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local need = tonumber(ARGV[7])
 local cm = tonumber(redis.call('GET', KEYS[1]) or '0') + debt_m
 local cd = tonumber(redis.call('GET', KEYS[2]) or '0') + debt_d
-local grant, which = want, ''
+local grant, which, short = want, '', 0
 local function cap(limit, used, name)
-  if limit < 0 then return end
+  if limit < 0 or grant == 0 then return end
   local left = limit - used
   local allowed = 0
-  if left > 0 then allowed = math.max(1, math.floor(left / 4)) end
-  if allowed < grant then grant = allowed; if allowed == 0 then which = name end end
+  if left >= need then allowed = math.max(need, math.floor(left / 4)) end
+  if allowed < grant then
+    grant = allowed
+    if allowed == 0 then which = name; short = math.max(0, left) end
+  end
 end
 cap(lm, cm, 'm')
 cap(ld, cd, 'd')
@@ -58,7 +64,7 @@ if grant + debt_d > 0 then
   redis.call('INCRBY', KEYS[2], grant + debt_d)
   redis.call('EXPIRE', KEYS[2], 172800)
 end
-return {grant, which}
+return {grant, which, short}
 """
 
 
@@ -78,9 +84,11 @@ class _Bucket:
     lease_at: float = 0.0
 
 
-def _too_many(retry_after: float, detail: str) -> Problem:
+def _too_many(retry_after: float, detail: str, quota: str | None = None) -> Problem:
+    """429 with Retry-After; `quota` names the exhausted limit (per_minute or per_day) when it is known."""
     seconds = max(1, math.ceil(retry_after))
-    return Problem(429, "quota-exceeded", detail, headers={"Retry-After": str(seconds)}, retry_after=seconds)
+    extra = {"quota": quota} if quota is not None else {}
+    return Problem(429, "quota-exceeded", detail, headers={"Retry-After": str(seconds)}, retry_after=seconds, **extra)
 
 
 class Quota(PolicyBase):
@@ -98,6 +106,10 @@ class Quota(PolicyBase):
         grant = ctx.grant
         if ctx.role == "provider" or grant is None or (grant.per_minute is None and grant.per_day is None):
             return
+        endpoint = ctx.endpoint
+        if endpoint is not None and endpoint.subjects is not None and endpoint.subjects.batch is not None:
+            read_subjects(ctx)  # a batch spends one token per item (ctx.items); an unreadable one is a 400 here
+        items = ctx.items
         now = time.time()
         minute, day = int(now // 60), int(now // 86400)
         b = self._buckets.get(grant.id)
@@ -115,18 +127,22 @@ class Quota(PolicyBase):
             raise _too_many(b.exhausted_until - now, f"grant {grant.id} is over its quota")
         if now - b.rate_started >= 1.0:
             b.last_rate, b.rate_calls, b.rate_started = max(1, b.rate_calls), 0, now
-        b.rate_calls += 1
-        if b.tokens > 0:
-            b.tokens -= 1
+        b.rate_calls += items
+        if b.tokens >= items:
+            b.tokens -= items
             return
-        self._take_lease(grant.id, grant.per_minute, grant.per_day, b, now)
+        self._take_lease(grant.id, grant.per_minute, grant.per_day, b, now, items)
 
-    def _take_lease(self, grant_id: str, per_minute: int | None, per_day: int | None, b: _Bucket, now: float) -> None:
+    def _take_lease(
+        self, grant_id: str, per_minute: int | None, per_day: int | None, b: _Bucket, now: float, items: int = 1
+    ) -> None:
+        """Lease at least the call's items not covered by the worker's own tokens, or refuse the call whole."""
         minute_end, day_end = (b.minute + 1) * 60.0, (b.day + 1) * 86400.0
+        need = items - b.tokens
         if now >= self._redis_down_until:
             # about a second of this worker's calls; doubled when the last lease ran out within a second (a burst)
             quick = now - b.lease_at < 1.0
-            want = min(MAX_LEASE, max(b.last_rate, b.last_lease * 2 if quick else 1))
+            want = max(need, min(MAX_LEASE, max(b.last_rate, b.last_lease * 2 if quick else 1)))
             keys = [f"quota:{{{grant_id}}}:m:{b.minute}", f"quota:{{{grant_id}}}:d:{b.day}"]
             args = [
                 NO_LIMIT if per_minute is None else per_minute,
@@ -135,28 +151,35 @@ class Quota(PolicyBase):
                 b.debt_minute,
                 b.debt_day,
                 120,
+                need,
             ]
             try:
-                granted, which = self._lease(keys=keys, args=args)
+                granted, which, left = self._lease(keys=keys, args=args)
             except redis.RedisError as exc:
                 log.warning("quota store unreachable, admitting within the outage allowance: %s", exc)
                 self._redis_down_until = now + REDIS_BACKOFF
             else:
                 b.debt_minute = b.debt_day = 0
                 self.leases += 1
-                granted = int(granted)
+                granted, left = int(granted), int(left) + b.tokens
                 b.last_lease, b.lease_at = granted, now
                 if granted > 0:
-                    b.tokens = granted - 1
+                    b.tokens += granted - items
                     return
-                exhausted = day_end if which in (b"d", "d") else minute_end
-                b.exhausted_until = exhausted
-                raise _too_many(exhausted - now, f"grant {grant_id} is over its quota")
+                daily = which in (b"d", "d")
+                exhausted = day_end if daily else minute_end
+                window = "per_day" if daily else "per_minute"
+                if left <= 0:  # the window is spent: answer locally until it ends
+                    b.exhausted_until = exhausted
+                    raise _too_many(exhausted - now, f"grant {grant_id} is over its {window} quota", window)
+                # only this call is too big for what is left: refused whole, smaller calls still pass
+                raise _too_many(exhausted - now, f"grant {grant_id} has {left} of its {window} quota left and this "
+                                f"call asks for {items}", window)  # fmt: skip
         allowance = max(1, (per_minute if per_minute is not None else MAX_LEASE * 10) // 10)
-        if b.outage_admitted < allowance:
-            b.outage_admitted += 1
-            b.debt_minute += 1
-            b.debt_day += 1
+        if b.outage_admitted + items <= allowance:
+            b.outage_admitted += items
+            b.debt_minute += items
+            b.debt_day += items
             return
         raise _too_many(minute_end - now, "the quota store is unreachable and this worker's outage allowance is spent")
 

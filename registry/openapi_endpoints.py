@@ -5,10 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
+from lienthong import subjects
 from lienthong.problem import Problem
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
-SUBJECT_EXTENSION = "x-lienthong-subject"
+SUBJECT_EXTENSION = "x-lienthong-subject"  # on a parameter or a request-body schema property: it holds a subject
+SUBJECTS_EXTENSION = "x-lienthong-subjects"  # on an operation: [{in: path|query|header, name}, {in: body, pointer}]
+BATCH_EXTENSION = "x-lienthong-batch"  # on an operation: {items: /pointer/to/the/array} (quota and meter count items)
+MAX_REF_HOPS = 16
+MAX_SCHEMA_NODES = 2000  # schema objects visited per request body when looking for subject properties
 
 # A template segment is either literal text or one {param}; '..', '.', and empty segments would let a call
 # escape its endpoint after percent-decoding (protocol §2), so they are refused at registration already.
@@ -30,14 +37,111 @@ def _check_path(path: object) -> str:
     return path
 
 
-def _subject_param(*parameter_lists: object) -> str | None:
-    for params in parameter_lists:
+def _resolve(doc: dict[str, Any], node: object, field: str) -> object:
+    """Follow local `$ref`s ('#/components/...'); anything else that cannot be resolved is a 400 naming `field`."""
+    for _ in range(MAX_REF_HOPS):
+        if not isinstance(node, dict) or "$ref" not in node:
+            return node
+        ref = node["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            raise _bad(field, f"$ref {ref!r} cannot be resolved: only local '#/...' references are supported")
+        target: object = doc
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                raise _bad(field, f"$ref {ref!r} points at nothing in the document")
+            target = target[part]
+        node = target
+    raise _bad(field, f"$ref chain longer than {MAX_REF_HOPS} hops (a cycle?)")
+
+
+def _param_subjects(doc: dict[str, Any], field: str, *lists: object) -> list[dict[str, str]]:
+    """Parameters marked `x-lienthong-subject: true`, `$ref`s resolved; an operation's own parameter overrides the
+    path item's of the same name and place (OpenAPI's rule)."""
+    found: dict[tuple[str, str], bool] = {}
+    for params in reversed(lists):  # path item first, the operation's own last, so they win
         if not isinstance(params, list):
             continue
-        for p in params:
-            if isinstance(p, dict) and p.get(SUBJECT_EXTENSION) is True and isinstance(p.get("name"), str):
-                return str(p["name"])
-    return None
+        for i, raw in enumerate(params):
+            p = _resolve(doc, raw, f"{field}.parameters.{i}")
+            if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not isinstance(p.get("in"), str):
+                continue
+            found[(p["in"], p["name"])] = p.get(SUBJECT_EXTENSION) is True
+    out = []
+    for (place, name), marked in found.items():
+        if not marked:
+            continue
+        if place not in subjects.PARAM_PLACES:
+            raise _bad(field, f"subject parameter {name!r} is in {place!r}; subjects sit in path, query or header")
+        out.append({"in": place, "name": name})
+    return out
+
+
+def _body_schema_subjects(doc: dict[str, Any], op: dict[str, Any], field: str) -> list[dict[str, str]]:
+    """Request-body schema properties marked `x-lienthong-subject: true`, as pointers (arrays become `*`)."""
+    body = _resolve(doc, op.get("requestBody"), f"{field}.requestBody")
+    if not isinstance(body, dict) or not isinstance(body.get("content"), dict):
+        return []
+    pointers: dict[str, None] = {}
+    budget = [MAX_SCHEMA_NODES]
+
+    def visit(schema: object, at: subjects.Pointer, refs: tuple[str, ...]) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _bad(f"{field}.requestBody", f"the request body schema has more than {MAX_SCHEMA_NODES} parts")
+        if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
+            if schema["$ref"] in refs:
+                return  # a recursive schema: its subjects were found on the first pass
+            refs = (*refs, schema["$ref"])
+        node = _resolve(doc, schema, f"{field}.requestBody")
+        if not isinstance(node, dict) or len(at) > subjects.MAX_POINTER_SEGMENTS:
+            return
+        if node.get(SUBJECT_EXTENSION) is True and at:
+            is_array = node.get("type") == "array"
+            pointers[subjects.format_pointer((*at, subjects.WILDCARD) if is_array else at)] = None
+        for key in ("allOf", "anyOf", "oneOf"):
+            if isinstance(node.get(key), list):
+                for sub in node[key]:
+                    visit(sub, at, refs)
+        if isinstance(node.get("properties"), dict):
+            for name, sub in node["properties"].items():
+                visit(sub, (*at, str(name)), refs)
+        if "items" in node:
+            visit(node["items"], (*at, subjects.WILDCARD), refs)
+
+    for media, content in body["content"].items():
+        if isinstance(media, str) and "json" in media and isinstance(content, dict) and "schema" in content:
+            visit(content["schema"], (), ())
+    return [{"in": "body", "pointer": p} for p in pointers]
+
+
+def _declared(doc: dict[str, Any], path: str, method: str, op: dict[str, Any], item: dict[str, Any]
+              ) -> tuple[list[dict[str, str]], dict[str, str] | None]:  # fmt: skip
+    """The endpoint's subject locations and batch declaration, checked with the gateway's own parser."""
+    field = f"openapi.paths.{path}.{method}"
+    located = _param_subjects(doc, field, op.get("parameters"), item.get("parameters"))
+    located += _body_schema_subjects(doc, op, field)
+    explicit = op.get(SUBJECTS_EXTENSION)
+    if explicit is not None:
+        if not isinstance(explicit, list):
+            raise _bad(f"{field}.{SUBJECTS_EXTENSION}", "must be a list of {in, name} or {in: body, pointer}")
+        for i, loc in enumerate(explicit):
+            if not isinstance(loc, dict):
+                raise _bad(f"{field}.{SUBJECTS_EXTENSION}.{i}", "a subject location must be an object")
+            located.append({k: v for k, v in loc.items() if k in ("in", "name", "pointer")})
+    unique = list({orjson.dumps(loc, option=orjson.OPT_SORT_KEYS): loc for loc in located}.values())
+    batch = op.get(BATCH_EXTENSION)
+    if batch is not None:
+        batch = {k: v for k, v in batch.items() if k == "items"} if isinstance(batch, dict) else batch
+    try:
+        spec = subjects.parse_declaration({"path": path, "subjects": unique, "batch": batch})
+    except ValueError as exc:
+        raise _bad(field, f"{path} {method.upper()}: {exc}") from None
+    names = set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", path))
+    for place, name in spec.params if spec is not None else ():
+        if place == "path" and name not in names:
+            raise _bad(field, f"subject path parameter {name!r} is not in the template {path}")
+    return unique, batch
 
 
 def check_document(doc: object) -> dict[str, Any]:
@@ -69,6 +173,9 @@ def derive(doc: object, previous: list[dict[str, Any]] | None = None) -> list[di
             if not isinstance(op, dict):
                 raise _bad("openapi.paths", f"operation {method.upper()} {path} must be an object")
             key = (method.upper(), path)
+            located, batch = _declared(checked, path, method, op, item)
+            # the first path or query subject, for readers of the older single-parameter field
+            first = next((loc["name"] for loc in located if loc["in"] in ("path", "query")), None)
             endpoints.append(
                 {
                     "method": key[0],
@@ -76,7 +183,9 @@ def derive(doc: object, previous: list[dict[str, Any]] | None = None) -> list[di
                     "operation_id": op.get("operationId") if isinstance(op.get("operationId"), str) else None,
                     "summary": op.get("summary") if isinstance(op.get("summary"), str) else None,
                     "enabled": kept.get(key, True),
-                    "subject_param": _subject_param(op.get("parameters"), item.get("parameters")),
+                    "subject_param": first,
+                    "subjects": located,
+                    "batch": batch,
                 }
             )
     if not endpoints:
