@@ -18,7 +18,8 @@ from starlette.responses import JSONResponse, Response
 from lienthong.api_problems import add_problem_handlers, problem_response, validator_map
 from lienthong.problem import Problem
 from lienthong.redis_connection import async_client
-from registry import keyfiles, runtime
+from registry import keyfiles, runtime, service_rules
+from registry.settings import RegistrySettings
 from registry.snapshot_builder import SnapshotBuilder
 from registry.store import Store, Tx
 from registry.version_watch import VersionWatch
@@ -27,6 +28,7 @@ log = logging.getLogger("lienthong.registry")
 
 SPEC = Path(__file__).resolve().parent.parent / "openapi" / "registry.yaml"
 MAX_BODY_BYTES = 1024 * 1024
+
 
 def on_redis_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     log.warning("redis unavailable: %s", exc)
@@ -48,16 +50,19 @@ async def ensure_admin_keys(store: Store, data_dir: Path) -> None:
         await store.change("system:init", change)
 
 
-def create_app(data_dir: str | Path, redis_url: str) -> connexion.AsyncApp:
+def create_app(data_dir: str | Path, redis_url: str, settings: RegistrySettings | None = None) -> connexion.AsyncApp:
     data = Path(data_dir)
     signing, kid = keyfiles.signing_key(data)
+    settings = settings or RegistrySettings()
+    published = service_rules.policy(settings, redis_url).to_doc()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         redis = async_client(redis_url)
         store = Store(redis)
         watch = VersionWatch(redis)
-        rt = runtime.Runtime(redis, store, SnapshotBuilder(redis, signing, kid), watch, data)
+        builder = SnapshotBuilder(redis, signing, kid, upstream_policy=published)
+        rt = runtime.Runtime(redis, store, builder, watch, data, settings, redis_url)
         await ensure_admin_keys(store, data)
         watch.start()
         runtime.install(rt)

@@ -51,12 +51,31 @@ def init_cmd(data_dir: Path) -> None:
               help="Redis to use (env REDIS_URL); without it an embedded, durable redis-server is used")  # fmt: skip
 @click.option("--redis-dir", type=click.Path(file_okay=False, path_type=Path), default="var/redis", show_default=True,
               help="data dir of the embedded Redis")  # fmt: skip
-def serve_cmd(host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir: Path) -> None:
+@click.option("--upstream-allow", default=None, metavar="HOST[:PORT],...",
+              help="upstream addresses allowed although loopback, link-local, metadata or the mesh's own: IPs, "
+                   "CIDRs or names, e.g. 127.0.0.1:8801 (env LIENTHONG_UPSTREAM_ALLOW; default: none)")  # fmt: skip
+@click.option("--max-endpoints", type=click.IntRange(min=1), default=None,
+              help="operations per service document (env LIENTHONG_MAX_ENDPOINTS; default 500)")  # fmt: skip
+@click.option("--max-document-bytes", type=click.IntRange(min=1), default=None,
+              help="size of a service's OpenAPI document as JSON (env LIENTHONG_MAX_DOCUMENT_BYTES; default 262144)")
+@click.option("--max-services-per-member", type=click.IntRange(min=1), default=None,
+              help="services one member may register (env LIENTHONG_MAX_SERVICES_PER_MEMBER; default 200)")
+def serve_cmd(
+    host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir: Path, upstream_allow: str | None,
+    max_endpoints: int | None, max_document_bytes: int | None, max_services_per_member: int | None,
+) -> None:  # fmt: skip
     """Serve the registry API under /v1 (Swagger UI at /v1/ui, health at /healthz)."""
     from registry.serve import NotInitialised, serve
+    from registry.settings import RegistrySettings
 
     try:
-        serve(host, port, data_dir, redis_url, redis_dir)
+        settings = RegistrySettings.from_options(
+            upstream_allow, max_endpoints, max_document_bytes, max_services_per_member
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--upstream-allow / --max-*") from exc
+    try:
+        serve(host, port, data_dir, redis_url, redis_dir, settings)
     except NotInitialised as exc:
         raise click.ClickException(str(exc)) from exc
 

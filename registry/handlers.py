@@ -14,7 +14,7 @@ from starlette.responses import Response
 from lienthong import ids
 from lienthong.keys import public_key_from_jwk, thumbprint
 from lienthong.problem import Problem, bad_request
-from registry import openapi_endpoints
+from registry import openapi_endpoints, path_templates, service_rules
 from registry.auth import Principal, authenticate
 from registry.runtime import current
 from registry.store import Kind, Tx, now_iso
@@ -317,14 +317,24 @@ async def revoke_gateway_key(code: str, kid: str) -> Response:
 # ---- services ---------------------------------------------------------------------------------------------------
 
 
-def _may_see_upstream(who: Principal, service: dict[str, Any]) -> bool:
-    return who.role == "admin" or (who.role == "integrator" and who.member == _member_of(service["provider"]))
+def _visible_or_404(
+    who: Principal, service: dict[str, Any] | None, ident: str, code: str = "not-found"
+) -> dict[str, Any]:
+    """A service as `who` may see it; one it may not see (never approved, not its own) does not exist for it."""
+    shown = service_rules.visible(who, service) if service is not None else None
+    if shown is None:
+        raise Problem(404, code, f"no service {ident!r}")
+    return shown
 
 
-def _public_service(who: Principal, service: dict[str, Any]) -> dict[str, Any]:
-    if _may_see_upstream(who, service):
-        return service
-    return {k: v for k, v in service.items() if k != "upstream_url"}
+async def _checked_registration(body: dict[str, Any]) -> None:
+    """Limits, path templates and the upstream policy, before any endpoint is derived or anything stored."""
+    rt = current()
+    service_rules.check_document_limits(rt.settings, body.get("openapi"))
+    if isinstance(body.get("openapi"), dict):
+        path_templates.check(body["openapi"])
+    gateways = await rt.store.all("gateways")
+    await service_rules.check_upstream(service_rules.policy(rt.settings, rt.redis_url, gateways), body["upstream_url"])
 
 
 def _service_fields(body: dict[str, Any], previous: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -348,10 +358,13 @@ async def list_services(provider: str | None = None, gateway: str | None = None)
         _valid("subsystem", provider, "provider")
     if gateway is not None:
         _valid("gateway", gateway, "gateway")
+    shown = [service_rules.visible(who, s) for s in await current().store.all("services")]
     items = [
-        _public_service(who, s)
-        for s in await current().store.all("services")
-        if (provider is None or s["provider"] == provider) and (gateway is None or s["gateway"] == gateway)
+        s
+        for s in shown
+        if s is not None
+        and (provider is None or s["provider"] == provider)
+        and (gateway is None or s["gateway"] == gateway)
     ]
     return _json({"items": sorted(items, key=lambda s: s["id"])})
 
@@ -364,12 +377,14 @@ async def register_service(body: dict[str, Any]) -> Response:
         raise Problem(400, "invalid-identifier", f"{code!r} is a reserved metaservice name", field="code")
     service_id = _valid("service", f"{subsystem_id}/{code}", "code")
     who.require_member(_member_of(subsystem_id))
+    await _checked_registration(body)
     fields = _service_fields(body, None)
 
     async def change(tx: Tx) -> dict[str, Any]:
         if await tx.get("services", service_id) is not None:
             raise _conflict("service", service_id)
         await _must_ref(tx, "subsystems", subsystem_id, "subsystem", "subsystem")
+        service_rules.check_member_limit(current().settings, _member_of(subsystem_id), await tx.ids("services"))
         await _must_ref(tx, "gateways", fields["gateway"], "gateway", "gateway")
         obj = {"id": service_id, "provider": subsystem_id, "code": code, **fields, "approved": False}
         return tx.put("services", service_id, None, obj, "services.register")
@@ -380,10 +395,7 @@ async def register_service(body: dict[str, Any]) -> Response:
 async def get_service(member_class: str, member_code: str, subsystem_code: str, service_code: str) -> Response:
     who = await _principal()
     service_id = _service_path(member_class, member_code, subsystem_code, service_code)
-    obj = await current().store.get("services", service_id)
-    if obj is None:
-        raise _not_found("service", service_id)
-    return _obj(_public_service(who, obj))
+    return _obj(_visible_or_404(who, await current().store.get("services", service_id), service_id))
 
 
 async def update_service(
@@ -392,15 +404,15 @@ async def update_service(
     who = await _principal()
     service_id = _service_path(member_class, member_code, subsystem_code, service_code)
     who.require_member(_member_of(service_id))
+    await _checked_registration(body)
 
     async def change(tx: Tx) -> dict[str, Any]:
         before = await _must(tx, "services", service_id, "service")
         _check_if_match(before)
         fields = _service_fields(body, before["endpoints"])
         await _must_ref(tx, "gateways", fields["gateway"], "gateway", "gateway")
-        # protocol §1: one live version per service code; a new version needs approval again
-        approved = before["approved"] and fields["version_label"] == before["version_label"]
-        return tx.put("services", service_id, before, {**before, **fields, "approved": approved}, "services.update")
+        # a new version, upstream, gateway or endpoint set needs approval again; the approved one keeps serving
+        return tx.put("services", service_id, before, service_rules.updated(before, fields), "services.update")
 
     return _obj(await current().store.change(who.who, change))
 
@@ -413,7 +425,8 @@ async def approve_service(member_class: str, member_code: str, subsystem_code: s
     async def change(tx: Tx) -> dict[str, Any]:
         before = await _must(tx, "services", service_id, "service")
         _check_if_match(before)
-        return tx.put("services", service_id, before, {**before, "approved": True}, "services.approve")
+        after = {k: v for k, v in before.items() if k != "live"}  # the approved revision is now the live one
+        return tx.put("services", service_id, before, {**after, "approved": True}, "services.approve")
 
     return _obj(await current().store.change(who.who, change))
 
@@ -429,15 +442,23 @@ async def set_endpoint(
     async def change(tx: Tx) -> dict[str, Any]:
         before = await _must(tx, "services", service_id, "service")
         _check_if_match(before)
-        endpoints, found = [], False
-        for e in before["endpoints"]:
-            if e["method"] == method and e["path"] == path:
-                e, found = {**e, "enabled": enabled}, True
-            endpoints.append(e)
+        after, found = dict(before), False
+        # the flag applies to the live revision too: disabling an endpoint must not wait for an approval
+        for holder in (after, after.get("live")):
+            if holder is None:
+                continue
+            endpoints = []
+            for e in holder["endpoints"]:
+                if e["method"] == method and e["path"] == path:
+                    e, found = {**e, "enabled": enabled}, True
+                endpoints.append(e)
+            holder["endpoints"] = endpoints
+            if holder is not after:
+                after["live"] = holder
         if not found:
             raise Problem(404, "unknown-endpoint", f"{service_id} has no endpoint {method} {path}", field="path")
         action = "services.enable-endpoint" if enabled else "services.disable-endpoint"
-        return tx.put("services", service_id, before, {**before, "endpoints": endpoints}, action)
+        return tx.put("services", service_id, before, after, action)
 
     return _obj(await current().store.change(who.who, change))
 
@@ -493,7 +514,7 @@ async def revoke_client_key(member_class: str, member_code: str, subsystem_code:
 
 
 async def list_grants(consumer: str | None = None, service: str | None = None) -> Response:
-    await _principal()
+    who = await _principal()
     if consumer is not None:
         _valid("subsystem", consumer, "consumer")
     if service is not None:
@@ -501,7 +522,9 @@ async def list_grants(consumer: str | None = None, service: str | None = None) -
     items = [
         g
         for g in await current().store.all("grants")
-        if (consumer is None or g["consumer"] == consumer) and (service is None or g["service"] == service)
+        if (consumer is None or g["consumer"] == consumer)
+        and (service is None or g["service"] == service)
+        and service_rules.grant_visible(who, g)
     ]
     return _json({"items": sorted(items, key=lambda g: g["id"])})
 
@@ -549,9 +572,9 @@ async def create_grant(body: dict[str, Any]) -> Response:
 
 
 async def get_grant(grant_id: str) -> Response:
-    await _principal()
+    who = await _principal()
     obj = await current().store.get("grants", grant_id)
-    if obj is None:
+    if obj is None or not service_rules.grant_visible(who, obj):
         raise _not_found("grant", grant_id)
     return _obj(obj)
 
@@ -591,22 +614,17 @@ def _matches(s: dict[str, Any], words: list[str]) -> bool:
 async def search_catalog(q: str | None = None) -> Response:
     who = await _principal()
     words = (q or "").lower().split()
-    items = [
-        _catalog_entry(s)
-        for s in await current().store.all("services")
-        # unapproved services are visible to admins and to their own member only
-        if (s["approved"] or _may_see_upstream(who, s)) and _matches(s, words)
-    ]
+    # a service never approved is visible to admins and its own member only; others see the approved revision
+    shown = [service_rules.visible(who, s) for s in await current().store.all("services")]
+    items = [_catalog_entry(s) for s in shown if s is not None and _matches(s, words)]
     return _json({"items": sorted(items, key=lambda s: s["id"])})
 
 
 async def _service_for(member_class: str, member_code: str, subsystem_code: str, service_code: str) -> dict[str, Any]:
-    await _principal()
+    who = await _principal()
     service_id = _service_path(member_class, member_code, subsystem_code, service_code)
     obj = await current().store.get("services", service_id)
-    if obj is None:
-        raise Problem(404, "unknown-service", f"no service {service_id!r}")
-    return obj
+    return _visible_or_404(who, obj, service_id, "unknown-service")
 
 
 async def get_openapi(member_class: str, member_code: str, subsystem_code: str, service_code: str) -> Response:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from registry.settings import RegistrySettings
 from registry.snapshot_builder import SnapshotBuilder
 from registry.store import Store
 from registry.version_watch import VersionWatch
@@ -22,6 +23,8 @@ class Runtime:
     builder: SnapshotBuilder
     watch: VersionWatch
     data_dir: Path
+    settings: RegistrySettings
+    redis_url: str
 
 
 _current: Runtime | None = None

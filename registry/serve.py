@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -9,13 +10,21 @@ import uvicorn
 
 from lienthong.redis_connection import resolve_url
 from registry import keyfiles
+from registry.settings import RegistrySettings
 
 
 class NotInitialised(Exception):
     """serve was asked to run before `lienthong registry init`."""
 
 
-def serve(host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir: Path) -> None:
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    redis_url: str | None,
+    redis_dir: Path,
+    settings: RegistrySettings | None = None,
+) -> None:
     if not (data_dir / keyfiles.SIGNING_KEY).exists():
         raise NotInitialised(f"no registry key in {data_dir}; run `lienthong registry init --data-dir {data_dir}`")
     try:
@@ -31,7 +40,9 @@ def serve(host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir
 
     try:
         # Long polls park for up to 60 s; a stop must not wait for them (gateways simply ask again).
-        uvicorn.run(create_app(data_dir, redis_url), host=host, port=port, log_level="warning", access_log=False,
+        own = dataclasses.replace(settings or RegistrySettings(), listen=(host, port))  # refused as an upstream
+        app = create_app(data_dir, redis_url, own)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                     timeout_graceful_shutdown=2)  # fmt: skip
     finally:
         if embedded is not None:

@@ -43,8 +43,13 @@ class SnapshotBuilder:
     small header (padded with JSON whitespace to a multiple of 3 bytes) is encoded in front of it.
     """
 
-    def __init__(self, redis: aioredis.Redis, key: PrivateKey, kid: str, cache_size: int = 64) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, key: PrivateKey, kid: str, cache_size: int = 64,
+        upstream_policy: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.redis = redis
+        # the mesh's upstream allowlist and the registry's own endpoints: gateways check connectors against it
+        self._policy = b',"upstream_policy":' + orjson.dumps(upstream_policy or {"allow": [], "mesh": []})
         self.key = key
         self.kid = kid
         self.algorithm = algorithm_of(key)
@@ -66,8 +71,8 @@ class SnapshotBuilder:
             results = await pipe.execute()
         return int(results[0] or 0), results[1], results[2:]
 
-    @staticmethod
-    def shared_body(parts: list[list[bytes]]) -> bytes:
+    def shared_body(self, parts: list[list[bytes]]) -> bytes:
+        """Every gateway's part; `services` holds live (approved) revisions only (registry.store)."""
         members, subsystems, gateways, clients, grants, services = parts
         return (
             b'"members":' + _array(members)
@@ -76,6 +81,7 @@ class SnapshotBuilder:
             + b',"services":' + _array(services)
             + b',"clients":' + _array(clients)
             + b',"grants":' + _array(grants)
+            + self._policy
         )  # fmt: skip
 
     async def build(self, gateway: str) -> SignedSnapshot:

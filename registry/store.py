@@ -3,8 +3,10 @@
 Layout (prefix `lienthong:registry:`):
 - `obj:{kind}`          hash id -> the object's JSON (kinds: members, subsystems, gateways, services, clients,
                         grants, admins)
-- `snap:services`       hash id -> the service as the snapshot shows it (no upstream URL)
-- `upstreams:{gateway}` hash service id -> upstream URL, read only for the gateway that hosts the service
+- `snap:services`       hash id -> the service's live (approved) revision as the snapshot shows it (no upstream
+                        URL); a service never approved has none, one with a pending change keeps its last approved
+                        revision (the object's `live` field) here until an admin approves the change
+- `upstreams:{gateway}` hash service id -> the live revision's upstream URL, read only by the gateway hosting it
 - `kids`                hash kid -> {"role", "owner"}: which principal a key id belongs to
 - `version`             the global version; +1 per change; it is the snapshot version
 - `changes`             stream: the append-only change log
@@ -51,9 +53,19 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def live_revision(service: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What gateways serve of a service: itself once approved, else the last approved revision it keeps (if any)."""
+    if service is None:
+        return None
+    if service.get("approved"):
+        return {k: v for k, v in service.items() if k != "live"}
+    live: dict[str, Any] | None = service.get("live")
+    return live
+
+
 def snapshot_service(service: dict[str, Any]) -> dict[str, Any]:
     """The service as every gateway sees it: the upstream URL is left out (it travels in `upstreams`)."""
-    return {k: v for k, v in service.items() if k != "upstream_url"}
+    return {k: v for k, v in service.items() if k not in ("upstream_url", "live")}
 
 
 @dataclass
@@ -66,6 +78,7 @@ class Tx:
     kid_writes: dict[str, dict[str, str]] = field(default_factory=dict)
     log: list[dict[str, Any]] = field(default_factory=list)
     _upstream_moves: list[tuple[str | None, str | None, str, str | None]] = field(default_factory=list)
+    _live: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # service id -> its new live revision
 
     async def get(self, kind: Kind, ident: str) -> dict[str, Any] | None:
         for k, i, value in reversed(self.writes):
@@ -93,11 +106,18 @@ class Tx:
         stamped["updated_at"] = now_iso()
         stamped.setdefault("created_at", before.get("created_at") if before else stamped["updated_at"])
         self.writes.append((kind, ident, stamped))
-        if kind == "services":
-            old_gw = before.get("gateway") if before else None
-            self._upstream_moves.append((old_gw, stamped.get("gateway"), ident, stamped.get("upstream_url")))
+        if kind == "services":  # only the live (approved) revision reaches snapshots and upstreams
+            old_live, new_live = live_revision(before), live_revision(stamped)
+            self._live[ident] = new_live
+            old_gw = old_live.get("gateway") if old_live else None
+            new_gw, url = (new_live.get("gateway"), new_live.get("upstream_url")) if new_live else (None, None)
+            self._upstream_moves.append((old_gw, new_gw, ident, url))
         self.log.append({"action": action, "kind": kind, "id": ident, "before": before, "after": stamped})
         return stamped
+
+    async def ids(self, kind: Kind) -> list[str]:
+        """The ids of every object of a kind, without reading the objects."""
+        return [k.decode() for k in await self.pipe.hkeys(obj_key(kind))]
 
     def index_kid(self, kid: str, role: str, owner: str) -> None:
         self.kid_writes[kid] = {"role": role, "owner": owner}
@@ -118,6 +138,10 @@ class Store:
 
     async def all(self, kind: Kind) -> list[dict[str, Any]]:
         return [orjson.loads(v) for v in await self.redis.hvals(obj_key(kind))]
+
+    async def ids(self, kind: Kind) -> list[str]:
+        raw: list[bytes] = await self.redis.hkeys(obj_key(kind))  # type: ignore[assignment]
+        return [k.decode() for k in raw]
 
     async def kid_owner(self, kid: str) -> dict[str, str] | None:
         raw = await self.redis.hget(K_KIDS, kid)
@@ -147,8 +171,11 @@ class Store:
     def _queue(pipe: Any, tx: Tx, new_version: int) -> None:
         for kind, ident, value in tx.writes:
             pipe.hset(obj_key(kind), ident, orjson.dumps(value))
-            if kind == "services":
-                pipe.hset(K_SNAP_SERVICES, ident, orjson.dumps(snapshot_service(value)))
+        for ident, live in tx._live.items():
+            if live is None:
+                pipe.hdel(K_SNAP_SERVICES, ident)
+            else:
+                pipe.hset(K_SNAP_SERVICES, ident, orjson.dumps(snapshot_service(live)))
         for old_gw, new_gw, ident, url in tx._upstream_moves:
             if old_gw and old_gw != new_gw:
                 pipe.hdel(upstreams_key(old_gw), ident)
@@ -212,10 +239,11 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for ident, obj in items[i : i + batch]:
                     pipe.hset(obj_key(kind), ident, orjson.dumps(obj))
-                    if kind == "services":
-                        pipe.hset(K_SNAP_SERVICES, ident, orjson.dumps(snapshot_service(obj)))
-                        if obj.get("upstream_url"):
-                            pipe.hset(upstreams_key(obj["gateway"]), ident, obj["upstream_url"])
+                    live = live_revision(obj) if kind == "services" else None
+                    if live is not None:
+                        pipe.hset(K_SNAP_SERVICES, ident, orjson.dumps(snapshot_service(live)))
+                        if live.get("upstream_url"):
+                            pipe.hset(upstreams_key(live["gateway"]), ident, live["upstream_url"])
                 await pipe.execute()
         await self.redis.incr(K_VERSION)
         await self.redis.publish(CHANNEL, str(await self.version()))

@@ -26,6 +26,7 @@ class RegistryHandle:
     proc: Proc
     redis_url: str
     port: int
+    options: tuple[str, ...] = ()
     clients: list[RegistryClient] = field(default_factory=list)
 
     @property
@@ -57,7 +58,7 @@ class RegistryHandle:
 
     def restart(self) -> None:
         self.proc.stop()
-        self.proc = _proc(self.data_dir, self.port, self.redis_url, self.proc.log_path.parent)
+        self.proc = _proc(self.data_dir, self.port, self.redis_url, self.proc.log_path.parent, self.options)
         self.proc.start().wait_http(self.url + "/healthz")
 
     def stop(self) -> None:
@@ -66,18 +67,28 @@ class RegistryHandle:
         self.proc.stop()
 
 
-def _proc(data_dir: Path, port: int, redis_url: str, log_dir: Path) -> Proc:
+def _proc(data_dir: Path, port: int, redis_url: str, log_dir: Path, options: tuple[str, ...]) -> Proc:
     args = lienthong("registry", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir))
-    return Proc("registry", [*args, "--redis-url", redis_url], log_dir)
+    return Proc("registry", [*args, "--redis-url", redis_url, *options], log_dir)
 
 
-def start_registry(tmp_path: Path, redis_url: str, log_dir: Path) -> RegistryHandle:
-    """Initialise keys in tmp_path/registry and start the registry; the caller stops it (handle.stop())."""
+# Test upstreams (echo apps, connectors) listen on loopback ports chosen at run time: allow loopback for any port.
+# The registry, its Redis and the gateways stay refused (a mesh endpoint needs an entry with its exact port).
+TEST_UPSTREAM_ALLOW = "127.0.0.1,localhost"
+
+
+def start_registry(
+    tmp_path: Path, redis_url: str, log_dir: Path, *, upstream_allow: str | None = TEST_UPSTREAM_ALLOW,
+    options: tuple[str, ...] = (),
+) -> RegistryHandle:  # fmt: skip
+    """Initialise keys in tmp_path/registry and start the registry; the caller stops it (handle.stop()).
+    `upstream_allow` is its --upstream-allow (None: none, the production default); `options` more serve flags."""
     data_dir = tmp_path / "registry"
     if not (data_dir / keyfiles.SIGNING_KEY).exists():
         subprocess.run(lienthong("registry", "init", "--data-dir", str(data_dir)), check=True, capture_output=True)
     port = free_port()
-    proc = _proc(data_dir, port, redis_url, log_dir)
+    flags = (*(("--upstream-allow", upstream_allow) if upstream_allow is not None else ()), *options)
+    proc = _proc(data_dir, port, redis_url, log_dir, flags)
     url = f"http://127.0.0.1:{port}"
     proc.start().wait_http(url + "/healthz")
-    return RegistryHandle(url=url, data_dir=data_dir, proc=proc, redis_url=redis_url, port=port)
+    return RegistryHandle(url=url, data_dir=data_dir, proc=proc, redis_url=redis_url, port=port, options=flags)

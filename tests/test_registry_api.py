@@ -187,7 +187,10 @@ def test_integrator_acts_for_its_own_member_only(world: World) -> None:
     )
     assert created["approved"] is False and created["upstream_url"] == "http://127.0.0.1:9000"
     assert world.nghean.add_client_key(sub, keys.public_jwk(keys.generate()))["keys"]
-    # another member's integrator reads the service without its upstream URL
+    # another member's integrator cannot see it before approval, then reads it without its upstream URL
+    with expect(404):
+        world.bca.get_service(svc)
+    world.admin.approve_service(svc)
     assert "upstream_url" not in world.bca.get_service(svc)
     assert world.admin.get_service(svc)["upstream_url"] == "http://127.0.0.1:9000"
 
@@ -310,7 +313,7 @@ def test_service_registration_derives_endpoints_and_needs_approval(world: World)
     [
         ({"openapi": {"swagger": "2.0", "paths": {"/a": {}}}}, "openapi.openapi"),
         ({"openapi": {"openapi": "2.0", "paths": {"/a": {"get": {}}}}}, "openapi.openapi"),
-        ({"openapi": {"openapi": "3.0.0", "paths": {"/a/../b": {"get": {}}}}}, "openapi.paths"),
+        ({"openapi": {"openapi": "3.0.0", "paths": {"/a/../b": {"get": {}}}}}, "openapi.paths./a/../b"),
         ({"openapi": {"openapi": "3.0.0", "paths": {"/a": {"description": "no operation"}}}}, "openapi.paths"),
         ({"gateway": "nosuchgw"}, "gateway"),
         ({"code": "listMethods"}, "code"),
@@ -352,7 +355,9 @@ def test_service_update_keeps_enabled_flags_and_new_version_needs_approval(world
     same_version = world.admin.update_service(svc, body, if_match=disabled["version"])
     flags = {e["path"]: e["enabled"] for e in same_version["endpoints"]}
     assert flags == {"/persons/{id}": True, "/households": False, "/persons": True}
-    assert same_version["approved"] is True and same_version["upstream_url"] == "http://b:2"
+    # a new upstream and a new endpoint send it back to approval; the approved revision stays live meanwhile
+    assert same_version["approved"] is False and same_version["upstream_url"] == "http://b:2"
+    assert same_version["live"]["upstream_url"] == "http://a:1" and same_version["live"]["approved"] is True
     with expect(412):
         world.admin.update_service(svc, body, if_match=disabled["version"])
     new_version = world.admin.update_service(svc, {**body, "version_label": "v2"})

@@ -86,7 +86,12 @@ def test_admin_commands_over_the_api(registry: RegistryHandle, tmp_path: Path) -
             {
                 "openapi": "3.0.3",
                 "info": {"title": "Persons", "version": "1", "description": "Residents"},
-                "paths": {"/persons/{id}": {"get": {"operationId": "getPerson", "summary": "Read a person"}}},
+                "paths": {
+                    "/persons/{id}": {
+                        "parameters": [{"name": "id", "in": "path", "required": True}],
+                        "get": {"operationId": "getPerson", "summary": "Read a person"},
+                    }
+                },
             }
         )
     )
@@ -151,8 +156,9 @@ def test_catalog_search_finds_by_summary_and_prints_json(registry: RegistryHandl
     admin.add_member("VN/GOV/CATALOG", "Catalog test ministry", "catgw")
     admin.add_subsystem("VN/GOV/CATALOG/land", "Land register")
     doc = {"openapi": "3.0.3", "info": {"title": "Land parcels", "version": "v1"},
-           "paths": {"/parcels/{id}": {"get": {"summary": "A land parcel by its cadastral number",
-                                              "responses": {"200": {"description": "ok"}}}}}}  # fmt: skip
+           "paths": {"/parcels/{id}": {"parameters": [{"name": "id", "in": "path", "required": True}],
+                                       "get": {"summary": "A land parcel by its cadastral number",
+                                               "responses": {"200": {"description": "ok"}}}}}}  # fmt: skip
     admin.register_service("VN/GOV/CATALOG/land/parcels", openapi=doc, gateway="catgw",
                            upstream_url="http://127.0.0.1:9", name="Land parcels")  # fmt: skip
     found = ok(registry, "catalog", "search", "cadastral", "--json")
