@@ -8,6 +8,7 @@ variable (a single process under a test harness) the default per-process registr
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 from bisect import bisect_left
 from typing import Any
@@ -21,6 +22,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from lienthong.snapshot import QUARANTINE_KINDS, Snapshot
 
 REQUESTS = Counter(
     "lienthong_gateway_requests",
@@ -47,6 +50,21 @@ SNAPSHOT_CONFIRMED = Gauge(
     "When the registry last confirmed the snapshot in use",
     multiprocess_mode="max",
 )
+QUARANTINED = Gauge(
+    "lienthong_gateway_quarantined",
+    "Entries of the snapshot in use that this gateway could not build and left out (their calls fail closed), by kind",
+    ["kind"],
+    multiprocess_mode="livemax",
+)
+
+
+def snapshot_installed(snapshot: Snapshot) -> None:
+    """A new snapshot is in use: its version, confirmation time and quarantined entries, set once per version."""
+    SNAPSHOT_VERSION.set(snapshot.version)
+    SNAPSHOT_CONFIRMED.set(snapshot.received_at)
+    counts = collections.Counter(q.kind for q in snapshot.quarantined)
+    for kind in QUARANTINE_KINDS:
+        QUARANTINED.labels(kind).set(counts[kind])
 
 
 def render() -> tuple[bytes, str]:

@@ -1,7 +1,8 @@
 """Gateway heartbeats in the shared Redis, so any gateway's operations API can tell the health of the whole mesh.
 
 Each gateway worker writes, every HEARTBEAT_INTERVAL, one field of the hash `ops:hb:<gateway>` (field
-`<host>:<pid>`, value JSON: code, snapshot version, snapshot age, pid, time) and refreshes the hash's TTL; the hash
+`<host>:<pid>`, value JSON: code, snapshot version, snapshot age, the snapshot entries it quarantined, pid, time) and
+refreshes the hash's TTL; the hash
 `ops:gateways` remembers every gateway ever seen, so one whose heartbeats stopped still shows, as down. A worker's
 field older than HEARTBEAT_TTL counts as dead even while its siblings keep the hash alive.
 """
@@ -15,6 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -26,6 +28,7 @@ from lienthong.snapshot import Snapshot
 log = logging.getLogger("lienthong.gateway.heartbeat")
 
 HEARTBEAT_INTERVAL = 2.0
+MAX_QUARANTINED = 100  # entries listed per heartbeat; `quarantined_count` always has them all
 HEARTBEAT_TTL = 10
 KNOWN_KEY = "ops:gateways"
 KNOWN_TTL = 30 * 86400
@@ -58,6 +61,8 @@ class Heartbeat:
             "time": now,
             "snapshot_version": snap.version if snap is not None else None,
             "snapshot_age_seconds": round(snap.age(now), 3) if snap is not None else None,
+            "quarantined": [asdict(q) for q in snap.quarantined[:MAX_QUARANTINED]] if snap is not None else [],
+            "quarantined_count": len(snap.quarantined) if snap is not None else 0,
         }
         pipe = self.client().pipeline(transaction=False)
         pipe.hset(heartbeat_key(self.gateway), self.worker, orjson.dumps(body))
@@ -118,6 +123,7 @@ def gateway_health(client: redis.Redis, known: Iterable[str], now: float | None 
         ages = [float(b["snapshot_age_seconds"]) + (now - float(b["time"])) for b in beats
                 if isinstance(b.get("snapshot_age_seconds"), int | float)]  # fmt: skip
         last = max((float(b["time"]) for b in beats), default=seen.get(code))
+        quarantined = _quarantined(beats)
         items.append(
             {
                 "gateway": code,
@@ -128,9 +134,26 @@ def gateway_health(client: redis.Redis, known: Iterable[str], now: float | None 
                 "snapshot_age_seconds": round(min(ages), 3) if ages else None,
                 "last_seen": last,
                 "heartbeat_age_seconds": round(now - last, 3) if last is not None else None,
+                "quarantined": quarantined,
+                "quarantined_count": max((_count(b.get("quarantined_count")) for b in beats), default=0),
             }
         )
     return {"time": now, "heartbeat_ttl_seconds": HEARTBEAT_TTL, "gateways": items}
+
+
+def _quarantined(beats: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The snapshot entries any live worker left out (workers between two versions may differ), each once."""
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for beat in beats:
+        entries = beat.get("quarantined")
+        for q in entries if isinstance(entries, list) else []:
+            if isinstance(q, dict) and all(isinstance(q.get(k), str) for k in ("kind", "id", "reason")):
+                found.setdefault((q["kind"], q["id"]), {"kind": q["kind"], "id": q["id"], "reason": q["reason"]})
+    return [found[key] for key in sorted(found)]
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _text(value: bytes | str) -> str:

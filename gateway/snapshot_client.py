@@ -3,6 +3,11 @@
 The snapshot's age counts from the last time the registry confirmed it (a 200 or a 304). The cache file's mtime
 carries that time across restarts, so a gateway started from its cache with the registry down knows how old its
 configuration really is and stops serving once it is older than the configured maximum.
+
+Nothing a snapshot holds may stop the poll (issue 13): verifying and building a version (route compiling included)
+runs in a worker thread, so the event loop keeps answering calls meanwhile; an entry that cannot be built is
+quarantined by lienthong.snapshot and logged here once per version; and any error the loop did not expect is logged
+with its traceback and retried with a jittered backoff, never left to end the task.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from gateway import metrics
 from lienthong import tokens
 from lienthong.background import stop_task
 from lienthong.keys import PrivateKey, PublicKey, public_key_from_jwk
@@ -26,6 +33,11 @@ from lienthong.snapshot import Snapshot, SnapshotError, verify_jws
 log = logging.getLogger("lienthong.gateway.snapshot")
 
 MAX_BACKOFF = 5.0  # a registry back from an outage is seen within seconds
+MAX_FAULT_BACKOFF = 30.0  # an error nobody expected is retried too, but not hammered
+FIRST_BACKOFF = 0.5
+LOGGED_QUARANTINES = 20  # per version: a snapshot full of garbage gives a summary, not thousands of lines
+# what a registry outage or a refused snapshot raises; anything else is a fault, logged with its traceback
+EXPECTED_ERRORS = (httpx.HTTPError, SnapshotError, ValueError, KeyError)
 
 
 def load_registry_key(path: Path) -> PublicKey:
@@ -82,6 +94,7 @@ class SnapshotClient:
         self.confirmed_at: float = 0.0
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._installing = asyncio.Lock()  # one build at a time: each builds on the one before
 
     # -- state -------------------------------------------------------------------------------------------------
 
@@ -98,19 +111,54 @@ class SnapshotClient:
             )
         return Staleness(False, "")
 
-    def _install(self, doc: dict[str, object], confirmed_at: float) -> bool:
-        """Swap in a verified document; refuse one older than what we hold or meant for another gateway."""
+    def _accept(self, doc: dict[str, object]) -> bool:
+        """True for a newer version meant for us, False for the one we hold (a confirmation); raise for the rest."""
         if doc.get("gateway") not in (None, self.code):
             raise SnapshotError(f"snapshot is for gateway {doc.get('gateway')!r}, not {self.code!r}")
         version = int(doc["version"])  # type: ignore[call-overload]
         if self.current is not None and version < self.current.version:
             raise SnapshotError(f"snapshot version {version} is lower than the held {self.current.version}")
-        if self.current is not None and version == self.current.version:
-            self.confirmed_at = confirmed_at
+        return self.current is None or version > self.current.version
+
+    def _install(self, doc: dict[str, object], confirmed_at: float) -> bool:
+        """Swap in a verified document; refuse one older than what we hold or meant for another gateway."""
+        if not self._accept(doc):
+            self._confirm(confirmed_at)
             return False
-        self.current = Snapshot(doc, received_at=confirmed_at)
-        self.confirmed_at = confirmed_at
+        self._swap(Snapshot(doc, received_at=confirmed_at, previous=self.current))
         return True
+
+    def _build(self, raw: bytes, confirmed_at: float) -> Snapshot | None:
+        """Verify and index a fetched snapshot, in a worker thread; None when it is the version we hold."""
+        doc = verify_jws(raw, self.registry_key)
+        if not self._accept(doc):
+            return None
+        return Snapshot(doc, received_at=confirmed_at, previous=self.current)
+
+    def _confirm(self, confirmed_at: float) -> None:
+        self.confirmed_at = confirmed_at
+        metrics.SNAPSHOT_CONFIRMED.set(confirmed_at)
+
+    def _swap(self, snapshot: Snapshot) -> None:
+        previous, self.current = self.current, snapshot
+        self._confirm(snapshot.received_at)
+        metrics.snapshot_installed(snapshot)
+        self._log_quarantine(snapshot, previous)
+
+    def _log_quarantine(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
+        """Once per version: each entry newly left out, with its reason, then how many are out in all."""
+        if not snapshot.quarantined:
+            return
+        known = set(previous.quarantined) if previous is not None else set()
+        new = [q for q in snapshot.quarantined if q not in known]
+        for q in new[:LOGGED_QUARANTINES]:
+            log.warning("gateway %s: snapshot version %s: %s %s quarantined: %s",
+                        self.code, snapshot.version, q.kind, q.id, q.reason)  # fmt: skip
+        services = sorted(snapshot.quarantined_services)
+        log.warning(
+            "gateway %s: snapshot version %s installed with %d entries quarantined (%d new), services: %s",
+            self.code, snapshot.version, len(snapshot.quarantined), len(new), ", ".join(services[:20]) or "none",
+        )  # fmt: skip
 
     def load_cache(self) -> bool:
         """Start from the on-disk cache; its mtime is when the registry last confirmed it."""
@@ -121,8 +169,11 @@ class SnapshotClient:
             return False
         try:
             self._install(verify_jws(raw, self.registry_key), confirmed)
-        except (SnapshotError, ValueError, KeyError) as exc:
+        except EXPECTED_ERRORS as exc:
             log.warning("ignoring snapshot cache %s: %s", self.cache_path, exc)
+            return False
+        except Exception:
+            log.exception("ignoring snapshot cache %s: it could not be installed", self.cache_path)
             return False
         return True
 
@@ -145,47 +196,65 @@ class SnapshotClient:
         )
         now = time.time()
         if response.status_code == 304 and self.current is not None:
-            self.confirmed_at = now
+            self._confirm(now)
             with contextlib.suppress(OSError):
                 os.utime(self.cache_path, (now, now))
             return False
         if response.status_code != 200:
             raise SnapshotError(f"registry answered {response.status_code}: {response.text[:200]}")
-        doc = verify_jws(response.content, self.registry_key)
-        changed = self._install(doc, now)
-        if changed:
-            write_atomically(self.cache_path, response.content)
-            log.info("gateway %s: snapshot version %s installed", self.code, doc["version"])
-        else:
-            with contextlib.suppress(OSError):
-                os.utime(self.cache_path, (now, now))
-        return changed
+        async with self._installing:
+            built = await asyncio.to_thread(self._build, response.content, now)  # off the loop: it may be large
+            if built is None or (self.current is not None and built.version <= self.current.version):
+                self._confirm(now)
+                with contextlib.suppress(OSError):
+                    os.utime(self.cache_path, (now, now))
+                return False
+            self._swap(built)
+        await asyncio.to_thread(write_atomically, self.cache_path, response.content)
+        log.info("gateway %s: snapshot version %s installed", self.code, built.version)
+        return True
 
     async def _poll_forever(self) -> None:
-        backoff = 0.5
+        backoff = FIRST_BACKOFF
         recovering = False
         while True:
             try:
                 # after an outage ask without waiting: a long poll would hold the 304 that confirms us
                 await self.fetch(wait=0 if recovering else self.wait)
-                backoff = 0.5
+                backoff = FIRST_BACKOFF
                 recovering = False
+                continue
             except asyncio.CancelledError:
                 raise
-            except (httpx.HTTPError, SnapshotError, ValueError, KeyError) as exc:
-                log.warning("gateway %s: snapshot fetch failed (%s); retrying in %.1fs", self.code, exc, backoff)
-                recovering = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+            except Exception as exc:  # nothing may end the poll: it is what brings the next version
+                cap = self._report(exc, "snapshot fetch failed", backoff)
+            recovering = True
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))  # jittered: workers and gateways spread out
+            backoff = min(backoff * 2, cap)
+
+    def _report(self, exc: Exception, what: str, retry: float | None) -> float:
+        """Log one failure (a fault with its traceback); returns the backoff cap it calls for."""
+        then = f"retrying in at most {retry:.1f}s" if retry is not None else "serving from cache"
+        if isinstance(exc, EXPECTED_ERRORS):
+            log.warning("gateway %s: %s (%s); %s", self.code, what, exc, then)
+            return MAX_BACKOFF
+        log.error("gateway %s: %s unexpectedly; %s", self.code, what, then, exc_info=exc)
+        return MAX_FAULT_BACKOFF
+
+    def _poll_ended(self, task: asyncio.Task[None]) -> None:
+        """The poll ends only when stopped; should anything else end it, say so loudly rather than go quiet."""
+        if not task.cancelled():
+            log.critical("gateway %s: the snapshot poll ended: %r", self.code, task.exception())
 
     async def start(self) -> None:
         """Cache first, one quick fetch so a fresh start serves current data, then the long poll in the background."""
-        self.load_cache()
+        await asyncio.to_thread(self.load_cache)
         try:
             await self.fetch(wait=0, timeout=3.0)
-        except (httpx.HTTPError, SnapshotError, ValueError, KeyError) as exc:
-            log.warning("gateway %s: registry not reachable at start (%s); serving from cache", self.code, exc)
+        except Exception as exc:  # a start must never fail on what the registry sent: the poll tries again
+            self._report(exc, "the first snapshot fetch failed", None)
         self._task = asyncio.create_task(self._poll_forever(), name=f"snapshot-poll-{self.code}")
+        self._task.add_done_callback(self._poll_ended)
 
     async def stop(self) -> None:
         await stop_task(self._task)

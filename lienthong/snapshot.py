@@ -38,10 +38,13 @@ class EntryError(ValueError):
     """One entry of a snapshot cannot be built; it is quarantined, the rest of the snapshot installs."""
 
 
+QUARANTINE_KINDS = ("service", "grant", "client", "key", "gateway", "member", "subsystem", "upstream", "section")
+
+
 @dataclass(frozen=True, slots=True)
 class Quarantined:
-    """An entry left out of the snapshot in use: `kind` is service, grant, client, gateway, member, subsystem,
-    upstream or section; `id` its id (or `services[3]` when it has none usable); `reason` why."""
+    """An entry left out of the snapshot in use: `kind` is one of QUARANTINE_KINDS (a `key` is a kid two owners
+    claim); `id` its id (or `services[3]` when it has none usable); `reason` why."""
 
     kind: str
     id: str
@@ -180,6 +183,8 @@ class Snapshot:
         self.services: dict[str, Service] = {}
         self.grants: dict[tuple[str, str], list[Grant]] = {}
         self._built: dict[str, tuple[Any, Service | str]] = {}  # service id -> (its entry, Service or why not)
+        self._kid_owners: dict[str, str] = {}  # kid -> "client <subsystem>" or "gateway <code>"
+        self._contested: set[str] = set()
         self._each("members", "member", "id", self._add_member)
         self._each("subsystems", "subsystem", "id", self._add_subsystem)
         self._each("gateways", "gateway", "code", self._add_gateway)
@@ -249,12 +254,27 @@ class Snapshot:
         code = _ident(g, "code")
         if not isinstance(g.get("base_url", ""), str):
             raise EntryError(f"base_url {_show(g['base_url'])} is not a string")
-        keys = _keys(g, code)
+        keys = _keys(g)
         self.gateways[code] = g
-        self.gateway_keys.update(keys)
+        self._add_keys(self.gateway_keys, keys, code, f"gateway {code}")
 
     def _add_client(self, c: Any) -> None:
-        self.client_keys.update(_keys(c, _ident(c, "subsystem")))
+        subsystem = _ident(c, "subsystem")
+        self._add_keys(self.client_keys, _keys(c), subsystem, f"client {subsystem}")
+
+    def _add_keys(
+        self, into: dict[str, tuple[str, PublicKey]], keys: dict[str, PublicKey | None], owner: str, claim: str
+    ) -> None:
+        """An entry's live keys; a kid that two owners claim (revoked or not) verifies for neither."""
+        for kid, key in keys.items():
+            claimed = self._kid_owners.setdefault(kid, claim)
+            if claimed != claim or kid in self._contested:
+                self._contested.add(kid)
+                self.client_keys.pop(kid, None)
+                self.gateway_keys.pop(kid, None)
+                self._quarantine("key", kid, f"key {_show(kid)} is claimed by {claimed} and by {claim}")
+            elif key is not None:
+                into[kid] = (owner, key)
 
     def _add_service(self, s: Any, previous: Snapshot | None) -> None:
         sid = _ident(s, "id")
@@ -403,14 +423,13 @@ def _count(entry: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def _keys(entry: dict[str, Any], owner: str) -> dict[str, tuple[str, PublicKey]]:
-    """kid -> (owner, key) for the entry's keys that are not revoked."""
-    out = {}
+def _keys(entry: dict[str, Any]) -> dict[str, PublicKey | None]:
+    """kid -> key for each of the entry's keys, None for a revoked one; any malformed key refuses the entry."""
+    out: dict[str, PublicKey | None] = {}
     for jwk in _list(entry, "keys"):
         if not isinstance(jwk, dict):
             raise EntryError(f"key {_show(jwk)} is not a JWK object")
-        if not _flag(jwk, "revoked", False):
-            out[_ident(jwk, "kid")] = (owner, public_key_from_jwk(jwk))
+        out[_ident(jwk, "kid")] = None if _flag(jwk, "revoked", False) else public_key_from_jwk(jwk)
     return out
 
 
