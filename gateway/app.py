@@ -157,6 +157,7 @@ class GatewayApp:
             "gateway": self.settings.code,
             "pid": os.getpid(),
             "snapshot_version": current.version if current else None,
+            "quarantined": sorted(current.quarantined_services) if current else [],  # services it could not build
         }
         await send_reply(send, Reply(200, {"content-type": "application/json"}, orjson.dumps(body)))
 

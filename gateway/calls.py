@@ -187,6 +187,8 @@ class CallHandler:
         service = snapshot.services.get(service_id)
         inbound_assertion = ctx.headers.get(ASSERTION_HEADER)
         if service is None:
+            if service_id in snapshot.quarantined_services:  # in the snapshot, but this gateway could not build it
+                raise Problem(503, "service-quarantined", snapshot.quarantined_services[service_id], field="path")
             raise Problem(404, "unknown-service", f"no service {service_id} in the mesh", field="path")
         if inbound_assertion and service.gateway != self.code:
             raise Problem(
