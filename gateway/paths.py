@@ -1,17 +1,33 @@
 """Parsing and hygiene of `/r1/...` request paths (protocol §2), before any routing decision is taken.
 
-The raw path is checked, not a normalised one, so `..`, `.`, `//` and encoded slashes are refused rather than
-silently resolved: a gateway must never route a call somewhere other than where its URL literally points.
+What the gateway authorizes is exactly what it forwards: every segment is percent-decoded once (strict UTF-8) and
+checked, the endpoint is matched on the decoded segments, and the path sent on (to the connector or the hosting
+gateway) is built from those same segments, each re-encoded one canonical way - never the text as received. So a
+server behind us that reads the path otherwise (cuts at `#`, `?` or `;`, decodes twice, folds Unicode, resolves dot
+segments) still routes the endpoint that was authorized, or the call was refused here with 400 invalid-path.
+
+Refused: a fragment (`#`, which no request target has: RFC 9112 §3.2), `.` and `..` segments, empty segments (`//`,
+a trailing `/`), and any segment that decodes to `/`, `\\`, `?`, `#`, `;`, `%` (double encoding), a control
+character, bytes that are not UTF-8 (overlong forms included), or text that is not in Unicode NFKC form.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote_to_bytes
 
 from lienthong.problem import Problem
 
 METASERVICES = frozenset({"listMethods", "allowedMethods", "getOpenAPI"})
+
+# RFC 3986 pchar less ';' (a path parameter to some servers) and '%': a path made only of these needs no decoding,
+# and is its own canonical form, so the usual call costs one regex match
+_SAFE = "!$&'()*+,=:@"
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
+# what a decoded segment may not hold: delimiters a server behind us could cut or split at, and control characters
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f/\\?#;%]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +35,8 @@ class R1Path:
     """`service_id` for a service call; `subsystem` + `metaservice` for listMethods & co; listClients has neither."""
 
     service_id: str | None
-    provider_path: str  # "/persons/001..." ("/" when none), percent-decoded once, for endpoint matching
-    raw_provider_path: str = "/"  # the same as received (still encoded), for the connector's URL
+    provider_path: str  # "/persons/001 203" ("/" when none): the decoded segments, for endpoint matching
+    raw_provider_path: str = "/"  # "/persons/001%20203": the same segments canonically encoded, what is forwarded
     subsystem: str | None = None
     metaservice: str | None = None
 
@@ -29,24 +45,38 @@ def _invalid(detail: str) -> Problem:
     return Problem(400, "invalid-path", detail, field="path")
 
 
+def _decode(segment: str) -> str:
+    """One segment (latin-1 text of the raw bytes) percent-decoded once into checked text."""
+    try:
+        text = unquote_to_bytes(segment.encode("latin-1")).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise _invalid("a path segment is not valid UTF-8 once percent-decoded") from None
+    bad = _FORBIDDEN.search(text)
+    if bad is not None:
+        raise _invalid(f"a path segment holds {bad.group()!r} once percent-decoded (or a bad percent-escape)")
+    if not text.isascii() and not unicodedata.is_normalized("NFKC", text):
+        raise _invalid("a path segment is not in Unicode normal form NFKC")
+    return text
+
+
+def _encode(text: str) -> str:
+    return quote(text, safe=_SAFE)
+
+
 def parse_r1(raw_path: str) -> R1Path:
     """Split `/r1/VN/CLASS/MEMBER/SUBSYSTEM/SERVICE/rest...`; raise 400 invalid-path on anything suspicious."""
-    lowered = raw_path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
-        raise _invalid("the path contains an encoded '/' or a '\\'")
+    if "#" in raw_path:
+        raise _invalid("the request target has a fragment ('#'), which HTTP does not allow (RFC 9112 §3.2)")
     segments = raw_path.split("/")[2:]  # drop "" and "r1"
     if not segments or segments == [""]:
         raise Problem(404, "unknown-service", "no service named after /r1/", field="path")
-    decoded: list[str] = []
-    for i, seg in enumerate(segments):
-        text = unquote(seg) if "%" in seg else seg
-        if text == "" and i != len(segments) - 1:
+    plain = _PLAIN.fullmatch(raw_path) is not None
+    decoded = segments if plain else [_decode(seg) for seg in segments]
+    for i, text in enumerate(decoded):
+        if text == "" and i != len(decoded) - 1:
             raise _invalid("the path contains an empty segment ('//')")
         if text in (".", ".."):
             raise _invalid("the path contains a '.' or '..' segment")
-        if "/" in text or "\x00" in text:
-            raise _invalid("a path segment decodes to a '/' or a NUL")
-        decoded.append(text)
     if decoded == ["listClients"]:
         return R1Path(None, "/", metaservice="listClients")
     if len(decoded) == 5 and decoded[4] in METASERVICES:
@@ -63,4 +93,5 @@ def parse_r1(raw_path: str) -> R1Path:
         raise _invalid("the path ends with an empty segment")
     if not rest or rest == [""]:
         return R1Path("/".join(decoded[:5]), "/", "/")
-    return R1Path("/".join(decoded[:5]), "/" + "/".join(rest), "/" + "/".join(segments[5:]))
+    forwarded = segments[5:] if plain else [_encode(text) for text in rest]  # a plain path is its canonical form
+    return R1Path("/".join(decoded[:5]), "/" + "/".join(rest), "/" + "/".join(forwarded))
