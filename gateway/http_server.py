@@ -10,8 +10,13 @@ What a server on the open network owes its clients, and how it is kept here:
   as the declared or received size passes it, without reading the rest);
 - time limits by a one-second sweep, not a timer per request: HEADER_TIMEOUT for a head to arrive (slow-loris),
   BODY_TIMEOUT for a body, KEEPALIVE_TIMEOUT for an idle connection;
-- malformed HTTP is answered 400 and the connection closed; pipelined requests are answered in order, and reading
-  pauses while PIPELINE_LIMIT of them wait.
+- malformed HTTP is answered 400 and the connection closed, and so is a request target with a fragment (`#`) or a
+  request with no Host (HTTP/1.1) or two (RFC 9112 §3.2), these through the app on /r1 so that they are audited; an
+  HTTP/1.0 request with Transfer-Encoding is answered and the connection closed (RFC 9112 §6.1);
+- pipelined requests are answered in order, one at a time, and reading pauses while PIPELINE_LIMIT of them wait;
+- back-pressure: while the transport's write buffer is above its high-water mark (a client not reading its answers)
+  reading pauses and no further request is started, so a connection holds at most the buffer and one answer; a
+  client that reads nothing for KEEPALIVE_TIMEOUT is cut off.
 """
 
 from __future__ import annotations
@@ -127,8 +132,8 @@ def problem_bytes(problem: Problem) -> bytes:
 
 
 class Request:
-    __slots__ = ("body", "chunks", "expect_continue", "head_done", "headers", "http10", "keep_alive", "method",
-                 "raw_headers", "refused", "size", "started", "target")  # fmt: skip
+    __slots__ = ("body", "chunks", "expect_continue", "head_done", "headers", "hosts", "http10", "keep_alive",
+                 "method", "raw_headers", "refused", "size", "started", "target")  # fmt: skip
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -144,6 +149,7 @@ class Request:
         self.head_done = False  # after this, on_header gets trailer fields, which are dropped (RFC 9110 §6.5.1)
         self.expect_continue = False  # a 100 Continue is owed once the answers ahead of this one are out
         self.refused: Problem | None = None
+        self.hosts = 0  # Host field lines seen: RFC 9112 §3.2 wants exactly one
 
 
 class Connection(asyncio.Protocol):
@@ -159,7 +165,9 @@ class Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.deadline = 0.0
         self.closing = False
-        self.paused = False
+        self.paused = False  # reading paused for back-pressure (pipeline full or write buffer full)
+        self.write_blocked = False  # the write buffer is above its high-water mark
+        self.blocked_at = 0.0
         self.client: tuple[str, int] | None = None
         self._writable: asyncio.Event | None = None
         self._gone: asyncio.Future[None] | None = None
@@ -197,13 +205,28 @@ class Connection(asyncio.Protocol):
                 self._refuse_now(_malformed(exc))
 
     def pause_writing(self) -> None:
+        self.write_blocked = True
+        self.blocked_at = self.loop.time()
         if self._writable is None:
             self._writable = asyncio.Event()
         self._writable.clear()
+        self._reading()
 
     def resume_writing(self) -> None:
+        self.write_blocked = False
         if self._writable is not None:
             self._writable.set()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        request = self.request
+        if request is not None:  # a head or body we stopped reading: its time limit starts again
+            wait = BODY_TIMEOUT if request.head_done else HEADER_TIMEOUT
+            self.deadline = max(self.deadline, self.loop.time() + wait)
+        if self.active is None and self.queue:
+            self._next()
+        else:
+            self._reading()
 
     # -- httptools callbacks -------------------------------------------------------------------------------------
 
@@ -227,6 +250,8 @@ class Connection(asyncio.Protocol):
         if len(request.raw_headers) >= MAX_HEADERS:
             raise _TooLarge(f"more than {MAX_HEADERS} header fields")
         name = name.lower()
+        if name == b"host":
+            request.hosts += 1
         request.raw_headers.append((name, value))
         request.headers[name.decode("latin-1")] = value.decode("latin-1")
 
@@ -239,6 +264,12 @@ class Connection(asyncio.Protocol):
         request.http10 = parser.get_http_version() == "1.0"
         request.head_done = True
         self.deadline = self.loop.time() + BODY_TIMEOUT
+        refusal = _refusal_of_head(request)
+        if refusal is not None:
+            self._refuse_request(request, refusal)
+            return
+        if request.http10 and "transfer-encoding" in request.headers:
+            request.keep_alive = False  # RFC 9112 §6.1: the framing is suspect, so nothing after it is read
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.app.body_limit:
             self._body_too_large(request)
@@ -297,10 +328,13 @@ class Connection(asyncio.Protocol):
             raise _TooLarge(f"the request head is over {MAX_HEAD_BYTES} bytes")
 
     def _body_too_large(self, request: Request) -> None:
-        """Answer 413 through the app (so it is audited) and stop reading; the connection closes after."""
-        limit = self.app.body_limit
-        request.refused = Problem(413, "body-too-large", f"the request body is over the limit of {limit} bytes",
-                                  field="body")  # fmt: skip
+        detail = f"the request body is over the limit of {self.app.body_limit} bytes"
+        self._refuse_request(request, Problem(413, "body-too-large", detail, field="body"))
+
+    def _refuse_request(self, request: Request, problem: Problem) -> None:
+        """Answer `problem` through the app (so that an /r1 refusal is audited) and stop reading; the connection
+        closes after the answer."""
+        request.refused = problem
         request.keep_alive = False
         request.chunks = []
         self.closing = True
@@ -313,9 +347,25 @@ class Connection(asyncio.Protocol):
             self._start(request)
             return
         self.queue.append(request)
-        if len(self.queue) >= PIPELINE_LIMIT and self.transport is not None and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        if len(self.queue) >= PIPELINE_LIMIT:
+            self._reading()
+
+    def _next(self) -> None:
+        self._start(self.queue.popleft())
+        self._reading()
+
+    def _reading(self) -> None:
+        """Read while the client reads its answers and few requests wait; pause otherwise (back-pressure)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return  # a closing connection pauses or lingers on its own terms
+        if self.write_blocked or len(self.queue) >= PIPELINE_LIMIT:
+            if not self.paused:
+                self.paused = True
+                transport.pause_reading()
+        elif self.paused and len(self.queue) < PIPELINE_LIMIT // 2:
+            self.paused = False
+            transport.resume_reading()
 
     def _start(self, request: Request) -> None:
         self.active = request
@@ -356,11 +406,9 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         if self.queue:
-            self._start(self.queue.popleft())
-            if self.paused and len(self.queue) < PIPELINE_LIMIT // 2:
-                self.paused = False
-                transport.resume_reading()
-            return
+            if not self.write_blocked:
+                self._next()
+            return  # else resume_writing starts the next once the client has read enough
         if self.request is None:
             self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
         else:
@@ -471,8 +519,17 @@ class Connection(asyncio.Protocol):
                 request.keep_alive = False
 
     def expire(self, now: float) -> None:
-        """Called by the server's sweep: close a connection whose head, body or idle time ran out."""
-        if now < self.deadline or self.transport is None:
+        """Called by the server's sweep: close a connection whose head, body or idle time ran out, or whose client
+        has read none of its answers for KEEPALIVE_TIMEOUT."""
+        if self.transport is None:
+            return
+        if self.write_blocked:  # our reading is paused, so only the client's own stall counts (or a linger's end)
+            limit = self.blocked_at + KEEPALIVE_TIMEOUT
+            if now >= (min(limit, self.deadline) if self.closing else limit):
+                self.closing = True
+                self.transport.abort()  # close() would wait to flush a buffer this client does not read
+            return
+        if now < self.deadline:
             return
         if not self.closing and self.active is None and self.request is not None:
             problem = Problem(408, "invalid-parameter", "the request did not arrive in time", field="request")
@@ -488,6 +545,18 @@ def _refusal(problem: Problem) -> Request:
     request = Request(time.time())
     request.refused, request.keep_alive, request.target = problem, False, b"/"
     return request
+
+
+def _refusal_of_head(request: Request) -> Problem | None:
+    """What RFC 9112 §3.2 refuses in a complete head: a target with a fragment, no Host in HTTP/1.1, two Hosts."""
+    if b"#" in request.target:
+        return Problem(400, "invalid-path", "the request target has a fragment ('#'), which HTTP does not allow "
+                       "(RFC 9112 §3.2)", field="path")  # fmt: skip
+    if request.hosts > 1 or (request.hosts == 0 and not request.http10):
+        detail = "two Host header fields" if request.hosts else "no Host header field"
+        return Problem(400, "invalid-parameter", f"the request has {detail}: exactly one is required (RFC 9112 §3.2)",
+                       field="Host")  # fmt: skip
+    return None
 
 
 class _TooLarge(Exception):

@@ -28,6 +28,7 @@ from gateway.http_server import Server
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
 
 BODY_LIMIT = 1000
+BIG = b"x" * 32768  # the answer of /r1/lots
 
 
 # -- the fake app ------------------------------------------------------------------------------------------------
@@ -41,7 +42,8 @@ class FakeReply:
 
 
 class FakeApp:
-    """`/r1/slow?SECONDS` sleeps before answering; every other /r1 path echoes. ASGI: /stream, /fixed, else echo."""
+    """`/r1/slow?SECONDS` sleeps before answering, `/r1/lots` answers 32 KiB, every other /r1 path echoes. ASGI:
+    /stream, /fixed, else echo."""
 
     body_limit = BODY_LIMIT
 
@@ -60,6 +62,8 @@ class FakeApp:
             self.slow_started.set()
             await asyncio.sleep(float(query or b"0.3"))
         self.events.append(("end", call["query"]))
+        if raw_path == "/r1/lots":
+            return FakeReply(200, {"content-type": "text/plain", "x-query": call["query"]}, BIG)
         if body_refused is not None:
             headers_out = {"content-type": PROBLEM_MEDIA_TYPE, "x-road-error": body_refused.code}
             return FakeReply(body_refused.status, headers_out, body_refused.to_bytes())
@@ -702,3 +706,106 @@ def test_trailer_fields_of_a_chunked_request_never_become_headers(server, raw, a
     headers = app.r1_calls[-1]["headers"]
     assert headers["x-road-client"] == "VN/GOV/BTP/justice"
     assert "authorization" not in headers
+
+
+# -- RFC 9112 framing: fragment, Host, HTTP/1.0 with Transfer-Encoding (issue 13) --------------------------------
+
+
+def _refused_400(response: Response, code: str, field: str) -> None:
+    assert response.status == 400
+    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    body = response.json()
+    assert body["code"] == code and body["field"] == field
+    assert response.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("target", ["/r1/VN/GOV/BCA/population/persons/persons/001#/residence",
+                                    "/r1/echo?q=1#/residence", "/r1/echo#", "/other/path#x"])  # fmt: skip
+def test_a_fragment_in_the_request_target_is_400(server, raw, app, target: str) -> None:
+    """RFC 9112 §3.2: a request-target has no fragment. llhttp hands the '#' and what follows to on_url; a server
+    behind us would cut there, so the gateway would authorize one path and the connector serve another."""
+    conn = raw()
+    conn.send(get(target))
+    response = conn.read_response()
+    _refused_400(response, "invalid-path", "path")
+    if target.startswith("/r1/"):  # through the app, which audits the refusal like any other /r1 refusal
+        assert response.headers["x-road-error"] == "invalid-path"
+        assert [c["body_refused"].code for c in app.r1_calls] == ["invalid-path"]
+    else:
+        assert app.asgi_calls == []
+    assert conn.at_eof()
+
+
+@pytest.mark.parametrize(
+    ("head", "detail"),
+    [("GET /r1/echo HTTP/1.1\r\n\r\n", "no Host"),
+     ("GET /r1/echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "two Host"),
+     ("GET /r1/echo HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", "two Host"),
+     ("GET /ops/v1/x HTTP/1.1\r\nX-Test: 1\r\n\r\n", "no Host")],
+)  # fmt: skip
+def test_no_host_or_two_hosts_is_400(server, raw, app, head: str, detail: str) -> None:
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host and to any request with more
+    than one Host field line."""
+    conn = raw()
+    conn.send(head.encode())
+    response = conn.read_response()
+    _refused_400(response, "invalid-parameter", "Host")
+    assert detail in response.json()["detail"]
+    assert app.asgi_calls == [] and all(c["body_refused"] is not None for c in app.r1_calls)
+    assert conn.at_eof()
+
+
+def test_http_1_0_needs_no_host(server, raw) -> None:
+    conn = raw()
+    conn.send(b"GET /r1/echo?old HTTP/1.0\r\n\r\n")
+    assert conn.read_response().status == 200
+
+
+def test_http_1_0_with_transfer_encoding_is_answered_then_closed(server, raw, app) -> None:
+    """RFC 9112 §6.1: a server that receives an HTTP/1.0 message with Transfer-Encoding MUST treat its framing as
+    faulty and close the connection after processing it, even when it asks for keep-alive (§6.3 says why: a
+    body whose length is in doubt lets what follows it be read as a smuggled request). The request pipelined behind
+    it is never answered."""
+    conn = raw()
+    conn.send(b"POST /r1/echo?te HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"3\r\nabc\r\n0\r\n\r\n" + get("/r1/echo?smuggled"))  # fmt: skip
+    response = conn.read_response()
+    assert response.status == 200 and response.json()["body"] == "abc"
+    assert response.headers["connection"] == "close"
+    assert conn.at_eof()
+    assert [c["query"] for c in app.r1_calls] == ["te"]
+
+
+def test_http_1_0_keep_alive_without_transfer_encoding_stays_open(server, raw) -> None:
+    conn = raw()
+    conn.send(b"GET /r1/echo?a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert conn.read_response().status == 200
+    conn.send(b"GET /r1/echo?b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert conn.read_response().json()["query"] == "b"
+
+
+# -- back-pressure (issue 13 finding 6) ------------------------------------------------------------------------
+
+
+def test_pipelined_answers_the_client_does_not_read_wait_for_it(server, raw, app) -> None:
+    """A client pipelines many requests and reads nothing: the server stops starting answers (and reading) while
+    its write buffer is above the high-water mark, instead of buffering every answer in memory. Once the client
+    reads, every answer arrives, in order."""
+    count = 800  # 800 x 32 KiB = 25 MiB of answers, were they all made at once
+    conn = raw(timeout=30)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # keep the kernel's share small and fixed
+    conn.send(b"".join(get(f"/r1/lots?{i}") for i in range(count)))
+    time.sleep(1.0)  # (the old code made all 800 answers well within this)
+    buffered = server.run(_write_buffers(server.server))
+    made = len(app.r1_calls)
+    # the kernel's socket buffers (a few MiB on loopback) take some answers; the process's own buffer stays small
+    assert max(buffered) < 1024 * 1024, (buffered, made)
+    assert made < count // 2, f"{made} answers made for a client that reads nothing"
+    for i in range(count):
+        response = conn.read_response()
+        assert response.status == 200 and response.headers["x-query"] == str(i) and response.body == BIG
+    assert len(app.r1_calls) == count
+
+
+async def _write_buffers(server: Server) -> list[int]:
+    return [c.transport.get_write_buffer_size() for c in server.connections if c.transport is not None] or [0]
