@@ -5,6 +5,11 @@ project's 2-core machine a minimal proxy built this way answered 34.6k req/s aga
 and 42.5k for nginx in the same run; `make bench` keeps measuring the pair (bench/proxy_floor.py). Every request
 that stays out of another runtime and out of per-call object building is time the policy chain can have. Bodies and
 statuses pass through as the upstream sent them: no decompression, no redirects.
+
+A connector's address is checked against the mesh's upstream policy (lienthong.upstream_policy, carried by the
+snapshot, plus this gateway's own endpoints) once per new connection: the host is resolved here, every address it
+resolves to is checked, and the connection goes to a checked address, so a name cannot resolve differently between
+the check and the connect. A refusal is 502 `upstream-refused`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -22,6 +28,7 @@ import httptools
 from gateway.breaker import Breakers
 from lienthong.background import stop_task
 from lienthong.problem import Problem
+from lienthong.upstream_policy import UpstreamPolicy, resolve
 
 # Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus framing the client redoes.
 HOP_BY_HOP = frozenset(
@@ -183,8 +190,11 @@ class _Origin:
 class UpstreamClient:
     """One pooled client per worker process; made inside the worker's event loop."""
 
-    def __init__(self, breakers: Breakers) -> None:
+    def __init__(self, breakers: Breakers, own: Iterable[tuple[str, int]] = ()) -> None:
+        """`own`: this gateway's endpoints (listen address, Redis, registry), refused as connectors."""
         self.breakers = breakers
+        self._own = tuple(own)
+        self._policy: tuple[UpstreamPolicy, UpstreamPolicy] | None = None  # the snapshot's, and with `own` added
         self._origins: dict[str, _Origin] = {}
         self._tls: ssl.SSLContext | None = None
         self._busy: set[_Connection] = set()
@@ -215,9 +225,11 @@ class UpstreamClient:
         body: bytes,
         timeout_ms: int,
         what: str,
+        policy: UpstreamPolicy | None = None,
     ) -> UpstreamResponse:
         """Send `method target` to `base` (a registered base URL; a path in it prefixes `target`); transport
-        failure is 502 upstream-failed, a timeout 504 upstream-timeout. The breaker is keyed by `base`."""
+        failure is 502 upstream-failed, a timeout 504 upstream-timeout. The breaker is keyed by `base`.
+        With `policy` (connector calls), each new connection's addresses must pass it: else 502 upstream-refused."""
         # built before the breaker is asked, so that a bad address or header cannot leave a half-open probe taken
         origin = self._origin(base)
         request = self._serialize(method, origin.prefix + target, origin.host_header, headers, body)
@@ -228,7 +240,8 @@ class UpstreamClient:
             self._sweeper = loop.create_task(self._sweep(loop), name="upstream-timeouts")
         deadline = loop.time() + timeout_ms / 1000
         try:
-            response = await self._exchange(origin, request, method, deadline, loop)
+            guard = self._effective(policy) if policy is not None else None
+            response = await self._exchange(origin, request, method, deadline, loop, guard)
         except BaseException as exc:
             circuit.failure()  # cancelled or broken too: a half-open probe must not stay taken for ever
             if isinstance(exc, TimeoutError):
@@ -239,13 +252,20 @@ class UpstreamClient:
         circuit.success()
         return response
 
+    def _effective(self, policy: UpstreamPolicy) -> UpstreamPolicy:
+        """The snapshot's policy with this gateway's own endpoints added, made once per snapshot."""
+        if self._policy is None or self._policy[0] is not policy:
+            self._policy = (policy, policy.with_mesh(self._own))
+        return self._policy[1]
+
     async def _exchange(
-        self, origin: _Origin, request: bytes, method: str, deadline: float, loop: asyncio.AbstractEventLoop
-    ) -> UpstreamResponse:
+        self, origin: _Origin, request: bytes, method: str, deadline: float, loop: asyncio.AbstractEventLoop,
+        guard: UpstreamPolicy | None,
+    ) -> UpstreamResponse:  # fmt: skip
         # A pooled connection the upstream has just closed fails before any answer; an idempotent request is then
         # sent once more on a fresh connection, as it cannot have been acted on twice in any way that matters.
         for attempt in (0, 1):
-            conn, reused = await self._acquire(origin, deadline, loop)
+            conn, reused = await self._acquire(origin, deadline, loop, guard)
             waiter: asyncio.Future[UpstreamResponse] = loop.create_future()
             conn.deadline = deadline
             self._busy.add(conn)
@@ -267,7 +287,7 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def _acquire(
-        self, origin: _Origin, deadline: float, loop: asyncio.AbstractEventLoop
+        self, origin: _Origin, deadline: float, loop: asyncio.AbstractEventLoop, guard: UpstreamPolicy | None
     ) -> tuple[_Connection, bool]:
         now = time.monotonic()
         idle = origin.idle
@@ -281,14 +301,39 @@ class UpstreamClient:
             tls = self._tls = self._tls or ssl.create_default_context()
         budget = min(CONNECT_TIMEOUT, max(0.0, deadline - loop.time()))
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, origin.host, origin.port, ssl=tls), budget
-            )
+            if guard is None:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(_Connection, origin.host, origin.port, ssl=tls), budget
+                )
+            else:
+                conn = await asyncio.wait_for(self._guarded_connect(origin, guard, tls, loop), budget)
         except TimeoutError:
             if loop.time() >= deadline:
                 raise
             raise _Failed(f"no connection to {origin.host}:{origin.port} within {CONNECT_TIMEOUT} s", False) from None
         return conn, False
+
+    @staticmethod
+    async def _guarded_connect(
+        origin: _Origin, guard: UpstreamPolicy, tls: ssl.SSLContext | None, loop: asyncio.AbstractEventLoop
+    ) -> _Connection:
+        """Resolve, check every address, then connect to a checked one (never resolving again)."""
+        await guard.resolve_mesh()
+        addresses = await resolve(origin.host, origin.port)
+        why = guard.refusal(origin.host, origin.port, addresses)
+        if why is not None:
+            raise Problem(502, "upstream-refused", f"the connector address {origin.host}:{origin.port} is refused "
+                          f"by the mesh's upstream policy: {why}")  # fmt: skip
+        failure: OSError | None = None
+        for address in addresses:
+            try:
+                _, conn = await loop.create_connection(
+                    _Connection, str(address), origin.port, ssl=tls, server_hostname=origin.host if tls else None
+                )
+                return conn
+            except OSError as exc:
+                failure = exc
+        raise failure or OSError(f"{origin.host} resolves to no address")
 
     def _release(self, origin: _Origin, conn: _Connection) -> None:
         if conn.reusable and len(origin.idle) < MAX_IDLE_PER_HOST:

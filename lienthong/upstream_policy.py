@@ -15,6 +15,7 @@ The registry publishes the policy in the signed snapshot (`upstream_policy`: `al
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -147,6 +148,7 @@ def name_category(name: str) -> str | None:
     return None
 
 
+@functools.cache
 def _local_addresses() -> frozenset[IPAddress]:
     """This machine's own addresses, for a mesh endpoint that listens on 0.0.0.0 or ::."""
     found: set[IPAddress] = set()
@@ -192,15 +194,30 @@ class UpstreamPolicy:
         return {"allow": [str(e) for e in self.allow], "mesh": [join_host_port(h, p) for h, p in self.mesh]}
 
     @classmethod
-    def from_doc(cls, doc: Any, extra_mesh: Iterable[tuple[str, int]] = ()) -> UpstreamPolicy:
-        """The policy a snapshot carries; a snapshot without one allows nothing more than the defaults."""
-        doc = doc if isinstance(doc, dict) else {}
+    def from_snapshot(cls, doc: dict[str, Any]) -> UpstreamPolicy:
+        """A snapshot's policy, with every gateway of the snapshot among the mesh's endpoints. It never raises: an
+        entry that cannot be read is left out (an allow entry less only refuses more)."""
+        raw = doc.get("upstream_policy")
+        raw = raw if isinstance(raw, dict) else {}
+        allow: list[AllowEntry] = []
         mesh: list[tuple[str, int]] = []
-        for item in doc.get("mesh") or []:
-            host, port = split_host_port(str(item))
+        allow_items: list[Any] = raw["allow"] if isinstance(raw.get("allow"), list) else []
+        mesh_items: list[Any] = raw["mesh"] if isinstance(raw.get("mesh"), list) else []
+        for item in allow_items:
+            try:
+                allow.append(AllowEntry.parse(str(item)))
+            except PolicyError:
+                continue
+        for item in mesh_items:
+            try:
+                host, port = split_host_port(str(item))
+            except PolicyError:
+                continue
             if port is not None:
                 mesh.append((host, port))
-        return cls(parse_allow([str(a) for a in doc.get("allow") or []]), (*mesh, *extra_mesh))
+        gateways: list[Any] = doc["gateways"] if isinstance(doc.get("gateways"), list) else []
+        urls = [g.get("base_url") for g in gateways if isinstance(g, dict) and isinstance(g.get("base_url"), str)]
+        return cls(tuple(allow), (*mesh, *endpoints_of(urls)))
 
     def with_mesh(self, extra: Iterable[tuple[str, int]]) -> UpstreamPolicy:
         return UpstreamPolicy(self.allow, (*self.mesh, *extra))

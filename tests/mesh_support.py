@@ -33,6 +33,7 @@ import orjson
 from lienthong import keys, tokens
 from lienthong.redis_connection import free_port
 from tests.procs import Proc, lienthong
+from tests.registry_support import TEST_UPSTREAM_ALLOW
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -220,8 +221,10 @@ class Mesh:
         self.registry_port = free_port()
         self.snap_dir = self.root / "snapshots"
         self.snap_dir.mkdir(exist_ok=True)
+        # the stand-in publishes the test registry's upstream policy: loopback echo apps on any port are allowed
+        policy = {"allow": TEST_UPSTREAM_ALLOW.split(","), "mesh": []}
         self.doc = {"instance": "VN", "members": [], "subsystems": [], "gateways": [], "services": [],
-                    "clients": [], "grants": []}  # fmt: skip
+                    "clients": [], "grants": [], "upstream_policy": policy}  # fmt: skip
 
     @property
     def registry_url(self) -> str:
