@@ -22,6 +22,7 @@ import httpx
 from lienthong import keys
 from lienthong.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS, MeshPaths
 from lienthong.redis_connection import EmbeddedRedis
+from lienthong.subjects import subject_key_env
 from lienthong.supervisor import Component, StartFailed, Supervisor
 
 Say = Callable[[str], None]
@@ -199,6 +200,7 @@ def _start_processes(
                 mesh.kids[subsystem] = jwk["kid"]
                 _exists_ok(admin.add_client_key, subsystem, jwk)
     registry_pub = paths.registry / keyfiles.SIGNING_PUB
+    gateway_env = {**env, **subject_key_env(paths.root / "subject.key")}  # one subject key for every gateway
     for gw in GATEWAYS:
         url = mesh.gateway_urls[gw.code]
         data_dir = paths.gateway(gw.code)
@@ -207,7 +209,7 @@ def _start_processes(
             "--registry", registry_url, "--registry-key", str(registry_pub), "--data-dir", str(data_dir),
             "--workers", str(config.gateway_workers), "--redis-url", redis_url, "--trace-sample-ratio", "0.01",
         )  # fmt: skip
-        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", env))
+        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env))
     for spec in CONNECTORS:
         port = pick_port(host, config.connector_ports[spec.name], f"connector {spec.name}", say)
         url = f"http://{host}:{port}"

@@ -15,8 +15,11 @@ is one the gateway reads the same way.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -30,7 +33,26 @@ MAX_LOCATIONS = 32  # declared locations per endpoint
 MAX_SUBJECTS = 10_000  # subject values one call may carry; the connectors' own batch limit is 1,000
 WILDCARD = "*"
 
+# The key of the subject pseudonyms (HMACs) in audit records: one for the whole mesh, so the same person gets the
+# same pseudonym on every gateway (policies/audit.py; docs/policies.md).
+SUBJECT_KEY_ENV = "LIENTHONG_SUBJECT_KEY"
+MIN_SUBJECT_KEY_BYTES = 16
+
 Pointer = tuple[str, ...]
+
+
+def subject_key_env(key_file: Path) -> dict[str, str]:
+    """For a one-machine mesh (`lienthong up`): the environment that gives every gateway the same subject key, kept
+    in `key_file` (made on first use, mode 0600) so pseudonyms survive restarts. An operator's own
+    LIENTHONG_SUBJECT_KEY wins (it reaches the gateways as is). A real deployment distributes the key as a secret."""
+    if os.environ.get(SUBJECT_KEY_ENV):
+        return {}
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return {SUBJECT_KEY_ENV: key_file.read_text().strip()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ import orjson
 
 from lienthong.background import stop_task
 from lienthong.problem import Problem
+from lienthong.subjects import MIN_SUBJECT_KEY_BYTES, SUBJECT_KEY_ENV
 from policies.audit_log import ChainHead, fsync_dir, read_head, segment_path
 from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
@@ -34,8 +35,6 @@ log = logging.getLogger("lienthong.policies.audit")
 
 SYNC_INTERVAL = 0.05
 SEGMENT_BYTES = 64 * 1024 * 1024
-SUBJECT_KEY_ENV = "LIENTHONG_SUBJECT_KEY"
-MIN_SUBJECT_KEY_BYTES = 16
 
 
 def _ms(ts: float) -> int | None:

@@ -10,8 +10,8 @@ slot's previous life are replayed on start and every ADOPT_INTERVAL.
 
 Redis layout: meter:h:{YYYYMMDDHH} hash, field consumer|service|endpoint|consumer_gw|provider_gw|role|outcome -> n;
 meter:l:{YYYYMMDDHH} hash, field service|endpoint|role|le -> n (le: bucket upper bound in ms, "inf" last).
-The counts count items: a batch call (its endpoint declares `x-lienthong-batch`) that the mesh let through counts
-its item count (spool field "n", absent for 1), as its quota did; refused calls count 1. Histograms count calls.
+The counts count items: an answered (2xx) batch call (its endpoint declares `x-lienthong-batch`) counts its item
+count (spool field "n", absent for 1), as its quota did; any other outcome counts 1. Histograms count calls.
 The same two per UTC minute for the dashboard's last hour, meter:m:{YYYYMMDDHHMM} and meter:lm:{YYYYMMDDHHMM}, expire
 MINUTE_TTL after their last write (the batch that writes them sets the expiry in the same atomic step).
 """
@@ -125,9 +125,11 @@ def record_of(ctx: CallContext, now: float) -> bytes:
 
 
 def _items(ctx: CallContext) -> int:
-    """The items the call counts: a batch's item count once the mesh let it through, else 1."""
+    """The items the call counts: a batch's item count when it was answered (2xx), else 1."""
     endpoint = ctx.endpoint
-    if ctx.error_code is not None or endpoint is None or endpoint.subjects is None or endpoint.subjects.batch is None:
+    if endpoint is None or endpoint.subjects is None or endpoint.subjects.batch is None:
+        return 1
+    if outcome(ctx.status, ctx.error_code) != "2xx":
         return 1
     try:
         read_subjects(ctx)  # already read in access when quota or audit ran; cached on ctx

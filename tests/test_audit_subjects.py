@@ -22,8 +22,15 @@ from hypothesis import strategies as st
 
 from lienthong.problem import Problem
 from lienthong.snapshot import Snapshot
-from lienthong.subjects import MAX_SUBJECTS, SubjectSpec, extract, parse_declaration
-from policies.audit import Audit
+from lienthong.subjects import (
+    MAX_SUBJECTS,
+    SUBJECT_KEY_ENV,
+    SubjectSpec,
+    extract,
+    parse_declaration,
+    subject_key_env,
+)
+from policies.audit import Audit, subject_key
 from policies.base import CallContext
 from policies.meter import fold, record_of
 from policies.quota import Quota
@@ -287,3 +294,37 @@ def test_the_audit_holds_every_subject_of_a_batch_as_an_hmac(tmp_path: Path) -> 
         audit.access(bad)
     assert caught.value.field == "id"
     assert audit.record(bad)["subject_hmacs"] == []  # the log phase never raises
+
+
+# -- the mesh-wide subject key ---------------------------------------------------------------------------------------
+
+
+def test_a_one_machine_mesh_gives_every_gateway_one_lasting_subject_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SUBJECT_KEY_ENV, raising=False)
+    first = subject_key_env(tmp_path / "subject.key")
+    assert first == subject_key_env(tmp_path / "subject.key")  # kept: pseudonyms survive a restart
+    assert (tmp_path / "subject.key").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv(SUBJECT_KEY_ENV, first[SUBJECT_KEY_ENV])
+    key, mesh_wide = subject_key(b"own")
+    assert mesh_wide and key == bytes.fromhex(first[SUBJECT_KEY_ENV])
+    assert subject_key_env(tmp_path / "other.key") == {}  # the operator's own key wins
+
+
+@pytest.mark.parametrize("value", ["not hex", "00" * 15])
+def test_a_bad_subject_key_stops_the_gateway_at_start(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(SUBJECT_KEY_ENV, value)
+    with pytest.raises(ValueError, match=SUBJECT_KEY_ENV):
+        subject_key(b"own")
+
+
+def test_without_a_subject_key_a_gateway_keeps_its_own_and_says_so_in_each_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SUBJECT_KEY_ENV, raising=False)
+    assert subject_key(b"own") == (b"own", False)
+    snap = batch_world({"per_minute": 5, "per_day": 1000})
+    mine, theirs = Audit("national", tmp_path / "a", b"a" * 32), Audit("nghean", tmp_path / "b", b"b" * 32)
+    a, b = (x.record(call(snap, "GET", f"/persons/{PERSON_ID}", None)) for x in (mine, theirs))
+    assert a["subject_hmac"] != b["subject_hmac"] and a["subject_key_id"] != b["subject_key_id"]
