@@ -170,7 +170,7 @@ def verify(
     token: str,
     key_for_kid: Callable[[str], PublicKey | None],
     *,
-    audience: str | list[str],
+    audience: str,
     max_lifetime: int = MAX_CLIENT_TOKEN_LIFETIME,
     required: tuple[str, ...] = ("exp", "iat", "aud", "iss"),
 ) -> dict[str, Any]:
@@ -205,14 +205,14 @@ def verify(
         raise TokenError("token used before its time (nbf/iat in the future)")
     if "exp" in claims and _number(claims, "exp") <= now - CLOCK_SKEW:
         raise TokenError("token expired")
-    wanted = [audience] if isinstance(audience, str) else audience
     aud = claims.get("aud")
     if not aud:
         raise TokenError("token lacks the 'aud' claim")
-    given = [aud] if isinstance(aud, str) else aud
-    if not isinstance(given, list) or not all(isinstance(a, str) for a in given):
-        raise TokenError("token audience does not name this service")
-    if not any(a in given for a in wanted):
+    # One audience, as a string (RFC 7519 §4.1.3 allows that form when there is one): a list, even of one, is
+    # refused, so a token is good at exactly one gateway or registry and every verifier reads aud alike.
+    if not isinstance(aud, str):
+        raise TokenError("token 'aud' must be one audience (a string), not a list")
+    if aud != audience:
         raise TokenError("token audience does not name this service")
     for name in ("sub", "jti"):
         if name in claims and not isinstance(claims[name], str):
