@@ -1,6 +1,8 @@
 """Verification of the hosting gateway's assertion (protocol §4.2) on every request a connector answers.
 
-Replay protection keeps accepted (iss, jti) pairs in process memory for the assertion's lifetime (at most 30 s). With
+Replay protection keeps accepted (iss, jti) pairs in process memory for the assertion's lifetime (at most 30 s); jti
+is the hosting gateway's own nonce, new for every assertion, never the client's X-Road-Id (that is `txn`), so one
+consumer's transaction id can never make another's call look like a replay. With
 several worker processes each has its own memory, so a replay sent to another worker within 30 s is not caught there;
 the gateway signs a fresh assertion per call and the window is short, which is the trade-off accepted here.
 """
@@ -69,7 +71,9 @@ class AssertionVerifier:
         if svc is not None and svc != self.service_id:
             raise TokenError("the assertion names another service")
         if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("jti"), str):
-            raise TokenError("the assertion lacks a consumer (sub) or transaction id (jti)")
+            raise TokenError("the assertion lacks a consumer (sub) or nonce (jti)")
+        if not isinstance(claims.get("txn", ""), str):
+            raise TokenError("the assertion's transaction id (txn) must be a string")
         fields = claims.get("fields")
         if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
             raise TokenError("the assertion's fields claim must be a list of dotted paths")

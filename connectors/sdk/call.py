@@ -24,7 +24,7 @@ class CallInfo:
     consumer: str  # `sub`: the consumer subsystem id
     purpose: str | None
     fields: tuple[str, ...] | None  # dotted paths the grant allows; None means every field
-    transaction_id: str  # `jti`
+    transaction_id: str  # `txn`: the call's X-Road-Id (`jti` is the gateway's nonce; used when txn is absent)
     gateway: str  # `iss`
     service: str | None = None
     grant: str | None = None
@@ -38,7 +38,7 @@ class CallInfo:
             consumer=str(claims["sub"]),
             purpose=claims.get("purpose"),
             fields=None if fields is None else tuple(str(f) for f in fields),
-            transaction_id=str(claims["jti"]),
+            transaction_id=str(claims.get("txn") or claims["jti"]),
             gateway=str(claims["iss"]),
             service=claims.get("svc"),
             grant=claims.get("grant"),
