@@ -3,6 +3,9 @@
 Roles (protocol §8): a request carrying X-Lienthong-Assertion is the *provider* role (another gateway forwarded it;
 the service must be hosted here, never a second hop). Otherwise the caller is a client: *local* when this gateway
 hosts the service, *home* when it forwards to the hosting gateway with its own signed assertion.
+
+Order: path syntax (400 `invalid-path`, the same whatever the catalogue holds), then authn (Chain.identify), and only
+then routing, so a caller without valid credentials gets the same 401 for a service that exists and one that does not.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from gateway.paths import R1Path, parse_r1
 from gateway.snapshot_client import SnapshotClient
 from gateway.upstream import UpstreamClient, UpstreamResponse
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
-from policies.base import CallContext, Policy
+from policies.authn import check_service
+from policies.base import CallContext
 from policies.chain import Chain
 
 # Only these client headers travel on; everything else (Authorization, X-Road-Client, hop-by-hop,
@@ -94,7 +98,6 @@ class CallHandler:
         self.signer = signer
         self._upstream = upstream
         self.authn_enabled = authn_enabled
-        self._authn: Policy | None = next((p for p in chain.policies if p.name == "authn"), None)
 
     async def handle(
         self,
@@ -137,6 +140,9 @@ class CallHandler:
             ctx.path = route.provider_path
             if body_refused is not None:
                 raise body_refused
+            # who is calling, before any answer that depends on the catalogue (unknown service, endpoint, method)
+            ctx.role = "provider" if headers.get(ASSERTION_HEADER) else "local"
+            self.chain.identify(ctx)
             if route.metaservice is not None:
                 reply = self._metaservice(ctx, route)
             else:
@@ -153,11 +159,13 @@ class CallHandler:
     # -- metaservices ------------------------------------------------------------------------------------------
 
     def _metaservice(self, ctx: CallContext, route: R1Path) -> Reply:
-        if ctx.headers.get(ASSERTION_HEADER):
+        """Metaservices need a valid client token (§2), already checked by Chain.identify, but no grant."""
+        if ctx.role == "provider":
             raise Problem(404, "unknown-service", "metaservices are answered by the caller's home gateway")
         if ctx.method != "GET":
             raise Problem(400, "invalid-parameter", f"{route.metaservice} answers GET only", field="method")
-        self._authenticate(ctx)
+        if not self.authn_enabled:
+            self._unverified_identity(ctx)
         snapshot = ctx.snapshot
         doc: dict[str, Any]
         if route.metaservice == "listClients":
@@ -171,26 +179,18 @@ class CallHandler:
         ctx.status = 200
         return Reply(200, {"content-type": "application/json"}, orjson.dumps(doc))
 
-    def _authenticate(self, ctx: CallContext) -> None:
-        """Metaservices need a valid client token (§2) but no grant: only authn runs."""
-        ctx.role = "local"
-        if self._authn is not None:
-            self._authn.access(ctx)
-        elif not self.authn_enabled:
-            self._unverified_identity(ctx)
-
     # -- service calls -----------------------------------------------------------------------------------------
 
     async def _service_call(self, ctx: CallContext, route: R1Path) -> Reply:
         snapshot = ctx.snapshot
         service_id = str(route.service_id)
         service = snapshot.services.get(service_id)
-        inbound_assertion = ctx.headers.get(ASSERTION_HEADER)
+        provider = ctx.role == "provider"
         if service is None:
             if service_id in snapshot.quarantined_services:  # in the snapshot, but this gateway could not build it
                 raise Problem(503, "service-quarantined", snapshot.quarantined_services[service_id], field="path")
             raise Problem(404, "unknown-service", f"no service {service_id} in the mesh", field="path")
-        if inbound_assertion and service.gateway != self.code:
+        if provider and service.gateway != self.code:
             raise Problem(
                 404, "unknown-service", f"service {service_id} is not hosted by gateway {self.code}", field="path"
             )
@@ -205,12 +205,12 @@ class CallHandler:
         ctx.service_id, ctx.service = service_id, service
         ctx.endpoint, ctx.path_params = matched
         ctx.provider_gateway = service.gateway
-        if inbound_assertion:
-            ctx.role = "provider"
+        if provider:
+            check_service(ctx, service_id)  # the assertion authn verified must name this very service
         else:
             ctx.role = "local" if service.gateway == self.code else "home"
 
-        self.chain.access(ctx)  # a Problem here already carries ctx.status / error_code
+        self.chain.authorize(ctx)  # a Problem here already carries ctx.status / error_code
         if not self.authn_enabled:
             self._unverified_identity(ctx)
 

@@ -1,22 +1,34 @@
 """authn (priority 100): who is calling. Client tokens at the home gateway (protocol §4.1), gateway assertions at
 the hosting gateway (§4.2). Every failure is 401 `invalid-token` / `invalid-assertion`; the detail never echoes the
-token.
+token. A client whose member is homed at another gateway is refused with 403 `access-denied`.
+
+The gateway runs this policy before it routes (Chain.identify), so a caller without valid credentials learns nothing
+about the catalogue; the one check that needs the route (an assertion's `svc`) is `check_service`, run after it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 from lienthong.keys import PublicKey
 from lienthong.problem import Problem
-from lienthong.tokens import MAX_TOKEN_BYTES, TokenError, verify
+from lienthong.tokens import TokenError, verify
 from policies.base import CallContext, PolicyBase
 from policies.chain import ChainConfig
 
 MAX_ASSERTION_LIFETIME = 30
-CACHE_LIMIT = 50_000
+# A real client token weighs about 400 bytes (EdDSA or ES256, protocol §4.1); 4 KiB leaves room for extra claims
+# while keeping what one token can pin in the cache small. Larger ones are refused before any parsing.
+MAX_CLIENT_TOKEN_BYTES = 4096
+MAX_AUTHORIZATION = len("Bearer ") + MAX_CLIENT_TOKEN_BYTES
+# The verified-token cache of one worker holds at most this much, counted as estimated bytes (see _entry_cost).
+CACHE_BUDGET_BYTES = 16 * 1024 * 1024
+# Per entry beyond the token's own bytes: the claims dict, its tuple and the cache's slot (measured: ~800 bytes for
+# a 400-byte token, so 2 x token + 512 over-counts a little, never under-counts).
+ENTRY_OVERHEAD = 512
 
 
 def _invalid_token(detail: str, field: str = "Authorization") -> Problem:
@@ -26,6 +38,16 @@ def _invalid_token(detail: str, field: str = "Authorization") -> Problem:
 
 def _invalid_assertion(detail: str) -> Problem:
     return Problem(401, "invalid-assertion", detail, field="X-Lienthong-Assertion")
+
+
+def _entry_cost(token: str) -> int:
+    """Estimated bytes one cache entry holds: the token as key, its decoded claims (no larger than it) and overhead."""
+    return 2 * len(token) + ENTRY_OVERHEAD
+
+
+def _names_service(claims: dict[str, Any], service_id: str) -> None:
+    if claims.get("svc") != service_id:
+        raise _invalid_assertion("the assertion names another service")
 
 
 def verify_client_token(token: str, keys: Mapping[str, tuple[str, PublicKey]], audience: str) -> dict[str, Any]:
@@ -47,15 +69,23 @@ def verify_client_token(token: str, keys: Mapping[str, tuple[str, PublicKey]], a
     return claims
 
 
+def check_service(ctx: CallContext, service_id: str) -> None:
+    """After routing: a verified inbound assertion must name the service the call was routed to."""
+    if ctx.assertion is not None:
+        _names_service(ctx.assertion, service_id)
+
+
 class Authn(PolicyBase):
     name = "authn"
     priority = 100
 
     def __init__(self, gateway: str) -> None:
         self.gateway = gateway
-        # token -> (claims, exp): one signature check per token for its whole life, not one per call
-        self._verified: dict[str, tuple[dict[str, Any], float]] = {}
-        # (iss, jti) -> exp: assertions already accepted by this worker
+        # token -> (claims, exp, cost): one signature check per token for its whole life, not one per call. FIFO by
+        # insertion: a client token lives at most 300 s, so the oldest entry is also the nearest to expiring.
+        self._verified: OrderedDict[str, tuple[dict[str, Any], float, int]] = OrderedDict()
+        self.cached_bytes = 0  # sum of the entries' costs, kept at most CACHE_BUDGET_BYTES
+        # (issuing gateway, its nonce jti) -> exp: assertions already accepted by this worker
         self._seen_jti: dict[tuple[str, str], float] = {}
         self._seen_purge_at = 0.0
 
@@ -69,29 +99,39 @@ class Authn(PolicyBase):
 
     def _client_token(self, ctx: CallContext) -> None:
         header = ctx.headers.get("authorization", "")
+        if len(header) > MAX_AUTHORIZATION:  # before any parsing work
+            raise _invalid_token(f"the client token is larger than {MAX_CLIENT_TOKEN_BYTES} bytes")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise _invalid_token("an Authorization: Bearer client token is required")
         token = token.strip()
-        if len(token) > MAX_TOKEN_BYTES:
-            raise _invalid_token("token too large")
         client = ctx.headers.get("x-road-client")
         if not client:
             raise _invalid_token("the X-Road-Client header is required", field="X-Road-Client")
         now = time.time()
         cached = self._verified.get(token)
         if cached is not None:
-            claims, exp = cached
+            claims, exp, cost = cached
             owner = ctx.snapshot.client_keys.get(claims["_kid"])
             # a key revoked in a newer snapshot must stop a cached token at once
             if exp <= now or owner is None or owner[0] != claims["sub"]:
                 del self._verified[token]
+                self.cached_bytes -= cost
                 cached = None
         if cached is None:
             claims = self._verify_client(token, ctx)
-            self._remember(token, claims, now)
+            self._remember(token, claims)
         if claims["sub"] != client:
             raise _invalid_token("X-Road-Client does not match the token's subject", field="X-Road-Client")
+        home = ctx.snapshot.home_gateway(client)
+        if home != self.gateway:  # a client speaks only through its member's home gateway (§2), metaservices too
+            member = client.rsplit("/", 1)[0]
+            raise Problem(
+                403,
+                "access-denied",
+                f"gateway {self.gateway} is not the home gateway of member {member}; call through {home}",
+                field="X-Road-Client",
+            )
         ctx.client = client
         ctx.consumer_gateway = self.gateway
         ctx.purpose = ctx.headers.get("x-purpose") or None
@@ -101,12 +141,13 @@ class Authn(PolicyBase):
     def _verify_client(self, token: str, ctx: CallContext) -> dict[str, Any]:
         return verify_client_token(token, ctx.snapshot.client_keys, self.gateway)
 
-    def _remember(self, token: str, claims: dict[str, Any], now: float) -> None:
-        if len(self._verified) >= CACHE_LIMIT:
-            self._verified = {t: v for t, v in self._verified.items() if v[1] > now}
-            if len(self._verified) >= CACHE_LIMIT:
-                self._verified.clear()
-        self._verified[token] = (claims, float(claims["exp"]))
+    def _remember(self, token: str, claims: dict[str, Any]) -> None:
+        cost = _entry_cost(token)
+        self._verified[token] = (claims, float(claims["exp"]), cost)
+        self.cached_bytes += cost
+        while self.cached_bytes > CACHE_BUDGET_BYTES:
+            _, (_, _, evicted) = self._verified.popitem(last=False)
+            self.cached_bytes -= evicted
 
     # -- gateway assertion (provider) ------------------------------------------------------------------------------
 
@@ -136,9 +177,10 @@ class Authn(PolicyBase):
             raise _invalid_assertion("the assertion's iss is not the gateway that owns its key")
         if ctx.snapshot.home_gateway(sub) != iss:
             raise _invalid_assertion(f"gateway {iss} is not the home gateway of the consumer's member")
-        if ctx.service_id is not None and claims["svc"] != ctx.service_id:
-            raise _invalid_assertion("the assertion names another service")
+        if ctx.service_id is not None:  # the route is already known (the chain driven whole, as in tests)
+            _names_service(claims, ctx.service_id)
         now = time.time()
+        # jti is the issuing gateway's own nonce (§4.2), never the client's X-Road-Id (that travels as txn)
         self._check_replay(iss, str(claims["jti"]), float(claims["exp"]), now)
         ctx.assertion = claims
         ctx.client = sub

@@ -1,10 +1,14 @@
 """The policy chain a gateway runs for every call: the enabled policies in priority order, phase by phase.
 
 Order (Kong-style priorities): trace 50, authn 100, authz 200, quota 300, minimize 400, meter 500, audit 600.
-access runs by ascending priority; response and log run in reverse. A call refused in access still goes through
-log, so the refusal is metered, audited and traced. How the gateway drives it:
+access runs by ascending priority, except that authn runs first, on its own, before the gateway routes the call;
+response and log run in reverse. A call refused in access still goes through log, so the refusal is metered and
+audited (and traced once routed). How the gateway drives it:
 
-    chain.access(ctx)        # raises Problem to refuse; ctx.status and ctx.error_code are then already set
+    chain.identify(ctx)      # authn alone, before routing: no catalogue answer reaches an unauthenticated caller
+    ... route the call (unknown service / endpoint answers come only now) ...
+    chain.authorize(ctx)     # the other access hooks; access(ctx) runs both, for callers that route first
+                             # each raises Problem to refuse; ctx.status and ctx.error_code are then already set
     ... upstream call (copy ctx.traceparent into the outbound `traceparent` header) ...
     chain.response(ctx)      # only when access passed; may rewrite ctx.response_body / ctx.response_headers
     ... send the response ...
@@ -53,6 +57,8 @@ class Chain:
     def __init__(self, policies: list[Policy]) -> None:
         ordered = sorted(policies, key=lambda p: p.priority)
         self.policies = tuple(ordered)
+        self._identify = tuple(p for p in ordered if p.name == "authn")
+        self._authorize = tuple(p for p in ordered if p.name != "authn")
         self._reverse = tuple(reversed(ordered))
         # trace starts its client span here, once access passed, so the span covers only the upstream call
         self._upstream_hooks: tuple[Callable[[CallContext], None], ...] = tuple(
@@ -60,16 +66,29 @@ class Chain:
         )
 
     def access(self, ctx: CallContext) -> None:
-        """Run every access hook; on refusal record status/code on ctx (for log) and re-raise the Problem."""
+        """Run every access hook (authn first); on refusal record status/code on ctx (for log), re-raise the Problem."""
+        self.identify(ctx)
+        self.authorize(ctx)
+
+    def identify(self, ctx: CallContext) -> None:
+        """authn's access hook alone: who is calling, run before the gateway routes the call."""
+        self._run(self._identify, ctx)
+
+    def authorize(self, ctx: CallContext) -> None:
+        """Every other access hook in priority order, then the upstream hooks; after identify and routing."""
+        self._run(self._authorize, ctx)
+        for hook in self._upstream_hooks:
+            hook(ctx)
+
+    @staticmethod
+    def _run(policies: tuple[Policy, ...], ctx: CallContext) -> None:
         try:
-            for policy in self.policies:
+            for policy in policies:
                 policy.access(ctx)
         except Problem as problem:
             ctx.status = problem.status
             ctx.error_code = problem.code
             raise
-        for hook in self._upstream_hooks:
-            hook(ctx)
 
     def response(self, ctx: CallContext) -> None:
         for policy in self._reverse:

@@ -32,17 +32,17 @@ def test_unknown_policy_name_is_a_configuration_error() -> None:
 def test_refused_and_served_calls_are_both_metered_and_audited(redis_url: str, tmp_path: Path) -> None:
     world = World()
     snap = world.snapshot()
-    cfg = ChainConfig("national", tmp_path, redis_url, ALL_POLICIES, b"k", 1.0)
+    cfg = ChainConfig("nghean", tmp_path, redis_url, ALL_POLICIES, b"k", 1.0)  # the consumer's home gateway
 
     async def scenario() -> None:
         chain = build_chain(cfg)
         await chain.start()
-        refused = context(snap, headers=client_headers(world.client_token(), purpose="marketing"))
+        refused = context(snap, headers=client_headers(world.client_token(aud="nghean"), purpose="marketing"))
         with pytest.raises(Problem) as info:
             chain.access(refused)
         assert info.value.status == 403 and refused.status == 403 and refused.error_code == "access-denied"
         chain.log(refused)
-        served = context(snap, headers=client_headers(world.client_token()))
+        served = context(snap, headers=client_headers(world.client_token(aud="nghean")))
         chain.access(served)
         assert served.traceparent is not None and served.grant is not None
         served.status = 200

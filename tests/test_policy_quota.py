@@ -57,10 +57,10 @@ def test_day_limit_gives_retry_after_until_midnight(redis_url: str) -> None:
 def test_two_chains_share_one_limit_through_redis(redis_url: str, tmp_path: Path) -> None:
     """Two workers (two chains, as two replicas would hold) never admit more than the limit together."""
     world = World(quota={"per_minute": 60, "per_day": 10000})
-    cfg = ChainConfig("national", tmp_path, redis_url, frozenset({"authn", "authz", "quota"}), b"k")
+    cfg = ChainConfig("nghean", tmp_path, redis_url, frozenset({"authn", "authz", "quota"}), b"k")  # the home
     chains = [build_chain(cfg), build_chain(cfg)]
     snap = world.snapshot()
-    token = world.client_token(aud="national")
+    token = world.client_token(aud="nghean")
     admitted_total = 0
     for i in range(200):
         ctx = context(snap, role="home", headers=client_headers(token))
