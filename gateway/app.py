@@ -3,12 +3,18 @@
 No web framework sits on the hot path: the server (gateway.http_server) calls `r1` directly for every `/r1/` path,
 however it is spelled, and the rest arrives as ASGI, dispatched by a few string comparisons. Each worker process
 builds one app through `create_app()`, reading its configuration from LIENTHONG_* variables (gateway.settings).
+
+With --ops-listen the operations API and /metrics are served only on that socket (`OpsListener`), where /metrics
+needs no token (Prometheus scrapes it; the address is meant to be private), and the main port answers 404 for them.
+Without it they share the main port: the ops API needs its token (gateway/ops_auth.py), and /metrics answers a
+loopback client whose Host names the gateway, or an operator token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
 import time
@@ -21,12 +27,14 @@ from gateway import metrics
 from gateway.assertions import AssertionSigner
 from gateway.breaker import Breakers
 from gateway.calls import CallHandler, Reply, problem_reply
+from gateway.ops_auth import HostNames, OpsGate, load_operator_keys
 from gateway.settings import GatewaySettings
 from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient
 from lienthong import keys
 from lienthong.background import stop_task
 from lienthong.problem import Problem
+from lienthong.snapshot import Snapshot
 from policies.chain import ChainConfig, build_chain
 
 Scope = MutableMapping[str, Any]
@@ -90,6 +98,7 @@ class GatewayApp:
             authn_enabled="authn" in settings.policies,
         )
         self.ops_app: ASGIApp | None = None
+        self.ops_gate = ops_gate(settings, private_key, lambda: self.snapshots.current)
         self._metrics_task: asyncio.Task[None] | None = None
 
     def upstream(self) -> UpstreamClient:
@@ -106,7 +115,7 @@ class GatewayApp:
         except ImportError:
             log.warning("gateway.ops_api is not installed; /ops/v1 answers 404")
         else:
-            self.ops_app = build_ops_app(self.chain_config, lambda: self.snapshots.current)
+            self.ops_app = build_ops_app(self.chain_config, lambda: self.snapshots.current, self.ops_gate)
 
     async def shutdown(self) -> None:
         await stop_task(self._metrics_task)
@@ -117,20 +126,44 @@ class GatewayApp:
             await self._upstream.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            path: str = scope["path"]
-            if path == "/healthz":
-                await self._healthz(send)
-            elif path == "/readyz":
-                await self._readyz(send)
-            elif path == "/metrics":
-                body, content_type = metrics.render()
-                await send_reply(send, Reply(200, {"content-type": content_type}, body))
-            elif path == "/ops/v1" or path.startswith("/ops/v1/"):
-                await self._ops(scope, receive, send)
-            else:
-                await send_reply(send, problem_reply(Problem(404, "unknown-service", f"no route {path}", field="path")))
+        """The main port's non-/r1 requests."""
+        await self.route(scope, receive, send, ops_port=False)
+
+    def ops_listener(self) -> OpsListener:
+        """The app of the --ops-listen socket."""
+        return OpsListener(self)
+
+    async def route(self, scope: Scope, receive: Receive, send: Send, ops_port: bool) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        ops_here = ops_port or not self.settings.ops_listen
+        if path == "/healthz":
+            await self._healthz(send)
+        elif path == "/readyz":
+            await self._readyz(send)
+        elif path == "/metrics" and ops_here:
+            await self._metrics(scope, send, open_=ops_port)
+        elif (path == "/ops/v1" or path.startswith("/ops/v1/")) and ops_here:
+            await self._ops(scope, receive, send)
+        else:
+            await send_reply(send, problem_reply(Problem(404, "unknown-service", f"no route {path}", field="path")))
+
+    async def _metrics(self, scope: Scope, send: Send, open_: bool) -> None:
+        """Prometheus text; on the main port only for a loopback client that names the gateway, or an operator."""
+        if not open_:
+            try:
+                headers = scope.get("headers", [])
+                self.ops_gate.check_host(headers)
+                client = scope.get("client")
+                if not (client and _loopback(str(client[0]))) and not self.ops_gate.principal(headers).operator:
+                    raise Problem(403, "access-denied", "only an operator token may read /metrics from another host",
+                                  field="Authorization")  # fmt: skip
+            except Problem as problem:
+                await send_reply(send, problem_reply(problem))
+                return
+        body, content_type = metrics.render()
+        await send_reply(send, Reply(200, {"content-type": content_type}, body))
 
     async def r1(
         self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
@@ -193,6 +226,45 @@ class GatewayApp:
         if raw:
             sub["raw_path"] = raw[len(b"/ops/v1") :] or b"/"
         await self.ops_app(sub, receive, send)
+
+
+class OpsListener:
+    """The --ops-listen socket: the operations API, /metrics without a token and the probes; no /r1 calls."""
+
+    def __init__(self, app: GatewayApp) -> None:
+        self.app = app
+        self.body_limit = app.body_limit
+
+    async def r1(
+        self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
+        body_refused: Problem | None = None,
+    ) -> Reply:  # fmt: skip
+        return problem_reply(Problem(404, "unknown-service", "calls are served on the gateway's main port, not on its "
+                                     "operations port", field="path"))  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app.route(scope, receive, send, ops_port=True)
+
+
+def ops_gate(
+    settings: GatewaySettings, private_key: keys.PrivateKey, snapshot_getter: Callable[[], Snapshot | None]
+) -> OpsGate:
+    """The operations API's gate: operator keys (the gateway's own, under its kid and its thumbprint, and the
+    --ops-operator-key files) and the Host names (its listen addresses, loopback, --ops-host names)."""
+    public = private_key.public_key()
+    operators: dict[str, keys.PublicKey] = {settings.kid: public, keys.public_jwk(public)["kid"]: public}
+    operators.update(load_operator_keys(settings.ops_operator_keys))
+    listen = [(settings.host, settings.port)]
+    if settings.ops_address is not None:
+        listen.append(settings.ops_address)
+    return OpsGate(settings.code, operators, HostNames.build(listen, settings.ops_hosts), snapshot_getter)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def create_app() -> GatewayApp:

@@ -12,9 +12,23 @@ from typing import Any
 import click
 import orjson
 
-from gateway.settings import DEFAULT_BODY_LIMIT, DEFAULT_MAX_SNAPSHOT_AGE, GatewaySettings, parse_policies
+from gateway.settings import (
+    DEFAULT_BODY_LIMIT,
+    DEFAULT_MAX_SNAPSHOT_AGE,
+    GatewaySettings,
+    parse_listen,
+    parse_policies,
+)
 from gateway.workers import serve as serve_workers
 from lienthong import ids, keys
+
+OPS_URL_FILE = "ops-url"  # in the data dir: the base URL of the operations API, written by `gateway serve`
+
+
+def ops_url(host: str, port: int) -> str:
+    """A URL for a listen address; a wildcard address is reached on loopback."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @click.group("gateway")
@@ -65,6 +79,23 @@ def gateway_group() -> None:
     "--breaker-open-seconds", envvar="LIENTHONG_BREAKER_OPEN_SECONDS", type=float, default=5.0, show_default=True
 )
 @click.option("--snapshot-wait", envvar="LIENTHONG_SNAPSHOT_WAIT", type=int, default=30, show_default=True)
+@click.option("--ops-listen", envvar="LIENTHONG_OPS_LISTEN", default="", metavar="HOST:PORT",
+              help="Serve the operations API and /metrics on this address of their own (the main port then answers "
+                   "404 for them); /metrics needs no token there, so keep the address private.")  # fmt: skip
+@click.option(
+    "--ops-host",
+    "ops_hosts",
+    multiple=True,
+    metavar="NAME[:PORT]",
+    help="Another Host name the operations API answers to (e.g. its name behind a proxy); repeatable.",
+)
+@click.option(
+    "--ops-operator-key",
+    "ops_operator_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A public JWK file whose key signs operator tokens, besides the gateway's own; repeatable.",
+)
 def serve(
     code: str,
     host: str,
@@ -83,11 +114,19 @@ def serve(
     breaker_failures: int,
     breaker_open_seconds: float,
     snapshot_wait: int,
+    ops_listen: str,
+    ops_hosts: tuple[str, ...],
+    ops_operator_keys: tuple[str, ...],
 ) -> None:
     """Serve /r1 calls with worker processes sharing one port."""
+    from gateway.ops_auth import HostNames, load_operator_keys
+
     try:
         ids.validate("gateway", code, "code")
         enabled = parse_policies(policies)
+        ops_address = parse_listen(ops_listen) if ops_listen else None
+        HostNames.build([], ops_hosts)  # refuse a malformed name now, not in every worker
+        load_operator_keys(Path(k) for k in ops_operator_keys)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     data = Path(data_dir or f"var/gateways/{code}").resolve()
@@ -105,12 +144,16 @@ def serve(
         key_file=key_path, kid=kid or keys.public_jwk(private)["kid"], data_dir=data, host=host, port=port,
         workers=workers, max_snapshot_age=max_snapshot_age, body_limit=body_limit, policies=enabled,
         redis_url=redis_url, trace_sample_ratio=trace_sample_ratio, breaker_failures=breaker_failures,
-        breaker_open_seconds=breaker_open_seconds, snapshot_wait=snapshot_wait,
+        breaker_open_seconds=breaker_open_seconds, snapshot_wait=snapshot_wait, ops_listen=ops_listen,
+        ops_hosts=ops_hosts, ops_operator_keys=tuple(Path(k).resolve() for k in ops_operator_keys),
     )  # fmt: skip
     data.mkdir(parents=True, exist_ok=True)
     # prometheus multiprocess files of a previous run would be summed with ours
     shutil.rmtree(settings.metrics_dir, ignore_errors=True)
     settings.metrics_dir.mkdir(parents=True)
+    # where `lienthong ops login` finds this gateway's operations API to print its dashboard link
+    ops_host, ops_port = ops_address or (host, port)
+    (data / OPS_URL_FILE).write_text(ops_url(ops_host, ops_port) + "\n")
     os.environ.update(settings.to_env())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     try:

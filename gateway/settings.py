@@ -35,6 +35,15 @@ def parse_policies(value: str) -> frozenset[str]:
     return names
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError naming the value otherwise."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ops-listen {value!r} is not HOST:PORT")
+    return host, int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     code: str
@@ -55,6 +64,9 @@ class GatewaySettings:
     breaker_failures: int = DEFAULT_BREAKER_FAILURES
     breaker_open_seconds: float = DEFAULT_BREAKER_OPEN_SECONDS
     snapshot_wait: int = DEFAULT_SNAPSHOT_WAIT
+    ops_listen: str = ""  # HOST:PORT for the ops API and /metrics on their own socket; "" serves them on the main one
+    ops_hosts: tuple[str, ...] = ()  # more names the ops API answers to (Host), e.g. behind a proxy
+    ops_operator_keys: tuple[Path, ...] = ()  # public JWK files trusted, with the gateway's own key, for operators
 
     def __post_init__(self) -> None:
         ids.validate("gateway", self.code, "code")
@@ -62,6 +74,12 @@ class GatewaySettings:
             raise ValueError("max_snapshot_age must be positive")
         if self.body_limit <= 0:
             raise ValueError("body_limit must be positive")
+        if self.ops_listen:
+            parse_listen(self.ops_listen)
+
+    @property
+    def ops_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.ops_listen) if self.ops_listen else None
 
     @property
     def snapshot_cache(self) -> Path:
@@ -91,6 +109,9 @@ class GatewaySettings:
             "LIENTHONG_BREAKER_FAILURES": str(self.breaker_failures),
             "LIENTHONG_BREAKER_OPEN_SECONDS": str(self.breaker_open_seconds),
             "LIENTHONG_SNAPSHOT_WAIT": str(self.snapshot_wait),
+            "LIENTHONG_OPS_LISTEN": self.ops_listen,
+            "LIENTHONG_OPS_HOSTS": ",".join(self.ops_hosts),
+            "LIENTHONG_OPS_OPERATOR_KEYS": os.pathsep.join(str(k) for k in self.ops_operator_keys),
         }
 
     @classmethod
@@ -122,4 +143,7 @@ class GatewaySettings:
             breaker_failures=int(e.get("LIENTHONG_BREAKER_FAILURES", str(DEFAULT_BREAKER_FAILURES))),
             breaker_open_seconds=float(e.get("LIENTHONG_BREAKER_OPEN_SECONDS", str(DEFAULT_BREAKER_OPEN_SECONDS))),
             snapshot_wait=int(e.get("LIENTHONG_SNAPSHOT_WAIT", str(DEFAULT_SNAPSHOT_WAIT))),
+            ops_listen=e.get("LIENTHONG_OPS_LISTEN", ""),
+            ops_hosts=tuple(h for h in e.get("LIENTHONG_OPS_HOSTS", "").split(",") if h),
+            ops_operator_keys=tuple(Path(k) for k in e.get("LIENTHONG_OPS_OPERATOR_KEYS", "").split(os.pathsep) if k),
         )

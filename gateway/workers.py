@@ -1,4 +1,5 @@
-"""A gateway process: one listening socket, N forked worker processes serving it, each with its own event loop.
+"""A gateway process: one listening socket (two with --ops-listen: the operations API and /metrics get their own),
+N forked worker processes serving it, each with its own event loop.
 
 The parent binds the port (so a taken port fails at once, with its name), forks the workers, restarts one that
 dies, and on SIGTERM or SIGINT asks every worker to finish its calls in flight and stop. Workers are forked before
@@ -59,11 +60,19 @@ def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGTERM/SIGINT; returns once every worker has stopped."""
     raise_fd_limit()
     sock = listen(settings.host, settings.port)
-    supervisor = _Supervisor(lambda: _worker_main(sock), settings.workers)
+    address = settings.ops_address
+    try:
+        ops_sock = listen(*address) if address is not None else None
+    except SystemExit:
+        sock.close()
+        raise
+    supervisor = _Supervisor(lambda: _worker_main(sock, ops_sock), settings.workers)
     try:
         supervisor.run()
     finally:
         sock.close()
+        if ops_sock is not None:
+            ops_sock.close()
 
 
 class _Supervisor:
@@ -132,13 +141,13 @@ class _Supervisor:
             self._spawn()
 
 
-def _worker_main(sock: socket.socket) -> None:
+def _worker_main(sock: socket.socket, ops_sock: socket.socket | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers in order
-    uvloop.run(_worker(sock))
+    uvloop.run(_worker(sock, ops_sock))
 
 
-async def _worker(sock: socket.socket) -> None:
+async def _worker(sock: socket.socket, ops_sock: socket.socket | None) -> None:
     from gateway.app import create_app
     from gateway.http_server import Server
 
@@ -150,12 +159,16 @@ async def _worker(sock: socket.socket) -> None:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
     loop = asyncio.get_running_loop()
-    server = Server(app, loop)
+    servers = [(Server(app, loop), sock)]
+    if ops_sock is not None:
+        servers.append((Server(app.ops_listener(), loop), ops_sock))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await server.start(sock)
+        for server, listening in servers:
+            await server.start(listening)
         await stop.wait()
     finally:
-        await server.stop()
+        for server, _ in servers:
+            await server.stop()
         await app.shutdown()

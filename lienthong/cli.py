@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "connectors.cli",
     "connectors.data_cli",
     "gateway.cli",
+    "lienthong.ops_cli",
     "policies.cli",
     "lienthong.demo_cli",
 )

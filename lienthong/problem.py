@@ -19,6 +19,7 @@ TITLES: dict[int, str] = {
     412: "Precondition Failed",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    421: "Misdirected Request",
     428: "Precondition Required",
     429: "Too Many Requests",
     500: "Internal Server Error",

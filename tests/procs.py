@@ -89,7 +89,7 @@ def ops_api(factory: str, data_dir: Path, redis_url: str) -> Iterator[str]:
     ).start()
     base = f"http://127.0.0.1:{port}/ops/v1"
     try:
-        proc.wait_http(f"{base}/health")
+        proc.wait_http(f"{base}/dashboard")  # served without a token; the API itself needs one
         yield base
     finally:
         proc.stop()

@@ -33,6 +33,7 @@ from lienthong.redis_connection import EmbeddedRedis
 from policies.chain import ChainConfig
 from policies.meter import MINUTE_TTL, Meter, minute_key
 from policies.meter_query import DayCache, timeseries
+from tests.ops_support import schemathesis_headers, standalone_gate, write_operator_key
 from tests.procs import ops_api
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, SERVICE, World, context
 
@@ -51,9 +52,10 @@ CALLS = [
 
 def make_app() -> Any:
     """uvicorn --factory entry: the ops app of gateway `nghean` over the data the test seeded."""
-    cfg = ChainConfig("nghean", Path(os.environ["OPS_TEST_DIR"]), os.environ["OPS_TEST_REDIS"], frozenset(), b"k")
+    data_dir = Path(os.environ["OPS_TEST_DIR"])
+    cfg = ChainConfig("nghean", data_dir, os.environ["OPS_TEST_REDIS"], frozenset(), b"k")
     snap = World().snapshot()
-    return build_ops_app(cfg, lambda: snap)
+    return build_ops_app(cfg, lambda: snap, standalone_gate(data_dir, "nghean", lambda: snap))
 
 
 def seed(data_dir: Path, url: str) -> None:
@@ -81,12 +83,16 @@ def ops(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("gw")
     redis.Redis.from_url(db_url).flushdb()
     seed(data_dir, db_url)
+    HTTP.headers.update(write_operator_key(data_dir))
     with ops_api("tests.test_dashboard_api:make_app", data_dir, db_url) as base:
         yield base
 
 
+HTTP = httpx.Client(timeout=30)  # carries the operator's token once the fixture made it
+
+
 def get(url: str, **params: str) -> dict[str, Any]:
-    r = httpx.get(url, params=params)
+    r = HTTP.get(url, params=params)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
@@ -187,12 +193,12 @@ def test_gateways_up_while_their_heartbeat_is_fresh(ops: str, db_url: str) -> No
 
 
 def test_dashboard_page_and_its_files_come_from_the_gateway_only(ops: str) -> None:
-    page = httpx.get(f"{ops}/dashboard")
+    page = HTTP.get(f"{ops}/dashboard")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert 'data-testid="total"' in page.text
     for name, kind in (("dashboard.js", "application/javascript"), ("dashboard.css", "text/css")):
-        asset = httpx.get(f"{ops}/dashboard/{name}")
+        asset = HTTP.get(f"{ops}/dashboard/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
         assert f"dashboard/{name}" in page.text
         # the only absolute URL allowed is the SVG namespace, which is a name, not a download
@@ -202,14 +208,14 @@ def test_dashboard_page_and_its_files_come_from_the_gateway_only(ops: str) -> No
 
 @pytest.mark.parametrize("asset", ["nothing.js", ".hidden.css", "index.py", "..%5Cops_api.py"])
 def test_unknown_dashboard_file_is_404_naming_the_asset(ops: str, asset: str) -> None:
-    r = httpx.get(f"{ops}/dashboard/{asset}")
+    r = HTTP.get(f"{ops}/dashboard/{asset}")
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["field"] == "asset"
 
 
 def test_no_way_out_of_the_dashboard_folder(ops: str) -> None:
     for path in ("/dashboard/..%2Fops_api.py", "/dashboard/../ops_api.py", "/dashboard/%2e%2e%2fops_heartbeat.py"):
-        r = httpx.get(f"{ops}{path}")
+        r = HTTP.get(f"{ops}{path}")
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), path
         assert "import" not in r.text
 
@@ -227,7 +233,7 @@ def test_no_way_out_of_the_dashboard_folder(ops: str) -> None:
     ],
 )
 def test_bad_input_is_problem_json_naming_the_field(ops: str, path: str, params: dict[str, str], field: str) -> None:
-    r = httpx.get(f"{ops}{path}", params=params)
+    r = HTTP.get(f"{ops}{path}", params=params)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["field"] == field
@@ -255,7 +261,8 @@ def test_dashboard_operations_conform_to_the_spec(ops: str, operation: Any, mode
     @settings(max_examples=15, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def run(case: Any) -> None:
-        case.call_and_validate(base_url=ops, checks=checks, timeout=10)
+        headers = schemathesis_headers(case, {"Authorization": HTTP.headers["authorization"]})
+        case.call_and_validate(base_url=ops, checks=checks, timeout=10, headers=headers)
 
     run()
 

@@ -7,20 +7,27 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import pytest
 import redis
+import yaml
 
-from gateway.ops_api import build_ops_app
-from lienthong.redis_connection import EmbeddedRedis
+from gateway.ops_api import SPEC, build_ops_app
+from gateway.ops_auth import mint_member_token, mint_operator_token, ops_audience
+from lienthong import keys, tokens
+from lienthong.redis_connection import EmbeddedRedis, free_port
 from policies.audit import Audit
 from policies.chain import ChainConfig
 from policies.meter import Meter
+from tests.mesh_support import Mesh, call_headers, client_token
+from tests.ops_support import gateway_operator_headers, member_headers, standalone_gate, write_operator_key
 from tests.procs import lienthong, ops_api
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, World, context
 
@@ -29,9 +36,10 @@ HOUR_AGO = time.time() - 3600
 
 def make_app() -> Any:
     """uvicorn --factory entry: the ops app of gateway `nghean` over the data the test seeded."""
-    cfg = ChainConfig("nghean", Path(os.environ["OPS_TEST_DIR"]), os.environ["OPS_TEST_REDIS"], frozenset(), b"k")
+    data_dir = Path(os.environ["OPS_TEST_DIR"])
+    cfg = ChainConfig("nghean", data_dir, os.environ["OPS_TEST_REDIS"], frozenset(), b"k")
     snap = World().snapshot()
-    return build_ops_app(cfg, lambda: snap)
+    return build_ops_app(cfg, lambda: snap, standalone_gate(data_dir, "nghean", lambda: snap))
 
 
 def seed(data_dir: Path, url: str) -> None:
@@ -66,8 +74,12 @@ def ops(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -
     url = redis_server.url.rsplit("/", 1)[0] + "/5"  # a database of its own: other tests flush and fill db 0
     redis.Redis.from_url(url).flushdb()
     seed(data_dir, url)
+    HTTP.headers.update(write_operator_key(data_dir))
     with ops_api("tests.test_ops_api:make_app", data_dir, url) as base:
         yield base
+
+
+HTTP = httpx.Client(timeout=30)  # carries the operator's token once the fixture made it
 
 
 def iso(ts: float) -> str:
@@ -78,23 +90,23 @@ WINDOW = {"from": iso(time.time() - 7200), "to": iso(time.time() + 3600)}
 
 
 def test_health_reports_snapshot_version_and_age(ops: str) -> None:
-    body = httpx.get(f"{ops}/health").json()
+    body = HTTP.get(f"{ops}/health").json()
     assert body["gateway"] == "nghean" and body["status"] == "ok"
     assert body["snapshot"]["version"] == 1 and body["snapshot"]["age_seconds"] >= 0
 
 
 def test_transactions_count_each_call_once_mesh_wide(ops: str) -> None:
-    r = httpx.get(f"{ops}/transactions", params={**WINDOW, "group_by": "consumer"})
+    r = HTTP.get(f"{ops}/transactions", params={**WINDOW, "group_by": "consumer"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["total"] == 30  # the provider's own count of the same calls is not added again
     assert {g["consumer"]: g["count"] for g in body["groups"]} == {CONSUMER: 20, OTHER_CONSUMER: 10}
-    every = httpx.get(f"{ops}/transactions", params={**WINDOW, "roles": "all"}).json()
+    every = HTTP.get(f"{ops}/transactions", params={**WINDOW, "roles": "all"}).json()
     assert every["total"] == 40
 
 
 def test_transactions_by_outcome_service_and_day(ops: str) -> None:
-    body = httpx.get(f"{ops}/transactions", params={**WINDOW, "group_by": "outcome,service,day"}).json()
+    body = HTTP.get(f"{ops}/transactions", params={**WINDOW, "group_by": "outcome,service,day"}).json()
     counts = {g["outcome"]: g["count"] for g in body["groups"]}
     assert counts == {"2xx": 27, "4xx": 3}
     assert {g["service"] for g in body["groups"]} == {"VN/GOV/BCA/population/persons"}
@@ -102,12 +114,12 @@ def test_transactions_by_outcome_service_and_day(ops: str) -> None:
 
 
 def test_a_window_before_the_calls_counts_nothing(ops: str) -> None:
-    body = httpx.get(f"{ops}/transactions", params={"from": "2020-01-01", "to": "2020-01-02"}).json()
+    body = HTTP.get(f"{ops}/transactions", params={"from": "2020-01-01", "to": "2020-01-02"}).json()
     assert body == {**body, "total": 0, "groups": []}
 
 
 def test_latency_percentiles(ops: str) -> None:
-    body = httpx.get(f"{ops}/latency", params={**WINDOW, "service": "VN/GOV/BCA/population/persons"}).json()
+    body = HTTP.get(f"{ops}/latency", params={**WINDOW, "service": "VN/GOV/BCA/population/persons"}).json()
     (item,) = body["items"]
     assert item["count"] == 30 and item["p50_ms"] == 5.0 and item["p99_ms"] == 5.0
 
@@ -119,7 +131,7 @@ def test_audit_pages_through_a_time_window_without_gaps_or_repeats(ops: str) -> 
     pages = 0
     while True:
         params = {**window, "limit": "7", **({"page_token": token} if token else {})}
-        r = httpx.get(f"{ops}/audit", params=params)
+        r = HTTP.get(f"{ops}/audit", params=params)
         assert r.status_code == 200, r.text
         body = r.json()
         seen += body["records"]
@@ -150,7 +162,7 @@ def test_audit_pages_through_a_time_window_without_gaps_or_repeats(ops: str) -> 
     ],
 )
 def test_bad_input_is_problem_json_naming_the_field(ops: str, path: str, params: dict[str, str], field: str) -> None:
-    r = httpx.get(f"{ops}{path}", params=params)
+    r = HTTP.get(f"{ops}{path}", params=params)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     body = r.json()
@@ -158,7 +170,7 @@ def test_bad_input_is_problem_json_naming_the_field(ops: str, path: str, params:
 
 
 def test_unknown_path_is_problem_json(ops: str) -> None:
-    r = httpx.get(f"{ops}/nothing-here")
+    r = HTTP.get(f"{ops}/nothing-here")
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
 
 
@@ -177,3 +189,226 @@ def test_metering_report_command_reads_the_same_counts(ops: str, redis_server: E
     assert table.returncode == 0 and "total" in table.stdout and "30" in table.stdout
     bad = subprocess.run([*argv[:-4], "--by", "colour", "--redis", url], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--by" in bad.stderr
+
+
+# -- a live mesh: who may read what (issue 13, finding 3) ------------------------------------------------------------
+
+NA = "VN/PROV/NGHEAN/civil-status"
+HN = "VN/PROV/HANOI/civil-status"
+BCA = "VN/GOV/BCA/population"
+PERSONS = f"{BCA}/persons"
+SPEC_DOC = yaml.safe_load(SPEC.read_text())
+# every operation the spec lists, path parameters filled; a new endpoint is covered without editing this test
+SPEC_PATHS = [(path, path.replace("{asset}", "dashboard.js"), item["get"].get("security", SPEC_DOC["security"]))
+              for path, item in SPEC_DOC["paths"].items()]  # fmt: skip
+LIVE_WINDOW = {"from": iso(time.time() - 86400), "to": iso(time.time() + 86400)}
+PARAMS = {"/transactions": LIVE_WINDOW, "/latency": LIVE_WINDOW, "/audit": LIVE_WINDOW}
+
+
+@dataclass
+class Live:
+    mesh: Mesh
+    ops_port: int  # nghean's --ops-listen port
+    calls: dict[str, int]  # consumer -> calls made through nghean
+
+    def ops(self, code: str) -> str:
+        gw = self.mesh.gateways[code]
+        return f"http://127.0.0.1:{self.ops_port}/ops/v1" if code == "nghean" else f"{gw.url}/ops/v1"
+
+    def member(self, subsystem: str, gateway: str, **kw: Any) -> dict[str, str]:
+        pair = self.mesh.clients[subsystem]
+        return member_headers(pair.key, pair.kid, subsystem, gateway, **kw)
+
+    def operator(self, gateway: str) -> dict[str, str]:
+        return gateway_operator_headers(self.mesh.gateways[gateway])
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -> Iterator[Live]:
+    root = tmp_path_factory.mktemp("ops-mesh")
+    m = Mesh(root, root / "logs", policies="all", registry="standin",
+             redis_url=redis_server.url.rsplit("/", 1)[0] + "/13")  # fmt: skip
+    redis.Redis.from_url(m.redis_url).flushdb()
+    for code in ("national", "nghean"):
+        m.add_gateway(code)
+    try:
+        m.start_registry()
+        upstream = m.start_upstream("echo")
+        for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/NGHEAN", "nghean"), ("VN/PROV/HANOI", "nghean")):
+            m.add_member(member, home)
+        for sub in (BCA, NA, HN):
+            m.add_subsystem(sub)
+            m.add_client(sub)
+        m.add_service(PERSONS, "national", upstream, [("GET", "/persons/{id}")], subject_param="id")
+        m.add_grant("g-na", NA, PERSONS, ["birth-registration"])
+        m.add_grant("g-hn", HN, PERSONS, ["birth-registration"])
+        m.publish()
+        ops_port = free_port()
+        m.start_gateway("national")
+        m.start_gateway("nghean", {"--ops-listen": f"127.0.0.1:{ops_port}", "--ops-host": "ops.nghean.test"})
+        calls = {NA: 3, HN: 2}
+        for consumer, n in calls.items():
+            for i in range(n):
+                r = httpx.get(f"{m.gateways['nghean'].url}/r1/{PERSONS}/persons/04020300456{i}",
+                              headers=call_headers(m, consumer, "nghean"), timeout=10)  # fmt: skip
+                assert r.status_code == 200, r.text
+        live = Live(m, ops_port, calls)
+        wait_until(lambda: _total(live, "nghean", live.operator("nghean")) == 5)
+        yield live
+    finally:
+        m.stop()
+
+
+def _total(live: Live, code: str, headers: dict[str, str]) -> int:
+    r = httpx.get(f"{live.ops(code)}/transactions", params=LIVE_WINDOW, headers=headers, timeout=10)
+    return int(r.json()["total"]) if r.status_code == 200 else -1
+
+
+def wait_until(check: Any, timeout: float = 60.0) -> None:
+    """Only a bound that catches a hang: the meter reaches Redis within a second on any machine."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the meter's counts never reached Redis"
+        time.sleep(0.1)
+
+
+def _audit(live: Live, code: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    r = httpx.get(f"{live.ops(code)}/audit", params=LIVE_WINDOW, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    records: list[dict[str, Any]] = r.json()["records"]
+    return records
+
+
+@pytest.mark.parametrize("code", ["national", "nghean"])
+def test_every_ops_path_needs_a_token(live: Live, code: str) -> None:
+    public = {path for path, _, security in SPEC_PATHS if security == []}
+    assert public == {"/dashboard", "/dashboard/{asset}"}  # the page and its files only: they hold no data
+    for path, url_path, security in SPEC_PATHS:
+        r = httpx.get(f"{live.ops(code)}{url_path}", params=PARAMS.get(path, {}), timeout=10)
+        if security == []:
+            assert r.status_code == 200, (path, r.text)
+            continue
+        assert r.status_code == 401, (path, r.status_code, r.text[:300])
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["field"] == "Authorization" and "bearer" in r.headers["www-authenticate"].lower()
+        with_token = httpx.get(f"{live.ops(code)}{url_path}", params=PARAMS.get(path, {}), timeout=10,
+                               headers=live.operator(code))  # fmt: skip
+        assert with_token.status_code == 200, (path, with_token.text[:300])
+    # an unknown path is not mapped for a caller without a token either
+    assert httpx.get(f"{live.ops(code)}/no-such-thing", timeout=10).status_code == 401
+
+
+def test_a_member_sees_only_its_own_records(live: Live) -> None:
+    for me, other in ((NA, HN), (HN, NA)):
+        headers = live.member(me, "nghean")
+        records = _audit(live, "nghean", headers)
+        assert len(records) == live.calls[me] and {r["client"] for r in records} == {me}
+        for path, params in (("/transactions", {**LIVE_WINDOW, "group_by": "consumer,service"}),
+                             ("/audit", LIVE_WINDOW), ("/errors", {}), ("/timeseries", {"group_by": "consumer"}),
+                             ("/top-consumers", {}), ("/latency", LIVE_WINDOW), ("/service-latency", {})):  # fmt: skip
+            r = httpx.get(f"{live.ops('nghean')}{path}", params=params, headers=headers, timeout=10)
+            assert r.status_code == 200, r.text
+            assert other not in r.text and other.rsplit("/", 1)[0] not in r.text, path
+        body = httpx.get(f"{live.ops('nghean')}/transactions", params={**LIVE_WINDOW, "group_by": "consumer"},
+                         headers=headers, timeout=10).json()  # fmt: skip
+        assert body["total"] == live.calls[me] and [g["consumer"] for g in body["groups"]] == [me]
+        errors = httpx.get(f"{live.ops('nghean')}/errors", headers=headers, timeout=10).json()
+        assert errors["total"] == live.calls[me]
+
+
+def test_the_provider_member_sees_every_call_to_its_service_and_the_operator_everything(live: Live) -> None:
+    provider = _audit(live, "national", live.member(BCA, "national"))
+    assert sorted(r["client"] for r in provider) == sorted([NA] * 3 + [HN] * 2)
+    assert {r["service"] for r in provider} == {PERSONS}
+    assert len(_audit(live, "nghean", live.operator("nghean"))) == 5
+    assert len(_audit(live, "national", live.operator("national"))) == 5
+    assert _audit(live, "nghean", live.member(BCA, "nghean")) != []  # the provider's view at the consumer's gateway
+    latency = httpx.get(f"{live.ops('nghean')}/service-latency", headers=live.member(NA, "nghean"), timeout=10)
+    assert latency.json()["items"] == []  # latency is per service: the provider's, not a consumer's
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["expired", "other-gateway", "unknown-key", "r1-client-token", "other-gateways-key", "garbage", "two-audiences",
+     "basic"],
+)  # fmt: skip
+def test_a_token_that_is_not_for_this_gateway_now_is_refused(live: Live, token: str) -> None:
+    pair = live.mesh.clients[NA]
+    national = live.mesh.gateways["national"].key
+    stranger = keys.generate()
+    past = time.time() - 3600
+    made = {
+        "expired": tokens.sign(pair.key, pair.kid, {"iss": NA, "sub": NA, "aud": ops_audience("nghean")},
+                               lifetime=60, now=past),
+        "other-gateway": mint_member_token(pair.key, pair.kid, NA, "national"),
+        "unknown-key": mint_member_token(stranger, keys.public_jwk(stranger)["kid"], NA, "nghean"),
+        "r1-client-token": client_token(pair, NA, "nghean"),
+        "other-gateways-key": mint_operator_token(national.key, national.kid, "nghean"),
+        "garbage": "not.a.token",
+        "two-audiences": tokens.sign(pair.key, pair.kid, {"iss": NA, "sub": NA,
+                                                          "aud": [ops_audience("nghean"), ops_audience("national")]}),
+    }  # fmt: skip
+    header = "Basic bmE6bmE=" if token == "basic" else f"Bearer {made[token]}"
+    r = httpx.get(f"{live.ops('nghean')}/audit", params=LIVE_WINDOW, headers={"Authorization": header}, timeout=10)
+    assert r.status_code == 401, r.text
+    assert r.headers["content-type"].startswith("application/problem+json") and r.json()["field"] == "Authorization"
+    assert "records" not in r.text
+
+
+@pytest.mark.parametrize("code", ["national", "nghean"])
+def test_a_host_that_is_not_the_gateways_name_is_refused(live: Live, code: str) -> None:
+    headers = live.operator(code)
+    port = live.ops_port if code == "nghean" else live.mesh.gateways[code].port
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", "[::2]", "a b"):
+        r = httpx.get(f"{live.ops(code)}/health", headers={**headers, "Host": host}, timeout=10)
+        assert r.status_code in (400, 421), (host, r.text)
+        assert r.json()["field"] == "Host", host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LOCALHOST:{port}"):
+        r = httpx.get(f"{live.ops(code)}/health", headers={**headers, "Host": host}, timeout=10)
+        assert r.status_code == 200, (host, r.text)
+    if code == "nghean":  # an --ops-host name, with any port (a proxy in front)
+        r = httpx.get(f"{live.ops(code)}/health", headers={**headers, "Host": "ops.nghean.test"}, timeout=10)
+        assert r.status_code == 200, r.text
+    # the DNS-rebinding page cannot even load the dashboard under its own name
+    assert httpx.get(f"{live.ops(code)}/dashboard", headers={"Host": "evil.example"}, timeout=10).status_code == 421
+
+
+def test_ops_listen_splits_the_ports(live: Live) -> None:
+    main = live.mesh.gateways["nghean"].url
+    ops = f"http://127.0.0.1:{live.ops_port}"
+    assert httpx.get(f"{main}/ops/v1/health", headers=live.operator("nghean"), timeout=10).status_code == 404
+    assert httpx.get(f"{main}/ops/v1/dashboard", timeout=10).status_code == 404
+    assert httpx.get(f"{main}/metrics", timeout=10).status_code == 404
+    scraped = httpx.get(f"{ops}/metrics", headers={"Host": "10.1.2.3:9100"}, timeout=10)  # Prometheus by pod IP
+    assert scraped.status_code == 200 and "lienthong_gateway_requests_total" in scraped.text
+    r1 = httpx.get(f"{ops}/r1/{PERSONS}/persons/040203004560", headers=call_headers(live.mesh, NA, "nghean"),
+                   timeout=10)  # fmt: skip
+    assert r1.status_code == 404 and r1.headers["content-type"].startswith("application/problem+json")
+    assert httpx.get(f"{ops}/healthz", timeout=10).status_code == 200  # probes may use either port
+
+
+def test_metrics_on_the_main_port_answer_loopback_under_the_gateways_name(live: Live) -> None:
+    url = f"{live.mesh.gateways['national'].url}/metrics"
+    assert httpx.get(url, timeout=10).status_code == 200
+    r = httpx.get(url, headers={"Host": "evil.example"}, timeout=10)
+    assert r.status_code == 421 and r.json()["field"] == "Host"
+
+
+def test_ops_login_prints_a_token_and_a_dashboard_link(live: Live) -> None:
+    gw = live.mesh.gateways["nghean"]
+    done = subprocess.run(lienthong("ops", "login", "--gateway", "nghean", "--data-dir", str(gw.data_dir), "--json"),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = orjson.loads(done.stdout)
+    assert out["dashboard"] == f"http://127.0.0.1:{live.ops_port}/ops/v1/dashboard#token={out['token']}"
+    r = httpx.get(f"{live.ops('nghean')}/audit", params=LIVE_WINDOW, timeout=10,
+                  headers={"Authorization": f"Bearer {out['token']}"})  # fmt: skip
+    assert r.status_code == 200 and len(r.json()["records"]) == 5
+    claims = jwt.decode(out["token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 900 and claims["aud"] == "ops:nghean"
+    long = subprocess.run(lienthong("ops", "login", "--gateway", "nghean", "--data-dir", str(gw.data_dir),
+                                    "--minutes", "600"), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert long.returncode == 2 and "--minutes" in long.stderr
+    missing = subprocess.run(lienthong("ops", "login", "--gateway", "nghean", "--home", str(gw.data_dir)),
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert missing.returncode == 2 and "signing key" in missing.stderr
