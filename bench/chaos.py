@@ -31,6 +31,7 @@ import orjson
 
 from bench.chaos_load import CLIENT_TIMEOUT, Load, Recorder, Seen, Target, successes
 from bench.chaos_mesh import PROXIED, PROXIED_TIMEOUT_MS, ChaosMesh, start_chaos_mesh
+from gateway.ops_auth import operator_token_from
 from lienthong.mesh_layout import GATEWAYS
 from policies.audit_log import iter_records
 
@@ -96,7 +97,9 @@ def metered(cm: ChaosMesh) -> Counter[tuple[str, str]]:
         "from": (now - timedelta(hours=2)).isoformat(), "to": (now + timedelta(hours=2)).isoformat(),
         "group_by": "service,consumer,outcome",
     }  # fmt: skip
-    r = httpx.get(f"{cm.mesh.gateway_urls['national']}/ops/v1/transactions", params=params, timeout=10)
+    token = operator_token_from(cm.mesh.config.paths.gateway("national"), "national")
+    r = httpx.get(f"{cm.mesh.gateway_urls['national']}/ops/v1/transactions", params=params, timeout=10,
+                  headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     r.raise_for_status()
     out: Counter[tuple[str, str]] = Counter()
     for g in r.json()["groups"]:

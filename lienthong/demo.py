@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from gateway.ops_auth import operator_token_from
 from lienthong import keys
 from lienthong.mesh_client import MeshClient
 from lienthong.mesh_layout import (
@@ -228,13 +229,15 @@ class Demo:
     def metering(self, timeout: float = 20.0) -> None:
         """Read the counts back from the operations API, waiting for the meter's spool to reach Redis."""
         url = f"{self.mesh.gateway_urls['national']}/ops/v1/transactions"
+        # the demo runs the mesh, so it is its operator: a token signed with the gateway's own key
+        token = operator_token_from(self.mesh.config.paths.gateway("national"), "national")
         to = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         params = {"from": self.started.strftime("%Y-%m-%dT%H:00:00Z"), "to": to.strftime("%Y-%m-%dT%H:00:00Z"),
                   "group_by": "service,consumer,gateway"}  # fmt: skip
         deadline = time.monotonic() + timeout
         body: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            body = httpx.get(url, params=params, timeout=10).json()
+            body = httpx.get(url, params=params, timeout=10, headers={"Authorization": f"Bearer {token}"}).json()
             if body.get("total", 0) >= self.report.calls_sent:
                 break
             time.sleep(0.25)

@@ -49,6 +49,7 @@ def _urls(console: Console, mesh: Mesh) -> None:
     table.add_column("URL")
     national = mesh.gateway_urls["national"]
     table.add_row("operations dashboard", f"{national}/ops/v1/dashboard")
+    table.add_row("  its login link (15 min)", f"lienthong ops login --home {mesh.config.root} --gateway national")
     table.add_row("registry API (Swagger UI)", f"{mesh.registry_url}/v1/ui/")
     for code, url in mesh.gateway_urls.items():
         table.add_row(f"gateway {code}: operations API (Swagger UI)", f"{url}/ops/v1/ui/")

@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
 
 from bench.chaos_mesh import ChaosMesh, shared
 from gateway.ops_api import SPEC as OPS_SPEC
+from gateway.ops_auth import operator_token_from
 from lienthong import keys, tokens
 from lienthong.mesh_layout import (
     BIRTH,
@@ -36,6 +37,7 @@ from lienthong.mesh_layout import (
     POPULATION,
     VERIFY,
 )
+from tests.ops_support import schemathesis_headers
 
 SHORT, LONG = 8, 200
 # service -> (consumer, home gateway, purpose): grants with every endpoint and every field (mesh_layout.GRANTS)
@@ -120,6 +122,10 @@ def test_schemathesis_gateway_ops_api_live(
     @settings(max_examples=_examples(request), deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def run(case: Any) -> None:
-        case.call_and_validate(base_url=f"{cm.mesh.gateway_urls['hanoi']}/ops/v1", checks=checks, timeout=15)
+        headers = schemathesis_headers(case, {"Authorization": f"Bearer {token}"})
+        case.call_and_validate(base_url=f"{cm.mesh.gateway_urls['hanoi']}/ops/v1", checks=checks, timeout=15,
+                               headers=headers)  # fmt: skip
+
+    token = operator_token_from(cm.mesh.config.paths.gateway("hanoi"), "hanoi")
 
     run()

@@ -29,6 +29,7 @@ from lienthong import keys, tokens
 from lienthong.redis_connection import EmbeddedRedis, free_port, sync_client
 from policies.meter_query import transactions
 from tests.mesh_support import Mesh, call_headers, client_token
+from tests.ops_support import gateway_operator_headers
 from tests.procs import Proc, lienthong
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,7 +160,9 @@ def test_no_data_is_the_providers_404_not_the_meshs(e2e: Mesh) -> None:
 
 
 def test_ops_api_is_mounted(e2e: Mesh) -> None:
-    r = HTTP.get(f"{e2e.gateways['nghean'].url}/ops/v1/health")
+    gw = e2e.gateways["nghean"]
+    r = HTTP.get(f"{gw.url}/ops/v1/health", headers=gateway_operator_headers(gw))
+    assert HTTP.get(f"{gw.url}/ops/v1/health").status_code == 401  # no token, no answer
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
 

@@ -17,6 +17,7 @@ import redis
 
 from lienthong.redis_connection import EmbeddedRedis
 from tests.mesh_support import Mesh, call_headers
+from tests.ops_support import gateway_operator_headers
 from tests.procs import lienthong
 
 NA_CLIENT = "VN/PROV/NGHEAN/civil-status"
@@ -116,7 +117,8 @@ def test_the_call_is_metered_once_as_a_mesh_transaction(mesh: Mesh, province_cal
               "to": time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))}  # fmt: skip
 
     def mesh_count(roles: str) -> int:
-        body = httpx.get(ops, params={**window, "group_by": "consumer", "roles": roles}, timeout=10).json()
+        body = httpx.get(ops, params={**window, "group_by": "consumer", "roles": roles}, timeout=10,
+                         headers=gateway_operator_headers(mesh.gateways["national"])).json()  # fmt: skip
         return sum(g["count"] for g in body["groups"] if g["consumer"] == NA_CLIENT)
 
     wait_for(lambda: mesh_count("all") == 2)  # one count at each gateway
@@ -128,7 +130,8 @@ def test_each_gateway_audits_the_call_and_its_chain_verifies(mesh: Mesh, provinc
     window = {"from": time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400)),
               "to": time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))}  # fmt: skip
     for code, role in (("nghean", "home"), ("national", "provider")):
-        page = httpx.get(f"{mesh.gateways[code].url}/ops/v1/audit", params=window, timeout=10).json()
+        page = httpx.get(f"{mesh.gateways[code].url}/ops/v1/audit", params=window, timeout=10,
+                         headers=gateway_operator_headers(mesh.gateways[code])).json()  # fmt: skip
         mine = [r for r in page["records"] if r["transaction_id"] == txid]
         assert len(mine) == 1 and mine[0]["role"] == role and mine[0]["path_template"] == "/persons/{id}"
         assert mine[0]["client"] == NA_CLIENT and mine[0]["subject_hmac"] and mine[0]["status"] == 200
