@@ -25,7 +25,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from lienthong import keys
+from gateway.ops_auth import mint_member_token, operator_token_from
+from lienthong import keys, tokens
 from lienthong.mesh_client import MeshClient
 from lienthong.mesh_layout import BUSINESS, HANOI_PORTAL, INSURANCE, LICENSING, MOJ, NGHEAN_CIVIL, POPULATION, VERIFY
 from lienthong.mesh_up import Mesh, MeshConfig, start
@@ -185,8 +186,19 @@ def burst(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
         mesh.stop()
 
 
+def token(mesh: Mesh, gateway: str) -> str:
+    """An operator token for the gateway, as `lienthong ops login` mints it from the gateway's data dir."""
+    return operator_token_from(mesh.config.paths.gateway(gateway), gateway)
+
+
+def login_link(mesh: Mesh, gateway: str, query: str, with_token: str | None = None) -> str:
+    """The dashboard link `lienthong ops login` prints: the token in the fragment."""
+    return f"{mesh.gateway_urls[gateway]}/ops/v1/dashboard?{query}#token={with_token or token(mesh, gateway)}"
+
+
 def ops(mesh: Mesh, gateway: str, path: str, **params: str) -> dict[str, Any]:
-    r = httpx.get(f"{mesh.gateway_urls[gateway]}/ops/v1/{path}", params=params, timeout=10)
+    r = httpx.get(f"{mesh.gateway_urls[gateway]}/ops/v1/{path}", params=params, timeout=10,
+                  headers={"Authorization": f"Bearer {token(mesh, gateway)}"})  # fmt: skip
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
@@ -218,11 +230,13 @@ def test_dashboard_numbers_equal_the_metering_api_and_the_burst(burst: Burst, ch
     assert {g["consumer"]: g["count"] for g in api["groups"]} == per_consumer
 
     mesh = burst.mesh
-    url = f"{mesh.gateway_urls['national']}/ops/v1/dashboard?window=hour&group_by=consumer"
+    url = login_link(mesh, "national", "window=hour&group_by=consumer")
     before = {g["gateway"]: g for g in ops(mesh, "national", "gateways")["gateways"]}
     page = read_page(run_chromium(chromium, tmp_path / "profile", url, "--dump-dom"))
     after = {g["gateway"]: g for g in ops(mesh, "national", "gateways")["gateways"]}
     assert page.body.get("data-state") == "ready", page.values.get(("load-error", None))
+    assert page.body.get("data-address") == "clean"  # the token left the address bar
+    assert page.values[("who", None)].startswith("operator")
     v = page.values
 
     assert number(v[("total", None)]) == sent
@@ -261,7 +275,7 @@ def test_any_gateway_serves_the_same_mesh_wide_numbers_and_a_screenshot(
     sent = sum(burst.statuses.values())
     metered(burst, sent)
     mesh = burst.mesh
-    url = f"{mesh.gateway_urls['hanoi']}/ops/v1/dashboard?window=month&group_by=service"
+    url = login_link(mesh, "hanoi", "window=month&group_by=service")
     page = read_page(run_chromium(chromium, tmp_path / "profile", url, "--dump-dom"))
     assert page.body.get("data-window") == "month" and page.values[("served-by", None)] == "served by hanoi"
     month = ops(mesh, "hanoi", "timeseries", window="month", group_by="service")
@@ -269,8 +283,38 @@ def test_any_gateway_serves_the_same_mesh_wide_numbers_and_a_screenshot(
     shown = {key: number(text) for (tid, key), text in page.values.items() if tid == "series-total"}
     assert shown == {s["key"]: s["total"] for s in month["series"]} == {POPULATION: 17, INSURANCE: 8, BUSINESS: 6}
 
-    shot_url = f"{mesh.gateway_urls['national']}/ops/v1/dashboard?window=hour&group_by=service"
+    shot_url = login_link(mesh, "national", "window=hour&group_by=service")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     run_chromium(chromium, tmp_path / "profile-shot", shot_url, f"--screenshot={SCREENSHOT}", "--window-size=1400,1000")
     data = SCREENSHOT.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 20_000
+
+
+def test_without_a_token_the_page_asks_for_one_and_shows_no_number(burst: Burst, chromium: str, tmp_path: Path) -> None:
+    nothing = "\u2013"  # what the page shows before it has a number
+    url = f"{burst.mesh.gateway_urls['national']}/ops/v1/dashboard?window=hour"
+    page = read_page(run_chromium(chromium, tmp_path / "profile", url, "--dump-dom"))
+    assert page.body.get("data-state") == "login"
+    assert page.values[("total", None)] == nothing and page.values[("gateways-up", None)] == nothing
+    key = keys.load_private(burst.mesh.config.paths.gateway("national") / "gateway.key")
+    claims = {"iss": "lienthong-ops", "sub": "operator", "aud": "ops:national"}
+    expired = tokens.sign(key, keys.public_jwk(key)["kid"], claims, now=time.time() - 600)
+    link = login_link(burst.mesh, "national", "window=hour", expired)
+    page = read_page(run_chromium(chromium, tmp_path / "profile2", link, "--dump-dom"))
+    assert page.body.get("data-state") == "login" and "expired" in page.values[("login-error", None)]
+    assert page.values[("total", None)] == nothing
+
+
+def test_a_member_link_shows_only_that_members_calls(burst: Burst, chromium: str, tmp_path: Path) -> None:
+    sent = sum(burst.statuses.values())
+    metered(burst, sent)
+    mesh = burst.mesh
+    key = keys.load_private(mesh.config.paths.client_key(NGHEAN_CIVIL))
+    member = mint_member_token(key, mesh.kids[NGHEAN_CIVIL], NGHEAN_CIVIL, "national")
+    url = login_link(mesh, "national", "window=hour&group_by=consumer", member)
+    page = read_page(run_chromium(chromium, tmp_path / "profile", url, "--dump-dom"))
+    assert page.body.get("data-state") == "ready", page.values.get(("load-error", None))
+    mine = burst.statuses[(NGHEAN_CIVIL, 200)]
+    assert number(page.values[("total", None)]) == mine
+    assert {key for (tid, key) in page.values if tid == "consumer-count"} == {NGHEAN_CIVIL}
+    assert page.values[("who", None)].startswith(f"member {NGHEAN_CIVIL}")

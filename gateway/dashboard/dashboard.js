@@ -1,5 +1,8 @@
 // The operations dashboard: fetch the ops API's dashboard queries every few seconds and draw them (SVG chart, tables).
 // Plain browser JavaScript, no library: the page must work on a mesh with no internet access.
+// Every query carries a bearer token, kept in this tab's session storage: it comes from the link
+// `lienthong ops login` prints (in the URL fragment, which no server sees; moved off the address bar at once) or is
+// pasted into the login box. A 401 forgets it and shows the box again.
 "use strict";
 
 (function () {
@@ -12,6 +15,9 @@
     group: ["consumer", "gateway"].includes(params.get("group_by")) ? params.get("group_by") : "service",
   };
   let generation = 0; // answers to an older refresh (before a button was pressed) are dropped
+  const TOKEN_KEY = "lienthong-ops-token";
+
+  class Unauthorized extends Error {}
 
   const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
   const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
@@ -32,8 +38,58 @@
     return node;
   }
 
+  // ---- the token -------------------------------------------------------------------------------------------------
+
+  function takeTokenFromLink() {
+    // #token=... from `lienthong ops login`: into session storage, then off the address bar and the history entry
+    const fragment = new URLSearchParams(window.location.hash.slice(1));
+    const token = fragment.get("token");
+    if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
+    if (window.location.hash) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+  }
+
+  function claimsOf(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function showLogin(message) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("login").hidden = false;
+    $("logout").hidden = true;
+    $("who").textContent = "";
+    const error = $("login-error");
+    error.textContent = message || "";
+    error.hidden = !message;
+    document.body.setAttribute("data-state", "login");
+  }
+
+  function showWho(token) {
+    const claims = claimsOf(token) || {};
+    const until = claims.exp ? new Date(claims.exp * 1000).toLocaleTimeString("en-GB") : "?";
+    const who = claims.role === "operator" ? "operator" : `member ${claims.sub || "?"}`;
+    $("who").textContent = `${who} · until ${until}`;
+    $("login").hidden = true;
+    $("logout").hidden = false;
+  }
+
   async function api(path) {
-    const r = await fetch(path, { cache: "no-store", headers: { Accept: "application/json" } });
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) throw new Unauthorized("no token");
+    const r = await fetch(path, {
+      cache: "no-store", headers: { Accept: "application/json", Authorization: `Bearer ${token}` },
+    });
+    if (r.status === 401) {
+      let detail = "the token was refused";
+      try { detail = (await r.json()).detail || detail; } catch (e) { /* not a problem document */ }
+      throw new Unauthorized(detail);
+    }
     if (!r.ok) {
       let detail = `${r.status}`;
       try { detail = (await r.json()).detail || detail; } catch (e) { /* not a problem document */ }
@@ -197,9 +253,12 @@
         el("td", { class: "num", "data-testid": "gateway-snapshot-age", "data-key": g.gateway },
           ago(g.snapshot_age_seconds)),
         el("td", { class: "num" }, g.heartbeat_age_seconds === null ? "never" : `${ago(g.heartbeat_age_seconds)} ago`),
+        // services the gateway could not compile (serves none of their calls); absent from older gateways
+        el("td", { class: (g.quarantined || []).length ? "quarantined" : "", "data-testid": "gateway-quarantined",
+          "data-key": g.gateway }, (g.quarantined || []).length ? g.quarantined.join(", ") : "–"),
       ];
     });
-    fillTable("gateways", rows, 6, "no gateway has reported yet");
+    fillTable("gateways", rows, 7, "no gateway has reported yet");
     $("gateways-up").textContent = `${gw.gateways.filter((g) => g.status === "up").length} / ${gw.gateways.length}`;
   }
 
@@ -208,6 +267,12 @@
   async function refresh() {
     const mine = ++generation;
     const w = state.window;
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) {
+      if (document.body.getAttribute("data-state") !== "login") showLogin("");
+      return;
+    }
+    showWho(token);
     try {
       const [ts, top, errors, lat, gw, health] = await Promise.all([
         api(`timeseries?window=${w}&group_by=${state.group}`),
@@ -233,6 +298,10 @@
       document.body.setAttribute("data-group", state.group);
     } catch (err) {
       if (mine !== generation) return;
+      if (err instanceof Unauthorized) {
+        showLogin(`the operations API refused the token: ${err.message}; log in again`);
+        return;
+      }
       $("load-error").textContent = `cannot refresh: ${err.message}`;
       $("load-error").hidden = false;
       document.body.setAttribute("data-state", "error");
@@ -250,7 +319,20 @@
     window.history.replaceState(null, "", `${window.location.pathname}?${query}`);
   }
 
+  function logIn() {
+    const token = $("token-input").value.trim();
+    $("token-input").value = "";
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    refresh();
+  }
+
   function start() {
+    takeTokenFromLink();
+    document.body.setAttribute("data-address", window.location.hash ? "has-fragment" : "clean");
+    $("login-button").addEventListener("click", logIn);
+    $("token-input").addEventListener("keydown", (e) => { if (e.key === "Enter") logIn(); });
+    $("logout").addEventListener("click", () => showLogin(""));
     for (const b of document.querySelectorAll("button[data-window]")) {
       b.addEventListener("click", () => { state.window = b.dataset.window; pressButtons(); refresh(); });
     }
