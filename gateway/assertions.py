@@ -72,6 +72,7 @@ class AssertionSigner:
 
     def to_connector(self, ctx: CallContext) -> str:
         claims = self._claims(ctx, f"connector:{ctx.service_id}")
+        claims["method"], claims["path"] = ctx.method, ctx.path  # what was authorized: the connector routes only that
         if ctx.grant is not None and ctx.grant.fields is not None:
             claims["fields"] = list(ctx.grant.fields)
         return self.sign(claims)

@@ -190,6 +190,10 @@ class ConnectorApp:
         except TokenError as exc:
             await _send_problem(send, Problem(401, "invalid-assertion", f"gateway assertion refused: {exc.reason}"))
             return
+        off_target = _off_target(claims, scope)
+        if off_target is not None:
+            await _send_problem(send, Problem(401, "invalid-assertion", f"gateway assertion refused: {off_target}"))
+            return
         call_token = _call.set(CallInfo.from_claims(claims))
         runtime_token = _runtime.set(self.runtime)
         try:
@@ -225,6 +229,20 @@ class ConnectorApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await serve_lifespan(receive, send, self.startup, self.shutdown, f"connector {self.definition.name}")
+
+
+def _off_target(claims: dict[str, Any], scope: Scope) -> str | None:
+    """Why this request is not the one the assertion was signed for, or None. The hosting gateway names the method
+    and the decoded path it authorized (`method`, `path`); a request that reached here otherwise (a path cut at '#',
+    decoded twice or rewritten on the way) would run an operation the grant never allowed. An assertion without
+    them (a gateway that does not bind the request) is taken as before."""
+    method, path = claims.get("method"), claims.get("path")
+    if method is None and path is None:
+        return None
+    routed = scope["path"]
+    if method == scope["method"] and (routed == path or routed == scope.get("root_path", "") + str(path)):
+        return None
+    return f"it was signed for {method} {path}, not for {scope['method']} {routed}"
 
 
 async def _send_json(send: Send, status: int, body: bytes, media_type: str = "application/json") -> None:
