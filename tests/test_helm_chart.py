@@ -360,6 +360,10 @@ def test_pods_are_locked_down_and_gateways_scraped_and_probed() -> None:
     assert re.search(r"readinessProbe:\s+httpGet:\s+path: /readyz", gateways)
     assert re.search(r"livenessProbe:\s+httpGet:\s+path: /healthz", gateways)
     assert "--appendonly" in texts["redis.yaml"] and '"yes"' in texts["redis.yaml"]
+    # the probes ask the port that takes /r1 calls; Prometheus scrapes the ops port, where /metrics needs no token
+    assert re.search(r"readinessProbe:\s+httpGet:\s+path: /readyz\s+port: http\b", gateways)
+    assert "prometheus.io/port: {{ $defaults.opsPort | quote }}" in gateways
+    assert re.search(r"- port: ops\b.*\n\s+path: /metrics", texts["podmonitor.yaml"])
     # the pod label the dashboard groups by, as Prometheus sanitizes it, and the PodMonitor carries it over
     pod_label = re.search(r"^\s+(lienthong-gateway): ", gateways, re.M)
     assert pod_label is not None and re.sub(r"\W", "_", pod_label.group(1)) == "lienthong_gateway"
@@ -489,3 +493,16 @@ def test_exported_series_follow_prometheus_client_suffixes() -> None:
     assert {"role", "status", "error"} <= series["lienthong_gateway_requests_total"]
     assert "le" in series["lienthong_gateway_request_seconds_bucket"]
     assert "lienthong_gateway_upstream_seconds_count" in series
+
+
+def test_gateways_serve_the_ops_api_and_metrics_on_their_own_port() -> None:
+    """--ops-listen on gatewayDefaults.opsPort, a container port and a Service port named ops for it, apart from the
+    port of /r1 calls (issue 13: the operations API is not on the data plane's address)."""
+    values = _values()["gatewayDefaults"]
+    assert values["opsPort"] != values["port"]
+    (call,) = [c for c in serve_calls() if c.items[0] == "gateway"]
+    at = call.items.index("--ops-listen")
+    assert call.items[at + 1] == '{{ printf "0.0.0.0:%v" $defaults.opsPort | quote }}'
+    gateways = (CHART / "templates" / "gateways.yaml").read_text()
+    assert re.search(r"- name: ops\n\s+containerPort: \{\{ \$defaults\.opsPort \}\}", gateways)
+    assert re.search(r"- name: ops\n\s+port: \{\{ \$defaults\.opsPort \}\}\n\s+targetPort: ops", gateways)
