@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 import httptools
+import jwt
 import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -42,10 +43,11 @@ AUTHORIZED = re.compile(r"/persons/([^/]+)/residence")
 
 class Recorder:
     """The connector: an HTTP/1.1 server on its own thread that records each request target as it arrived (bytes)
-    and answers 200 with a small JSON document."""
+    with the gateway assertion that came with it, and answers 200 with a small JSON document."""
 
     def __init__(self) -> None:
         self.targets: list[bytes] = []
+        self.assertions: list[bytes] = []
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -66,6 +68,7 @@ class _Recording(asyncio.Protocol):
         self.recorder = recorder
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        self.assertion = b""
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -81,7 +84,12 @@ class _Recording(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-lienthong-assertion":
+            self.assertion = value
+
     def on_message_complete(self) -> None:
+        self.recorder.assertions.append(self.assertion)
         self.recorder.targets.append(self.url)
         body = orjson.dumps({"id": "x", "target": self.url.decode("latin-1")})
         head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
@@ -169,6 +177,9 @@ def check_differential(mesh: Mesh, recorder: Recorder, home: str, rest: bytes) -
     assert named == ["persons", match.group(1), "residence"], (named, served)
     # one canonical spelling: every byte outside the unreserved and safe sub-delimiters percent-encoded
     assert url.path == ("/persons/" + quote(match.group(1), safe="!$&'()*+,=:@") + "/residence").encode()
+    # and the hosting gateway signed for the connector exactly the request it served (tests/test_connector_path_binding)
+    claims = jwt.decode(recorder.assertions[seen], options={"verify_signature": False})
+    assert (claims["method"], claims["path"]) == ("GET", served)
     return status, headers
 
 
