@@ -26,6 +26,7 @@ METASERVICES = frozenset({"listMethods", "allowedMethods", "getOpenAPI"})
 # and is its own canonical form, so the usual call costs one regex match
 _SAFE = "!$&'()*+,=:@"
 _PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@]*")
 # what a decoded segment may not hold: delimiters a server behind us could cut or split at, and control characters
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f/\\?#;%]")
 
@@ -47,6 +48,8 @@ def _invalid(detail: str) -> Problem:
 
 def _decode(segment: str) -> str:
     """One segment (latin-1 text of the raw bytes) percent-decoded once into checked text."""
+    if _PLAIN_SEGMENT.fullmatch(segment):
+        return segment
     try:
         text = unquote_to_bytes(segment.encode("latin-1")).decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
@@ -60,7 +63,7 @@ def _decode(segment: str) -> str:
 
 
 def _encode(text: str) -> str:
-    return quote(text, safe=_SAFE)
+    return text if _PLAIN_SEGMENT.fullmatch(text) else quote(text, safe=_SAFE)
 
 
 def parse_r1(raw_path: str) -> R1Path:
