@@ -124,14 +124,11 @@ class Authn(PolicyBase):
         if claims["sub"] != client:
             raise _invalid_token("X-Road-Client does not match the token's subject", field="X-Road-Client")
         home = ctx.snapshot.home_gateway(client)
-        if home != self.gateway:  # a client speaks only through its member's home gateway (§2), metaservices too
+        if home != self.gateway:  # a client speaks only through its member's home gateway (§4.1), metaservices too
             member = client.rsplit("/", 1)[0]
-            raise Problem(
-                403,
-                "access-denied",
-                f"gateway {self.gateway} is not the home gateway of member {member}; call through {home}",
-                field="X-Road-Client",
-            )
+            where = f"call through gateway {home}" if home else "the member has no home gateway in the snapshot"
+            detail = f"gateway {self.gateway} is not the home gateway of member {member}: {where}"
+            raise Problem(403, "access-denied", detail, field="X-Road-Client")
         ctx.client = client
         ctx.consumer_gateway = self.gateway
         ctx.purpose = ctx.headers.get("x-purpose") or None
