@@ -17,17 +17,28 @@ import jwt
 import orjson
 import pytest
 import redis
+import schemathesis
 import yaml
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis.core.result import Ok
+from schemathesis.generation import GenerationMode
 
 from gateway.ops_api import SPEC, build_ops_app
-from gateway.ops_auth import mint_member_token, mint_operator_token, ops_audience
+from gateway.ops_auth import HostNames, mint_member_token, mint_operator_token, ops_audience
 from lienthong import keys, tokens
 from lienthong.redis_connection import EmbeddedRedis, free_port
 from policies.audit import Audit
 from policies.chain import ChainConfig
 from policies.meter import Meter
 from tests.mesh_support import Mesh, call_headers, client_token
-from tests.ops_support import gateway_operator_headers, member_headers, standalone_gate, write_operator_key
+from tests.ops_support import (
+    gateway_operator_headers,
+    member_headers,
+    schemathesis_headers,
+    standalone_gate,
+    write_operator_key,
+)
 from tests.procs import lienthong, ops_api
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, World, context
 
@@ -412,3 +423,40 @@ def test_ops_login_prints_a_token_and_a_dashboard_link(live: Live) -> None:
     missing = subprocess.run(lienthong("ops", "login", "--gateway", "nghean", "--home", str(gw.data_dir)),
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "signing key" in missing.stderr
+
+
+OPERATIONS = [r.ok() for r in schemathesis.openapi.from_path(SPEC).get_all_operations() if isinstance(r, Ok)]
+
+
+@pytest.mark.parametrize("operation", [op for op in OPERATIONS if op.definition.raw.get("security") != []],
+                         ids=lambda op: op.label)  # fmt: skip
+def test_no_request_a_member_can_make_shows_another_members_calls(live: Live, operation: Any) -> None:
+    """The class, not the examples: any operation of the spec (a new one included), any parameters schemathesis
+    generates, a member's token: the answer never names another member."""
+    headers = live.member(NA, "nghean", lifetime=300)
+
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    @settings(max_examples=12, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def run(case: Any) -> None:
+        response = case.call(base_url=live.ops("nghean"), headers=schemathesis_headers(case, headers), timeout=15)
+        assert response.status_code < 500, response.text
+        assert "VN/PROV/HANOI" not in response.text and "VN/GOV/BCA/population" not in response.text.replace(
+            PERSONS, "")  # the service id is the member's own business; the provider's other subsystems are not
+        if response.status_code == 200 and operation.path == "/audit":
+            assert {r["client"] for r in response.json()["records"]} <= {NA}
+
+    run()
+
+
+@given(host=st.from_regex(r"\A[a-z0-9][a-z0-9.-]{0,40}(:[0-9]{1,5})?\Z"))
+def test_a_host_name_is_accepted_only_when_it_is_one_of_the_gateways(host: str) -> None:
+    names = HostNames.build([("0.0.0.0", 8700), ("10.0.0.5", 8701)], ["ops.example.gov.vn", "proxy.test:443"])
+    name, _, port = host.partition(":")
+    known = {"localhost": {"8700", "8701", ""}, "127.0.0.1": {"8700", "8701", ""}, "10.0.0.5": {"8701", ""},
+             "ops.example.gov.vn": None, "proxy.test": {"443", ""}}  # fmt: skip
+    ports = known.get(name.rstrip("."), set())
+    expected = ports is None or port in ports
+    if port and not 0 < int(port) < 65536:
+        expected = False
+    assert names.allows(host) == expected, host
