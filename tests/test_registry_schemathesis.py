@@ -43,7 +43,11 @@ def live(registry: RegistryHandle) -> RegistryHandle:
     admin.add_gateway("national", "http://127.0.0.1:8700", [keys.public_jwk(keys.generate())])
     admin.add_member("VN/GOV/BCA", "Ministry of Public Security", "national")
     admin.add_subsystem("VN/GOV/BCA/population", "Population")
-    doc = {"openapi": "3.0.3", "info": {"title": "P", "version": "1"}, "paths": {"/persons/{id}": {"get": {}}}}
+    doc = {
+        "openapi": "3.0.3",
+        "info": {"title": "P", "version": "1"},
+        "paths": {"/persons/{id}": {"get": {"parameters": [{"name": "id", "in": "path"}]}}},
+    }
     admin.register_service(
         "VN/GOV/BCA/population/persons", openapi=doc, gateway="national", upstream_url="http://127.0.0.1:1", name="P"
     )
