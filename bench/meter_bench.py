@@ -50,7 +50,7 @@ def per_call(fn: Callable[[], object], calls: int) -> float:
 async def measure(calls: int, redis_url: str, work: Path) -> dict[str, Any]:
     world = World(quota={"per_minute": 10**9, "per_day": 10**12})
     snap = world.snapshot()
-    token = world.client_token(lifetime=300)
+    token = world.client_token(aud="nghean", lifetime=300)  # the consumer's home gateway: authn accepts it there only
     headers = client_headers(token)
 
     def fresh() -> CallContext:
@@ -59,7 +59,7 @@ async def measure(calls: int, redis_url: str, work: Path) -> dict[str, Any]:
         ctx.response_headers = {"content-type": "application/json"}
         return ctx
 
-    authn, authz, quota, minimize = Authn("national"), Authz(), Quota(redis_url), Minimize()
+    authn, authz, quota, minimize = Authn("nghean"), Authz(), Quota(redis_url), Minimize()
     granted = fresh()
     authn.access(granted)
     authz.access(granted)
@@ -84,7 +84,7 @@ async def measure(calls: int, redis_url: str, work: Path) -> dict[str, Any]:
 
         return run
 
-    chain = build_chain(ChainConfig("national", work / "c", redis_url, ALL_POLICIES - {"trace"}, b"k"))
+    chain = build_chain(ChainConfig("nghean", work / "c", redis_url, ALL_POLICIES - {"trace"}, b"k"))
     await chain.start()
 
     def full() -> None:
