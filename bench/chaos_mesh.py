@@ -85,7 +85,7 @@ def start_chaos_mesh(root: Path, people: int = 1500, say: Callable[[str], None] 
     config = MeshConfig(
         root=root, registry_port=free_port(), gateway_ports={g.code: free_port() for g in layout.GATEWAYS},
         connector_ports={c.name: free_port() for c in layout.CONNECTORS}, redis_url=redis.url, people=people,
-        echo_logs=False,
+        echo_logs=False, upstream_allow=(f"127.0.0.1:{(proxy_port := free_port())}",),  # the fault proxy's
     )  # fmt: skip
     proxy: FaultProxy | None = None
     try:
@@ -98,11 +98,12 @@ def start_chaos_mesh(root: Path, people: int = 1500, say: Callable[[str], None] 
             "insurance": _keys(data / "insurance.sqlite", "insured", "si_number"),
         }
         connector = mesh.connector_urls["insurance"].rsplit(":", 1)
-        proxy = FaultProxy(connector[0].removeprefix("http://"), int(connector[1])).start()
+        proxy = FaultProxy(connector[0].removeprefix("http://"), int(connector[1]), proxy_port).start()
         with mesh.admin() as admin:
             svc = admin.get_service(PROXIED)
             body: dict[str, Any] = {k: svc[k] for k in ("version_label", "name", "description", "gateway", "openapi")}
             admin.update_service(PROXIED, {**body, "upstream_url": proxy.url, "timeout_ms": PROXIED_TIMEOUT_MS})
+            admin.approve_service(PROXIED)  # a new upstream needs approval again (issue 13)
             version = int(admin.snapshot(gateway="national").headers["etag"].strip('W/"'))
         wait_for_snapshot(mesh, version)
         say(f"chaos: {PROXIED} now reaches its connector through the fault proxy at {proxy.url}")

@@ -41,6 +41,7 @@ class MeshConfig:
     seed: int = 1
     gateway_workers: int = 1
     echo_logs: bool = True
+    upstream_allow: tuple[str, ...] = ()  # more upstreams the registry allows besides the connectors (HOST:PORT)
 
     @property
     def paths(self) -> MeshPaths:
@@ -175,14 +176,13 @@ def _start_processes(
     rport = pick_port(host, config.registry_port, "the registry", say)
     registry_url = f"http://{host}:{rport}"
     env = {"REDIS_URL": redis_url}
-    supervisor.start(
-        Component(
-            "registry",
-            _lienthong("registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)),
-            f"{registry_url}/healthz",
-            env,
-        )
-    )
+    # the connectors' ports are chosen first: they are the only loopback upstreams the registry allows
+    connector_ports = {c.name: pick_port(host, config.connector_ports[c.name], f"connector {c.name}", say)
+                       for c in CONNECTORS}  # fmt: skip
+    allow = ",".join([*(f"{host}:{port}" for port in connector_ports.values()), *config.upstream_allow])
+    serve = ["registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)]
+    argv = _lienthong(*serve, "--upstream-allow", allow)
+    supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env))
     mesh = Mesh(config, supervisor, redis, redis_url, registry_url, {}, {}, {})
     with mesh.admin() as admin:
         for gw in GATEWAYS:
@@ -211,7 +211,7 @@ def _start_processes(
         )  # fmt: skip
         supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env))
     for spec in CONNECTORS:
-        port = pick_port(host, config.connector_ports[spec.name], f"connector {spec.name}", say)
+        port = connector_ports[spec.name]
         url = f"http://{host}:{port}"
         mesh.connector_urls[spec.name] = url
         argv = _lienthong(

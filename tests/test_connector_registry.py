@@ -28,7 +28,12 @@ def registry(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, RegistryClie
     port = free_port()
     proc = Proc(
         "registry",
-        lienthong("registry", "serve", "--port", str(port), "--data-dir", str(data), "--redis-url", redis_url),
+        # the connector registers its loopback address, which the registry allows only when told to
+        [
+            *lienthong("registry", "serve", "--port", str(port), "--data-dir", str(data), "--redis-url", redis_url),
+            "--upstream-allow",
+            "127.0.0.1",
+        ],
         tmp_path,
     ).start()
     try:
