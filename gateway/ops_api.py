@@ -174,10 +174,11 @@ class OpsHandlers:
         known = sorted(snap.gateways) if snap is not None else [self.cfg.gateway]
         health = await self._query(gateway_health, known)
         keep = _keep_service()
-        if keep is not None:  # a member learns of no other member's quarantined services
+        if keep is not None:  # a member learns only of its own quarantined services, nothing of other entries
             for item in health["gateways"]:
-                if isinstance(item.get("quarantined"), list):
-                    item["quarantined"] = [s for s in item["quarantined"] if isinstance(s, str) and keep(s)]
+                entries = item.get("quarantined")
+                mine = [q for q in entries if _own_service(q, keep)] if isinstance(entries, list) else []
+                item["quarantined"], item["quarantined_count"] = mine, len(mine)
         return _json(health)
 
     async def dashboard(self) -> ConnexionResponse:
@@ -193,6 +194,10 @@ class OpsHandlers:
         info = {"version": snap.version, "age_seconds": round(snap.age(time.time()), 3),
                 "generated_at": snap.doc.get("generated_at")}  # fmt: skip
         return _json({"gateway": self.cfg.gateway, "status": "ok", "snapshot": info})
+
+
+def _own_service(entry: object, keep: Callable[[str], bool]) -> bool:
+    return isinstance(entry, dict) and entry.get("kind") == "service" and keep(str(entry.get("id")))
 
 
 def _encode_token(key: SortKey) -> str:

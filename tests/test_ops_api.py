@@ -208,6 +208,7 @@ NA = "VN/PROV/NGHEAN/civil-status"
 HN = "VN/PROV/HANOI/civil-status"
 BCA = "VN/GOV/BCA/population"
 PERSONS = f"{BCA}/persons"
+POISONED = f"{HN}/poisoned"
 SPEC_DOC = yaml.safe_load(SPEC.read_text())
 # every operation the spec lists, path parameters filled; a new endpoint is covered without editing this test
 SPEC_PATHS = [(path, path.replace("{asset}", "dashboard.js"), item["get"].get("security", SPEC_DOC["security"]))
@@ -251,6 +252,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
             m.add_subsystem(sub)
             m.add_client(sub)
         m.add_service(PERSONS, "national", upstream, [("GET", "/persons/{id}")], subject_param="id")
+        m.add_service(POISONED, "nghean", upstream, [("GET", "/x/{id}/{id}")])  # no gateway can compile it
         m.add_grant("g-na", NA, PERSONS, ["birth-registration"])
         m.add_grant("g-hn", HN, PERSONS, ["birth-registration"])
         m.publish()
@@ -264,7 +266,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
                               headers=call_headers(m, consumer, "nghean"), timeout=10)  # fmt: skip
                 assert r.status_code == 200, r.text
         live = Live(m, ops_port, calls)
-        wait_until(lambda: _total(live, "nghean", live.operator("nghean")) == 5)
+        wait_until(lambda: _total(live, "nghean", live.operator("nghean")) == 5, "the meter's counts reaching Redis")
         yield live
     finally:
         m.stop()
@@ -275,11 +277,11 @@ def _total(live: Live, code: str, headers: dict[str, str]) -> int:
     return int(r.json()["total"]) if r.status_code == 200 else -1
 
 
-def wait_until(check: Any, timeout: float = 60.0) -> None:
-    """Only a bound that catches a hang: the meter reaches Redis within a second on any machine."""
+def wait_until(check: Any, what: str, timeout: float = 60.0) -> None:
+    """Only a bound that catches a hang: what is awaited here takes about a second on any machine."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "the meter's counts never reached Redis"
+        assert time.monotonic() < deadline, f"{what} never happened"
         time.sleep(0.1)
 
 
@@ -459,3 +461,15 @@ def test_a_host_name_is_accepted_only_when_it_is_one_of_the_gateways(host: str) 
     if port and not 0 < int(port) < 65536:
         expected = False
     assert names.allows(host) == expected, host
+
+
+def test_quarantined_services_show_to_the_operator_and_to_their_own_member_only(live: Live) -> None:
+    def quarantined(headers: dict[str, str]) -> list[str]:
+        r = httpx.get(f"{live.ops('nghean')}/gateways", headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        (nghean,) = [g for g in r.json()["gateways"] if g["gateway"] == "nghean"]
+        return [q["id"] for q in nghean["quarantined"]]
+
+    wait_until(lambda: POISONED in quarantined(live.operator("nghean")), "a heartbeat naming the quarantine")
+    assert quarantined(live.member(HN, "nghean")) == [POISONED]
+    assert quarantined(live.member(NA, "nghean")) == []

@@ -239,6 +239,18 @@
     return `${(seconds / 3600).toFixed(1)} h`;
   }
 
+  function quarantinedCell(g) {
+    // snapshot entries the gateway could not build and left out (a service then answers 503); absent from older ones
+    const entries = Array.isArray(g.quarantined) ? g.quarantined : [];
+    const count = Math.max(g.quarantined_count || 0, entries.length);
+    const more = count > entries.length ? ` (+${count - entries.length})` : "";
+    const text = entries.map((q) => `${q.kind} ${q.id}`).join(", ") + more;
+    const td = el("td", { class: count ? "quarantined" : "", "data-testid": "gateway-quarantined",
+      "data-key": g.gateway }, count ? text : "–");
+    if (count) td.setAttribute("title", entries.map((q) => `${q.kind} ${q.id}: ${q.reason}`).join("\n"));
+    return td;
+  }
+
   function showGateways(gw) {
     const rows = gw.gateways.map((g) => {
       const health = el("td", {});
@@ -253,9 +265,7 @@
         el("td", { class: "num", "data-testid": "gateway-snapshot-age", "data-key": g.gateway },
           ago(g.snapshot_age_seconds)),
         el("td", { class: "num" }, g.heartbeat_age_seconds === null ? "never" : `${ago(g.heartbeat_age_seconds)} ago`),
-        // services the gateway could not compile (serves none of their calls); absent from older gateways
-        el("td", { class: (g.quarantined || []).length ? "quarantined" : "", "data-testid": "gateway-quarantined",
-          "data-key": g.gateway }, (g.quarantined || []).length ? g.quarantined.join(", ") : "–"),
+        quarantinedCell(g),
       ];
     });
     fillTable("gateways", rows, 7, "no gateway has reported yet");
