@@ -5,12 +5,14 @@ An endpoint's declaration travels in the snapshot as the registry derived it fro
 (registry/openapi_endpoints.py):
 
     "subjects": [{"in": "path", "name": "id"}, {"in": "query", "name": "pid"}, {"in": "header", "name": "x-pid"},
-                 {"in": "body", "pointer": "/ids/*"}],
+                 {"in": "body", "pointer": "/ids/*"}, {"in": "response", "pointer": "/members/*/id"}],
     "batch": {"items": "/ids"}
 
-A body pointer is a JSON Pointer (RFC 6901, `~0` and `~1` escapes) in which the segment `*` stands for every item of
-an array. The registry and the gateway both parse with `parse_declaration`, so a declaration the registry accepted
-is one the gateway reads the same way.
+A body or response pointer is a JSON Pointer (RFC 6901, `~0` and `~1` escapes) in which the segment `*` stands for
+every item of an array. Request locations are read before the call (an unreadable one refuses it); response
+locations are read from the answer the gateway passes on (after minimization: only what was disclosed), never
+refusing anything. The registry and the gateway both parse with `parse_declaration`, so a declaration the
+registry accepted is one the gateway reads the same way.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class SubjectSpec:
     params: tuple[tuple[str, str], ...] = ()  # (place, name): path, query or header (lower-case) parameters
     body: tuple[Pointer, ...] = ()
     batch: Pointer | None = None
+    response: tuple[Pointer, ...] = ()  # identifiers the answer discloses (household members, a birth's parents)
 
     @property
     def reads_body(self) -> bool:
@@ -109,27 +112,30 @@ def parse_declaration(endpoint: Mapping[str, Any]) -> SubjectSpec | None:
         raise ValueError(f"subjects must be a list of at most {MAX_LOCATIONS} locations")
     params: list[tuple[str, str]] = []
     body: list[Pointer] = []
+    response: list[Pointer] = []
     for i, loc in enumerate(declared):
         if not isinstance(loc, Mapping):
             raise ValueError(f"subjects[{i}] must be an object")
         where = loc.get("in")
         if where == "body":
             body.append(parse_pointer(loc.get("pointer")))
+        elif where == "response":
+            response.append(parse_pointer(loc.get("pointer")))
         elif where in PARAM_PLACES:
             name = loc.get("name")
             if not isinstance(name, str) or not name or len(name) > 128:
                 raise ValueError(f"subjects[{i}].name must be a parameter name")
             params.append((str(where), name.lower() if where == "header" else name))
         else:
-            raise ValueError(f"subjects[{i}].in must be one of path, query, header, body; got {where!r}")
+            raise ValueError(f"subjects[{i}].in must be one of path, query, header, body, response; got {where!r}")
     items: Pointer | None = None
     if batch is not None:
         if not isinstance(batch, Mapping):
             raise ValueError("batch must be an object {items: <pointer to the array>}")
         items = parse_pointer(batch.get("items"), wildcard=False)
-    if not params and not body and items is None:
+    if not params and not body and not response and items is None:
         return None
-    return SubjectSpec(tuple(dict.fromkeys(params)), tuple(dict.fromkeys(body)), items)
+    return SubjectSpec(tuple(dict.fromkeys(params)), tuple(dict.fromkeys(body)), items, tuple(dict.fromkeys(response)))
 
 
 # -- one request -------------------------------------------------------------------------------------------------
@@ -246,3 +252,19 @@ def extract(
         if spec.batch is not None:
             items = batch_items(doc, spec.batch)
     return list(found), items
+
+
+def response_subjects(spec: SubjectSpec, body: bytes) -> list[str]:
+    """The identifiers an answer discloses at the declared response locations; never raises: an answer of another
+    shape (a problem, not JSON) discloses what can be read of it, at most MAX_SUBJECTS."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    found: dict[str, None] = {}
+    for pointer in spec.response:
+        try:
+            body_subjects(doc, (pointer,), found)
+        except Problem:
+            continue  # what this location held before its odd part stays in `found`
+    return list(found)[:MAX_SUBJECTS]

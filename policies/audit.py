@@ -1,12 +1,12 @@
 """audit (priority 600, log phase): one hash-chained record per call, with X-Road's operational-monitoring fields.
 
 The data subjects (every identifier at the locations the endpoint declares: path, query, header or body, a batch's
-whole array included; lienthong/subjects.py) are kept only as HMAC-SHA256(subject key, value), never in clear, in
-`subject_hmacs` (first-seen order, no repeats; `subject_hmac` is the first, for older readers). The subject key is
-mesh-wide (LIENTHONG_SUBJECT_KEY, hex, the same on every gateway) so that "who read this person" finds a call on
-every gateway it crossed; `subject_key_id` names the key a record used. Records go to this worker's segment files
-(policies/audit_log.py) with one write(2) each, so a kill -9 after log() returned loses nothing; fsync runs in
-batches every SYNC_INTERVAL in the background.
+whole array included, and those its answer discloses; lienthong/subjects.py) are kept only as
+HMAC-SHA256(subject key, value), never in clear, in `subject_hmacs` (first-seen order, no repeats; `subject_hmac` is
+the first, for older readers). The subject key is mesh-wide (LIENTHONG_SUBJECT_KEY, hex, the same on every gateway)
+so that "who read this person" finds a call on every gateway it crossed; `subject_key_id` names the key a record
+used. Records go to this worker's segment files (policies/audit_log.py) with one write(2) each, so a kill -9 after
+log() returned loses nothing; fsync runs in batches every SYNC_INTERVAL in the background.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import orjson
 
 from lienthong.background import stop_task
 from lienthong.problem import Problem
-from lienthong.subjects import MIN_SUBJECT_KEY_BYTES, SUBJECT_KEY_ENV
+from lienthong.subjects import MIN_SUBJECT_KEY_BYTES, SUBJECT_KEY_ENV, response_subjects
 from policies.audit_log import ChainHead, fsync_dir, read_head, segment_path
 from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
@@ -156,12 +156,9 @@ class Audit(PolicyBase):
     def record(self, ctx: CallContext) -> dict[str, Any]:
         """The call's record, its keys in sorted order ("seq" and "prev" held for the writer), so that it is
         serialized without sorting: a third of orjson's cost here (tests/test_policy_audit.py checks the order)."""
-        try:
-            subjects = [self._subject_hmac(s) for s in read_subjects(ctx)]
-        except Problem:  # the body the call was refused for (or never routed); it touched nobody
-            subjects = []
         endpoint = ctx.endpoint
         status, error_code = ctx.status, ctx.error_code
+        subjects = [self._subject_hmac(s) for s in self._subjects(ctx)]
         return {
             "client": ctx.client,
             "consumer_gateway": ctx.consumer_gateway,
@@ -194,6 +191,18 @@ class Audit(PolicyBase):
             "transaction_id": ctx.transaction_id,
             "user_id": ctx.user_id,
         }
+
+    @staticmethod
+    def _subjects(ctx: CallContext) -> list[str]:
+        """Every identifier the call carried, then those its answer disclosed (a 2xx at a declared location)."""
+        try:
+            carried = read_subjects(ctx)
+        except Problem:  # the body the call was refused for: it reached nobody
+            return []
+        spec = ctx.endpoint.subjects if ctx.endpoint is not None else None
+        if spec is None or not spec.response or not 200 <= ctx.status < 300:
+            return carried
+        return list(dict.fromkeys([*carried, *response_subjects(spec, ctx.response_body)]))
 
     def _subject_hmac(self, subject: str) -> str:
         mac = self._subject_mac.copy()

@@ -28,6 +28,7 @@ from lienthong.subjects import (
     SubjectSpec,
     extract,
     parse_declaration,
+    response_subjects,
     subject_key_env,
 )
 from policies.audit import Audit, subject_key
@@ -66,16 +67,27 @@ def test_the_population_specs_declare_every_subject_location() -> None:
     assert eps[("POST", "/persons/batch")]["subjects"] == [{"in": "body", "pointer": "/ids/*"}]
     assert eps[("POST", "/persons/batch")]["batch"] == {"items": "/ids"}
     assert eps[("POST", "/births")]["subjects"] == [{"in": "body", "pointer": "/father_id"},
-                                                    {"in": "body", "pointer": "/mother_id"}]  # fmt: skip
+                                                    {"in": "body", "pointer": "/mother_id"},
+                                                    {"in": "response", "pointer": "/id"}]  # fmt: skip
+    assert eps[("GET", "/households/{id}/members")]["subjects"][1:] == [{"in": "response", "pointer": "/head_id"},
+                                                                        {"in": "response",
+                                                                         "pointer": "/members/*/id"}]  # fmt: skip
 
 
 def test_the_other_connectors_specs_declare_their_personal_ids() -> None:
     insurance = endpoints_of("insurance.yaml")
     assert {"in": "body", "pointer": "/personal_id"} in insurance[("POST", "/cards")]["subjects"]
     civil = endpoints_of("civil-status.yaml")
+    disclosed = [{"in": "response", "pointer": p} for p in ("/personal_id", "/father_id", "/mother_id")]
     assert civil[("POST", "/births")]["subjects"] == [{"in": "body", "pointer": "/father_id"},
-                                                      {"in": "body", "pointer": "/mother_id"}]  # fmt: skip
+                                                      {"in": "body", "pointer": "/mother_id"}, *disclosed]  # fmt: skip
     assert {"in": "body", "pointer": "/personal_id"} in civil[("PATCH", "/births/{id}")]["subjects"]
+    assert civil[("GET", "/births/{id}")]["subjects"] == [{"in": "path", "name": "id"}, *disclosed]
+    assert {"in": "response", "pointer": "/person_id"} in insurance[("GET", "/insured/{si_number}")]["subjects"]
+    business = endpoints_of("business-registry.yaml")
+    assert {"in": "response", "pointer": "/owners/*/personal_id"} in business[("GET", "/enterprises/{code}")][
+        "subjects"
+    ]
 
 
 def _doc(op: dict[str, Any], path: str = "/x/{id}", components: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -328,3 +340,35 @@ def test_without_a_subject_key_a_gateway_keeps_its_own_and_says_so_in_each_recor
     mine, theirs = Audit("national", tmp_path / "a", b"a" * 32), Audit("nghean", tmp_path / "b", b"b" * 32)
     a, b = (x.record(call(snap, "GET", f"/persons/{PERSON_ID}", None)) for x in (mine, theirs))
     assert a["subject_hmac"] != b["subject_hmac"] and a["subject_key_id"] != b["subject_key_id"]
+
+
+# -- subjects an answer discloses ------------------------------------------------------------------------------------
+
+MEMBERS = spec_of({"path": "/households/{id}/members", "subjects": [
+    {"in": "path", "name": "id"}, {"in": "response", "pointer": "/head_id"},
+    {"in": "response", "pointer": "/members/*/id"}]})  # fmt: skip
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values.map(orjson.dumps), st.binary(max_size=200)))
+def test_reading_an_answer_never_raises(body: bytes) -> None:
+    assert all(isinstance(s, str) for s in response_subjects(MEMBERS, body))
+
+
+def test_the_people_an_answer_discloses_are_audited_when_it_was_a_success(tmp_path: Path) -> None:
+    world = World()
+    doc = copy.deepcopy(world.doc())
+    doc["services"][0]["endpoints"].append(
+        {"method": "GET", "path": "/households/{id}/members", "enabled": True,
+         "subjects": [{"in": "path", "name": "id"}, {"in": "response", "pointer": "/head_id"},
+                      {"in": "response", "pointer": "/members/*/id"}]})  # fmt: skip
+    snap = Snapshot(doc)
+    audit = Audit("national", tmp_path, KEY)
+    ctx = call(snap, "GET", "/households/H1/members", None)
+    ctx.status = 200
+    ctx.response_body = orjson.dumps({"id": "H1", "head_id": IDS[0], "members": [{"id": IDS[0]}, {"id": IDS[1]},
+                                                                                  {"full_name": "no id"}]})  # fmt: skip
+    expected = [hmac.new(KEY, i.encode(), hashlib.sha256).hexdigest() for i in ("H1", IDS[0], IDS[1])]
+    assert audit.record(ctx)["subject_hmacs"] == expected
+    ctx.status = 404  # an answer that is no success discloses nobody, whatever its body says
+    assert audit.record(ctx)["subject_hmacs"] == expected[:1]

@@ -4,7 +4,8 @@ holding the one mesh-wide subject key (LIENTHONG_SUBJECT_KEY).
 
 - Every call that reads a person records every subject it touched, on both gateways, as the same
   HMAC(subject key, id): GET /persons/{id} and /persons/{id}/residence (a `$ref` parameter), POST /persons/verify
-  (an ID in the body) and POST /persons/batch (every ID of the array).
+  (an ID in the body), POST /persons/batch (every ID of the array) and GET /households/{id}/members (every member
+  the answer discloses).
 - A batch counts its items: under a grant of 1 call a minute it is 429 (refused whole, returning nobody, charging
   nothing), and its meter count is its item count.
 - A body whose declared subject location the gateway cannot read is its own 400 naming the field.
@@ -55,6 +56,7 @@ class World:
     mesh: Mesh
     people: list[Person]
     redis: redis.Redis
+    household: str  # one with several members
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis)
             rows = conn.execute("SELECT id, full_name, birth_date FROM persons WHERE restricted = 0 "
                                 "AND death_date IS NULL ORDER BY id LIMIT 12").fetchall()  # fmt: skip
         people = [Person(str(i), str(n), str(b)) for i, n, b in rows]
+        with sqlite3.connect(data / "population.sqlite") as conn:
+            (household,) = conn.execute("SELECT household_id FROM persons GROUP BY household_id "
+                                        "HAVING count(*) >= 3 ORDER BY household_id LIMIT 1").fetchone()  # fmt: skip
         for code in ("national", "nghean"):
             m.add_gateway(code)
         m.start_registry()
@@ -99,7 +104,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis)
         m.publish()
         connector.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=HANG)
         m.start_gateways({"national": {}, "nghean": {}})
-        yield World(m, people, client)
+        yield World(m, people, client, str(household))
     finally:
         if saved is None:
             os.environ.pop("LIENTHONG_SUBJECT_KEY", None)
@@ -168,6 +173,18 @@ def test_every_subject_a_call_touches_is_audited_alike_on_both_gateways(world: W
     assert not any(i.encode() in audit_bytes for i in ids)
 
 
+def test_the_people_an_answer_discloses_are_audited_on_both_gateways(world: World) -> None:
+    r = send(world, NA, "GET", f"/households/{world.household}/members")
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    members = [m["id"] for m in answer["members"]]
+    assert len(members) >= 3
+    expected = [subject_hmac(i) for i in dict.fromkeys([world.household, answer["head_id"], *members])]
+    for code in ("nghean", "national"):
+        (record,) = audit_records(world, code, r.headers["x-road-id"])
+        assert record["subject_hmacs"] == expected, code
+
+
 def test_a_batch_larger_than_the_quota_is_refused_whole_and_returns_nobody(world: World) -> None:
     ids = [p.id for p in world.people[:5]]
     r = send(world, LIMITED, "POST", "/persons/batch", {"ids": ids})
@@ -193,7 +210,7 @@ def test_the_meter_counts_a_batch_by_its_items(world: World) -> None:
         total = 0
         for key in world.redis.scan_iter("meter:h:*"):
             for field, n in world.redis.hgetall(key).items():
-                parts = field.decode().split("|")
+                parts = (field.decode() if isinstance(field, bytes) else field).split("|")
                 if parts[0] == METERED and parts[2] == "POST /persons/batch" and parts[5] == role:
                     total += int(n)
         return total
