@@ -28,7 +28,7 @@ import orjson
 import pytest
 import redis
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lienthong import keys, tokens
@@ -302,7 +302,7 @@ def _answer(r: httpx.Response) -> tuple[int, tuple[tuple[str, str], ...], bytes]
 def _same_for_generated_paths(base: str, headers: dict[str, str], expected: set[Any]) -> None:
     """Generated service and metaservice paths (any member, subsystem, service, tail, method) answer as expected."""
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=25, deadline=None)
     @given(st.lists(SEGMENT, min_size=4, max_size=8), st.sampled_from(["GET", "POST", "PUT", "DELETE"]))
     def generated(segments: list[str], method: str) -> None:
         path = "/r1/VN/" + "/".join(segments)
