@@ -20,6 +20,7 @@ TITLES: dict[int, str] = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     421: "Misdirected Request",
+    422: "Unprocessable Content",
     428: "Precondition Required",
     429: "Too Many Requests",
     500: "Internal Server Error",
