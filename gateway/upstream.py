@@ -28,7 +28,7 @@ import httptools
 from gateway.breaker import Breakers
 from lienthong.background import stop_task
 from lienthong.problem import Problem
-from lienthong.upstream_policy import UpstreamPolicy, resolve
+from lienthong.upstream_policy import UpstreamPolicy
 
 # Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus framing the client redoes.
 HOP_BY_HOP = frozenset(
@@ -318,9 +318,7 @@ class UpstreamClient:
         origin: _Origin, guard: UpstreamPolicy, tls: ssl.SSLContext | None, loop: asyncio.AbstractEventLoop
     ) -> _Connection:
         """Resolve, check every address, then connect to a checked one (never resolving again)."""
-        await guard.resolve_mesh()
-        addresses = await resolve(origin.host, origin.port)
-        why = guard.refusal(origin.host, origin.port, addresses)
+        why, addresses = await guard.resolved_refusal(origin.host, origin.port)
         if why is not None:
             raise Problem(502, "upstream-refused", f"the connector address {origin.host}:{origin.port} is refused "
                           f"by the mesh's upstream policy: {why}")  # fmt: skip

@@ -58,6 +58,8 @@ def _name(host: str) -> str:
 def split_host_port(text: str) -> tuple[str, int | None]:
     """'h', 'h:80', '[::1]:80', '::1', '10.0.0.0/8' -> (host, port or None)."""
     text = text.strip()
+    if text.startswith("[") and "]" not in text:
+        raise PolicyError(f"{text!r} has no closing ']'")
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
@@ -245,6 +247,16 @@ class UpstreamPolicy:
                 return f"{name} resolves to {address}, {why}" if literal is None else f"{address} is {why}"
         return None
 
+    async def resolved_refusal(self, host: str, port: int) -> tuple[str | None, list[IPAddress]]:
+        """The gateway's check: a refused name is refused unresolved; else every address it resolves to (OSError
+        when it resolves to none) is checked and returned, for the connection to use."""
+        await self.resolve_mesh()
+        why = self.refusal(host, port, [])
+        if why is not None:
+            return why, []
+        addresses = await resolve(host, port)
+        return self.refusal(host, port, addresses), addresses
+
     async def resolve_mesh(self) -> None:
         """Add the addresses the mesh's endpoint names resolve to (once per policy object)."""
         if self._resolved:
@@ -261,8 +273,7 @@ class UpstreamPolicy:
         hosting gateway, which checks again when it connects) and return why it is refused, or None."""
         host, port = url_endpoint(url)
         await self.resolve_mesh()
-        addresses = [] if _address(host) is not None else await resolve(host, port, strict=False)
-        return self.refusal(host, port, addresses)
+        return self.refusal(host, port, []) or self.refusal(host, port, await resolve(host, port, strict=False))
 
 
 def join_host_port(host: str, port: int) -> str:
