@@ -5,8 +5,10 @@ only changes are module time limits lowered with monkeypatch so that the timeout
 
 Covered: keep-alive, pipelining order, HTTP/1.0 and `Connection: close`, HEAD, `Expect: 100-continue`, 413 by
 Content-Length and by chunked framing (through `body_refused`, then a close), 431 past MAX_HEADERS, 400 for
-malformed HTTP, the head / body / keep-alive timeouts, the ASGI bridge's scope and response framing, and a stop that
-lets a call in flight finish. The last tests pin down bugs found while writing these tests.
+malformed HTTP, the head / body / keep-alive timeouts, the ASGI bridge's scope and response framing, a stop that
+lets a call in flight finish, and (issue 13) RFC 9112's framing rules: a fragment, no Host or two Hosts get 400
+(§3.2), HTTP/1.0 with Transfer-Encoding closes after its answer (§6.1), and answers a client leaves unread wait for
+it (back-pressure). The tests in between pin down bugs found while writing these tests.
 """
 
 from __future__ import annotations
