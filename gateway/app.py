@@ -35,6 +35,7 @@ from lienthong import keys
 from lienthong.background import stop_task
 from lienthong.problem import Problem
 from lienthong.snapshot import Snapshot
+from lienthong.upstream_policy import endpoints_of
 from policies.chain import ChainConfig, build_chain
 
 Scope = MutableMapping[str, Any]
@@ -103,7 +104,9 @@ class GatewayApp:
 
     def upstream(self) -> UpstreamClient:
         if self._upstream is None:  # made lazily, inside the worker's event loop
-            self._upstream = UpstreamClient(self.breakers)
+            own = endpoints_of([f"http://{self.settings.host}:{self.settings.port}", self.settings.redis_url,
+                                self.settings.registry_url])  # refused as connectors  # fmt: skip
+            self._upstream = UpstreamClient(self.breakers, own)
         return self._upstream
 
     async def startup(self) -> None:

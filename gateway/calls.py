@@ -27,6 +27,7 @@ from gateway.paths import R1Path, parse_r1
 from gateway.snapshot_client import SnapshotClient
 from gateway.upstream import UpstreamClient, UpstreamResponse
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
+from lienthong.upstream_policy import UpstreamPolicy
 from policies.authn import check_service
 from policies.base import CallContext
 from policies.chain import Chain
@@ -257,7 +258,8 @@ class CallHandler:
         headers = self._outbound_headers(ctx, TO_CONNECTOR, self.signer.to_connector(ctx))
         timeout_ms = ctx.service.timeout_ms if ctx.service else 5000
         what = f"the connector of {ctx.service_id}"
-        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_CONNECTOR)
+        policy = ctx.snapshot.upstream_policy  # checked once per new connection (gateway.upstream)
+        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_CONNECTOR, policy)
 
     async def _forward(self, ctx: CallContext, route: R1Path) -> UpstreamResponse:
         host = str(ctx.provider_gateway)
@@ -276,14 +278,14 @@ class CallHandler:
 
     async def _send(
         self, ctx: CallContext, base: str, target: str, headers: dict[str, str], timeout_ms: int, what: str,
-        timer: metrics.Timing,
+        timer: metrics.Timing, policy: UpstreamPolicy | None = None,
     ) -> UpstreamResponse:  # fmt: skip
         """One upstream call (connector or hosting gateway), timed into its histogram."""
         started = time.perf_counter()
         try:
             return await self._upstream().call(
                 method=ctx.method, base=base, target=target, headers=headers, body=ctx.body,
-                timeout_ms=timeout_ms, what=what,
+                timeout_ms=timeout_ms, what=what, policy=policy,
             )  # fmt: skip
         finally:
             timer.observe(time.perf_counter() - started)

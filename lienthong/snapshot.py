@@ -20,6 +20,7 @@ import orjson
 
 from lienthong.keys import PublicKey, public_key_from_jwk
 from lienthong.subjects import SubjectSpec, parse_declaration
+from lienthong.upstream_policy import UpstreamPolicy
 
 # A gateway's own bounds on one service, whatever the registry let through: a larger service is quarantined rather
 # than compiled (the registry's per-service limits are lower; these only stop a snapshot from a buggy registry).
@@ -196,6 +197,7 @@ class Snapshot:
         self._each("clients", "client", "subsystem", self._add_client)
         self._each("services", "service", "id", lambda s: self._add_service(s, previous))
         self._each("grants", "grant", "id", self._add_grant)
+        self.upstream_policy = UpstreamPolicy.from_snapshot(doc)  # where connectors may point; never raises
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.received_at
