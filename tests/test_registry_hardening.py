@@ -342,8 +342,10 @@ def _live(world: World, sid: str) -> tuple[str | None, set[str]]:
         {"openapi": doc({"/x": op(), "/secret": op()})},
         {"openapi": doc({"/y": op()})},
         {"version_label": "v2"},
+        # what the audit records of a call is part of the endpoint: declaring it differently needs a look too
+        {"openapi": doc({"/x": {"get": {"parameters": [{"name": "q", "in": "query", "x-lienthong-subject": True}]}}})},
     ],
-    ids=["upstream", "gateway", "endpoint-added", "endpoint-replaced", "version"],
+    ids=["upstream", "gateway", "endpoint-added", "endpoint-replaced", "version", "subject-declaration"],
 )
 def test_moving_or_reshaping_an_approved_service_needs_approval_and_the_old_one_keeps_serving(
     strict: World, change: dict[str, Any]
