@@ -70,6 +70,8 @@ def parse_r1(raw_path: str) -> R1Path:
     """Split `/r1/VN/CLASS/MEMBER/SUBSYSTEM/SERVICE/rest...`; raise 400 invalid-path on anything suspicious."""
     if "#" in raw_path:
         raise _invalid("the request target has a fragment ('#'), which HTTP does not allow (RFC 9112 §3.2)")
+    if not raw_path.startswith("/r1/") and _decode(raw_path[1:].partition("/")[0]) != "r1":
+        raise _invalid("the path does not start with one /r1/ segment")  # e.g. '/r1%2F...': no encoded '/' there either
     segments = raw_path.split("/")[2:]  # drop "" and "r1"
     if not segments or segments == [""]:
         raise Problem(404, "unknown-service", "no service named after /r1/", field="path")

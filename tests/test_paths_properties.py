@@ -87,3 +87,12 @@ def test_what_a_server_behind_could_read_otherwise_is_400(rest: str) -> None:
     with pytest.raises(Problem) as caught:
         parse_r1(SERVICE + rest)
     assert (caught.value.status, caught.value.code, caught.value.field) == (400, "invalid-path", "path")
+
+
+@pytest.mark.parametrize("raw", ["/r1%2FVN/GOV/BCA/population/persons/persons/1", "/%72%31%2fVN/GOV/BCA/population/"
+                                 "persons/persons/1", "/r1%00/VN/GOV/BCA/population/persons/persons/1"])  # fmt: skip
+def test_the_r1_prefix_is_one_segment_too(raw: str) -> None:
+    """The server sends '/r1%2F...' here too (it is /r1/ once decoded): the prefix is held to the same rules."""
+    with pytest.raises(Problem) as caught:
+        parse_r1(raw)
+    assert (caught.value.status, caught.value.code) == (400, "invalid-path")
