@@ -258,4 +258,3 @@ class OpsGate:
         if member is None:
             raise _refused("the token's subject is not a subsystem")
         return Principal("member", str(claims["sub"]), member)
-

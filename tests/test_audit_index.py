@@ -31,8 +31,11 @@ def write(directory: Path, n: int, *, seed: int, segment_bytes: int = 16_384, st
         writer.open()
     try:
         for i in range(n):
-            record: dict[str, Any] = {"transaction_id": f"tx-{seed}-{rng.randrange(300):03d}",
-                                      "client": rng.choice(CLIENTS), "service": "VN/GOV/BCA/population/persons"}
+            record: dict[str, Any] = {
+                "transaction_id": f"tx-{seed}-{rng.randrange(300):03d}",
+                "client": rng.choice(CLIENTS),
+                "service": "VN/GOV/BCA/population/persons",
+            }
             if i % 97 != 5:
                 record["request_in_ts"] = start + i * step - rng.randrange(jitter + 1)
             rng.choice(writers).append(record)
