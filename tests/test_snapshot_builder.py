@@ -176,9 +176,15 @@ def poisoned_docs(draw: st.DrawFn) -> dict[str, Any]:
     doc = base_doc()
     for _ in range(draw(st.integers(1, 3))):
         section = draw(st.sampled_from(SECTIONS))
-        how = draw(st.sampled_from(["entry", "field", "endpoint-field", "key-field", "section"]))
+        how = draw(st.sampled_from(["entry", "field", "endpoint-field", "key-field", "section", "policy"]))
         if how == "section":
-            doc[draw(st.sampled_from([*SECTIONS, "upstreams"]))] = draw(JSON)
+            doc[draw(st.sampled_from([*SECTIONS, "upstreams", "upstream_policy"]))] = draw(JSON)
+            continue
+        if how == "policy":  # the mesh's upstream policy, with garbage among its entries
+            doc["upstream_policy"] = {
+                "allow": draw(st.lists(JSON, max_size=3)),
+                "mesh": draw(st.lists(JSON, max_size=3)),
+            }
             continue
         if not isinstance(doc.get(section), list) or not doc[section] or not isinstance(doc[section][0], dict):
             continue
