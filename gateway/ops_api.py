@@ -96,7 +96,8 @@ def public_paths(spec: Path = SPEC) -> re.Pattern[str]:
         if all(op.get("security", default) == [] for op in item.values() if isinstance(op, dict))
     ]
     public += [re.escape("/openapi.json"), re.escape("/openapi.yaml"), "/ui(?:/.*)?"]
-    return re.compile(f"{re.escape(BASE)}(?:{'|'.join(public)})")
+    # no dot segment anywhere: a public prefix never leads back up to a protected path
+    return re.compile(f"(?!.*/\\.\\.?(?:/|$)){re.escape(BASE)}(?:{'|'.join(public)})")
 
 
 PUBLIC_PATHS = public_paths()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import jwt
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
-from gateway.ops_api import SPEC, build_ops_app
+from gateway.ops_api import BASE, PUBLIC_PATHS, SPEC, build_ops_app
 from gateway.ops_auth import HostNames, mint_member_token, mint_operator_token, ops_audience
 from lienthong import keys, tokens
 from lienthong.redis_connection import EmbeddedRedis, free_port
@@ -307,8 +308,12 @@ def test_every_ops_path_needs_a_token(live: Live, code: str) -> None:
         with_token = httpx.get(f"{live.ops(code)}{url_path}", params=PARAMS.get(path, {}), timeout=10,
                                headers=live.operator(code))  # fmt: skip
         assert with_token.status_code == 200, (path, with_token.text[:300])
-    # an unknown path is not mapped for a caller without a token either
+    # an unknown path is not mapped for a caller without a token either, nor a way up from a public one
     assert httpx.get(f"{live.ops(code)}/no-such-thing", timeout=10).status_code == 401
+    for sneaky in ("/ui/%2e%2e/audit", "/dashboard/%2e%2e/audit", "/ui/./../gateways", "/dashboard/..%2Faudit"):
+        r = httpx.get(f"{live.ops(code)}{sneaky}", params=LIVE_WINDOW, timeout=10)
+        assert r.status_code == 401 and "records" not in r.text, (sneaky, r.status_code)
+        assert PUBLIC_PATHS.fullmatch(BASE + unquote(sneaky)) is None
 
 
 def test_a_member_sees_only_its_own_records(live: Live) -> None:
