@@ -187,8 +187,6 @@ class UpstreamPolicy:
                 addresses.add((address, port))
         self._mesh_names, self._mesh_addresses = frozenset(names), frozenset(addresses)
         self._mesh_wildcard_ports = frozenset(wildcard)
-        if wildcard:
-            self._mesh_addresses |= {(a, p) for a in _local_addresses() for p in wildcard}
 
     # -- the published form --------------------------------------------------------------------------------------
 
@@ -229,6 +227,14 @@ class UpstreamPolicy:
     def _allowed(self, name: str, address: IPAddress | None, port: int, exact_port: bool) -> bool:
         return any(e.covers(name, address, port) and (e.port is not None or not exact_port) for e in self.allow)
 
+    def _is_mesh(self, address: IPAddress, port: int) -> bool:
+        if (address, port) in self._mesh_addresses:
+            return True
+        # an endpoint listening on 0.0.0.0 or :: is reached through any address of its host
+        return port in self._mesh_wildcard_ports and (
+            address.is_loopback or address.is_unspecified or address in _local_addresses()
+        )
+
     def refusal(self, name: str, port: int, addresses: Iterable[IPAddress]) -> str | None:
         """Why `name:port`, resolving to `addresses`, may not be an upstream; None when it may."""
         name = _name(name)
@@ -240,7 +246,7 @@ class UpstreamPolicy:
             if why and not self._allowed(name, None, port, False):
                 return f"{name} is {why}"
         for address in [literal] if literal is not None else addresses:
-            if (address, port) in self._mesh_addresses and not self._allowed(name, address, port, True):
+            if self._is_mesh(address, port) and not self._allowed(name, address, port, True):
                 return f"{address} port {port} is one of the mesh's own endpoints (registry, gateway or Redis)"
             why = category(address)
             if why and not self._allowed(name, address, port, False):
