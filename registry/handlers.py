@@ -443,6 +443,8 @@ async def set_endpoint(
         before = await _must(tx, "services", service_id, "service")
         _check_if_match(before)
         after, found = dict(before), False
+        if "live" in before:
+            after["live"] = dict(before["live"])  # copied: `before` goes to the change log as it was
         # the flag applies to the live revision too: disabling an endpoint must not wait for an approval
         for holder in (after, after.get("live")):
             if holder is None:
@@ -453,8 +455,6 @@ async def set_endpoint(
                     e, found = {**e, "enabled": enabled}, True
                 endpoints.append(e)
             holder["endpoints"] = endpoints
-            if holder is not after:
-                after["live"] = holder
         if not found:
             raise Problem(404, "unknown-endpoint", f"{service_id} has no endpoint {method} {path}", field="path")
         action = "services.enable-endpoint" if enabled else "services.disable-endpoint"
