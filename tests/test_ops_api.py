@@ -32,10 +32,11 @@ from lienthong.redis_connection import EmbeddedRedis, free_port
 from policies.audit import Audit
 from policies.chain import ChainConfig
 from policies.meter import Meter
-from tests.mesh_support import Mesh, call_headers, client_token
+from tests.mesh_support import KeyPair, Mesh, call_headers, client_token, make_key
 from tests.ops_support import (
     gateway_operator_headers,
     member_headers,
+    operator_headers,
     schemathesis_headers,
     standalone_gate,
     write_operator_key,
@@ -223,6 +224,7 @@ class Live:
     mesh: Mesh
     ops_port: int  # nghean's --ops-listen port
     calls: dict[str, int]  # consumer -> calls made through nghean
+    operator_key: KeyPair  # trusted by national (--ops-operator-key), not by nghean
 
     def ops(self, code: str) -> str:
         gw = self.mesh.gateways[code]
@@ -258,7 +260,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
         m.add_grant("g-hn", HN, PERSONS, ["birth-registration"])
         m.publish()
         ops_port = free_port()
-        m.start_gateway("national")
+        operator = make_key(root / "operator.key")  # the operators' own key, given to national only
+        (root / "operator.jwk").write_bytes(orjson.dumps(operator.jwk))
+        m.start_gateway("national", {"--ops-operator-key": str(root / "operator.jwk")})
         m.start_gateway("nghean", {"--ops-listen": f"127.0.0.1:{ops_port}", "--ops-host": "ops.nghean.test"})
         calls = {NA: 3, HN: 2}
         for consumer, n in calls.items():
@@ -266,7 +270,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
                 r = httpx.get(f"{m.gateways['nghean'].url}/r1/{PERSONS}/persons/04020300456{i}",
                               headers=call_headers(m, consumer, "nghean"), timeout=10)  # fmt: skip
                 assert r.status_code == 200, r.text
-        live = Live(m, ops_port, calls)
+        live = Live(m, ops_port, calls, operator)
         wait_until(lambda: _total(live, "nghean", live.operator("nghean")) == 5, "the meter's counts reaching Redis")
         yield live
     finally:
@@ -478,3 +482,13 @@ def test_quarantined_services_show_to_the_operator_and_to_their_own_member_only(
     wait_until(lambda: POISONED in quarantined(live.operator("nghean")), "a heartbeat naming the quarantine")
     assert quarantined(live.member(HN, "nghean")) == [POISONED]
     assert quarantined(live.member(NA, "nghean")) == []
+
+
+def test_an_operator_key_given_to_a_gateway_signs_operator_tokens_there_only(live: Live) -> None:
+    key = live.operator_key
+    for code, status in (("national", 200), ("nghean", 401)):
+        r = httpx.get(f"{live.ops(code)}/audit", params=LIVE_WINDOW, headers=operator_headers(key.key, key.kid, code),
+                      timeout=10)  # fmt: skip
+        assert r.status_code == status, (code, r.text)
+    too_long = operator_headers(key.key, key.kid, "national", lifetime=2 * 3600)
+    assert httpx.get(f"{live.ops('national')}/health", headers=too_long, timeout=10).status_code == 401
