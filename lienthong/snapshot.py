@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import orjson
@@ -112,18 +112,21 @@ class Grant:
 
 
 # -- path templates (protocol §2) -------------------------------------------------------------------------------
+# The one template grammar: the registry refuses at registration exactly what a gateway would quarantine here
+# (registry/path_templates.py calls template_names), so the two can never disagree about a template.
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BRACED = re.compile(r"\{[^{}]*\}")  # shaped like a parameter, whatever its name
 # A segment is literal RFC 3986 pchar text (no '%': templates are matched against decoded paths) or one {param}.
-_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+\Z")
-_PARAM_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}\Z")
+_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 
 
-def check_template(path: object) -> str:
-    """The path template grammar every reader of a snapshot relies on; raise EntryError naming the flaw.
+def template_names(path: object) -> list[str]:
+    """Check a template's syntax and return its parameter names in order; raise EntryError naming the flaw.
 
     '/' alone, or '/'-separated segments, each literal text or exactly one {name}; no empty, '.' or '..' segment
     (a call could step out of its endpoint after decoding); a parameter name at most once (it names a regex group).
+    Segments are matched whole (fullmatch): a trailing newline is no more allowed than anything else.
     """
     if not isinstance(path, str):
         raise EntryError(f"path {_show(path)} is not a string")
@@ -132,17 +135,29 @@ def check_template(path: object) -> str:
     if len(path) > MAX_TEMPLATE_LENGTH:
         raise EntryError(f"path {_show(path)} is longer than {MAX_TEMPLATE_LENGTH} characters")
     if path == "/":
-        return path
-    names: set[str] = set()
+        return []
+    names: list[str] = []
     for segment in path[1:].split("/"):
-        param = _PARAM_SEGMENT.match(segment)
+        param = _PARAM.fullmatch(segment)
         if param is not None:
             if param.group(1) in names:
                 raise EntryError(f"path {_show(path)} names the parameter {param.group(1)!r} twice")
-            names.add(param.group(1))
-        elif segment in (".", "..") or not _LITERAL_SEGMENT.match(segment):
-            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}")
-    return path
+            names.append(param.group(1))
+        elif segment in ("", ".", ".."):
+            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}: none is empty, '.' or '..'")
+        elif _BRACED.fullmatch(segment):
+            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}: a parameter name is an "
+                             "identifier ([A-Za-z_][A-Za-z0-9_]*)")  # fmt: skip
+        elif not _LITERAL_SEGMENT.fullmatch(segment):
+            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}: neither literal path text "
+                             "(no '%', '{', '}', spaces or non-ASCII) nor exactly one {name}")  # fmt: skip
+    return names
+
+
+def check_template(path: object) -> str:
+    """The template itself, once template_names found nothing wrong with it (a snapshot endpoint's path)."""
+    template_names(path)
+    return cast(str, path)  # template_names refuses anything but a str
 
 
 def template_pattern(path: str) -> re.Pattern[str]:

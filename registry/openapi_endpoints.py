@@ -2,57 +2,31 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
 from lienthong import subjects
 from lienthong.problem import Problem
+from lienthong.snapshot import template_names
+from registry.openapi_doc import METHODS, RefError, resolve
 
-METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 SUBJECT_EXTENSION = "x-lienthong-subject"  # on a parameter or a request-body schema property: it holds a subject
 SUBJECTS_EXTENSION = "x-lienthong-subjects"  # on an operation: [{in: path|query|header, name}, {in: body, pointer}]
 BATCH_EXTENSION = "x-lienthong-batch"  # on an operation: {items: /pointer/to/the/array} (quota and meter count items)
-MAX_REF_HOPS = 16
 MAX_SCHEMA_NODES = 2000  # schema objects visited per request body when looking for subject properties
-
-# A template segment is either literal text or one {param}; '..', '.', and empty segments would let a call
-# escape its endpoint after percent-decoding (protocol §2), so they are refused at registration already.
-_SEGMENT = re.compile(r"^(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]*\})$")
 
 
 def _bad(field: str, detail: str) -> Problem:
     return Problem(400, "invalid-body", detail, field=field)
 
 
-def _check_path(path: object) -> str:
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise _bad("openapi.paths", f"path {path!r} must start with '/'")
-    if path == "/":
-        return path
-    for segment in path[1:].split("/"):
-        if segment in ("", ".", "..") or not _SEGMENT.match(segment):
-            raise _bad("openapi.paths", f"path {path!r} has an invalid segment {segment!r}")
-    return path
-
-
 def _resolve(doc: dict[str, Any], node: object, field: str) -> object:
-    """Follow local `$ref`s ('#/components/...'); anything else that cannot be resolved is a 400 naming `field`."""
-    for _ in range(MAX_REF_HOPS):
-        if not isinstance(node, dict) or "$ref" not in node:
-            return node
-        ref = node["$ref"]
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            raise _bad(field, f"$ref {ref!r} cannot be resolved: only local '#/...' references are supported")
-        target: object = doc
-        for part in ref[2:].split("/"):
-            part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(target, dict) or part not in target:
-                raise _bad(field, f"$ref {ref!r} points at nothing in the document")
-            target = target[part]
-        node = target
-    raise _bad(field, f"$ref chain longer than {MAX_REF_HOPS} hops (a cycle?)")
+    """Follow local `$ref`s ('#/components/...'); one that cannot be resolved is a 400 naming `field`."""
+    try:
+        return resolve(doc, node)
+    except RefError as exc:
+        raise _bad(field, str(exc)) from None
 
 
 def _param_subjects(doc: dict[str, Any], field: str, *lists: object) -> list[dict[str, str]]:
@@ -137,7 +111,7 @@ def _declared(doc: dict[str, Any], path: str, method: str, op: dict[str, Any], i
         spec = subjects.parse_declaration({"path": path, "subjects": unique, "batch": batch})
     except ValueError as exc:
         raise _bad(field, f"{path} {method.upper()}: {exc}") from None
-    names = set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", path))
+    names = set(template_names(path))
     for place, name in spec.params if spec is not None else ():
         if place == "path" and name not in names:
             raise _bad(field, f"subject path parameter {name!r} is not in the template {path}")
@@ -158,12 +132,14 @@ def check_document(doc: object) -> dict[str, Any]:
 
 
 def derive(doc: object, previous: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Every method + path of the document; endpoints that existed before keep their enabled flag."""
+    """Every method + path of the document; endpoints that existed before keep their enabled flag.
+
+    Its path templates were checked first (registry.path_templates.check, at registration and every update).
+    """
     checked = check_document(doc)
     kept = {(e["method"], e["path"]): bool(e.get("enabled", True)) for e in previous or []}
     endpoints: list[dict[str, Any]] = []
     for path, item in checked["paths"].items():
-        _check_path(path)
         if not isinstance(item, dict):
             raise _bad("openapi.paths", f"path item {path!r} must be an object")
         for method in METHODS:

@@ -1,12 +1,13 @@
 """Check every path template of a service's OpenAPI document before the registry accepts it (issue 13, Critical 2).
 
 A gateway compiles each template into a route (lienthong.snapshot.template_pattern); nothing the registry accepts
-may fail there or match ambiguously. A template is `/` or `/`-separated segments, each either literal text of
-RFC 3986 path characters (no `%`, never `.`, `..` or empty) or exactly `{name}` with an identifier; a name appears
-once per path and is declared as an `in: path` parameter (directly or through a local `$ref`) of every operation,
-and every declared path parameter appears in the template. Two templated paths that could both match one request
-path for the same method are refused (a static path beside a template is fine: it is matched first, as OpenAPI
-says). Every refusal is a 400 naming the path: `openapi.paths./x/{id}/{id}`.
+may fail there or match ambiguously. The template grammar is the gateway's own (lienthong.snapshot.template_names:
+`/` or `/`-separated segments, each literal RFC 3986 path text or exactly one `{name}`, a name once per path); this
+module adds what only a whole document can tell: each name is declared as an `in: path` parameter (directly or
+through a local `$ref`) of every operation, and every declared path parameter appears in the template. Two
+templated paths that could both match one request path for the same method are refused (a static path beside a
+template is fine: it is matched first, as OpenAPI says). Every refusal is a 400 naming the path:
+`openapi.paths./x/{id}/{id}`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,8 @@ import re
 from typing import Any
 
 from lienthong.problem import Problem
-from lienthong.snapshot import template_pattern
-
-METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PARAM_SEGMENT = re.compile(r"^\{([^{}]*)\}$")
-LITERAL = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]+$")
-MAX_REF_DEPTH = 16
-MAX_PATH_LENGTH = 1024
+from lienthong.snapshot import MAX_TEMPLATE_LENGTH, EntryError, template_names, template_pattern
+from registry.openapi_doc import METHODS, RefError, resolve
 
 
 def _bad(path: str, detail: str) -> Problem:
@@ -35,51 +30,19 @@ def segments(path: str) -> list[str | None]:
 
 
 def _names(path: object) -> list[str]:
-    """Check one template's syntax; return its parameter names in order."""
-    if not isinstance(path, str):
-        raise _bad(str(path), f"path {path!r} must be a string")
-    if not path.startswith("/"):
-        raise _bad(path, f"path {path!r} must start with '/'")
-    if len(path) > MAX_PATH_LENGTH:
-        raise _bad(path[:64], f"path is longer than {MAX_PATH_LENGTH} characters")
-    if path == "/":
-        return []
-    names: list[str] = []
-    for segment in path[1:].split("/"):
-        param = PARAM_SEGMENT.match(segment)
-        if param is not None:
-            name = param.group(1)
-            if not NAME.match(name):
-                raise _bad(path, f"parameter {{{name}}} in {path!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
-            if name in names:
-                raise _bad(path, f"parameter {{{name}}} appears twice in {path!r}")
-            names.append(name)
-        elif segment in ("", ".", ".."):
-            raise _bad(path, f"path {path!r} has an empty, '.' or '..' segment")
-        elif not LITERAL.match(segment):
-            raise _bad(
-                path, f"segment {segment!r} of {path!r} is neither literal path text (no '%', '{{', '}}', "
-                      "spaces or non-ASCII) nor exactly one {name}",
-            )  # fmt: skip
-    return names
+    """The gateway's own grammar (lienthong.snapshot.template_names): the template's parameter names, or a 400."""
+    try:
+        return template_names(path)
+    except EntryError as exc:
+        shown = str(path)
+        raise _bad(shown if len(shown) <= MAX_TEMPLATE_LENGTH else shown[:64], str(exc)) from None
 
 
-def _resolve(doc: dict[str, Any], item: Any, path: str) -> Any:
-    """Follow local `$ref`s (`#/a/b`, RFC 6901 escapes) to the object they name."""
-    for _ in range(MAX_REF_DEPTH):
-        if not isinstance(item, dict) or "$ref" not in item:
-            return item
-        ref = item["$ref"]
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            raise _bad(path, f"$ref {ref!r} is not a local reference (#/components/...)")
-        target: Any = doc
-        for token in ref[2:].split("/"):
-            token = token.replace("~1", "/").replace("~0", "~")
-            if not isinstance(target, dict) or token not in target:
-                raise _bad(path, f"$ref {ref!r} names nothing in the document")
-            target = target[token]
-        item = target
-    raise _bad(path, f"$refs nest deeper than {MAX_REF_DEPTH} (a cycle?)")
+def _resolve(doc: dict[str, Any], item: object, path: str) -> object:
+    try:
+        return resolve(doc, item)
+    except RefError as exc:
+        raise _bad(path, str(exc)) from None
 
 
 def _path_parameters(doc: dict[str, Any], params: Any, path: str) -> set[str]:

@@ -16,12 +16,12 @@ import orjson
 from lienthong.problem import Problem
 from lienthong.upstream_policy import PolicyError, UpstreamPolicy, endpoints_of
 from registry.auth import Principal
+from registry.openapi_doc import METHODS
 from registry.settings import RegistrySettings
 from registry.store import live_revision
 
 MATERIAL_FIELDS = ("gateway", "upstream_url", "version_label")
 COSMETIC_ENDPOINT_FIELDS = frozenset({"enabled", "summary", "operation_id"})
-METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
 
 def _limit(status: int, code: str, detail: str, field: str, limit: str, value: int) -> Problem:
