@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lienthong.snapshot import MAX_ENDPOINTS
 from lienthong.upstream_policy import AllowEntry, PolicyError, parse_allow
 
 DEFAULT_MAX_ENDPOINTS = 500
@@ -34,6 +35,12 @@ class RegistrySettings:
         for name in ("max_endpoints", "max_document_bytes", "max_services_per_member"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        # a gateway quarantines a service with more endpoints than it compiles: the registry may not accept one
+        if self.max_endpoints > MAX_ENDPOINTS:
+            raise ValueError(
+                f"max_endpoints (--max-endpoints, {ENV_MAX_ENDPOINTS}) is {self.max_endpoints}, but a gateway "
+                f"compiles at most {MAX_ENDPOINTS} endpoints per service and quarantines a larger one"
+            )
 
     @classmethod
     def from_options(

@@ -124,6 +124,9 @@ BAD_TEMPLATES: list[tuple[dict[str, Any], str]] = [
     (doc({"/x?a=1": op()}), "/x?a=1"),
     (doc({"/x#frag": op()}), "/x#frag"),
     (doc({"x": op()}), "x"),
+    # '$' matched before a final newline: the registry took these, and every gateway quarantined them
+    (doc({"/x\n": op()}), "/x\n"),
+    (doc({"/x/{id}\n": op("id")}), "/x/{id}\n"),
     (doc({"/x/{id}": {"get": {"parameters": [{"$ref": "#/components/parameters/Nope"}]}}}), "/x/{id}"),
     (doc({"/x/{id}": {"get": {"parameters": [{"$ref": "other.yaml#/Id"}]}}}), "/x/{id}"),
     (
@@ -439,3 +442,24 @@ def test_settings_refuse_bad_values(tmp_path: Path) -> None:
     s = RegistrySettings.from_options(None, None, None, None, env={"LIENTHONG_UPSTREAM_ALLOW": "10.0.0.0/8,[::1]:1"})
     assert [str(e) for e in s.upstream_allow] == ["10.0.0.0/8", "[::1]:1"]
     assert (s.max_endpoints, s.max_document_bytes, s.max_services_per_member) == (500, 262144, 200)
+
+
+def test_max_endpoints_above_what_a_gateway_compiles_is_refused_at_start(tmp_path: Path) -> None:
+    """A registry limit above lienthong.snapshot.MAX_ENDPOINTS would accept services every gateway quarantines."""
+    import subprocess
+
+    from lienthong.snapshot import MAX_ENDPOINTS
+    from registry.settings import RegistrySettings
+    from tests.procs import lienthong
+
+    assert RegistrySettings.from_options(None, MAX_ENDPOINTS, None, None, env={}).max_endpoints == MAX_ENDPOINTS
+    for option, env in ((MAX_ENDPOINTS + 1, {}), (None, {"LIENTHONG_MAX_ENDPOINTS": str(10 * MAX_ENDPOINTS)})):
+        with pytest.raises(ValueError, match=f"at most {MAX_ENDPOINTS} endpoints"):
+            RegistrySettings.from_options(None, option, None, None, env=env)
+    # the real command refuses before it starts anything, and says why
+    data_dir = str(tmp_path / "registry")
+    subprocess.run(lienthong("registry", "init", "--data-dir", data_dir), check=True, capture_output=True)
+    too_many = str(MAX_ENDPOINTS + 1)
+    serve = lienthong("registry", "serve", "--data-dir", data_dir, "--port", "1", "--max-endpoints", too_many)
+    done = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"at most {MAX_ENDPOINTS} endpoints" in done.stderr, done.stderr
