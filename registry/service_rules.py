@@ -30,7 +30,10 @@ def _limit(status: int, code: str, detail: str, field: str, limit: str, value: i
 
 def check_document_limits(settings: RegistrySettings, doc: Any) -> None:
     """413 for a document over the size limit, 422 for one with more operations than the endpoint limit."""
-    size = len(orjson.dumps(doc))
+    try:
+        size = len(orjson.dumps(doc))
+    except TypeError as exc:  # an integer beyond 64 bits: the request parser takes it, the store could not write it
+        raise Problem(400, "invalid-body", f"the OpenAPI document cannot be stored: {exc}", field="openapi") from None
     if size > settings.max_document_bytes:
         raise _limit(413, "document-too-large", f"the OpenAPI document is {size} bytes as JSON; the limit is "
                      f"{settings.max_document_bytes} (max_document_bytes)", "openapi", "max_document_bytes",

@@ -160,6 +160,20 @@ def test_bad_template_in_an_update_is_400_and_changes_nothing(strict: World) -> 
     assert strict.admin.get_service(sid)["version"] == before["version"]
 
 
+@pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30], ids=str)
+def test_an_integer_beyond_64_bits_in_a_document_is_400_not_500(strict: World, big: int) -> None:
+    """The request parser takes any integer; orjson, which measures and stores documents, writes 64 bits at most."""
+    deep = {"/x": {"get": {"responses": {"200": {"description": "ok", "x-n": [{"n": big}]}}}}}
+    for openapi in (doc({"/x": op()}, **{"x-n": big}), doc(deep)):
+        with pytest.raises(RegistryError) as info:
+            strict.register(openapi)
+        problem(info, 400, "openapi", "invalid-body")
+    sid = strict.register(doc({"/x": op()}))
+    with pytest.raises(RegistryError) as info:
+        strict.admin.update_service(sid, strict.body(sid, openapi=doc(deep)))
+    problem(info, 400, "openapi", "invalid-body")
+
+
 def test_ref_parameters_static_beside_template_and_other_methods_are_accepted(strict: World) -> None:
     openapi = doc(
         {
