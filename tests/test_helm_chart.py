@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics as gateway_metrics
 from lienthong import ids
+from lienthong.subjects import SUBJECT_KEY_ENV
 from tests.procs import lienthong
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "lienthong"
@@ -506,3 +507,35 @@ def test_gateways_serve_the_ops_api_and_metrics_on_their_own_port() -> None:
     gateways = (CHART / "templates" / "gateways.yaml").read_text()
     assert re.search(r"- name: ops\n\s+containerPort: \{\{ \$defaults\.opsPort \}\}", gateways)
     assert re.search(r"- name: ops\n\s+port: \{\{ \$defaults\.opsPort \}\}\n\s+targetPort: ops", gateways)
+
+
+def test_every_gateway_gets_the_one_mesh_wide_subject_key() -> None:
+    """LIENTHONG_SUBJECT_KEY comes from one Secret named in gatewayDefaults, never per gateway: a gateway with another
+    key would give the same person another pseudonym, and "who read this person" would miss its records."""
+    (call,) = [c for c in serve_calls() if c.items[0] == "gateway"]
+    assert SUBJECT_KEY_ENV in call.env
+    gateways = (CHART / "templates" / "gateways.yaml").read_text()
+    ref = re.search(
+        rf"- name: {SUBJECT_KEY_ENV}\n\s+valueFrom:\n\s+secretKeyRef:\n\s+name: (.+)\n\s+key: (.+)\n", gateways
+    )
+    assert ref is not None
+    assert "$defaults.subjectKeySecret.name" in ref.group(1) and "required" in ref.group(1)
+    assert ref.group(2) == "{{ $defaults.subjectKeySecret.key | quote }}"
+    values = _values()
+    secret = values["gatewayDefaults"]["subjectKeySecret"]
+    assert secret["name"] and secret["key"]
+    assert all("subjectKeySecret" not in gw for gw in values["gateways"])
+    # the chart README tells the operator how to make it, with a key the gateway accepts
+    readme = (CHART / "README.md").read_text()
+    assert secret["name"] in readme and "openssl rand -hex 32" in readme
+
+
+def test_the_registry_allowlist_is_a_value_and_empty_by_default() -> None:
+    """--upstream-allow is passed only when registry.upstreamAllow lists something; by default the upstream policy
+    refuses loopback, metadata and the mesh's own endpoints with no exception."""
+    assert _values()["registry"]["upstreamAllow"] == []
+    (call,) = [c for c in serve_calls() if c.items[0] == "registry"]
+    at = call.items.index("--upstream-allow")
+    assert call.items[at + 1] == '{{ join "," . | quote }}'
+    registry = (CHART / "templates" / "registry.yaml").read_text()
+    assert re.search(r"\{\{- with \.Values\.registry\.upstreamAllow \}\}\n\s+- --upstream-allow\n", registry)
