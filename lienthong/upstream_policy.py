@@ -80,11 +80,14 @@ def split_host_port(text: str) -> tuple[str, int | None]:
 
 def url_endpoint(url: str) -> tuple[str, int]:
     """The host and port an http(s) URL connects to."""
-    parts = urlsplit(url)
+    if not url.isascii() or not url.isprintable():
+        raise PolicyError(f"{url!r} is not a URL: RFC 3986 URLs are printable ASCII (an international host name is "
+                          "written in its punycode form)")
     try:
+        parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise PolicyError(f"{url!r} has an invalid port") from exc
+    except ValueError as exc:  # "Invalid IPv6 URL", a port out of range or not a number
+        raise PolicyError(f"{url!r} is not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PolicyError(f"{url!r} is not an http(s) URL")
     return _name(parts.hostname), port or (443 if parts.scheme == "https" else 80)
@@ -314,11 +317,10 @@ def endpoints_of(urls: Iterable[str | None]) -> list[tuple[str, int]]:
     for url in urls:
         if not url:
             continue
-        parts = urlsplit(url)
-        default = {"http": 80, "https": 443, "redis": 6379, "rediss": 6379}.get(parts.scheme)
         try:
-            port = parts.port or default
-        except ValueError:
+            parts = urlsplit(url)
+            port = parts.port or {"http": 80, "https": 443, "redis": 6379, "rediss": 6379}.get(parts.scheme)
+        except ValueError:  # "Invalid IPv6 URL", a bad port: not an endpoint of anything
             continue
         if parts.hostname and port:
             out.append((_name(parts.hostname), port))
