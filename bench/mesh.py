@@ -103,7 +103,7 @@ class BenchMesh:
                 "--registry", self.mesh.registry_url, "--registry-key", str(self.mesh.root / "registry.jwk"),
                 "--key", str(gw.key.path), "--kid", gw.key.kid, "--data-dir", str(gw.data_dir),
                 "--workers", str(self.workers), "--policies", policies, "--redis-url", self.redis_url,
-                "--trace-sample-ratio", TRACE_SAMPLING]
+                "--trace-sample-ratio", TRACE_SAMPLING, "--insecure-http"]  # TLS cases: issue 14
         gw.proc = Proc(f"gateway-{gw.code}-{policies.replace(',', '-')}", [*machine.server_prefix(), *argv],
                        self.mesh.log_dir).start()
         gw.proc.wait_http(f"{gw.url}/readyz", timeout=60)

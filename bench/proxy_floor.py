@@ -42,9 +42,9 @@ class ForwardApp:
 
     async def r1(
         self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
-        body_refused: Problem | None,
+        body_refused: Problem | None, peer: Any = None,
     ) -> Reply:  # fmt: skip
-        del headers, started, body_refused
+        del headers, started, body_refused, peer
         if self._client is None:
             self._client = UpstreamClient(Breakers(5, 5.0))
         answer = await self._client.call(method=method, base=self.upstream, target=_target(raw_path, query),

@@ -33,6 +33,7 @@ from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient
 from lienthong import keys
 from lienthong.background import stop_task
+from lienthong.pki import Peer
 from lienthong.problem import Problem
 from lienthong.snapshot import Snapshot
 from lienthong.upstream_policy import endpoints_of
@@ -97,6 +98,7 @@ class GatewayApp:
             signer=AssertionSigner(settings.code, private_key, settings.kid),
             upstream=self.upstream,
             authn_enabled="authn" in settings.policies,
+            tls=not settings.insecure_http,
         )
         self.ops_app: ASGIApp | None = None
         self.ops_gate = ops_gate(settings, private_key, lambda: self.snapshots.current)
@@ -170,10 +172,11 @@ class GatewayApp:
 
     async def r1(
         self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
-        body_refused: Problem | None = None,
+        body_refused: Problem | None = None, peer: Peer | None = None,
     ) -> Reply:  # fmt: skip
-        """One /r1 call, log phase included; the server (gateway.http_server) calls this directly."""
-        reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started, body_refused)
+        """One /r1 call, log phase included; the server (gateway.http_server) calls this directly, with the TLS
+        client's certificate when it sent one."""
+        reply, ctx = await self.calls.handle(method, raw_path, query, headers, body, started, body_refused, peer)
         routed = ctx is not None and ctx.service is not None
         # Meter and audit before the reply leaves: a kill -9 can then never leave a call the client saw uncounted.
         if ctx is not None:
@@ -240,7 +243,7 @@ class OpsListener:
 
     async def r1(
         self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
-        body_refused: Problem | None = None,
+        body_refused: Problem | None = None, peer: Peer | None = None,
     ) -> Reply:  # fmt: skip
         return problem_reply(Problem(404, "unknown-service", "calls are served on the gateway's main port, not on its "
                                      "operations port", field="path"))  # fmt: skip

@@ -6,6 +6,11 @@ hosts the service, *home* when it forwards to the hosting gateway with its own s
 
 Order: path syntax (400 `invalid-path`, the same whatever the catalogue holds), then authn (Chain.identify), and only
 then routing, so a caller without valid credentials gets the same 401 for a service that exists and one that does not.
+
+TLS (protocol §9.x): a client certificate whose serial the snapshot revokes is refused on any call (403
+`certificate-revoked`); a provider-role call (the mesh hop) must come with the certificate of the gateway that signed
+its assertion (401 `client-certificate-required`, 403 `certificate-identity-mismatch`), unless this gateway serves
+plain HTTP (--insecure-http, development).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from gateway.assertions import ASSERTION_HEADER, AssertionSigner
 from gateway.paths import R1Path, parse_r1
 from gateway.snapshot_client import SnapshotClient
 from gateway.upstream import UpstreamClient, UpstreamResponse
+from lienthong import pki
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
 from lienthong.upstream_policy import UpstreamPolicy
 from policies.authn import check_service
@@ -80,6 +86,15 @@ def transaction_id(headers: dict[str, str]) -> str:
     return given
 
 
+def _check_gateway_peer(ctx: CallContext) -> None:
+    """The mesh hop: the TLS client must be the gateway that signed the (verified) assertion."""
+    expected = pki.identity("gateway", str(ctx.consumer_gateway))
+    peer = ctx.peer
+    if peer is None or peer.identity != expected:
+        raise Problem(403, "certificate-identity-mismatch", f"the client certificate is not {expected}, the gateway "
+                      "that signed the assertion", field="certificate")  # fmt: skip
+
+
 class CallHandler:
     """The hot path; one per worker process."""
 
@@ -92,6 +107,7 @@ class CallHandler:
         signer: AssertionSigner,
         upstream: Callable[[], UpstreamClient],
         authn_enabled: bool,
+        tls: bool = False,
     ) -> None:
         self.code = code
         self.snapshots = snapshots
@@ -99,6 +115,7 @@ class CallHandler:
         self.signer = signer
         self._upstream = upstream
         self.authn_enabled = authn_enabled
+        self.tls = tls  # the mesh hop's certificate is required (off only with --insecure-http)
 
     async def handle(
         self,
@@ -109,6 +126,7 @@ class CallHandler:
         body: bytes,
         started: float,
         body_refused: Problem | None = None,
+        peer: pki.Peer | None = None,
     ) -> tuple[Reply, CallContext | None]:
         """Answer one call; the context (when routing got that far) is returned for the log phase.
 
@@ -136,6 +154,7 @@ class CallHandler:
                 snapshot=snapshot,
                 request_hash=rhash,
                 request_in=started,
+                peer=peer,
             )
             route = parse_r1(raw_path)  # after the context exists, so that a refused path is audited too
             ctx.path = route.provider_path
@@ -143,7 +162,14 @@ class CallHandler:
                 raise body_refused
             # who is calling, before any answer that depends on the catalogue (unknown service, endpoint, method)
             ctx.role = "provider" if headers.get(ASSERTION_HEADER) else "local"
+            if peer is not None and peer.serial in getattr(snapshot, "revoked_serials", ()):
+                raise Problem(403, "certificate-revoked", "the client certificate is revoked", field="certificate")
+            if ctx.role == "provider" and self.tls and peer is None:  # before any assertion work
+                raise Problem(401, "client-certificate-required", "a call from another gateway must come over TLS "
+                              "with that gateway's client certificate", field="certificate")  # fmt: skip
             self.chain.identify(ctx)
+            if ctx.role == "provider" and self.tls and self.authn_enabled:
+                _check_gateway_peer(ctx)
             if route.metaservice is not None:
                 reply = self._metaservice(ctx, route)
             else:

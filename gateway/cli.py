@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -23,12 +25,34 @@ from gateway.workers import serve as serve_workers
 from lienthong import ids, keys
 
 OPS_URL_FILE = "ops-url"  # in the data dir: the base URL of the operations API, written by `gateway serve`
+INSECURE_WARNING = ("--insecure-http: this gateway serves PLAIN HTTP, with no TLS and no client certificates; "
+                    "names and personal IDs cross the network in clear. For local development only.")  # fmt: skip
+
+log = logging.getLogger("lienthong.gateway")
 
 
-def ops_url(host: str, port: int) -> str:
+def ops_url(host: str, port: int, scheme: str = "http") -> str:
     """A URL for a listen address; a wildcard address is reached on loopback."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def check_tls_files(settings: GatewaySettings) -> None:
+    """Refuse to start without the TLS material, naming what is missing and the command that makes it."""
+    files = settings.cert_files
+    missing = [str(p) for p in (files.key, files.cert, files.ca) if not p.exists()]
+    if missing:
+        raise click.UsageError(
+            f"no TLS certificate for gateway {settings.code}: missing {', '.join(missing)}. Run `lienthong gateway "
+            f"cert --code {settings.code}` to get one from the registry (or pass --tls-dir), or --insecure-http for "
+            "plain HTTP in local development"
+        )
+    try:
+        from lienthong.pki import server_context
+
+        server_context(files)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise click.UsageError(f"the TLS files in {files.directory} cannot be used: {exc}") from exc
 
 
 @click.group("gateway")
@@ -96,6 +120,15 @@ def gateway_group() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="A public JWK file whose key signs operator tokens, besides the gateway's own; repeatable.",
 )
+@click.option("--tls-dir", envvar="LIENTHONG_TLS_DIR", type=click.Path(file_okay=False),
+              help="tls.key, tls.crt and the mesh CA's ca.crt for HTTPS on every port; default <data-dir>/tls "
+                   "(`lienthong gateway cert` writes them).")  # fmt: skip
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    envvar="LIENTHONG_INSECURE_HTTP",
+    help="Serve plain HTTP, without TLS: local development only (a warning is logged at every start).",
+)
 def serve(
     code: str,
     host: str,
@@ -117,8 +150,10 @@ def serve(
     ops_listen: str,
     ops_hosts: tuple[str, ...],
     ops_operator_keys: tuple[str, ...],
+    tls_dir: str | None,
+    insecure_http: bool,
 ) -> None:
-    """Serve /r1 calls with worker processes sharing one port."""
+    """Serve /r1 calls with worker processes sharing one port, over HTTPS (TLS 1.3)."""
     from gateway.ops_auth import HostNames, load_operator_keys
 
     try:
@@ -146,14 +181,20 @@ def serve(
         redis_url=redis_url, trace_sample_ratio=trace_sample_ratio, breaker_failures=breaker_failures,
         breaker_open_seconds=breaker_open_seconds, snapshot_wait=snapshot_wait, ops_listen=ops_listen,
         ops_hosts=ops_hosts, ops_operator_keys=tuple(Path(k).resolve() for k in ops_operator_keys),
+        tls_dir=Path(tls_dir).resolve() if tls_dir else None, insecure_http=insecure_http,
     )  # fmt: skip
+    if insecure_http:
+        log.warning(INSECURE_WARNING)
+        click.echo(f"WARNING: {INSECURE_WARNING}", err=True)
+    else:
+        check_tls_files(settings)
     data.mkdir(parents=True, exist_ok=True)
     # prometheus multiprocess files of a previous run would be summed with ours
     shutil.rmtree(settings.metrics_dir, ignore_errors=True)
     settings.metrics_dir.mkdir(parents=True)
     # where `lienthong ops login` finds this gateway's operations API to print its dashboard link
     ops_host, ops_port = ops_address or (host, port)
-    (data / OPS_URL_FILE).write_text(ops_url(ops_host, ops_port) + "\n")
+    (data / OPS_URL_FILE).write_text(ops_url(ops_host, ops_port, settings.scheme) + "\n")
     os.environ.update(settings.to_env())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     try:

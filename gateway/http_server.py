@@ -16,7 +16,10 @@ What a server on the open network owes its clients, and how it is kept here:
 - pipelined requests are answered in order, one at a time, and reading pauses while PIPELINE_LIMIT of them wait;
 - back-pressure: while the transport's write buffer is above its high-water mark (a client not reading its answers)
   reading pauses and no further request is started, so a connection holds at most the buffer and one answer; a
-  client that reads nothing for KEEPALIVE_TIMEOUT is cut off.
+  client that reads nothing for KEEPALIVE_TIMEOUT is cut off;
+- with a TLS context (the default; `--insecure-http` serves without) every connection is TLS 1.3 (`TLSConnection`,
+  gateway/tls_server.py): plaintext on the port is answered 400 `tls-required`, a failed handshake is counted and
+  closed, and the client's certificate (`pki.Peer`, read once per connection) goes with each request to the app.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import MutableMapping
@@ -34,7 +38,9 @@ from urllib.parse import unquote
 
 import httptools
 
+from gateway.tls_server import HANDSHAKE_RECORD, TLSSession, TLSTransport, describe, refusal_reason, refused
 from lienthong.background import stop_task
+from lienthong.pki import Peer
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
 
 log = logging.getLogger("lienthong.gateway.http")
@@ -64,7 +70,7 @@ class App(Protocol):
 
     async def r1(
         self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
-        body_refused: Problem | None,
+        body_refused: Problem | None, peer: Peer | None,
     ) -> Reply: ...  # fmt: skip
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None: ...
@@ -169,6 +175,7 @@ class Connection(asyncio.Protocol):
         self.write_blocked = False  # the write buffer is above its high-water mark
         self.blocked_at = 0.0
         self.client: tuple[str, int] | None = None
+        self.peer: Peer | None = None  # the TLS client's verified certificate, read once per connection
         self._writable: asyncio.Event | None = None
         self._gone: asyncio.Future[None] | None = None
 
@@ -377,7 +384,7 @@ class Connection(asyncio.Protocol):
             path, _, query = request.target.partition(b"?")
             if is_r1(path):  # a refused body goes to the app too, which audits the refusal
                 reply = await self.app.r1(request.method, path.decode("latin-1"), query, request.headers,
-                                          request.body, request.started, request.refused)  # fmt: skip
+                                          request.body, request.started, request.refused, self.peer)  # fmt: skip
                 self._write(request, reply.status, reply.headers, reply.body)
             elif request.refused is not None:
                 if self.transport is not None:
@@ -449,7 +456,7 @@ class Connection(asyncio.Protocol):
         server = self.server
         scope: dict[str, Any] = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "method": request.method, "scheme": "http", "path": unquote(raw_path.decode("latin-1")),
+            "method": request.method, "scheme": server.scheme, "path": unquote(raw_path.decode("latin-1")),
             "raw_path": raw_path, "query_string": query, "root_path": "", "headers": request.raw_headers,
             "client": self.client, "server": server.address,
         }  # fmt: skip
@@ -571,13 +578,78 @@ def _malformed(exc: Exception) -> Problem:
                    "the request is not well-formed HTTP/1.1", field="request")  # fmt: skip
 
 
+class TLSConnection(Connection):
+    """A connection on a TLS port: the first byte decides (a TLS handshake record, or a plaintext request that is
+    told to use https://), the handshake runs in memory, and the HTTP connection then reads decrypted bytes and
+    writes through a `TLSTransport`. The handshake has HEADER_TIMEOUT to finish, as a request head has."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.session: TLSSession | None = None
+        self.secure = False  # handshake done
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.deadline = self.loop.time() + HEADER_TIMEOUT
+
+    def data_received(self, data: bytes) -> None:
+        if self.secure:
+            plain, closed = cast(TLSSession, self.session).decrypt(data)
+            if plain:
+                super().data_received(plain)
+            if closed and self.transport is not None and self.active is None and not self.queue:
+                self.closing = True
+                self.transport.close()
+            return
+        if self.closing or self.transport is None or not data:
+            return
+        session = self.session
+        if session is None:
+            if data[0] != HANDSHAKE_RECORD:
+                self._plaintext()
+                return
+            session = self.session = TLSSession(cast(ssl.SSLContext, self.server.tls), self.transport)
+        try:
+            done = session.handshake(data)
+        except ssl.SSLError as exc:
+            refused(refusal_reason(exc), describe(exc))
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if done:
+            self.secure = True
+            self.peer = Peer.of(session.sslobj)
+            self.transport = cast(asyncio.Transport, TLSTransport(session))
+            self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
+            self.data_received(b"")  # application data that came with the client's Finished
+
+    def _plaintext(self) -> None:
+        """Plain HTTP on a TLS port: a plain 400 that says where to go, then close."""
+        refused("plaintext")
+        name = cast(asyncio.Transport, self.transport).get_extra_info("sockname")
+        where = _authority(name) if isinstance(name, tuple) else "host:port"
+        detail = f"this port speaks HTTPS only: use https://{where}/"
+        self._refuse_now(Problem(400, "tls-required", detail, field="scheme"))
+
+
+def _authority(name: tuple[Any, ...]) -> str:
+    host = str(name[0])
+    return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+
+
 class Server:
     """Connections of one worker, and the sweep that enforces their time limits."""
 
-    def __init__(self, app: App, loop: asyncio.AbstractEventLoop, max_connections: int = 16384) -> None:
+    def __init__(
+        self, app: App, loop: asyncio.AbstractEventLoop, max_connections: int = 16384,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
         self.loop = loop
         self.max_connections = max_connections
+        self.tls = tls  # None: plain HTTP (--insecure-http)
+        self.scheme = "https" if tls is not None else "http"
         self.connections: set[Connection] = set()
         self.in_flight = 0  # answers being made, also those whose client has gone
         self.address: tuple[str, int] | None = None
@@ -585,7 +657,8 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, sock: Any) -> None:
-        self._server = await self.loop.create_server(lambda: Connection(self), sock=sock, backlog=2048)
+        kind = TLSConnection if self.tls is not None else Connection
+        self._server = await self.loop.create_server(lambda: kind(self), sock=sock, backlog=2048)
         name = sock.getsockname()
         self.address = (str(name[0]), int(name[1]))
         self._sweeper = self.loop.create_task(self._sweep())

@@ -56,6 +56,12 @@ QUARANTINED = Gauge(
     ["kind"],
     multiprocess_mode="livemax",
 )
+TLS_REFUSALS = Counter(
+    "lienthong_gateway_tls_refusals",
+    "Connections refused at TLS: a failed handshake (unknown CA, expired, not yet valid, protocol, ...) or plaintext "
+    "on a TLS port, by reason",
+    ["reason"],
+)
 
 
 def snapshot_installed(snapshot: Snapshot) -> None:

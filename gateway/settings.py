@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lienthong import ids
+from lienthong.pki import CertFiles
 
 DEFAULT_MAX_SNAPSHOT_AGE = 600  # seconds, as X-Road's global configuration validity (protocol §7)
 DEFAULT_BODY_LIMIT = 1_048_576  # 1 MiB (protocol §6, 413 body-too-large)
@@ -67,6 +68,8 @@ class GatewaySettings:
     ops_listen: str = ""  # HOST:PORT for the ops API and /metrics on their own socket; "" serves them on the main one
     ops_hosts: tuple[str, ...] = ()  # more names the ops API answers to (Host), e.g. behind a proxy
     ops_operator_keys: tuple[Path, ...] = ()  # public JWK files trusted, with the gateway's own key, for operators
+    tls_dir: Path | None = None  # tls.key, tls.crt, ca.crt (pki.CertFiles); None: <data-dir>/tls
+    insecure_http: bool = False  # plain HTTP on every port: local development only
 
     def __post_init__(self) -> None:
         ids.validate("gateway", self.code, "code")
@@ -80,6 +83,14 @@ class GatewaySettings:
     @property
     def ops_address(self) -> tuple[str, int] | None:
         return parse_listen(self.ops_listen) if self.ops_listen else None
+
+    @property
+    def cert_files(self) -> CertFiles:
+        return CertFiles(self.tls_dir or self.data_dir / "tls")
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure_http else "https"
 
     @property
     def snapshot_cache(self) -> Path:
@@ -112,6 +123,8 @@ class GatewaySettings:
             "LIENTHONG_OPS_LISTEN": self.ops_listen,
             "LIENTHONG_OPS_HOSTS": ",".join(self.ops_hosts),
             "LIENTHONG_OPS_OPERATOR_KEYS": os.pathsep.join(str(k) for k in self.ops_operator_keys),
+            "LIENTHONG_TLS_DIR": str(self.tls_dir or ""),
+            "LIENTHONG_INSECURE_HTTP": "1" if self.insecure_http else "",
         }
 
     @classmethod
@@ -146,4 +159,6 @@ class GatewaySettings:
             ops_listen=e.get("LIENTHONG_OPS_LISTEN", ""),
             ops_hosts=tuple(h for h in e.get("LIENTHONG_OPS_HOSTS", "").split(",") if h),
             ops_operator_keys=tuple(Path(k) for k in e.get("LIENTHONG_OPS_OPERATOR_KEYS", "").split(os.pathsep) if k),
+            tls_dir=Path(e["LIENTHONG_TLS_DIR"]) if e.get("LIENTHONG_TLS_DIR") else None,
+            insecure_http=e.get("LIENTHONG_INSECURE_HTTP", "").lower() in ("1", "true", "yes"),
         )

@@ -1,5 +1,6 @@
 """A gateway process: one listening socket (two with --ops-listen: the operations API and /metrics get their own),
-N forked worker processes serving it, each with its own event loop.
+N forked worker processes serving it, each with its own event loop, each with its own TLS context (built after the
+fork from --tls-dir; none with --insecure-http).
 
 The parent binds the port (so a taken port fails at once, with its name), forks the workers, restarts one that
 dies, and on SIGTERM or SIGINT asks every worker to finish its calls in flight and stop. Workers are forked before
@@ -150,6 +151,7 @@ def _worker_main(sock: socket.socket, ops_sock: socket.socket | None) -> None:
 async def _worker(sock: socket.socket, ops_sock: socket.socket | None) -> None:
     from gateway.app import create_app
     from gateway.http_server import Server
+    from lienthong.pki import server_context
 
     app = create_app()
     await app.startup()
@@ -159,9 +161,12 @@ async def _worker(sock: socket.socket, ops_sock: socket.socket | None) -> None:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
     loop = asyncio.get_running_loop()
-    servers = [(Server(app, loop), sock)]
+    # one context per worker for both ports: the client certificate is optional here, and the mesh hop's
+    # requirement (a gateway certificate) is checked per call against the assertion (gateway.calls)
+    tls = None if app.settings.insecure_http else server_context(app.settings.cert_files, "optional")
+    servers = [(Server(app, loop, tls=tls), sock)]
     if ops_sock is not None:
-        servers.append((Server(app.ops_listener(), loop), ops_sock))
+        servers.append((Server(app.ops_listener(), loop, tls=tls), ops_sock))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:

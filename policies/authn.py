@@ -2,6 +2,11 @@
 the hosting gateway (§4.2). Every failure is 401 `invalid-token` / `invalid-assertion`; the detail never echoes the
 token. A client whose member is homed at another gateway is refused with 403 `access-denied`.
 
+A client may instead authenticate by its TLS client certificate, X-Road's way (§9.x): no Authorization header, a
+verified certificate naming urn:lienthong:subsystem:S, and X-Road-Client: S (else 403
+`certificate-identity-mismatch`); the home-gateway rule is the same. A token sent beside a subsystem certificate must
+name the same subsystem.
+
 The gateway runs this policy before it routes (Chain.identify), so a caller without valid credentials learns nothing
 about the catalogue; the one check that needs the route (an assertion's `svc`) is `check_service`, run after it.
 """
@@ -13,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from lienthong import pki
 from lienthong.keys import PublicKey
 from lienthong.problem import Problem
 from lienthong.tokens import TokenError, verify
@@ -38,6 +44,20 @@ def _invalid_token(detail: str, field: str = "Authorization") -> Problem:
 
 def _invalid_assertion(detail: str) -> Problem:
     return Problem(401, "invalid-assertion", detail, field="X-Lienthong-Assertion")
+
+
+def _certificate_mismatch(subsystem: str) -> Problem:
+    detail = f"X-Road-Client is not the subsystem of the client certificate ({subsystem})"
+    return Problem(403, "certificate-identity-mismatch", detail, field="X-Road-Client")
+
+
+def _certificate_subsystem(ctx: CallContext) -> str | None:
+    """The subsystem a verified client certificate names, if it names one."""
+    peer = ctx.peer
+    if peer is None or peer.identity is None:
+        return None
+    parsed = pki.parse_identity(peer.identity)
+    return parsed[1] if parsed is not None and parsed[0] == "subsystem" else None
 
 
 def _entry_cost(token: str) -> int:
@@ -99,15 +119,22 @@ class Authn(PolicyBase):
 
     def _client_token(self, ctx: CallContext) -> None:
         header = ctx.headers.get("authorization", "")
+        certified = _certificate_subsystem(ctx)
+        if not header and certified is not None:
+            self._client_certificate(ctx, certified)
+            return
         if len(header) > MAX_AUTHORIZATION:  # before any parsing work
             raise _invalid_token(f"the client token is larger than {MAX_CLIENT_TOKEN_BYTES} bytes")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise _invalid_token("an Authorization: Bearer client token is required")
+            raise _invalid_token("an Authorization: Bearer client token (or a subsystem client certificate over "
+                                 "TLS) is required")  # fmt: skip
         token = token.strip()
         client = ctx.headers.get("x-road-client")
         if not client:
             raise _invalid_token("the X-Road-Client header is required", field="X-Road-Client")
+        if certified is not None and certified != client:
+            raise _certificate_mismatch(certified)
         now = time.time()
         cached = self._verified.get(token)
         if cached is not None:
@@ -123,6 +150,19 @@ class Authn(PolicyBase):
             self._remember(token, claims)
         if claims["sub"] != client:
             raise _invalid_token("X-Road-Client does not match the token's subject", field="X-Road-Client")
+        self._accept_client(ctx, client)
+
+    def _client_certificate(self, ctx: CallContext, subsystem: str) -> None:
+        """X-Road's way: the verified TLS certificate is the credential, X-Road-Client must name its subsystem."""
+        client = ctx.headers.get("x-road-client")
+        if not client:
+            raise _invalid_token("the X-Road-Client header is required", field="X-Road-Client")
+        if client != subsystem:
+            raise _certificate_mismatch(subsystem)
+        self._accept_client(ctx, client)
+
+    def _accept_client(self, ctx: CallContext, client: str) -> None:
+        """An authenticated client, by token or certificate: only through its member's home gateway."""
         home = ctx.snapshot.home_gateway(client)
         if home != self.gateway:  # a client speaks only through its member's home gateway (§4.1), metaservices too
             member = client.rsplit("/", 1)[0]

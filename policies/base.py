@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from lienthong.pki import Peer
 from lienthong.snapshot import Endpoint, Grant, Service, Snapshot
 from lienthong.subjects import extract
 
@@ -50,6 +51,7 @@ class CallContext:
     traceparent: str | None = None
     subjects: list[str] | None = None  # the data subjects' identifiers, once read_subjects() ran; never logged
     items: int = 1  # the batch's item count (quota and meter count items), 1 for any other call
+    peer: Peer | None = None  # the TLS client's verified certificate (read once per connection), None over plain HTTP
     # response side
     status: int = 0
     response_body: bytes = b""

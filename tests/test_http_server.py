@@ -55,7 +55,7 @@ class FakeApp:
         self.slow_started = threading.Event()
         self.events: list[tuple[str, str]] = []  # (start|end, query) of each r1 call, in order
 
-    async def r1(self, method, raw_path, query, headers, body, started, body_refused) -> FakeReply:
+    async def r1(self, method, raw_path, query, headers, body, started, body_refused, peer=None) -> FakeReply:
         call = {"method": method, "path": raw_path, "query": query.decode("latin-1"), "body": body,
                 "headers": dict(headers), "started": started, "body_refused": body_refused}  # fmt: skip
         self.r1_calls.append(call)
