@@ -14,6 +14,7 @@ from starlette.responses import Response
 from lienthong import ids
 from lienthong.keys import public_key_from_jwk, thumbprint
 from lienthong.problem import Problem, bad_request
+from lienthong.upstream_policy import PolicyError, url_endpoint
 from registry import openapi_endpoints, path_templates, service_rules
 from registry.auth import Principal, authenticate
 from registry.runtime import current
@@ -112,6 +113,14 @@ def _service_path(member_class: str, member_code: str, subsystem_code: str, serv
 
 def _member_of(subsystem_or_service: str) -> str:
     return "/".join(subsystem_or_service.split("/")[:3])
+
+
+def _checked_url(url: str, field: str) -> None:
+    """Every URL the registry stores is read by the one parser the gateways and the upstream policy use."""
+    try:
+        url_endpoint(url)
+    except PolicyError as exc:
+        raise bad_request(field, str(exc), "invalid-parameter") from None
 
 
 def _checked_jwk(jwk: dict[str, Any], field: str) -> dict[str, Any]:
@@ -248,6 +257,7 @@ async def create_gateway(body: dict[str, Any]) -> Response:
     who = await _principal()
     who.require_admin()
     code = _valid("gateway", body.get("code"), "code")
+    _checked_url(body["base_url"], "base_url")
     keys = [_checked_jwk(k, f"keys.{i}") for i, k in enumerate(body.get("keys") or [])]
     if len({k["kid"] for k in keys}) != len(keys):
         raise bad_request("keys", "two keys have the same kid", "invalid-body")
@@ -276,6 +286,7 @@ async def update_gateway(code: str, body: dict[str, Any]) -> Response:
     who = await _principal()
     who.require_admin()
     _valid("gateway", code, "code")
+    _checked_url(body["base_url"], "base_url")
 
     async def change(tx: Tx) -> dict[str, Any]:
         before = await _must(tx, "gateways", code, "gateway")

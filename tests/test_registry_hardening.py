@@ -477,3 +477,22 @@ def test_max_endpoints_above_what_a_gateway_compiles_is_refused_at_start(tmp_pat
     serve = lienthong("registry", "serve", "--data-dir", data_dir, "--port", "1", "--max-endpoints", too_many)
     done = subprocess.run(serve, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and f"at most {MAX_ENDPOINTS} endpoints" in done.stderr, done.stderr
+
+
+# ---- every stored URL is read by one parser ---------------------------------------------------------------------
+
+BAD_URLS = ["http://[::1", "http://[::1]:99999/", "http://a:port/", "http://ÿ.example/", "https://[x/"]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_a_gateway_url_no_parser_can_read_is_400_naming_base_url(strict: World, url: str) -> None:
+    """Schemathesis registered a gateway at `http://[...`: every later service registration read the mesh's own
+    endpoints from it, urlsplit raised, and the registry answered 500. Both URL fields now share one parser."""
+    code = f"g{_uid()[:8]}"
+    with pytest.raises(RegistryError) as info:
+        strict.admin.add_gateway(code, url, [keys.public_jwk(keys.generate())])
+    problem(info, 400, "base_url")
+    with pytest.raises(RegistryError) as info:
+        strict.admin.register_service(f"{strict.member()}/s{_uid()}", openapi=doc({"/a": op()}), gateway="national",
+                                      upstream_url=url, name="S")  # fmt: skip
+    problem(info, 400, "upstream_url")
