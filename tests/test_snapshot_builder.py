@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lienthong import keys
-from lienthong.snapshot import MAX_ENDPOINTS, Snapshot, check_template
+from lienthong.snapshot import MAX_ENDPOINTS, EntryError, Snapshot, check_template, template_names
 
 SERVICE = "VN/GOV/BCA/population/persons"
 CLIENT = "VN/GOV/BHXH/insurance"
@@ -144,6 +144,11 @@ def test_an_unchanged_service_keeps_its_compiled_routes_and_a_changed_one_is_reb
 def test_templates_follow_the_registry_grammar() -> None:
     for good in ("/", "/persons/{id}", "/persons/{id}/residence", "/a.b/c~d/{x_1}/e:f@g"):
         assert check_template(good) == good
+    # the registry's own check (registry/path_templates.py) is this function: names in order, whole segments only
+    assert template_names("/a/{x}/b/{Y_2}") == ["x", "Y_2"] and template_names("/") == []
+    for bad, reason in (("/x\n", "invalid segment"), ("/x/{id}\n", "invalid segment"), ("/x/{a-b}", "identifier")):
+        with pytest.raises(EntryError, match=reason):
+            template_names(bad)
 
 
 # -- arbitrary JSON anywhere ---------------------------------------------------------------------------------------
