@@ -18,6 +18,7 @@ import orjson
 from gateway.cli import OPS_URL_FILE
 from gateway.ops_auth import DEFAULT_OPERATOR_LIFETIME, OPERATOR_MAX_LIFETIME, mint_member_token, mint_operator_token
 from lienthong import ids, keys
+from lienthong.mesh_layout import MeshPaths
 from lienthong.tokens import MAX_CLIENT_TOKEN_LIFETIME
 
 
@@ -64,7 +65,7 @@ def login(
             ids.validate("subsystem", subsystem, "--as")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    data = data_dir or home / "gateways" / code
+    data = data_dir or MeshPaths(home).gateway(code)  # where `lienthong up` keeps it
     if subsystem is not None and key_file is None:
         raise click.UsageError("--as needs the subsystem's client --key")
     path = key_file or data / "gateway.key"
