@@ -10,22 +10,34 @@ A connector's address is checked against the mesh's upstream policy (lienthong.u
 snapshot, plus this gateway's own endpoints) once per new connection: the host is resolved here, every address it
 resolves to is checked, and the connection goes to a checked address, so a name cannot resolve differently between
 the check and the connect. A refusal is 502 `upstream-refused`.
+
+With an https base URL the connection is TLS 1.3 with the gateway's own client certificate (the context comes from
+`client_tls`, chained to the mesh CA). Once per new connection, never per request, the server's certificate must name
+the identity the caller expects (the hosting gateway, or the connector's provider subsystem) and its serial must not be
+among the snapshot's revoked serials: else 502 `certificate-identity-mismatch` / `certificate-revoked`. Pools are
+keyed by base URL and expected identity, so a connection checked for one identity never serves another. New
+connections to the same peer resume its last TLS session (a ticket, RFC 8446 §2.2): asyncio offers no `session=`
+argument, so the context's `sslobject_class` takes the session from a context variable set around the connect, which
+both asyncio and uvloop read synchronously while they build the connection; when it cannot, a full handshake is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import datetime as dt
 import ssl
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
 
 from gateway.breaker import Breakers
+from lienthong import pki
 from lienthong.background import stop_task
 from lienthong.problem import Problem
 from lienthong.upstream_policy import UpstreamPolicy
@@ -76,6 +88,9 @@ class _Connection(asyncio.Protocol):
         self._new_message()
         self.idle_since = 0.0
         self.deadline = 0.0  # loop time by which the call in progress must be answered
+        self.tls: ssl.SSLObject | None = None
+        self.peer: pki.Peer | None = None  # the verified server certificate, read once per connection
+        self.session_kept = False  # its TLS session ticket was taken for the next connection to this peer
 
     def _new_message(self) -> None:
         self.headers: list[tuple[str, str]] = []
@@ -88,6 +103,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.tls = transport.get_extra_info("ssl_object")  # called once the handshake is done
+        if self.tls is not None:
+            self.peer = pki.Peer.of(self.tls)
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
@@ -103,6 +121,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.head_done and not self.framed and exc is None:
             self.on_message_complete()  # a body delimited by the close (RFC 9112 §6.3, last rule) has ended
+        elif isinstance(exc, ssl.SSLError):  # e.g. the server refused this gateway's certificate after the handshake
+            self._fail(f"the upstream ended the TLS session before it answered: {exc.reason or exc}")
         else:
             self._fail("the upstream closed the connection before it answered")
 
@@ -177,7 +197,8 @@ class _Connection(asyncio.Protocol):
 
 @dataclass(slots=True)
 class _Origin:
-    """Where one base URL's connections go, the path every target there starts with, and its idle pool."""
+    """Where one base URL's connections go, the path every target there starts with, its idle pool and, over TLS,
+    the identity its certificate must name and the session the next connection resumes."""
 
     scheme: str
     host: str
@@ -185,34 +206,62 @@ class _Origin:
     host_header: bytes
     prefix: str  # 'http://host:8801/prefix/' -> '/prefix'
     idle: deque[_Connection]
+    peer: str | None = None
+    session: ssl.SSLSession | None = None
+    session_until: dt.datetime | None = None  # the certificate in `session` expires then: never resumed after
+
+
+# The session the connection being made should resume; read by _ResumingSSLObject inside create_connection.
+_RESUME: contextvars.ContextVar[ssl.SSLSession | None] = contextvars.ContextVar("lienthong_tls_resume", default=None)
+
+
+class _ResumingSSLObject(ssl.SSLObject):
+    @classmethod
+    def _create(cls, *args: Any, session: ssl.SSLSession | None = None, **kwargs: Any) -> Any:
+        return super()._create(*args, session=session or _RESUME.get(), **kwargs)  # type: ignore[misc]
+
+
+def client_tls(files: pki.CertFiles) -> ssl.SSLContext | None:
+    """The upstream client's TLS context: the mesh CA, and this gateway's certificate presented to its peers.
+    None when the files are not there (plain-HTTP development: https upstreams then get the system's context)."""
+    return pki.client_context(files.ca, files) if files.exists() else None
 
 
 class UpstreamClient:
     """One pooled client per worker process; made inside the worker's event loop."""
 
-    def __init__(self, breakers: Breakers, own: Iterable[tuple[str, int]] = ()) -> None:
-        """`own`: this gateway's endpoints (listen address, Redis, registry), refused as connectors."""
+    def __init__(
+        self, breakers: Breakers, own: Iterable[tuple[str, int]] = (), tls: ssl.SSLContext | None = None
+    ) -> None:
+        """`own`: this gateway's endpoints (listen address, Redis, registry), refused as connectors. `tls`: the
+        context for https upstreams (`client_tls`); without one, the system's default context."""
         self.breakers = breakers
         self._own = tuple(own)
         self._policy: tuple[UpstreamPolicy, UpstreamPolicy] | None = None  # the snapshot's, and with `own` added
-        self._origins: dict[str, _Origin] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._origins: dict[tuple[str, str | None], _Origin] = {}
+        self.tls = tls
+        if tls is not None:
+            tls.sslobject_class = _ResumingSSLObject
         self._busy: set[_Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.handshakes = 0  # TLS connections opened, and how many of them resumed a session (tests, metrics)
+        self.resumed = 0
 
-    def _origin(self, base: str) -> _Origin:
-        origin = self._origins.get(base)
+    def _origin(self, base: str, peer: str | None) -> _Origin:
+        key = (base, peer)
+        origin = self._origins.get(key)
         if origin is None:
-            parts = urlsplit(base)
             try:
+                parts = urlsplit(base)
                 port = parts.port or (443 if parts.scheme == "https" else 80)
-            except ValueError:  # a port that is no number or out of range
-                port = 0
+                netloc = parts.netloc.encode("ascii")
+            except (ValueError, UnicodeError):  # "Invalid IPv6 URL", a bad port, a host that is not ASCII
+                parts, port, netloc = urlsplit(""), 0, b""
             if parts.scheme not in ("http", "https") or not parts.hostname or not port:
                 raise Problem(502, "upstream-failed", f"the upstream address {base!r} is not an http(s) URL")
             prefix = parts.path.rstrip("/")
-            origin = _Origin(parts.scheme, parts.hostname, port, parts.netloc.encode("latin-1"), prefix, deque())
-            self._origins[base] = origin
+            origin = _Origin(parts.scheme, parts.hostname, port, netloc, prefix, deque(), peer)
+            self._origins[key] = origin
         return origin
 
     async def call(
@@ -226,12 +275,15 @@ class UpstreamClient:
         timeout_ms: int,
         what: str,
         policy: UpstreamPolicy | None = None,
+        peer: str | None = None,
+        revoked: frozenset[int] = frozenset(),
     ) -> UpstreamResponse:
         """Send `method target` to `base` (a registered base URL; a path in it prefixes `target`); transport
         failure is 502 upstream-failed, a timeout 504 upstream-timeout. The breaker is keyed by `base`.
-        With `policy` (connector calls), each new connection's addresses must pass it: else 502 upstream-refused."""
+        With `policy` (connector calls), each new connection's addresses must pass it: else 502 upstream-refused.
+        Over TLS, `peer` is the identity the server's certificate must name and `revoked` the serials refused."""
         # built before the breaker is asked, so that a bad address or header cannot leave a half-open probe taken
-        origin = self._origin(base)
+        origin = self._origin(base, peer)
         request = self._serialize(method, origin.prefix + target, origin.host_header, headers, body)
         circuit = self.breakers.get(base)
         circuit.before_call()
@@ -241,11 +293,14 @@ class UpstreamClient:
         deadline = loop.time() + timeout_ms / 1000
         try:
             guard = self._effective(policy) if policy is not None else None
-            response = await self._exchange(origin, request, method, deadline, loop, guard)
+            response = await self._exchange(origin, request, method, deadline, loop, guard, revoked, what)
         except BaseException as exc:
             circuit.failure()  # cancelled or broken too: a half-open probe must not stay taken for ever
             if isinstance(exc, TimeoutError):
                 raise Problem(504, "upstream-timeout", f"{what} did not answer within {timeout_ms} ms") from exc
+            if isinstance(exc, ssl.SSLError):  # the chain, dates or protocol: the reason names no personal data
+                reason = getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__
+                raise Problem(502, "upstream-failed", f"the TLS handshake with {what} failed: {reason}") from exc
             if isinstance(exc, _Failed | OSError):
                 raise Problem(502, "upstream-failed", f"{what} could not be reached or answered garbage") from exc
             raise
@@ -260,12 +315,12 @@ class UpstreamClient:
 
     async def _exchange(
         self, origin: _Origin, request: bytes, method: str, deadline: float, loop: asyncio.AbstractEventLoop,
-        guard: UpstreamPolicy | None,
+        guard: UpstreamPolicy | None, revoked: frozenset[int], what: str,
     ) -> UpstreamResponse:  # fmt: skip
         # A pooled connection the upstream has just closed fails before any answer; an idempotent request is then
         # sent once more on a fresh connection, as it cannot have been acted on twice in any way that matters.
         for attempt in (0, 1):
-            conn, reused = await self._acquire(origin, deadline, loop, guard)
+            conn, reused = await self._acquire(origin, deadline, loop, guard, revoked, what)
             waiter: asyncio.Future[UpstreamResponse] = loop.create_future()
             conn.deadline = deadline
             self._busy.add(conn)
@@ -287,19 +342,23 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def _acquire(
-        self, origin: _Origin, deadline: float, loop: asyncio.AbstractEventLoop, guard: UpstreamPolicy | None
-    ) -> tuple[_Connection, bool]:
+        self, origin: _Origin, deadline: float, loop: asyncio.AbstractEventLoop, guard: UpstreamPolicy | None,
+        revoked: frozenset[int], what: str,
+    ) -> tuple[_Connection, bool]:  # fmt: skip
         now = time.monotonic()
         idle = origin.idle
         while idle:
             conn = idle.pop()
-            if conn.reusable and now - conn.idle_since < IDLE_TIMEOUT:
+            # a certificate the snapshot revoked since the handshake ends its connections too (one set lookup)
+            revoked_since = conn.peer is not None and conn.peer.serial in revoked
+            if conn.reusable and now - conn.idle_since < IDLE_TIMEOUT and not revoked_since:
                 return conn, True
             conn.close()
         tls = None
         if origin.scheme == "https":
-            tls = self._tls = self._tls or ssl.create_default_context()
+            tls = self.tls = self.tls or ssl.create_default_context()
         budget = min(CONNECT_TIMEOUT, max(0.0, deadline - loop.time()))
+        resume = _RESUME.set(self._session(origin) if tls is not None else None)
         try:
             if guard is None:
                 _, conn = await asyncio.wait_for(
@@ -311,7 +370,39 @@ class UpstreamClient:
             if loop.time() >= deadline:
                 raise
             raise _Failed(f"no connection to {origin.host}:{origin.port} within {CONNECT_TIMEOUT} s", False) from None
+        finally:
+            _RESUME.reset(resume)
+        if conn.tls is not None:
+            self._check_peer(origin, conn, revoked, what)
         return conn, False
+
+    def _check_peer(self, origin: _Origin, conn: _Connection, revoked: frozenset[int], what: str) -> None:
+        """A new TLS connection's certificate against the identity expected and the revoked serials."""
+        self.handshakes += 1
+        if conn.tls is not None and conn.tls.session_reused:
+            self.resumed += 1
+        peer = conn.peer
+        if origin.peer is None:
+            return
+        if peer is None or peer.identity != origin.peer:
+            conn.close()
+            origin.session = None
+            shown = "no certificate" if peer is None else f"a certificate for {peer.identity or 'no mesh identity'}"
+            raise Problem(502, "certificate-identity-mismatch", f"{what} presented {shown}, not one for {origin.peer}")
+        if peer.serial in revoked:
+            conn.close()
+            origin.session = None
+            detail = f"{what} presented a revoked certificate (serial {peer.serial:x})"
+            raise Problem(502, "certificate-revoked", detail)
+
+    @staticmethod
+    def _session(origin: _Origin) -> ssl.SSLSession | None:
+        """The session a new connection to `origin` resumes, unless the certificate it was made with has expired."""
+        if origin.session is not None and origin.session_until is not None:
+            if origin.session_until > dt.datetime.now(dt.UTC):
+                return origin.session
+            origin.session = None
+        return None
 
     @staticmethod
     async def _guarded_connect(
@@ -334,6 +425,12 @@ class UpstreamClient:
         raise failure or OSError(f"{origin.host} resolves to no address")
 
     def _release(self, origin: _Origin, conn: _Connection) -> None:
+        if not conn.session_kept and conn.tls is not None and conn.peer is not None:
+            # TLS 1.3 sends its ticket after the handshake: by the end of a first exchange it has arrived
+            session = conn.tls.session
+            if session is not None and session.has_ticket:
+                origin.session, origin.session_until = session, conn.peer.not_after
+                conn.session_kept = True
         if conn.reusable and len(origin.idle) < MAX_IDLE_PER_HOST:
             conn.idle_since = time.monotonic()
             origin.idle.append(conn)
