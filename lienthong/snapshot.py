@@ -213,6 +213,9 @@ class Snapshot:
         self._each("services", "service", "id", lambda s: self._add_service(s, previous))
         self._each("grants", "grant", "id", self._add_grant)
         self.upstream_policy = UpstreamPolicy.from_snapshot(doc)  # where connectors may point; never raises
+        self.ca_pems: tuple[str, ...] = ()  # the mesh CA certificates (protocol §9)
+        self.revoked_serials: frozenset[int] = frozenset()
+        self._add_pki(doc.get("pki"))
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.received_at
@@ -257,6 +260,17 @@ class Snapshot:
         if kind == "service":
             self.quarantined_services[ident] = f"service {_clip(ident)} is quarantined on this gateway: {reason}"
             self.services.pop(ident, None)  # a later entry with the same id wins, bad or good
+
+    def _add_pki(self, value: Any) -> None:
+        """`pki`: {"ca": [PEM, ...], "revoked": [lowercase hex serial, ...]}. Malformed anywhere, the whole section
+        is quarantined: no CA and no revocation list from this snapshot (a gateway then trusts no peer rather than a
+        revoked one)."""
+        if value is None:
+            return
+        try:
+            self.ca_pems, self.revoked_serials = parse_pki(value)
+        except EntryError as exc:
+            self._quarantine("section", "pki", str(exc))
 
     def _add_member(self, m: Any) -> None:
         ident = _ident(m, "id")
@@ -448,6 +462,29 @@ def _keys(entry: dict[str, Any]) -> dict[str, PublicKey | None]:
             raise EntryError(f"key {_show(jwk)} is not a JWK object")
         out[_ident(jwk, "kid")] = None if _flag(jwk, "revoked", False) else public_key_from_jwk(jwk)
     return out
+
+
+_SERIAL = re.compile(r"[0-9a-f]{1,40}")  # a certificate serial is at most 20 octets (RFC 5280 §4.1.2.2)
+
+
+def parse_pki(value: Any) -> tuple[tuple[str, ...], frozenset[int]]:
+    """The snapshot's `pki` section as (CA PEMs, revoked serials); EntryError naming the first flaw."""
+    from cryptography import x509  # imported here: only a snapshot with a pki section pays for it
+
+    if not isinstance(value, dict):
+        raise EntryError(f"pki {_show(value)} is not an object")
+    cas, revoked = value.get("ca", []), value.get("revoked", [])
+    if not isinstance(cas, list) or not isinstance(revoked, list):
+        raise EntryError("pki.ca and pki.revoked must be lists")
+    for i, pem in enumerate(cas):
+        try:
+            x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else b"")
+        except ValueError:
+            raise EntryError(f"pki.ca[{i}] {_show(pem)} is not a PEM certificate") from None
+    for i, serial in enumerate(revoked):
+        if not isinstance(serial, str) or not _SERIAL.fullmatch(serial):
+            raise EntryError(f"pki.revoked[{i}] {_show(serial)} is not a lowercase hex serial")
+    return tuple(cas), frozenset(int(s, 16) for s in revoked)
 
 
 def _why(exc: Exception) -> str:

@@ -16,9 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lienthong.api_problems import add_problem_handlers, problem_response, validator_map
+from lienthong.cert_renewal import CertificateRenewer
 from lienthong.problem import Problem
 from lienthong.redis_connection import async_client
-from registry import keyfiles, runtime, service_rules
+from registry import keyfiles, mesh_ca, runtime, service_rules
 from registry.settings import RegistrySettings
 from registry.snapshot_builder import SnapshotBuilder
 from registry.store import Store, Tx
@@ -50,9 +51,14 @@ async def ensure_admin_keys(store: Store, data_dir: Path) -> None:
         await store.change("system:init", change)
 
 
-def create_app(data_dir: str | Path, redis_url: str, settings: RegistrySettings | None = None) -> connexion.AsyncApp:
+def create_app(
+    data_dir: str | Path, redis_url: str, settings: RegistrySettings | None = None, *,
+    issuer: mesh_ca.Issuer | None = None, renewer: CertificateRenewer | None = None,
+) -> connexion.AsyncApp:  # fmt: skip
+    """`issuer` defaults to the data dir's CA with 30-day certificates; `renewer` keeps the serving certificate."""
     data = Path(data_dir)
     signing, kid = keyfiles.signing_key(data)
+    issuer = issuer or mesh_ca.Issuer(mesh_ca.load_ca(data))
     settings = settings or RegistrySettings()
     published = service_rules.policy(settings, redis_url).to_doc()
 
@@ -61,14 +67,18 @@ def create_app(data_dir: str | Path, redis_url: str, settings: RegistrySettings 
         redis = async_client(redis_url)
         store = Store(redis)
         watch = VersionWatch(redis)
-        builder = SnapshotBuilder(redis, signing, kid, upstream_policy=published)
-        rt = runtime.Runtime(redis, store, builder, watch, data, settings, redis_url)
+        builder = SnapshotBuilder(redis, signing, kid, upstream_policy=published, ca_pems=(issuer.ca_pem,))
+        rt = runtime.Runtime(redis, store, builder, watch, data, settings, redis_url, issuer)
         await ensure_admin_keys(store, data)
         watch.start()
         runtime.install(rt)
+        if renewer is not None:
+            renewer.start()
         try:
             yield
         finally:
+            if renewer is not None:
+                await renewer.stop()
             runtime.install(None)
             await watch.stop()
             await redis.aclose()

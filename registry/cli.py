@@ -17,6 +17,7 @@ from registry import keyfiles
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_DATA_DIR = "var/registry"
+CA_FILE = "ca.crt"  # registry.mesh_ca.CA_CERT, named here so --help does not import the PKI
 
 
 @click.group("registry")
@@ -27,17 +28,39 @@ def registry_group() -> None:
 @registry_group.command("init")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=lambda: os.environ.get("LIENTHONG_REGISTRY_DATA_DIR", DEFAULT_DATA_DIR), show_default=True,
-              help="where the registry keeps its keys")  # fmt: skip
-def init_cmd(data_dir: Path) -> None:
-    """Create the registry's signing key and the first admin key (once; never overwrites)."""
+              help="where the registry keeps its keys and the mesh CA")  # fmt: skip
+@click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="an existing CA certificate (PEM) to use as the mesh CA, with --ca-key [default: make a new CA]")
+@click.option("--ca-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the private key (PEM, EC or Ed25519) of --ca-cert; copied into the data dir with mode 0600")
+def init_cmd(data_dir: Path, ca_cert: Path | None, ca_key: Path | None) -> None:
+    """Create the registry's signing key, the first admin key and the mesh CA (once; never overwrites), and issue the
+    registry's own serving certificate into <data-dir>/tls.
+
+    A data dir initialised before the mesh had a CA gets its CA on a second run."""
+    from registry import mesh_ca
+
+    result = None
     try:
         result = keyfiles.init(data_dir)
     except keyfiles.AlreadyInitialised as exc:
+        if mesh_ca.has_ca(data_dir):
+            raise click.ClickException(str(exc)) from exc
+    try:
+        ca = mesh_ca.init_ca(data_dir, ca_cert, ca_key)
+        files = mesh_ca.tls_files(data_dir)
+        mesh_ca.ensure_own_certificate(files, mesh_ca.Issuer(ca))
+    except mesh_ca.CAError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"registry signing key:  {result.signing_key}")
-    click.echo(f"registry public JWK:   {result.signing_pub}   (give this to every gateway at install time)")
-    click.echo(f"admin key:             {result.admin_key}   (kid {result.admin_kid}, iss 'admin')")
-    click.echo(f"admin public JWK:      {result.admin_pub}")
+    if result is not None:
+        click.echo(f"registry signing key:  {result.signing_key}")
+        click.echo(f"registry public JWK:   {result.signing_pub}   (give this to every gateway at install time)")
+        click.echo(f"admin key:             {result.admin_key}   (kid {result.admin_kid}, iss 'admin')")
+        click.echo(f"admin public JWK:      {result.admin_pub}")
+    cert_path, key_path = mesh_ca.ca_paths(data_dir)
+    click.echo(f"mesh CA certificate:   {cert_path}   (give this to every process at install time: --registry-ca)")
+    click.echo(f"mesh CA key:           {key_path}   (mode 0600; keep it secret)")
+    click.echo(f"registry TLS files:    {files.directory}   ({mesh_ca.REGISTRY_IDENTITY})")
 
 
 @registry_group.command("serve")
@@ -60,13 +83,27 @@ def init_cmd(data_dir: Path) -> None:
               help="size of a service's OpenAPI document as JSON (env LIENTHONG_MAX_DOCUMENT_BYTES; default 262144)")
 @click.option("--max-services-per-member", type=click.IntRange(min=1), default=None,
               help="services one member may register (env LIENTHONG_MAX_SERVICES_PER_MEMBER; default 200)")
+@click.option("--tls-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="the registry's TLS files (tls.key, tls.crt, ca.crt) [default: <data-dir>/tls, issued from the "
+                   "mesh CA and renewed at 2/3 of their life]")  # fmt: skip
+@click.option("--insecure-http", is_flag=True, envvar="LIENTHONG_INSECURE_HTTP",
+              help="serve plain HTTP instead of HTTPS: for local development only (a warning is logged at start)")
+@click.option("--cert-lifetime", default=lambda: os.environ.get("LIENTHONG_CERT_LIFETIME", "30d"), show_default="30d",
+              help="lifetime of the certificates the registry issues, e.g. 30d, 12h (env LIENTHONG_CERT_LIFETIME)")
 def serve_cmd(
     host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir: Path, upstream_allow: str | None,
     max_endpoints: int | None, max_document_bytes: int | None, max_services_per_member: int | None,
+    tls_dir: Path | None, insecure_http: bool, cert_lifetime: str,
 ) -> None:  # fmt: skip
-    """Serve the registry API under /v1 (Swagger UI at /v1/ui, health at /healthz)."""
+    """Serve the registry API under /v1 over HTTPS (TLS 1.3; Swagger UI at /v1/ui, health at /healthz)."""
+    from registry.mesh_ca import parse_lifetime
     from registry.serve import NotInitialised, serve
     from registry.settings import RegistrySettings
+
+    try:
+        lifetime = parse_lifetime(cert_lifetime)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cert-lifetime") from exc
 
     try:
         settings = RegistrySettings.from_options(
@@ -75,7 +112,8 @@ def serve_cmd(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--upstream-allow / --max-*") from exc
     try:
-        serve(host, port, data_dir, redis_url, redis_dir, settings)
+        serve(host, port, data_dir, redis_url, redis_dir, settings, tls_dir=tls_dir, insecure_http=insecure_http,
+              cert_lifetime=lifetime)  # fmt: skip
     except NotInitialised as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -97,13 +135,18 @@ def api_options(fn: F) -> F:
         click.option("--kid", default=None, help="key id registered for --key [default: its thumbprint]"),
         click.option("--as", "issuer", default="admin", show_default=True,
                      help="token issuer: 'admin', a subsystem id (integrator) or gateway:CODE"),
+        click.option("--registry-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help=f"the mesh CA certificate an https registry is verified with "
+                          f"[default: {DEFAULT_DATA_DIR}/{CA_FILE}]"),
     ]  # fmt: skip
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
 
 
-def _client(registry_url: str, auth_key: Path | None, kid: str | None, issuer: str) -> Any:
+def _client(
+    registry_url: str, auth_key: Path | None, kid: str | None, issuer: str, registry_ca: Path | None = None
+) -> Any:
     from registry.client import RegistryClient
 
     path = auth_key or Path(DEFAULT_DATA_DIR) / keyfiles.ADMIN_KEY
@@ -111,10 +154,22 @@ def _client(registry_url: str, auth_key: Path | None, kid: str | None, issuer: s
         raise click.ClickException(f"no key file {path}; pass --key or run `lienthong registry init`")
     if kid is None and auth_key is None and (path.parent / keyfiles.ADMIN_PUB).exists():
         kid = keyfiles.admin_kid(path.parent)
+    ca = registry_ca_file(registry_url, registry_ca, Path(DEFAULT_DATA_DIR) / CA_FILE)
     try:
-        return RegistryClient(registry_url, path, kid, issuer)
+        return RegistryClient(registry_url, path, kid, issuer, ca=ca)
     except ValueError as exc:
         raise click.ClickException(f"{path}: {exc}") from exc
+
+
+def registry_ca_file(registry_url: str, given: Path | None, default: Path) -> Path | None:
+    """The mesh CA file an https registry is verified with (None for http); a missing one names itself."""
+    if not registry_url.lower().startswith("https:"):
+        return None
+    path = given or default
+    if not path.is_file():
+        raise click.ClickException(f"no mesh CA certificate at {path} to verify {registry_url} with; pass "
+                                   "--registry-ca (the registry's ca.crt)")  # fmt: skip
+    return path
 
 
 def _run(call: Callable[[], Any]) -> Any:

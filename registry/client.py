@@ -3,13 +3,14 @@ and raises RegistryError carrying the problem document when the registry refuses
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from lienthong import ids, keys, tokens
+from lienthong import ids, keys, pki, tokens
 from lienthong.keys import PrivateKey
 
 
@@ -39,7 +40,9 @@ class RegistryClient:
         *,
         key: PrivateKey | None = None,
         timeout: float = 10.0,
+        ca: str | Path | None = None,
     ) -> None:
+        """`ca`: the mesh CA certificate an https registry's certificate must chain to (protocol §9)."""
         if key is None:
             if key_path is None:
                 raise ValueError("give key_path or key")
@@ -48,7 +51,8 @@ class RegistryClient:
         self.kid = kid or keys.public_jwk(key)["kid"]
         self.iss = iss
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        verify: ssl.SSLContext | bool = pki.client_context(Path(ca)) if ca is not None else True
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self.http.close()
@@ -230,6 +234,13 @@ class RegistryClient:
 
     def revoke_grant(self, grant_id: str) -> dict[str, Any]:
         return self._call("POST", f"/grants/{quote(grant_id, safe='')}/revoke")
+
+    # certificates (protocol §9)
+    def request_certificate(self, csr_pem: str | bytes) -> dict[str, Any]:
+        """A certificate for the identity this client's key stands for: {"certificate", "ca", "serial",
+        "not_after"}."""
+        csr = csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem
+        return self._call("POST", "/certificates", json={"csr": csr})
 
     # catalog, change log, snapshot
     def search(self, q: str = "") -> list[dict[str, Any]]:

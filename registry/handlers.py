@@ -320,6 +320,7 @@ async def revoke_gateway_key(code: str, kid: str) -> Response:
         before = await _must(tx, "gateways", code, "gateway")
         _check_if_match(before)
         keys = _revoke_in(before["keys"], kid, f"gateway {code}")
+        await tx.revoke_certificates(kid)
         return tx.put("gateways", code, before, {**before, "keys": keys}, "gateways.revoke-key")
 
     return _obj(await current().store.change(who.who, change))
@@ -516,6 +517,7 @@ async def revoke_client_key(member_class: str, member_code: str, subsystem_code:
         before = await _must(tx, "clients", subsystem_id, "client keys of")
         _check_if_match(before)
         keys = _revoke_in(before["keys"], kid, subsystem_id)
+        await tx.revoke_certificates(kid)
         return tx.put("clients", subsystem_id, before, {**before, "keys": keys}, "clients.revoke-key")
 
     return _obj(await current().store.change(who.who, change))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from registry.mesh_ca import Issuer
 from registry.settings import RegistrySettings
 from registry.snapshot_builder import SnapshotBuilder
 from registry.store import Store
@@ -25,6 +26,7 @@ class Runtime:
     data_dir: Path
     settings: RegistrySettings
     redis_url: str
+    issuer: Issuer  # the mesh CA, signing POST /v1/certificates
 
 
 _current: Runtime | None = None

@@ -18,7 +18,7 @@ from jwt.algorithms import get_default_algorithms
 
 from lienthong.ids import INSTANCE
 from lienthong.keys import PrivateKey, algorithm_of
-from registry.store import K_SNAP_SERVICES, K_VERSION, SNAPSHOT_KINDS, obj_key, upstreams_key
+from registry.store import K_PKI_REVOKED, K_SNAP_SERVICES, K_VERSION, SNAPSHOT_KINDS, obj_key, upstreams_key
 
 
 def _b64(data: bytes) -> bytes:
@@ -45,9 +45,10 @@ class SnapshotBuilder:
 
     def __init__(
         self, redis: aioredis.Redis, key: PrivateKey, kid: str, cache_size: int = 64,
-        upstream_policy: dict[str, Any] | None = None,
+        upstream_policy: dict[str, Any] | None = None, ca_pems: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
         self.redis = redis
+        self._ca = list(ca_pems)  # the mesh CA certificates, for the `pki` section
         # the mesh's upstream allowlist and the registry's own endpoints: gateways check connectors against it
         self._policy = b',"upstream_policy":' + orjson.dumps(upstream_policy or {"allow": [], "mesh": []})
         self.key = key
@@ -68,12 +69,20 @@ class SnapshotBuilder:
                 for kind in SNAPSHOT_KINDS:
                     pipe.hvals(obj_key(kind))
                 pipe.hvals(K_SNAP_SERVICES)
+                pipe.hgetall(K_PKI_REVOKED)
             results = await pipe.execute()
         return int(results[0] or 0), results[1], results[2:]
 
-    def shared_body(self, parts: list[list[bytes]]) -> bytes:
+    def pki_section(self, revoked: dict[bytes, bytes]) -> bytes:
+        """The mesh CA and the serials of revoked certificates that have not expired yet (an expired one is refused
+        by every handshake anyway, so the list stays as short as the certificates' lifetime allows)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        serials = sorted(s.decode() for s, not_after in revoked.items() if not_after.decode() > now)
+        return b',"pki":' + orjson.dumps({"ca": self._ca, "revoked": serials})
+
+    def shared_body(self, parts: list[Any]) -> bytes:
         """Every gateway's part; `services` holds live (approved) revisions only (registry.store)."""
-        members, subsystems, gateways, clients, grants, services = parts
+        members, subsystems, gateways, clients, grants, services, revoked = parts
         return (
             b'"members":' + _array(members)
             + b',"subsystems":' + _array(subsystems)
@@ -82,6 +91,7 @@ class SnapshotBuilder:
             + b',"clients":' + _array(clients)
             + b',"grants":' + _array(grants)
             + self._policy
+            + self.pki_section(revoked)
         )  # fmt: skip
 
     async def build(self, gateway: str) -> SignedSnapshot:

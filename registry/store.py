@@ -8,6 +8,8 @@ Layout (prefix `lienthong:registry:`):
                         revision (the object's `live` field) here until an admin approves the change
 - `upstreams:{gateway}` hash service id -> the live revision's upstream URL, read only by the gateway hosting it
 - `kids`                hash kid -> {"role", "owner"}: which principal a key id belongs to
+- `pki:revoked`         hash serial (lowercase hex) -> not_after: certificates revoked with the key they were issued
+                        under (kind `certificates` keeps every issued one); the snapshot's `pki.revoked`
 - `version`             the global version; +1 per change; it is the snapshot version
 - `changes`             stream: the append-only change log
 - channel `events`      the new version, published in the same transaction as the change
@@ -33,9 +35,10 @@ K_VERSION = PREFIX + "version"
 K_CHANGES = PREFIX + "changes"
 K_KIDS = PREFIX + "kids"
 K_SNAP_SERVICES = PREFIX + "snap:services"
+K_PKI_REVOKED = PREFIX + "pki:revoked"
 CHANNEL = PREFIX + "events"
 
-Kind = Literal["members", "subsystems", "gateways", "services", "clients", "grants", "admins"]
+Kind = Literal["members", "subsystems", "gateways", "services", "clients", "grants", "admins", "certificates"]
 SNAPSHOT_KINDS: tuple[Kind, ...] = ("members", "subsystems", "gateways", "clients", "grants")
 
 T = TypeVar("T")
@@ -76,6 +79,7 @@ class Tx:
     who: str
     writes: list[tuple[Kind, str, dict[str, Any]]] = field(default_factory=list)
     kid_writes: dict[str, dict[str, str]] = field(default_factory=dict)
+    revoked_serials: dict[str, str] = field(default_factory=dict)  # serial -> not_after, for `pki:revoked`
     log: list[dict[str, Any]] = field(default_factory=list)
     _upstream_moves: list[tuple[str | None, str | None, str, str | None]] = field(default_factory=list)
     _live: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # service id -> its new live revision
@@ -121,6 +125,16 @@ class Tx:
 
     def index_kid(self, kid: str, role: str, owner: str) -> None:
         self.kid_writes[kid] = {"role": role, "owner": owner}
+
+    async def revoke_certificates(self, kid: str) -> None:
+        """Every certificate issued under `kid` is revoked with that key: marked, and its serial queued for the
+        snapshot's pki.revoked (the snapshot builder leaves it out there once it has expired)."""
+        for cert in await self.all("certificates"):
+            if cert.get("kid") != kid or cert.get("revoked"):
+                continue
+            self.put("certificates", cert["serial"], cert, {**cert, "revoked": True, "revoked_at": now_iso()},
+                     "certificates.revoke")  # fmt: skip
+            self.revoked_serials[cert["serial"]] = cert["not_after"]
 
 
 class Store:
@@ -183,6 +197,8 @@ class Store:
                 pipe.hset(upstreams_key(new_gw), ident, url)
         for kid, owner in tx.kid_writes.items():
             pipe.hset(K_KIDS, kid, orjson.dumps(owner))
+        for serial, not_after in tx.revoked_serials.items():
+            pipe.hset(K_PKI_REVOKED, serial, not_after)
         pipe.set(K_VERSION, new_version)
         at = now_iso()
         for entry in tx.log:
