@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "connectors.cli",
     "connectors.data_cli",
     "gateway.cli",
+    "lienthong.cert_cli",  # after gateway.cli and connectors.cli: it adds `cert` to their groups
     "lienthong.ops_cli",
     "policies.cli",
     "lienthong.demo_cli",
