@@ -174,9 +174,9 @@ def _tables(tree: ast.Module) -> set[Pair]:
     return pairs
 
 
-def codes_in_source() -> tuple[set[Pair], list[str]]:
+def codes_in_source(modules: list[tuple[str, ast.Module]] | None = None) -> tuple[set[Pair], list[str]]:
     """Every (status, code) the source can answer, and every Problem(...) or wrapper call that could not be read."""
-    modules = _modules()
+    modules = _modules() if modules is None else modules
     wrappers = _wrappers(modules)
     pairs: set[Pair] = set()
     unread: list[str] = []
@@ -257,3 +257,54 @@ def test_the_walk_sees_wrappers_tables_and_multiline_calls() -> None:
     assert (503, "circuit-open") in source  # Problem(\n 503,\n "circuit-open", ...)
     assert (415, "unsupported-media-type") in source  # a status table only
     assert (OTHER, "error") in source  # a status table's fallback
+
+
+SYNTHETIC = """
+def bad_request(field, detail, code="invalid-parameter"):
+    return Problem(400, code, detail, field=field)
+
+def limit(status, code, detail):
+    return Problem(status, code, detail)
+
+CODES = {451: "unavailable-for-legal-reasons"}
+
+def handler(x):
+    if x:
+        raise bad_request("a", "b", code="brand-new")
+    raise limit(
+        507,
+        "out-of-room",
+        "d",
+    )
+
+def framework(status):
+    return Problem(status, CODES.get(status, "fallback"), "d")
+
+def sneaky(x):
+    code = "hidden-one" if x else "hidden-two"
+    raise Problem(400, code, "d")
+
+def either(x):
+    raise Problem(409, "first" if x else "second", "d")
+"""
+
+
+def test_the_walk_reads_new_codes_and_flags_what_it_cannot_read() -> None:
+    """On a module written for the purpose: a wrapper's keyword and default, a multi-line wrapper call, a status
+    table and its fallback, both sides of a conditional are read; a code in a local variable is flagged."""
+    pairs, unread = codes_in_source([("x/new.py", ast.parse(SYNTHETIC))])
+    assert pairs == {
+        (400, "brand-new"),
+        (507, "out-of-room"),
+        (451, "unavailable-for-legal-reasons"),
+        (OTHER, "fallback"),
+        (409, "first"),
+        (409, "second"),
+    }
+    assert [u.split(" ", 1)[1] for u in unread] == ["Problem(...) in framework", "Problem(...) in sneaky"]
+
+
+def test_the_dynamic_allowlist_names_functions_that_exist() -> None:
+    """A function left in DYNAMIC after it was renamed or removed would excuse nothing; keep the list true."""
+    defined = {(path, fn.name) for path, tree in _modules() for fn in _functions(tree)}
+    assert DYNAMIC <= defined
