@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class FakeApp:
 
     async def r1(self, method, raw_path, query, headers, body, started, body_refused, peer=None) -> FakeReply:
         call = {"method": method, "path": raw_path, "query": query.decode("latin-1"), "body": body,
-                "headers": dict(headers), "started": started, "body_refused": body_refused}  # fmt: skip
+                "headers": dict(headers), "started": started, "body_refused": body_refused, "peer": peer}  # fmt: skip
         self.r1_calls.append(call)
         self.events.append(("start", call["query"]))
         if raw_path == "/r1/slow":
@@ -106,7 +107,7 @@ class FakeApp:
 
 
 class Running:
-    def __init__(self, app: FakeApp, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: FakeApp, loop: asyncio.AbstractEventLoop, tls: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.loop = loop
         self.thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -117,7 +118,7 @@ class Running:
         sock.listen(128)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        self.server = Server(app, loop)
+        self.server = Server(app, loop, tls=tls)
         self.run(self.server.start(sock))
 
     def run(self, coro, timeout: float = 10.0):

@@ -1,0 +1,488 @@
+"""TLS on the gateway's listening side (issue 14, protocol §9.x), over real sockets with Python's `ssl` and
+`openssl s_client`.
+
+Two levels:
+- the HTTP server (gateway.http_server with a TLS context) in a background uvloop in front of test_http_server's fake
+  app: HTTPS with and without a client certificate, keep-alive, pipelining and large answers through the TLS
+  transport, the certificate reaching the app once per connection, plaintext on the TLS port (400 tls-required),
+  and each refused handshake (unknown CA, expired, not yet valid, TLS 1.2) counted by reason and never reaching the
+  app;
+- live `lienthong gateway serve` processes on a stand-in registry whose snapshot carries a `pki` section: a JWT over
+  HTTPS, X-Road's client certificate with no token (and its refusals: another subsystem, another home gateway, a
+  revoked serial), the mesh hop (no certificate, another gateway's, a subsystem's, a revoked one, the right one),
+  the refusal counter on /metrics, the start-up refusal without TLS files and the --insecure-http warning.
+
+Certificates are issued in the tests with pki.CertificateAuthority (`now=` in the past or future for the expired and
+not-yet-valid cases).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvloop
+from cryptography import x509
+
+from gateway import metrics
+from lienthong import pki, tokens
+from lienthong.keys import save_private
+from tests.mesh_support import Mesh, call_headers
+from tests.procs import Proc
+from tests.test_http_server import FakeApp, Raw, Running, get
+
+OPENSSL = shutil.which("openssl")
+DAY = dt.timedelta(days=1)
+
+
+# -- certificates ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MeshPKI:
+    """A mesh CA in a directory, and certificates issued by it (or by a foreign CA) into CertFiles directories."""
+
+    root: Path
+    ca: pki.CertificateAuthority
+    foreign: pki.CertificateAuthority
+
+    @classmethod
+    def create(cls, root: Path) -> MeshPKI:
+        ca = pki.CertificateAuthority.create(root / "ca.crt", root / "ca.key")
+        foreign = pki.CertificateAuthority.create(root / "foreign-ca.crt", root / "foreign-ca.key", "another CA")
+        return cls(root, ca, foreign)
+
+    @property
+    def ca_path(self) -> Path:
+        return self.root / "ca.crt"
+
+    @property
+    def ca_pem(self) -> str:
+        return self.ca_path.read_text()
+
+    def issue(self, name: str, uri: str, *, now: dt.datetime | None = None, lifetime: dt.timedelta = 30 * DAY,
+              foreign: bool = False) -> tuple[pki.CertFiles, x509.Certificate]:  # fmt: skip
+        files = pki.CertFiles(self.root / name)
+        key = pki.new_tls_key()
+        save_private(key, files.key)
+        csr = x509.load_pem_x509_csr(pki.make_csr(key, uri))
+        cert = (self.foreign if foreign else self.ca).issue(csr, uri, lifetime=lifetime, now=now)
+        pki.write_cert(cert, files.cert)
+        shutil.copy(self.ca_path, files.ca)  # what the holder trusts: always the mesh CA
+        return files, cert
+
+    def client(self, files: pki.CertFiles | None = None) -> ssl.SSLContext:
+        return pki.client_context(self.ca_path, files)
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def tls12_client(ca: Path, files: pki.CertFiles | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.load_verify_locations(ca)
+    if files is not None:
+        ctx.load_cert_chain(files.cert, files.key)
+    return ctx
+
+
+def refusals(reason: str) -> float:
+    return float(metrics.TLS_REFUSALS.labels(reason)._value.get())
+
+
+def refused_before_http(sock: ssl.SSLSocket) -> bool:
+    """After a request was sent on a handshake the server refuses (TLS 1.3 learns of it on the first read): no
+    HTTP answer comes, only an alert, a reset or the close."""
+    try:
+        data = sock.recv(65536)
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True
+    return data == b""
+
+
+class TLSRaw(Raw):
+    """test_http_server's raw HTTP client over a TLS socket."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> None:
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        self.buf = b""
+
+    def at_eof(self, within: float = 3.0) -> bool:
+        try:
+            return super().at_eof(within)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return True
+
+
+# -- the HTTP server with TLS, in process ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mesh_pki(tmp_path: Path) -> MeshPKI:
+    return MeshPKI.create(tmp_path / "pki")
+
+
+@pytest.fixture
+def tls_server(mesh_pki: MeshPKI) -> Iterator[Running]:
+    files, _ = mesh_pki.issue("server", pki.identity("gateway", "national"))
+    running = Running(FakeApp(), uvloop.new_event_loop(), tls=pki.server_context(files, "optional"))
+    yield running
+    running.close()
+
+
+def test_https_without_client_certificate_keeps_alive_and_pipelines(tls_server: Running, mesh_pki: MeshPKI) -> None:
+    conn = TLSRaw(tls_server.port, mesh_pki.client())
+    assert conn.sock.version() == "TLSv1.3"
+    conn.send(get("/r1/echo?1"))
+    assert conn.read_response().json()["query"] == "1"
+    conn.send(b"".join(get(f"/r1/lots?{i}") for i in range(20)))  # pipelined, 32 KiB answers
+    for i in range(20):
+        response = conn.read_response()
+        assert response.status == 200 and response.headers["x-query"] == str(i) and len(response.body) == 32768
+    body = b"b" * 900
+    conn.send(b"POST /r1/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 900\r\n\r\n" + body)
+    assert conn.read_response().json()["body"] == body.decode()
+    conn.send(get("/asgi", "Connection: close"))
+    assert conn.read_response().status == 200
+    assert conn.at_eof()
+    app: FakeApp = tls_server.app
+    assert all(call["peer"] is None for call in app.r1_calls)
+    assert app.asgi_calls[-1]["scope"]["scheme"] == "https"
+
+
+def test_client_certificate_reaches_every_request_of_its_connection(tls_server: Running, mesh_pki: MeshPKI) -> None:
+    subsystem = "VN/GOV/BTP/civil-registry"
+    files, cert = mesh_pki.issue("client", pki.identity("subsystem", subsystem))
+    conn = TLSRaw(tls_server.port, mesh_pki.client(files))
+    for i in range(3):
+        conn.send(get(f"/r1/echo?{i}"))
+        assert conn.read_response().status == 200
+    peers = [call["peer"] for call in tls_server.app.r1_calls]
+    assert len(peers) == 3 and all(p is peers[0] for p in peers)  # read once per connection
+    assert peers[0].identity == pki.identity("subsystem", subsystem) and peers[0].serial == cert.serial_number
+
+
+@pytest.mark.parametrize("request_bytes", [get("/r1/echo"), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00garbage"])
+def test_plaintext_on_the_tls_port_is_told_to_use_https(tls_server: Running, request_bytes: bytes) -> None:
+    before = refusals("plaintext")
+    conn = Raw(tls_server.port)
+    conn.send(request_bytes)
+    response = conn.read_response()
+    assert response.status == 400 and response.headers["x-road-error"] == "tls-required"
+    problem = response.json()
+    assert problem["code"] == "tls-required" and f"https://127.0.0.1:{tls_server.port}/" in problem["detail"]
+    assert response.headers["connection"] == "close"
+    assert conn.at_eof()
+    assert refusals("plaintext") == before + 1
+    assert tls_server.app.r1_calls == []
+
+
+def _expired(p: MeshPKI) -> pki.CertFiles:
+    return p.issue("expired", pki.identity("gateway", "hanoi"), now=dt.datetime.now(dt.UTC) - 60 * DAY)[0]
+
+
+def _not_yet_valid(p: MeshPKI) -> pki.CertFiles:
+    return p.issue("future", pki.identity("gateway", "hanoi"), now=dt.datetime.now(dt.UTC) + DAY)[0]
+
+
+def _unknown_ca(p: MeshPKI) -> pki.CertFiles:
+    return p.issue("foreign", pki.identity("gateway", "hanoi"), foreign=True)[0]
+
+
+HANDSHAKE_REFUSALS = [("expired", _expired), ("not-yet-valid", _not_yet_valid), ("unknown-ca", _unknown_ca)]
+
+
+@pytest.mark.parametrize(("reason", "make"), HANDSHAKE_REFUSALS, ids=[r for r, _ in HANDSHAKE_REFUSALS])
+def test_a_bad_client_certificate_is_refused_at_the_handshake_and_counted(
+    tls_server: Running, mesh_pki: MeshPKI, reason: str, make: Any
+) -> None:
+    before = refusals(reason)
+    files = make(mesh_pki)
+    raw = socket.create_connection(("127.0.0.1", tls_server.port), timeout=10)
+    with contextlib.closing(mesh_pki.client(files).wrap_socket(raw)) as sock:
+        sock.sendall(get("/r1/echo"))
+        assert refused_before_http(sock)
+    assert refusals(reason) == before + 1
+    assert tls_server.app.r1_calls == []
+
+
+def test_tls_1_2_is_refused_and_counted(tls_server: Running, mesh_pki: MeshPKI) -> None:
+    before = refusals("protocol")
+    raw = socket.create_connection(("127.0.0.1", tls_server.port), timeout=10)
+    with pytest.raises((ssl.SSLError, ConnectionResetError)), contextlib.closing(raw):
+        tls12_client(mesh_pki.ca_path).wrap_socket(raw)
+    deadline = time.monotonic() + 60
+    while refusals("protocol") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert refusals("protocol") == before + 1
+
+
+def test_an_unfinished_handshake_is_closed_after_the_head_timeout(
+    tls_server: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import http_server
+
+    monkeypatch.setattr(http_server, "HEADER_TIMEOUT", 0.5)
+    conn = Raw(tls_server.port)
+    conn.send(b"\x16\x03\x01")  # the start of a ClientHello, and nothing more (a slow-loris on the handshake)
+    assert conn.at_eof(within=5.0)
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+def test_openssl_s_client_with_and_without_a_certificate(tls_server: Running, mesh_pki: MeshPKI) -> None:
+    files, _ = mesh_pki.issue("client", pki.identity("subsystem", "VN/GOV/BTP/civil-registry"))
+    base = [str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{tls_server.port}", "-tls1_3", "-quiet",
+            "-CAfile", str(mesh_pki.ca_path)]  # fmt: skip
+    request = get("/r1/echo?ossl", "Connection: close")
+    out = subprocess.run([*base, "-cert", str(files.cert), "-key", str(files.key)], input=request,
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert b"HTTP/1.1 200" in out.stdout, out
+    out = subprocess.run(base, input=request, capture_output=True, timeout=60)
+    assert b"HTTP/1.1 200" in out.stdout, out
+    foreign = _unknown_ca(mesh_pki)
+    out = subprocess.run([*base, "-cert", str(foreign.cert), "-key", str(foreign.key)], input=request,
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert b"HTTP/1.1" not in out.stdout and b"alert" in out.stderr.lower(), out
+    out = subprocess.run([str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{tls_server.port}", "-tls1_2", "-quiet"],
+                         input=request, capture_output=True, timeout=60)  # fmt: skip
+    assert b"HTTP/1.1" not in out.stdout and out.returncode != 0, out
+    assert [c["query"] for c in tls_server.app.r1_calls] == ["ossl", "ossl"]
+
+
+# -- live gateways -----------------------------------------------------------------------------------------------
+
+SERVICE = "VN/GOV/BCA/population/persons"
+CIVIL = "VN/GOV/BTP/civil-registry"  # a client homed at national
+PORTAL = "VN/PROV/HANOI/portal"  # a client homed at hanoi
+PURPOSE = "birth-registration"
+PATH = f"/r1/{SERVICE}/persons/001203004567"
+
+
+@dataclass
+class Live:
+    mesh: Mesh
+    pki: MeshPKI
+    port: int
+    certs: dict[str, tuple[pki.CertFiles, x509.Certificate]]
+    proc: Proc
+
+    def url(self, path: str = PATH) -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def client(self, cert: str | None = None) -> httpx.Client:
+        files = self.certs[cert][0] if cert else None
+        return httpx.Client(verify=self.pki.client(files), timeout=30)
+
+    def get(self, cert: str | None, headers: dict[str, str], path: str = PATH) -> httpx.Response:
+        with self.client(cert) as client:
+            return client.get(self.url(path), headers=headers)
+
+    def assertion(self, iss: str = "hanoi", sub: str = PORTAL) -> dict[str, str]:
+        """What a consumer gateway sends on the mesh hop: its signed assertion (protocol §4.2)."""
+        key = self.mesh.gateways[iss].key
+        claims = {"iss": iss, "aud": "national", "sub": sub, "svc": SERVICE, "purpose": PURPOSE,
+                  "jti": os.urandom(16).hex(), "txn": os.urandom(8).hex()}  # fmt: skip
+        return {"X-Lienthong-Assertion": tokens.sign(key.key, key.kid, claims, lifetime=20)}
+
+
+def _wait_https(proc: Proc, url: str, ctx: ssl.SSLContext, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.process is not None and proc.process.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+        try:
+            if httpx.get(url, verify=ctx, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} did not answer {url} ({last}):\n{proc.log_tail()}")
+
+
+def tls_argv(mesh: Mesh, code: str, tls_dir: Path) -> list[str]:
+    """The harness's gateway argv, with TLS (its --insecure-http dropped)."""
+    argv = mesh.gateway_argv(mesh.gateways[code], {"--tls-dir": str(tls_dir)})
+    return [a for a in argv if a != "--insecure-http"]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    root = tmp_path_factory.mktemp("tls-mesh")
+    mesh = Mesh(root=root / "mesh", log_dir=root / "logs", registry="standin", policies="authn,authz,audit")
+    national, _ = mesh.add_gateway("national"), mesh.add_gateway("hanoi")
+    for member, home in (("VN/GOV/BTP", "national"), ("VN/GOV/BCA", "national"), ("VN/PROV/HANOI", "hanoi")):
+        mesh.add_member(member, home)
+    for subsystem in (CIVIL, "VN/GOV/BCA/population", PORTAL, "VN/GOV/BTP/other"):
+        mesh.add_subsystem(subsystem)
+    for subsystem in (CIVIL, PORTAL, "VN/GOV/BTP/other"):
+        mesh.add_client(subsystem)
+    mesh.add_service(SERVICE, "national", mesh.start_upstream("echo"), [("GET", "/persons/{id}")])
+    for i, consumer in enumerate((CIVIL, PORTAL, "VN/GOV/BTP/other")):
+        mesh.add_grant(f"g{i}", consumer, SERVICE, [PURPOSE])
+    p = MeshPKI.create(root / "pki")
+    gateway, subsystem = (lambda c: pki.identity("gateway", c)), (lambda s: pki.identity("subsystem", s))
+    certs = {name: p.issue(name, uri) for name, uri in (
+        ("national", gateway("national")), ("hanoi", gateway("hanoi")), ("hanoi-revoked", gateway("hanoi")),
+        ("danang", gateway("danang")), ("civil", subsystem(CIVIL)), ("civil-revoked", subsystem(CIVIL)),
+        ("portal", subsystem(PORTAL)),
+    )}  # fmt: skip
+    revoked = [serial_hex(certs[name][1]) for name in ("hanoi-revoked", "civil-revoked")]
+    mesh.doc["pki"] = {"ca": [p.ca_pem], "revoked": revoked}
+    # the hop from hanoi reaches national over TLS
+    mesh.doc["gateways"][0]["base_url"] = f"https://127.0.0.1:{national.port}"
+    mesh.publish()
+    mesh.start_registry()
+    proc = Proc("gateway-national-tls", tls_argv(mesh, "national", certs["national"][0].directory),
+                mesh.log_dir).start()  # fmt: skip
+    try:
+        _wait_https(proc, f"https://127.0.0.1:{national.port}/readyz", p.client())
+        yield Live(mesh, p, national.port, certs, proc)
+    finally:
+        proc.stop()
+        mesh.stop()
+
+
+def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["x-road-error"] == code
+    doc: dict[str, Any] = response.json()
+    assert doc["code"] == code
+    return doc
+
+
+def test_live_a_jwt_over_https_works(live: Live) -> None:
+    response = live.get(None, call_headers(live.mesh, CIVIL, "national"))
+    assert response.status_code == 200, response.text
+    assert response.json()["echo"]["path"] == "/persons/001203004567"
+
+
+def test_live_a_client_certificate_and_no_token_works(live: Live) -> None:
+    response = live.get("civil", {"X-Road-Client": CIVIL, "X-Purpose": PURPOSE})
+    assert response.status_code == 200, response.text
+    # and a token beside the certificate, for the same subsystem
+    assert live.get("civil", call_headers(live.mesh, CIVIL, "national")).status_code == 200
+
+
+def test_live_x_road_client_must_be_the_certificates_subsystem(live: Live) -> None:
+    doc = _problem(live.get("civil", {"X-Road-Client": "VN/GOV/BTP/other", "X-Purpose": PURPOSE}), 403,
+                   "certificate-identity-mismatch")  # fmt: skip
+    assert doc["field"] == "X-Road-Client"
+    # a valid token of another subsystem does not outrank the certificate
+    _problem(live.get("civil", call_headers(live.mesh, "VN/GOV/BTP/other", "national")), 403,
+             "certificate-identity-mismatch")  # fmt: skip
+    _problem(live.get("civil", {"X-Purpose": PURPOSE}), 401, "invalid-token")  # X-Road-Client is still required
+
+
+def test_live_a_certificate_client_is_held_to_its_home_gateway(live: Live) -> None:
+    doc = _problem(live.get("portal", {"X-Road-Client": PORTAL, "X-Purpose": PURPOSE}), 403, "access-denied")
+    assert "hanoi" in doc["detail"]
+
+
+def test_live_a_gateway_certificate_is_no_client_credential(live: Live) -> None:
+    _problem(live.get("hanoi", {"X-Road-Client": PORTAL, "X-Purpose": PURPOSE}), 401, "invalid-token")
+
+
+def test_live_a_revoked_certificate_is_refused(live: Live) -> None:
+    _problem(live.get("civil-revoked", {"X-Road-Client": CIVIL, "X-Purpose": PURPOSE}), 403, "certificate-revoked")
+    _problem(live.get("civil-revoked", call_headers(live.mesh, CIVIL, "national")), 403, "certificate-revoked")
+    _problem(live.get("hanoi-revoked", live.assertion()), 403, "certificate-revoked")
+
+
+def test_live_mesh_hop_needs_the_asserting_gateways_certificate(live: Live) -> None:
+    doc = _problem(live.get(None, live.assertion()), 401, "client-certificate-required")
+    assert doc["field"] == "certificate"
+    for cert in ("danang", "civil", "national"):
+        doc = _problem(live.get(cert, live.assertion()), 403, "certificate-identity-mismatch")
+        assert "urn:lienthong:gateway:hanoi" in doc["detail"]
+    response = live.get("hanoi", live.assertion())
+    assert response.status_code == 200, response.text
+
+
+def test_live_mesh_hop_refusals_are_audited(live: Live) -> None:
+    audit_dir = live.mesh.gateways["national"].data_dir
+    before = _audit_text(audit_dir)
+    _problem(live.get("danang", live.assertion()), 403, "certificate-identity-mismatch")
+    _problem(live.get(None, live.assertion()), 401, "client-certificate-required")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        added = _audit_text(audit_dir)[len(before) :]
+        if "certificate-identity-mismatch" in added and "client-certificate-required" in added:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the refusals are not in the audit log: {_audit_text(audit_dir)[-2000:]}")
+
+
+def _audit_text(data_dir: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(data_dir.rglob("*")) if p.is_file()
+                   and "audit" in str(p.relative_to(data_dir)))  # fmt: skip
+
+
+def test_live_plaintext_on_the_https_port(live: Live) -> None:
+    response = httpx.get(f"http://127.0.0.1:{live.port}{PATH}", headers=call_headers(live.mesh, CIVIL, "national"))
+    doc = _problem(response, 400, "tls-required")
+    assert f"https://127.0.0.1:{live.port}/" in doc["detail"]
+
+
+def _metric(live: Live, reason: str) -> float:
+    with live.client() as client:
+        text = client.get(live.url("/metrics")).text
+    line = f'lienthong_gateway_tls_refusals_total{{reason="{reason}"}} '
+    found = [row for row in text.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+@pytest.mark.parametrize(("reason", "make"), HANDSHAKE_REFUSALS, ids=[r for r, _ in HANDSHAKE_REFUSALS])
+def test_live_bad_certificates_are_refused_at_the_handshake_and_counted(live: Live, reason: str, make: Any) -> None:
+    before = _metric(live, reason)
+    files = make(live.pki)
+    with pytest.raises((httpx.TransportError, ssl.SSLError)), httpx.Client(verify=live.pki.client(files)) as client:
+        client.get(live.url(), headers={"X-Road-Client": CIVIL, "X-Purpose": PURPOSE})
+    deadline = time.monotonic() + 60
+    while _metric(live, reason) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _metric(live, reason) == before + 1
+    assert "TLS refused" in live.proc.log_tail(20000)
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+def test_live_openssl_s_client_with_a_client_certificate(live: Live) -> None:
+    files = live.certs["civil"][0]
+    request = get(PATH, f"X-Road-Client: {CIVIL}", f"X-Purpose: {PURPOSE}", "Connection: close")
+    out = subprocess.run([str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{live.port}", "-quiet", "-CAfile",
+                          str(live.pki.ca_path), "-cert", str(files.cert), "-key", str(files.key)], input=request,
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert b"HTTP/1.1 200" in out.stdout, out
+
+
+def test_live_the_hop_from_another_gateway_over_tls(live: Live) -> None:
+    """hanoi (plain HTTP for its clients here, its certificate for the hop) forwards to national's HTTPS port."""
+    hanoi = live.mesh.start_gateway("hanoi", {"--tls-dir": str(live.certs["hanoi"][0].directory)})
+    response = httpx.get(f"{hanoi.url}{PATH}", headers=call_headers(live.mesh, PORTAL, "hanoi"), timeout=30)
+    assert response.status_code == 200, response.text
+    assert "--insecure-http" in (hanoi.proc.log_tail() if hanoi.proc else "")  # the warning at start
+
+
+def test_gateway_serve_refuses_to_start_without_tls_files(tmp_path: Path) -> None:
+    mesh = Mesh(root=tmp_path / "mesh", log_dir=tmp_path / "logs", registry="standin")
+    mesh.add_gateway("national")
+    out = subprocess.run(tls_argv(mesh, "national", tmp_path / "nothing-here"), capture_output=True, timeout=60)
+    assert out.returncode == 2, out
+    err = out.stderr.decode()
+    for name in ("tls.key", "tls.crt", "ca.crt", "lienthong gateway cert --code national", "--insecure-http"):
+        assert name in err, err
