@@ -39,6 +39,7 @@ from cryptography import x509
 from gateway import metrics
 from lienthong import pki, tokens
 from lienthong.keys import save_private
+from lienthong.redis_connection import free_port
 from tests.mesh_support import Mesh, call_headers
 from tests.procs import Proc
 from tests.test_http_server import FakeApp, Raw, Running, get
@@ -278,6 +279,7 @@ class Live:
     mesh: Mesh
     pki: MeshPKI
     port: int
+    ops_port: int
     certs: dict[str, tuple[pki.CertFiles, x509.Certificate]]
     proc: Proc
 
@@ -315,9 +317,9 @@ def _wait_https(proc: Proc, url: str, ctx: ssl.SSLContext, timeout: float = 60.0
     raise RuntimeError(f"{proc.name} did not answer {url} ({last}):\n{proc.log_tail()}")
 
 
-def tls_argv(mesh: Mesh, code: str, tls_dir: Path) -> list[str]:
+def tls_argv(mesh: Mesh, code: str, tls_dir: Path, **options: str) -> list[str]:
     """The harness's gateway argv, with TLS (its --insecure-http dropped)."""
-    argv = mesh.gateway_argv(mesh.gateways[code], {"--tls-dir": str(tls_dir)})
+    argv = mesh.gateway_argv(mesh.gateways[code], {"--tls-dir": str(tls_dir), **options})
     return [a for a in argv if a != "--insecure-http"]
 
 
@@ -348,11 +350,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     mesh.doc["gateways"][0]["base_url"] = f"https://127.0.0.1:{national.port}"
     mesh.publish()
     mesh.start_registry()
-    proc = Proc("gateway-national-tls", tls_argv(mesh, "national", certs["national"][0].directory),
-                mesh.log_dir).start()  # fmt: skip
+    ops_port = free_port()
+    argv = tls_argv(mesh, "national", certs["national"][0].directory, **{"--ops-listen": f"127.0.0.1:{ops_port}"})
+    proc = Proc("gateway-national-tls", argv, mesh.log_dir).start()
     try:
         _wait_https(proc, f"https://127.0.0.1:{national.port}/readyz", p.client())
-        yield Live(mesh, p, national.port, certs, proc)
+        yield Live(mesh, p, national.port, ops_port, certs, proc)
     finally:
         proc.stop()
         mesh.stop()
@@ -439,9 +442,19 @@ def test_live_plaintext_on_the_https_port(live: Live) -> None:
     assert f"https://127.0.0.1:{live.port}/" in doc["detail"]
 
 
+def test_live_the_ops_port_speaks_https_too(live: Live) -> None:
+    with live.client() as client:
+        response = client.get(f"https://127.0.0.1:{live.ops_port}/metrics")
+    assert response.status_code == 200 and "lienthong_gateway_requests" in response.text
+    doc = _problem(httpx.get(f"http://127.0.0.1:{live.ops_port}/metrics"), 400, "tls-required")
+    assert f"https://127.0.0.1:{live.ops_port}/" in doc["detail"]
+    with open(live.mesh.gateways["national"].data_dir / "ops-url") as f:
+        assert f.read().strip() == f"https://127.0.0.1:{live.ops_port}"
+
+
 def _metric(live: Live, reason: str) -> float:
     with live.client() as client:
-        text = client.get(live.url("/metrics")).text
+        text = client.get(f"https://127.0.0.1:{live.ops_port}/metrics").text
     line = f'lienthong_gateway_tls_refusals_total{{reason="{reason}"}} '
     found = [row for row in text.splitlines() if row.startswith(line)]
     return float(found[0].split()[-1]) if found else 0.0
