@@ -1,4 +1,8 @@
-"""`lienthong connector serve NAME`: run one connector (population, business-registry, insurance, civil-status)."""
+"""`lienthong connector serve NAME`: run one connector (population, business-registry, insurance, civil-status).
+
+It serves HTTPS with the certificate in --tls-dir (default var/connectors/NAME/tls: tls.key, tls.crt, ca.crt) and
+accepts only the hosting gateway's client certificate (connectors.sdk.tls); --insecure-http serves plain HTTP for
+local development, with a warning at every start."""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from pathlib import Path
 import click
 
 from connectors.sdk.definition import ConnectorDefinition
+
+DEFAULT_HOME = Path("var")
+DEFAULT_REGISTRY_CA = DEFAULT_HOME / "registry" / "ca.crt"  # where `lienthong registry init` writes the mesh CA
 
 # NAME -> module holding CONNECTOR, imported only when served so `lienthong --help` stays fast
 CONNECTORS: dict[str, str] = {
@@ -64,6 +71,24 @@ def connector() -> None:
     default=None,
     help="JSON list of the gateway's public JWKs (offline; instead of the registry)",
 )
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="tls.key, tls.crt (the provider subsystem's certificate) and ca.crt (the mesh CA) "
+    "[default: var/connectors/NAME/tls]",
+)
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="serve plain HTTP, accepting any caller with a valid assertion: local development only",
+)
+@click.option(
+    "--registry-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"the mesh CA certificate an https --registry is verified with [default: {DEFAULT_REGISTRY_CA}]",
+)
 @click.option("--workers", default=1, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
@@ -77,6 +102,9 @@ def serve(
     kid: str | None,
     public_url: str | None,
     gateway_keys: Path | None,
+    tls_dir: Path | None,
+    insecure_http: bool,
+    registry_ca: Path | None,
     workers: int,
     log_level: str,
 ) -> None:
@@ -94,19 +122,37 @@ def serve(
     if gateway_keys is None and not (registry_url and key_path and kid):
         raise click.UsageError("give --gateway-keys FILE, or --registry with --key and --kid to fetch the gateway keys")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    served = definition(name)
+    tls = None if insecure_http else _tls_dir(name, tls_dir, served.subsystem)
+    if tls is None:
+        logging.getLogger("lienthong.connector").warning(
+            "connector %s serves plain HTTP (--insecure-http): any process that can reach %s:%d sees its data in "
+            "clear and no client certificate is asked; for local development only", name, host, port
+        )  # fmt: skip
+    if registry_url and registry_url.lower().startswith("https:"):
+        registry_ca = registry_ca or DEFAULT_REGISTRY_CA
+        if not registry_ca.is_file():
+            raise click.UsageError(f"no mesh CA certificate at {registry_ca} to verify {registry_url} with; pass "
+                                   "--registry-ca (the registry's ca.crt)")  # fmt: skip
+    else:
+        registry_ca = None
     config = ConnectorConfig(
         gateway=gateway,
         database_url=database_url or default_database_url(name),
         registry_url=registry_url,
         key_path=key_path,
         kid=kid,
-        public_url=public_url or f"http://{host}:{port}",
+        public_url=public_url or f"{'http' if tls is None else 'https'}://{host}:{port}",
         gateway_keys_path=gateway_keys,
+        tls_dir=tls,
+        registry_ca=registry_ca,
     )
     from connectors.sdk.app import build_app
+    from connectors.sdk.tls import uvicorn_options
 
     # build once here so configuration errors show before the server starts
-    app = build_app(definition(name), config)
+    app = build_app(served, config)
+    tls_options = uvicorn_options(tls)
     if workers > 1:
         # uvicorn's workers need an import string: hand the config over through the environment
         import os
@@ -122,10 +168,30 @@ def serve(
             log_level=log_level,
             lifespan="on",
             access_log=False,
+            **tls_options,
         )
     else:
         # no access log: request paths carry personal IDs, and the gateways keep the audit record of every call
-        uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False, **tls_options)
+
+
+def _tls_dir(name: str, given: Path | None, subsystem: str) -> Path:
+    """The TLS directory to serve with: its files must be there, and its certificate the provider subsystem's."""
+    from connectors.sdk.tls import check_own_certificate, missing_files
+
+    directory = given or DEFAULT_HOME / "connectors" / name / "tls"
+    missing = missing_files(directory)
+    if missing:
+        raise click.UsageError(
+            f"connector {name} serves HTTPS but {', '.join(str(p) for p in missing)} is missing: get a certificate "
+            f"for urn:lienthong:subsystem:{subsystem} into {directory} (`lienthong connector cert {name}`), or pass "
+            "--insecure-http for local development"
+        )
+    try:
+        check_own_certificate(directory, subsystem)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return directory
 
 
 def _config_json(config: object) -> str:
@@ -146,7 +212,7 @@ def app_from_env() -> object:
     from connectors.sdk.config import ConnectorConfig
 
     raw = orjson.loads(os.environ["LIENTHONG_CONNECTOR_CONFIG"])
-    for key in ("key_path", "gateway_keys_path"):
+    for key in ("key_path", "gateway_keys_path", "tls_dir", "registry_ca"):
         if raw.get(key):
             raw[key] = Path(raw[key])
     return build_app(definition(os.environ["LIENTHONG_CONNECTOR"]), ConnectorConfig(**raw))

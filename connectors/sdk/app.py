@@ -1,6 +1,7 @@
 """build_app: a connector as an ASGI app. connexion serves the OpenAPI document's operations; a thin pure-ASGI layer
 in front answers /healthz and /readyz, refuses any other request without a valid gateway assertion (401) and hands
-the verified claims to handlers (CallInfo)."""
+the verified claims to handlers (CallInfo). Served over TLS (config.tls_dir, connectors.sdk.tls), every request,
+the probes included, must come on a connection whose client certificate is the hosting gateway's."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from connectors.sdk.operations import decorate_once
 from connectors.sdk.registration import register_forever
 from connectors.sdk.registry_access import RegistryAccess
 from connectors.sdk.runtime import Runtime
+from connectors.sdk.tls import peer_refusal
 from connectors.sdk.validation import VALIDATOR_MAP
 from lienthong.background import stop_task
 from lienthong.lifespan import serve_lifespan
@@ -129,7 +131,9 @@ class ConnectorApp:
         self._spec_json = orjson.dumps(self.spec)
         registry = None
         if config.registry_url and config.key_path and config.kid:
-            registry = RegistryAccess(config.registry_url, config.key_path, config.kid, definition.subsystem)
+            registry = RegistryAccess(
+                config.registry_url, config.key_path, config.kid, definition.subsystem, ca=config.registry_ca
+            )
         static = config.gateway_keys
         if static is None and config.gateway_keys_path is not None:
             static = load_jwks_file(config.gateway_keys_path)
@@ -173,6 +177,11 @@ class ConnectorApp:
             return
         if scope["type"] != "http":
             return
+        if self.config.tls_dir is not None:
+            refusal = peer_refusal(scope, self.config.gateway)
+            if refusal is not None:
+                await _send_problem(send, refusal)
+                return
         path = scope["path"]
         if path in _PUBLIC:
             await self._public(path, send)

@@ -30,3 +30,6 @@ class ConnectorConfig:
     create_schema: bool = True
     register: bool = True  # register the service in the registry on start (when registry_url, key and kid are set)
     key_refresh_interval: float = 5.0  # unknown kid: refetch the gateway keys at most this often
+    tls_dir: Path | None = None  # HTTPS with this pki.CertFiles directory, the gateway's certificate required;
+    # None serves plain HTTP (--insecure-http, development only)
+    registry_ca: Path | None = None  # the mesh CA an https registry is verified with

@@ -18,8 +18,11 @@ log = logging.getLogger("lienthong.connector.registry")
 class RegistryAccess:
     """Calls the registry as an integrator of the provider's member (kid = a client key of `subsystem`)."""
 
-    def __init__(self, url: str, key_path: Path, kid: str, subsystem: str, *, timeout: float = 5.0) -> None:
-        self.client = RegistryClient(url, key_path, kid, iss=subsystem, timeout=timeout)
+    def __init__(
+        self, url: str, key_path: Path, kid: str, subsystem: str, *, timeout: float = 5.0, ca: Path | None = None
+    ) -> None:
+        """`ca`: the mesh CA certificate an https registry must chain to."""
+        self.client = RegistryClient(url, key_path, kid, iss=subsystem, timeout=timeout, ca=ca)
 
     async def gateway_keys(self, gateway: str) -> list[dict[str, Any]]:
         doc = await anyio.to_thread.run_sync(self.client.get_gateway, gateway)
