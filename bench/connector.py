@@ -80,7 +80,7 @@ class Population:
         keys_file.write_text(json.dumps([gateway_key.jwk]))
         argv = [LIENTHONG, "connector", "serve", "population", "--host", "127.0.0.1", "--port", str(self.port),
                 "--database-url", self.database_url, "--gateway", "national", "--gateway-keys", str(keys_file),
-                "--workers", "1", "--log-level", "warning"]
+                "--workers", "1", "--log-level", "warning", "--insecure-http"]
         self.proc = Proc("connector-population", [*machine.server_prefix(), *argv], log_dir).start()
         self.proc.wait_http(f"{self.url}/healthz", timeout=60)
 

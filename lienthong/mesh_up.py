@@ -216,7 +216,7 @@ def _start_processes(
         url = f"http://{host}:{port}"
         mesh.connector_urls[spec.name] = url
         argv = _lienthong(
-            "connector", "serve", spec.name, "--host", host, "--port", str(port),
+            "connector", "serve", spec.name, "--insecure-http", "--host", host, "--port", str(port),
             "--database-url", database_url(config, spec.name), "--registry", registry_url,
             "--gateway", spec.gateway, "--key", str(paths.client_key(spec.subsystem)),
             "--kid", mesh.kids[spec.subsystem],

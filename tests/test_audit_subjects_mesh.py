@@ -89,6 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis)
         connector = Proc("connector-population", lienthong(
             "connector", "serve", "population", "--port", str(port), "--gateway", "national", "--database-url",
             f"sqlite:///{data / 'population.sqlite'}", "--gateway-keys", str(keys_file), "--log-level", "warning",
+            "--insecure-http",
         ), m.log_dir).start()  # fmt: skip
         for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/NGHEAN", "nghean")):
             m.add_member(member, home)

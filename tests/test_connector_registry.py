@@ -63,7 +63,7 @@ def test_connector_registers_and_trusts_only_its_gateways_keys(
     base = f"http://127.0.0.1:{port}"
     proc = Proc("population", lienthong(
         "connector", "serve", "population", "--port", str(port), "--gateway", "national", "--registry", url,
-        "--key", str(tmp_path / "integrator.pem"), "--kid", kid,
+        "--key", str(tmp_path / "integrator.pem"), "--kid", kid, "--insecure-http",
         "--database-url", f"sqlite:///{tmp_path / 'population.sqlite'}",
     ), tmp_path).start()  # fmt: skip
     try:

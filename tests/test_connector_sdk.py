@@ -160,6 +160,7 @@ def test_cli_serves_a_connector_as_a_process(tmp_path: Path, gateway: SigningGat
             "connector",
             "serve",
             "population",
+            "--insecure-http",
             "--port",
             str(port),
             "--gateway",

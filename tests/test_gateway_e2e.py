@@ -81,7 +81,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -
             ports[name] = free_port()
             argv = lienthong("connector", "serve", name, "--port", str(ports[name]), "--gateway", host,
                              "--database-url", f"sqlite:///{data / (db + '.sqlite')}", "--gateway-keys",
-                             str(keys_file), "--log-level", "warning")  # fmt: skip
+                             str(keys_file), "--log-level", "warning", "--insecure-http")  # fmt: skip
             connectors.append(Proc(f"connector-{name}", argv, m.log_dir).start())
         for member, home in (
             ("VN/GOV/BCA", "national"),
