@@ -30,7 +30,7 @@ from gateway.calls import CallHandler, Reply, problem_reply
 from gateway.ops_auth import HostNames, OpsGate, load_operator_keys
 from gateway.settings import GatewaySettings
 from gateway.snapshot_client import SnapshotClient, load_registry_key
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, client_tls
 from lienthong import keys
 from lienthong.background import stop_task
 from lienthong.pki import Peer
@@ -108,7 +108,7 @@ class GatewayApp:
         if self._upstream is None:  # made lazily, inside the worker's event loop
             own = endpoints_of([f"http://{self.settings.host}:{self.settings.port}", self.settings.redis_url,
                                 self.settings.registry_url])  # refused as connectors  # fmt: skip
-            self._upstream = UpstreamClient(self.breakers, own)
+            self._upstream = UpstreamClient(self.breakers, own, client_tls(self.settings.cert_files))
         return self._upstream
 
     async def startup(self) -> None:

@@ -285,7 +285,8 @@ class CallHandler:
         timeout_ms = ctx.service.timeout_ms if ctx.service else 5000
         what = f"the connector of {ctx.service_id}"
         policy = ctx.snapshot.upstream_policy  # checked once per new connection (gateway.upstream)
-        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_CONNECTOR, policy)
+        peer = pki.identity("subsystem", ctx.service.provider if ctx.service else "")  # the connector's certificate
+        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_CONNECTOR, policy, peer)
 
     async def _forward(self, ctx: CallContext, route: R1Path) -> UpstreamResponse:
         host = str(ctx.provider_gateway)
@@ -300,18 +301,21 @@ class CallHandler:
         headers = self._outbound_headers(ctx, TO_GATEWAY, self.signer.to_gateway(ctx, host))
         timeout_ms = (ctx.service.timeout_ms if ctx.service else 5000) + FORWARD_TIMEOUT_MARGIN_MS
         what = f"hosting gateway {host}"
-        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_GATEWAY)
+        peer = pki.identity("gateway", host)  # the hosting gateway's certificate
+        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_GATEWAY, None, peer)
 
     async def _send(
         self, ctx: CallContext, base: str, target: str, headers: dict[str, str], timeout_ms: int, what: str,
-        timer: metrics.Timing, policy: UpstreamPolicy | None = None,
+        timer: metrics.Timing, policy: UpstreamPolicy | None = None, peer: str | None = None,
     ) -> UpstreamResponse:  # fmt: skip
-        """One upstream call (connector or hosting gateway), timed into its histogram."""
+        """One upstream call (connector or hosting gateway), timed into its histogram; over TLS the server's
+        certificate must name `peer` and not be revoked (checked once per new connection)."""
         started = time.perf_counter()
         try:
             return await self._upstream().call(
                 method=ctx.method, base=base, target=target, headers=headers, body=ctx.body,
                 timeout_ms=timeout_ms, what=what, policy=policy,
+                peer=peer, revoked=getattr(ctx.snapshot, "revoked_serials", frozenset()),
             )  # fmt: skip
         finally:
             timer.observe(time.perf_counter() - started)
