@@ -21,6 +21,9 @@ CA_KEY = "ca.key"
 TLS_DIR = "tls"
 REGISTRY_IDENTITY = pki.identity("registry", INSTANCE)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])\Z")
+# a certificate is valid from 5 minutes before it is issued (clock skew): with less than 3 minutes ahead, its renewal
+# time (2/3 of the whole validity) would already be behind it
+MIN_LIFETIME = dt.timedelta(minutes=3)
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
@@ -29,13 +32,13 @@ class CAError(Exception):
 
 
 def parse_lifetime(text: str) -> dt.timedelta:
-    """'30d', '12h', '90m', '45s': how long an issued certificate lives (seconds are for tests of renewal)."""
+    """'30d', '12h', '90m', '200s': how long an issued certificate lives (minutes are for tests of renewal)."""
     match = _DURATION.match(text.strip())
     if match is None:
         raise ValueError(f"{text!r} is not a duration like 30d, 12h, 90m or 45s")
     lifetime = dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-    if lifetime < dt.timedelta(seconds=3) or lifetime > pki.CA_LIFETIME:
-        raise ValueError(f"{text!r}: a certificate lives at least 3 seconds and at most {pki.CA_LIFETIME.days} days")
+    if lifetime < MIN_LIFETIME or lifetime > pki.CA_LIFETIME:
+        raise ValueError(f"{text!r}: a certificate lives at least 3m and at most {pki.CA_LIFETIME.days}d")
     return lifetime
 
 
