@@ -62,7 +62,8 @@ def _start_registry(work: Path, redis_url: str) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     proc = subprocess.Popen(
         [str(exe), "registry", "serve", "--port", str(port), "--data-dir", str(work / "registry"),
-         "--redis-url", redis_url, "--upstream-allow", "127.0.0.1:9"],  # the service's never-called upstream
+         "--redis-url", redis_url, "--upstream-allow", "127.0.0.1:9",  # the service's never-called upstream
+         "--insecure-http"],  # plain HTTP until the TLS sweep
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -181,7 +181,7 @@ def _start_processes(
                        for c in CONNECTORS}  # fmt: skip
     allow = ",".join([*(f"{host}:{port}" for port in connector_ports.values()), *config.upstream_allow])
     serve = ["registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)]
-    argv = _lienthong(*serve, "--upstream-allow", allow)
+    argv = _lienthong(*serve, "--upstream-allow", allow, "--insecure-http")  # plain HTTP until the TLS sweep
     supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env))
     mesh = Mesh(config, supervisor, redis, redis_url, registry_url, {}, {}, {})
     with mesh.admin() as admin:

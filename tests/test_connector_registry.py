@@ -33,6 +33,7 @@ def registry(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, RegistryClie
             *lienthong("registry", "serve", "--port", str(port), "--data-dir", str(data), "--redis-url", redis_url),
             "--upstream-allow",
             "127.0.0.1",
+            "--insecure-http",  # plain HTTP until the TLS sweep
         ],
         tmp_path,
     ).start()
