@@ -184,8 +184,8 @@ def _tls_dir(name: str, given: Path | None, subsystem: str) -> Path:
     if missing:
         raise click.UsageError(
             f"connector {name} serves HTTPS but {', '.join(str(p) for p in missing)} is missing: get a certificate "
-            f"for urn:lienthong:subsystem:{subsystem} into {directory} (`lienthong connector cert {name}`), or pass "
-            "--insecure-http for local development"
+            f"for urn:lienthong:subsystem:{subsystem} into {directory} (`lienthong connector cert {name} --subsystem "
+            f"{subsystem} --key <a client key of {subsystem}>`), or pass --insecure-http for local development"
         )
     try:
         check_own_certificate(directory, subsystem)

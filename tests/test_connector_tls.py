@@ -9,6 +9,8 @@ Covered:
   refused with 403 certificate-identity-mismatch on every path, the probes included;
 - the gateway's upstream client refuses a connector whose certificate is another subsystem's (502
   certificate-identity-mismatch) and talks to the right one over one kept-alive connection;
+- with the registry configured, a connector renews its certificate (past two thirds of its life) through the
+  registry over HTTPS and serves the new one;
 - the CLI refuses to start without the TLS files (naming them and the command that makes them) or with a
   certificate that is not the provider subsystem's, and --insecure-http serves plain HTTP with a warning.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
 import ssl
 import subprocess
 import time
@@ -29,12 +32,15 @@ from typing import Any
 import httpx
 import pytest
 import uvloop
+from cryptography import x509
 
 from connectors.cli import definition
 from gateway.breaker import Breakers
 from gateway.upstream import UpstreamClient, client_tls
-from lienthong import pki
+from lienthong import keys, pki
 from lienthong.problem import Problem
+from registry import keyfiles
+from registry.client import RegistryClient
 from tests.connector_support import SigningGateway, assert_problem, free_port
 from tests.procs import Proc, lienthong
 from tests.upstream_tls_support import IssuingCA
@@ -221,3 +227,86 @@ def test_insecure_http_serves_plain_http_with_a_warning(
     with connector("population", None, gateway, tmp_path, ca) as (base, proc):
         assert httpx.get(base + "/healthz").status_code == 200
     assert "--insecure-http" in proc.log_tail() and "development" in proc.log_tail()
+
+
+def _served_certificate(base: str, context: ssl.SSLContext) -> x509.Certificate:
+    """The certificate a new TLS connection to `base` is served."""
+    host, port = base.removeprefix("https://").split(":")
+    with socket.create_connection((host, int(port)), 10) as raw, context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def test_the_connector_renews_its_certificate_through_the_registry(tmp_path: Path, redis_url: str) -> None:
+    """A connector whose certificate is past two thirds of its life renews it with the registry (over HTTPS,
+    verified with --registry-ca), signing the CSR with its subsystem's client key, and serves the new one."""
+    data = tmp_path / "registry"
+    init = keyfiles.init(data)
+    ca_cert = data / "ca.crt"
+    mesh_ca = pki.CertificateAuthority.load(ca_cert, data / "ca.key")
+    port = free_port()
+    registry = Proc("registry", [*lienthong("registry", "serve", "--port", str(port), "--data-dir", str(data),
+                                            "--redis-url", redis_url), "--upstream-allow", "127.0.0.1"],
+                    tmp_path).start()  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    connector_port = free_port()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz", verify=pki.client_context(ca_cert), timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the registry never answered:\n{registry.log_tail()}") from None
+                time.sleep(0.1)
+        national = SigningGateway.make(HOSTING)
+        with RegistryClient(url, init.admin_key, init.admin_kid, ca=ca_cert) as admin:
+            admin.add_gateway(HOSTING, "https://127.0.0.1:8700", national.jwks)
+            admin.add_member("VN/GOV/BCA", "Bộ Công an", HOSTING)
+            admin.add_subsystem(POPULATION.subsystem, "Cơ sở dữ liệu quốc gia về dân cư")
+            integrator = keys.generate()
+            keys.save_private(integrator, tmp_path / "integrator.pem")
+            kid = keys.public_jwk(integrator)["kid"]
+            admin.add_client_key(POPULATION.subsystem, keys.public_jwk(integrator, kid))
+
+        # a certificate from the mesh CA, 9 of its 10 minutes gone: past its renewal time from the start
+        issuer = IssuingCA(data, mesh_ca)  # the registry's own CA
+        old = issuer.issue(
+            "issued-population", pki.identity("subsystem", POPULATION.subsystem), lifetime=dt.timedelta(minutes=5),
+            now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=4),
+        )  # fmt: skip
+        old_serial = pki.load_cert(old.cert).serial_number
+        gateway_files = issuer.issue("issued-national", pki.identity("gateway", HOSTING))
+        as_gateway = pki.client_context(ca_cert, gateway_files)
+        connector = Proc("population", lienthong(
+            "connector", "serve", "population", "--port", str(connector_port), "--gateway", HOSTING,
+            "--registry", url, "--registry-ca", str(ca_cert), "--key", str(tmp_path / "integrator.pem"),
+            "--kid", kid, "--tls-dir", str(old.directory), "--public-url", f"https://127.0.0.1:{connector_port}",
+            "--database-url", f"sqlite:///{tmp_path / 'population.sqlite'}",
+        ), tmp_path).start()  # fmt: skip
+        base = f"https://127.0.0.1:{connector_port}"
+        try:
+            deadline = time.monotonic() + 60
+            served = None
+            while served is None or served.serial_number == old_serial:
+                if connector.process is not None and connector.process.poll() is not None:
+                    raise RuntimeError(f"the connector exited:\n{connector.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the connector never renewed its certificate:\n{connector.log_tail()}")
+                try:
+                    served = _served_certificate(base, as_gateway)
+                except OSError:
+                    time.sleep(0.1)
+                    continue
+                time.sleep(0.1)
+            assert pki.cert_identity(served) == pki.identity("subsystem", POPULATION.subsystem)
+            assert served.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=1)  # the registry's 30 d
+            assert pki.load_cert(old.cert).serial_number == served.serial_number  # written where it serves from
+            with httpx.Client(verify=as_gateway, timeout=10) as http:
+                assert http.get(base + "/readyz").status_code == 200  # the gateway keys came over HTTPS too
+        finally:
+            connector.stop()
+    finally:
+        registry.stop()

@@ -43,9 +43,11 @@ from connectors.sdk.operations import decorate_once
 from connectors.sdk.registration import register_forever
 from connectors.sdk.registry_access import RegistryAccess
 from connectors.sdk.runtime import Runtime
-from connectors.sdk.tls import peer_refusal
+from connectors.sdk.tls import live_contexts, peer_refusal
 from connectors.sdk.validation import VALIDATOR_MAP
+from lienthong import pki
 from lienthong.background import stop_task
+from lienthong.cert_renewal import CertificateRenewer
 from lienthong.lifespan import serve_lifespan
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
 from lienthong.tokens import TokenError
@@ -149,6 +151,7 @@ class ConnectorApp:
         self.runtime = Runtime(definition=definition, config=config, engine=engine, keys=keys, registry=registry)
         self.verifier = AssertionVerifier(definition.audience, definition.service_id, keys)
         self._tasks: list[asyncio.Task[None]] = []
+        self._renewer: CertificateRenewer | None = None
 
         app = AsyncApp(
             definition.name,
@@ -230,8 +233,17 @@ class ConnectorApp:
             await self.runtime.keys.refresh(force=True)
         if self.runtime.registry is not None and self.config.register:
             self._tasks.append(asyncio.create_task(register_forever(self.runtime, self.spec)))
+        if self.config.tls_dir is not None and self.runtime.registry is not None:
+            # the subsystem's client key signs the CSR; offline (--gateway-keys only) the operator renews by hand
+            self._renewer = CertificateRenewer(
+                pki.CertFiles(self.config.tls_dir), pki.identity("subsystem", self.definition.subsystem),
+                self.runtime.registry.client.request_certificate, live_contexts(self.config.tls_dir),
+            )  # fmt: skip
+            self._renewer.start()
 
     async def shutdown(self) -> None:
+        if self._renewer is not None:
+            await self._renewer.stop()
         for task in self._tasks:
             await stop_task(task)
         self.runtime.engine.dispose()

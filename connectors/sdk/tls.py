@@ -7,6 +7,10 @@ so `PeerProtocol` (uvicorn's httptools protocol, passed as `http=`) reads it onc
 the `state` of every request on that connection; ConnectorApp answers 403 `certificate-identity-mismatch` unless it
 names urn:lienthong:gateway:<the hosting gateway> (and answers the same, failing closed, when no protocol recorded a
 peer, e.g. the app served by another server).
+
+With the registry configured, the connector renews its own certificate at two thirds of its life
+(lienthong.cert_renewal, a CSR signed with the subsystem's client key) and reloads the live contexts built here:
+new handshakes present the new certificate, open connections carry on.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from lienthong.problem import Problem
 
 PEER_STATE = "lienthong.tls_peer"  # scope["state"] key: the pki.Peer of the connection (None: no certificate)
 _MISSING = object()
+# The server contexts this process built, by TLS directory: what a renewal reloads.
+_LIVE: dict[Path, list[ssl.SSLContext]] = {}
 
 
 class PeerProtocol(HttpToolsProtocol):
@@ -37,7 +43,13 @@ class PeerProtocol(HttpToolsProtocol):
 
 def server_context(tls_dir: Path, config: Any = None, default: Any = None) -> ssl.SSLContext:
     """uvicorn's ssl_context_factory: the mesh's TLS 1.3 context, a client certificate required."""
-    return pki.server_context(pki.CertFiles(tls_dir), "required")
+    context = pki.server_context(pki.CertFiles(tls_dir), "required")
+    _LIVE.setdefault(Path(tls_dir), []).append(context)
+    return context
+
+
+def live_contexts(tls_dir: Path) -> list[ssl.SSLContext]:
+    return _LIVE.get(Path(tls_dir), [])
 
 
 def uvicorn_options(tls_dir: Path | None) -> dict[str, Any]:
