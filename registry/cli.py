@@ -30,9 +30,9 @@ def registry_group() -> None:
               default=lambda: os.environ.get("LIENTHONG_REGISTRY_DATA_DIR", DEFAULT_DATA_DIR), show_default=True,
               help="where the registry keeps its keys and the mesh CA")  # fmt: skip
 @click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="an existing CA certificate (PEM) to use as the mesh CA, with --ca-key [default: make a new CA]")
+              help="an existing CA certificate (PEM) to be the mesh CA, with --ca-key [default: a new CA]")  # fmt: skip
 @click.option("--ca-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="the private key (PEM, EC or Ed25519) of --ca-cert; copied into the data dir with mode 0600")
+              help="the private key (PEM, EC or Ed25519) of --ca-cert; copied to the data dir, mode 0600")  # fmt: skip
 def init_cmd(data_dir: Path, ca_cert: Path | None, ca_key: Path | None) -> None:
     """Create the registry's signing key, the first admin key and the mesh CA (once; never overwrites), and issue the
     registry's own serving certificate into <data-dir>/tls.
@@ -41,15 +41,16 @@ def init_cmd(data_dir: Path, ca_cert: Path | None, ca_key: Path | None) -> None:
     from registry import mesh_ca
 
     result = None
+    files = mesh_ca.tls_files(data_dir)
     try:
-        result = keyfiles.init(data_dir)
+        result = keyfiles.init(data_dir, ca_cert, ca_key)
     except keyfiles.AlreadyInitialised as exc:
         if mesh_ca.has_ca(data_dir):
             raise click.ClickException(str(exc)) from exc
-    try:
-        ca = mesh_ca.init_ca(data_dir, ca_cert, ca_key)
-        files = mesh_ca.tls_files(data_dir)
-        mesh_ca.ensure_own_certificate(files, mesh_ca.Issuer(ca))
+        try:  # a data dir made before the mesh had a CA gets one now
+            mesh_ca.ensure_own_certificate(files, mesh_ca.Issuer(mesh_ca.init_ca(data_dir, ca_cert, ca_key)))
+        except mesh_ca.CAError as err:
+            raise click.ClickException(str(err)) from err
     except mesh_ca.CAError as exc:
         raise click.ClickException(str(exc)) from exc
     if result is not None:
@@ -87,9 +88,9 @@ def init_cmd(data_dir: Path, ca_cert: Path | None, ca_key: Path | None) -> None:
               help="the registry's TLS files (tls.key, tls.crt, ca.crt) [default: <data-dir>/tls, issued from the "
                    "mesh CA and renewed at 2/3 of their life]")  # fmt: skip
 @click.option("--insecure-http", is_flag=True, envvar="LIENTHONG_INSECURE_HTTP",
-              help="serve plain HTTP instead of HTTPS: for local development only (a warning is logged at start)")
+              help="serve plain HTTP, not HTTPS: for local development only (logs a warning at start)")  # fmt: skip
 @click.option("--cert-lifetime", default=lambda: os.environ.get("LIENTHONG_CERT_LIFETIME", "30d"), show_default="30d",
-              help="lifetime of the certificates the registry issues, e.g. 30d, 12h (env LIENTHONG_CERT_LIFETIME)")
+              help="lifetime of the certificates it issues, e.g. 30d, 12h (env LIENTHONG_CERT_LIFETIME)")  # fmt: skip
 def serve_cmd(
     host: str, port: int, data_dir: Path, redis_url: str | None, redis_dir: Path, upstream_allow: str | None,
     max_endpoints: int | None, max_document_bytes: int | None, max_services_per_member: int | None,

@@ -1,5 +1,5 @@
-"""The registry's key files in its data dir: its snapshot signing key and the first admin key, made once by
-`lienthong registry init`."""
+"""The registry's key files in its data dir: its snapshot signing key, the first admin key and the mesh CA
+(registry.mesh_ca), made once by `lienthong registry init`."""
 
 from __future__ import annotations
 
@@ -30,14 +30,18 @@ class InitResult:
     admin_kid: str
 
 
-def init(data_dir: str | Path) -> InitResult:
-    """Create the registry signing key and the first admin key; refuse if either exists."""
+def init(data_dir: str | Path, ca_cert: Path | None = None, ca_key: Path | None = None) -> InitResult:
+    """Create the registry signing key, the first admin key and the mesh CA (or take the operator's, `ca_cert` and
+    `ca_key`), and issue the registry's serving certificate; refuse if any of them exists."""
+    from registry import mesh_ca  # imported late: the PKI is not needed to read keys
+
     base = Path(data_dir)
     paths = [base / n for n in (SIGNING_KEY, SIGNING_PUB, ADMIN_KEY, ADMIN_PUB)]
-    existing = [str(p) for p in paths if p.exists()]
+    existing = [str(p) for p in [*paths, *mesh_ca.ca_paths(base)] if p.exists()]
     if existing:
         raise AlreadyInitialised(f"the registry is already initialised; refusing to overwrite {', '.join(existing)}")
-    base.mkdir(parents=True, exist_ok=True)
+    ca = mesh_ca.init_ca(base, ca_cert, ca_key)  # first: a refused operator CA leaves nothing behind
+    mesh_ca.ensure_own_certificate(mesh_ca.tls_files(base), mesh_ca.Issuer(ca))
     signing = keys.generate()
     admin = keys.generate()
     keys.save_private(signing, paths[0])
