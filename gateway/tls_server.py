@@ -97,10 +97,13 @@ class TLSSession:
         if data:
             self.incoming.write(data)
         sslobj = self.sslobj
+        incoming = self.incoming
         first = b""
         more: list[bytes] | None = None
         closed = False
         while True:
+            if first and not incoming.pending and not sslobj.pending():
+                break  # all read: spares the SSLWantReadError a last read would raise (the common case, per segment)
             try:
                 chunk = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
