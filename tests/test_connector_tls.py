@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import socket
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,47 +41,12 @@ from registry import keyfiles
 from registry.client import RegistryClient
 from tests.connector_support import SigningGateway, assert_problem, free_port
 from tests.procs import Proc, lienthong
-from tests.upstream_tls_support import IssuingCA
+from tests.upstream_tls_support import IssuingCA, connector
 
 POPULATION = definition("population")
 INSURANCE = definition("insurance")
 UNKNOWN = "040199999999"  # well-formed, not on file: a valid call answers 404
 HOSTING = "national"
-
-
-@contextmanager
-def connector(
-    name: str, tls_dir: Path | None, gateway: SigningGateway, tmp_path: Path, ca: IssuingCA
-) -> Iterator[tuple[str, Proc]]:
-    """`lienthong connector serve NAME` over TLS (plain HTTP when tls_dir is None); yields its base URL."""
-    keys_file = tmp_path / f"{name}-gateway-keys.json"
-    keys_file.write_text(json.dumps(gateway.jwks))
-    port = free_port()
-    argv = lienthong("connector", "serve", name, "--port", str(port), "--gateway", gateway.code, "--gateway-keys",
-                     str(keys_file), "--database-url", f"sqlite:///{tmp_path / (name + '.sqlite')}")  # fmt: skip
-    argv += ["--tls-dir", str(tls_dir)] if tls_dir is not None else ["--insecure-http"]
-    proc = Proc(f"{name}-{port}", argv, tmp_path).start()
-    scheme = "https" if tls_dir is not None else "http"
-    base = f"{scheme}://127.0.0.1:{port}"
-    try:
-        verify: ssl.SSLContext | bool = True
-        if tls_dir is not None:
-            verify = pki.client_context(ca.cert_path, ca.issue("probe", pki.identity("gateway", gateway.code)))
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.process is not None and proc.process.poll() is not None:
-                raise RuntimeError(f"{name} exited:\n{proc.log_tail()}")
-            try:
-                if httpx.get(base + "/healthz", verify=verify, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} never answered:\n{proc.log_tail()}")
-            time.sleep(0.1)
-        yield base, proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

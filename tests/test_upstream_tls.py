@@ -9,7 +9,11 @@ certificates issued by a test CA. Covered:
 - a server certificate for another identity, or a revoked one, is refused with 502 certificate-identity-mismatch /
   certificate-revoked, on a new connection, on a resumed session and on a pooled connection alike (the pool is keyed
   by the identity expected, and a revocation closes the pooled connections to that certificate);
-- a server certificate from an unknown CA, or expired, fails the handshake: 502 upstream-failed naming TLS.
+- a server certificate from an unknown CA, or expired, fails the handshake: 502 upstream-failed naming TLS;
+- live processes: a call from hanoi crosses the mutual-TLS hop to national and reaches a real connector over TLS;
+  a connector answering with another subsystem's certificate is refused (502 certificate-identity-mismatch, in the
+  audit log), and a connector certificate revoked by a new snapshot is refused at the next call although a
+  kept-alive connection to it was open.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import uvloop
@@ -33,8 +39,10 @@ from gateway.upstream import UpstreamClient, client_tls
 from lienthong import pki
 from lienthong.problem import Problem
 from lienthong.redis_connection import free_port
+from tests.connector_support import SigningGateway
+from tests.mesh_support import Mesh, call_headers
 from tests.procs import Proc
-from tests.upstream_tls_support import IssuingCA
+from tests.upstream_tls_support import IssuingCA, connector
 
 HOSTING = pki.identity("gateway", "hanoi")
 HOME = pki.identity("gateway", "national")
@@ -211,3 +219,117 @@ def test_a_server_certificate_the_mesh_ca_does_not_vouch_for_fails_the_handshake
         assert (problem.status, problem.code) == (502, "upstream-failed")
         assert "TLS handshake" in problem.detail and "certificate" in problem.detail, problem.detail
         assert client.handshakes == 0
+
+
+# -- live: gateways and connectors as processes ----------------------------------------------------------------------
+
+SERVICE = "VN/GOV/BCA/population/persons"
+MIRROR = "VN/GOV/BCA/population/mirror"  # registered at an address where another subsystem's connector answers
+PORTAL = "VN/PROV/HANOI/portal"  # a client homed at hanoi
+UNKNOWN = "040199999999"  # well-formed, not on file: the connector answers 404
+
+
+@dataclass
+class LiveMesh:
+    mesh: Mesh
+    ca: IssuingCA
+    population: pki.CertFiles
+
+    def call(self, service: str) -> httpx.Response:
+        hanoi = self.mesh.gateways["hanoi"]
+        headers = call_headers(self.mesh, PORTAL, "hanoi")
+        return httpx.get(f"{hanoi.url}/r1/{service}/persons/{UNKNOWN}", headers=headers, timeout=60)
+
+    def publish(self) -> None:
+        """Publish the catalogue and wait until national (served over HTTPS) holds it."""
+        version = self.mesh.publish()
+        url = f"https://127.0.0.1:{self.mesh.gateways['national'].port}/healthz"
+        deadline = time.monotonic() + 60
+        with httpx.Client(verify=pki.client_context(self.ca.cert_path), timeout=2) as http:
+            while http.get(url).json()["snapshot_version"] < version:
+                assert time.monotonic() < deadline, "national never took the new snapshot"
+                time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
+    """hanoi (its clients on plain HTTP) forwards over mutual TLS to national, which calls real connectors over
+    TLS: population (its own certificate) and, for MIRROR, insurance (another subsystem's certificate)."""
+    root = tmp_path_factory.mktemp("upstream-tls")
+    mesh = Mesh(root=root / "mesh", log_dir=root / "logs", registry="standin", policies="authn,authz,audit")
+    national, hanoi = mesh.add_gateway("national"), mesh.add_gateway("hanoi")
+    for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/HANOI", "hanoi")):
+        mesh.add_member(member, home)
+    for subsystem in ("VN/GOV/BCA/population", PORTAL):
+        mesh.add_subsystem(subsystem)
+    mesh.add_client(PORTAL)
+    ca = IssuingCA.make(root / "pki")
+    certs = {code: ca.issue(code, pki.identity("gateway", code)) for code in ("national", "hanoi")}
+    population_files = ca.issue("population", pki.identity("subsystem", "VN/GOV/BCA/population"))
+    insurance_files = ca.issue("insurance", pki.identity("subsystem", "VN/GOV/BHXH/insurance"))
+    signer = SigningGateway("national", national.key.key, national.key.kid)
+    with ExitStack() as stack:
+        population, _ = stack.enter_context(connector("population", population_files.directory, signer, root, ca))
+        insurance, _ = stack.enter_context(connector("insurance", insurance_files.directory, signer, root, ca))
+        for service, upstream in ((SERVICE, population), (MIRROR, insurance)):
+            mesh.add_service(service, "national", upstream, [("GET", "/persons/{id}")])
+            mesh.add_grant(f"g-{service.rsplit('/', 1)[1]}", PORTAL, service, ["birth-registration"])
+        mesh.doc["pki"] = {"ca": [ca.cert_path.read_text()], "revoked": []}
+        mesh.doc["gateways"][0]["base_url"] = f"https://127.0.0.1:{national.port}"  # the mesh hop is TLS
+        mesh.publish()
+        mesh.start_registry()
+        argv = [a for a in mesh.gateway_argv(national, {"--tls-dir": str(certs["national"].directory)})
+                if a != "--insecure-http"]  # fmt: skip
+        national.proc = Proc("gateway-national-tls", argv, mesh.log_dir).start()
+        stack.callback(mesh.stop)
+        readyz = f"https://127.0.0.1:{national.port}/readyz"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(readyz, verify=pki.client_context(ca.cert_path), timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or national.proc.process.poll() is not None:  # type: ignore[union-attr]
+                raise RuntimeError(f"national never got ready:\n{national.proc.log_tail()}")
+            time.sleep(0.1)
+        mesh.start_gateway("hanoi", {"--tls-dir": str(certs["hanoi"].directory)})
+        assert hanoi.proc is not None
+        yield LiveMesh(mesh, ca, population_files)
+
+
+def test_live_a_call_crosses_the_mesh_hop_and_reaches_the_connector_over_tls(live: LiveMesh) -> None:
+    for _ in range(5):
+        response = live.call(SERVICE)
+        assert response.status_code == 404, response.text  # the connector's own answer: not on file
+        assert response.json()["code"] == "not-found"
+
+
+def test_live_a_connector_with_another_subsystems_certificate_is_refused_and_audited(live: LiveMesh) -> None:
+    response = live.call(MIRROR)
+    assert response.status_code == 502, response.text
+    assert response.headers["x-road-error"] == "certificate-identity-mismatch"
+    assert "urn:lienthong:subsystem:VN/GOV/BHXH/insurance" in response.text
+    national = live.mesh.gateways["national"].data_dir
+    deadline = time.monotonic() + 60
+    while "certificate-identity-mismatch" not in _audit_text(national):
+        assert time.monotonic() < deadline, "the refusal is not in national's audit log"
+        time.sleep(0.2)
+
+
+def test_live_a_revoked_connector_certificate_is_refused_at_the_next_call(live: LiveMesh) -> None:
+    assert live.call(SERVICE).status_code == 404  # a kept-alive connection to the connector exists now
+    live.mesh.doc["pki"]["revoked"] = [f"{live.ca.serial(live.population):x}"]
+    try:
+        live.publish()
+        response = live.call(SERVICE)
+        assert response.status_code == 502, response.text
+        assert response.headers["x-road-error"] == "certificate-revoked"
+    finally:
+        live.mesh.doc["pki"]["revoked"] = []
+        live.publish()
+
+
+def _audit_text(data_dir: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(data_dir.rglob("*"))
+                   if p.is_file() and "audit" in str(p.relative_to(data_dir)))  # fmt: skip

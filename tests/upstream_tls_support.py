@@ -1,6 +1,8 @@
 """Support for the outgoing-TLS tests (tests/test_upstream_tls.py, tests/test_connector_tls.py): certificates issued
 directly by a test CA (pki.CertificateAuthority), and a small TLS server process that counts its connections.
 
+`connector()` runs `lienthong connector serve NAME --tls-dir DIR` as a process.
+
 Run as a module for the child process:
     python -m tests.upstream_tls_support count --tls-dir D --port P
 It requires a client certificate chained to D/ca.crt and answers every request on a kept-alive connection with
@@ -13,14 +15,22 @@ import argparse
 import asyncio
 import datetime as dt
 import shutil
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import orjson
 from cryptography import x509
 
 from lienthong import pki
 from lienthong.keys import save_private
+from lienthong.redis_connection import free_port
+from tests.connector_support import SigningGateway
+from tests.procs import Proc, lienthong
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,45 @@ class IssuingCA:
 
     def serial(self, files: pki.CertFiles) -> int:
         return pki.load_cert(files.cert).serial_number
+
+
+# -- connectors over TLS ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def connector(
+    name: str, tls_dir: Path | None, gateway: SigningGateway, tmp_path: Path, ca: IssuingCA
+) -> Iterator[tuple[str, Proc]]:
+    """`lienthong connector serve NAME` as a process over TLS (plain HTTP when tls_dir is None), trusting `gateway`'s
+    keys; yields its base URL and the process, once /healthz answers (as `gateway`, over TLS)."""
+    keys_file = tmp_path / f"{name}-gateway-keys.json"
+    keys_file.write_bytes(orjson.dumps(gateway.jwks))
+    port = free_port()
+    argv = lienthong("connector", "serve", name, "--port", str(port), "--gateway", gateway.code, "--gateway-keys",
+                     str(keys_file), "--database-url", f"sqlite:///{tmp_path / (name + '.sqlite')}")  # fmt: skip
+    argv += ["--tls-dir", str(tls_dir)] if tls_dir is not None else ["--insecure-http"]
+    proc = Proc(f"{name}-{port}", argv, tmp_path).start()
+    scheme = "https" if tls_dir is not None else "http"
+    base = f"{scheme}://127.0.0.1:{port}"
+    try:
+        verify: ssl.SSLContext | bool = True
+        if tls_dir is not None:
+            verify = pki.client_context(ca.cert_path, ca.issue("probe", pki.identity("gateway", gateway.code)))
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.process is not None and proc.process.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{proc.log_tail()}")
+            try:
+                if httpx.get(base + "/healthz", verify=verify, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} never answered:\n{proc.log_tail()}")
+            time.sleep(0.1)
+        yield base, proc
+    finally:
+        proc.stop()
 
 
 # -- the counting server -------------------------------------------------------------------------------------------
