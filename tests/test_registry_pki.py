@@ -446,3 +446,42 @@ def test_the_cert_commands_over_https(tls_registry: TlsRegistry, tmp_path: Path)
     for command in (("gateway", "cert"), ("connector", "cert"), ("client", "cert")):
         shown = _cli(*command, "--help", cwd=tmp_path)
         assert shown.returncode == 0 and "--registry-ca" in shown.stdout and "--home" in shown.stdout
+
+
+def _serial_at(port: int, ca: Path) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pki.client_context(ca).wrap_socket(raw) as tls:
+            peer = pki.Peer.of(tls)
+            assert peer is not None and peer.identity == "urn:lienthong:registry:VN"
+            return peer.serial
+
+
+def test_the_registry_renews_its_own_certificate_while_serving(tmp_path: Path, redis_url: str) -> None:
+    """3 minutes of life, backdated 5: due 20 s after issue. A kept-alive client goes on, a new handshake sees the
+    new serial."""
+    data = tmp_path / "registry"
+    assert _init(data).returncode == 0
+    port = free_port()
+    args = lienthong("registry", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data),
+                     "--redis-url", redis_url, "--cert-lifetime", "3m", "--tls-dir", str(tmp_path / "tls"))  # fmt: skip
+    (tmp_path / "logs").mkdir()
+    proc = Proc("registry-renew", args, tmp_path / "logs").start()
+    url = f"https://127.0.0.1:{port}/healthz"
+    try:
+        _wait_https(proc, url, data / "ca.crt")
+        first = _serial_at(port, data / "ca.crt")
+        assert first == pki.load_cert(tmp_path / "tls" / "tls.crt").serial_number
+        with httpx.Client(verify=pki.client_context(data / "ca.crt")) as kept:
+            assert kept.get(url).status_code == 200
+            deadline = time.monotonic() + 120  # only to catch a hang (renewal is due after ~20 s)
+            while _serial_at(port, data / "ca.crt") == first:
+                assert time.monotonic() < deadline, proc.log_tail()
+                time.sleep(0.5)
+            assert kept.get(url).status_code == 200  # the connection opened before the renewal still serves
+    finally:
+        proc.stop()
+
+
+def test_insecure_http_logs_a_warning_at_start(registry: RegistryHandle) -> None:
+    log = registry.proc.log_path.read_text(errors="replace")
+    assert "--insecure-http" in log and "development only" in log
