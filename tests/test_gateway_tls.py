@@ -35,6 +35,8 @@ import httpx
 import pytest
 import uvloop
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway import metrics
 from lienthong import pki, tokens
@@ -193,6 +195,52 @@ def test_plaintext_on_the_tls_port_is_told_to_use_https(tls_server: Running, req
     assert tls_server.app.r1_calls == []
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=st.integers(0, 255).filter(lambda b: b != 0x16), rest=st.binary(max_size=300))
+def test_any_first_byte_but_a_handshake_record_is_told_to_use_https(
+    tls_server: Running, first: int, rest: bytes
+) -> None:
+    conn = Raw(tls_server.port)
+    try:
+        conn.send(bytes([first]) + rest)
+        response = conn.read_response()
+        assert response.status == 400 and response.headers["x-road-error"] == "tls-required"
+        assert conn.at_eof()
+    finally:
+        conn.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(min_size=1, max_size=600))
+def test_a_garbage_handshake_is_refused_counted_and_closed(tls_server: Running, garbage: bytes) -> None:
+    """Bytes after a handshake record's first byte that are no ClientHello: refused at TLS, no HTTP, the server
+    goes on serving (a real client on the next connection is answered)."""
+    conn = Raw(tls_server.port)
+    try:
+        conn.send(b"\x16" + garbage)
+        conn.sock.settimeout(15)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)  # no more is coming: a short record cannot wait for its rest
+        data = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := conn.sock.recv(65536):
+                data += chunk
+        assert b"HTTP/1.1" not in data
+    finally:
+        conn.close()
+    assert tls_server.app.r1_calls == []
+
+
+def test_the_server_still_answers_after_garbage_handshakes(tls_server: Running, mesh_pki: MeshPKI) -> None:
+    for garbage in (b"\x16\x03\x01\x00\x05hello", b"\x16" + b"\xff" * 2000, b"\x16\x03\x03\x40\x00" + b"\x00" * 100):
+        conn = Raw(tls_server.port)
+        conn.send(garbage)
+        conn.close()
+    conn = TLSRaw(tls_server.port, mesh_pki.client())
+    conn.send(get("/r1/echo?after"))
+    assert conn.read_response().json()["query"] == "after"
+
+
 def _expired(p: MeshPKI) -> pki.CertFiles:
     return p.issue("expired", pki.identity("gateway", "hanoi"), now=dt.datetime.now(dt.UTC) - 60 * DAY)[0]
 
@@ -342,7 +390,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     certs = {name: p.issue(name, uri) for name, uri in (
         ("national", gateway("national")), ("hanoi", gateway("hanoi")), ("hanoi-revoked", gateway("hanoi")),
         ("danang", gateway("danang")), ("civil", subsystem(CIVIL)), ("civil-revoked", subsystem(CIVIL)),
-        ("portal", subsystem(PORTAL)),
+        ("portal", subsystem(PORTAL)), ("civil-later", subsystem(CIVIL)), ("hanoi-later", gateway("hanoi")),
     )}  # fmt: skip
     revoked = [serial_hex(certs[name][1]) for name in ("hanoi-revoked", "civil-revoked")]
     mesh.doc["pki"] = {"ca": [p.ca_pem], "revoked": revoked}
@@ -405,6 +453,24 @@ def test_live_a_revoked_certificate_is_refused(live: Live) -> None:
     _problem(live.get("civil-revoked", {"X-Road-Client": CIVIL, "X-Purpose": PURPOSE}), 403, "certificate-revoked")
     _problem(live.get("civil-revoked", call_headers(live.mesh, CIVIL, "national")), 403, "certificate-revoked")
     _problem(live.get("hanoi-revoked", live.assertion()), 403, "certificate-revoked")
+
+
+def test_live_a_revocation_stops_connections_already_open(live: Live) -> None:
+    """A certificate revoked in a newer snapshot is refused at the next call of a connection opened before."""
+    with live.client("civil-later") as client, live.client("hanoi-later") as hop:
+        headers = {"X-Road-Client": CIVIL, "X-Purpose": PURPOSE}
+        assert client.get(live.url(), headers=headers).status_code == 200
+        assert hop.get(live.url(), headers=live.assertion()).status_code == 200
+        later = [serial_hex(live.certs[name][1]) for name in ("civil-later", "hanoi-later")]
+        live.mesh.doc["pki"]["revoked"] = [*live.mesh.doc["pki"]["revoked"], *later]
+        live.mesh.publish()
+        deadline = time.monotonic() + 60
+        while (response := client.get(live.url(), headers=headers)).status_code == 200:
+            assert time.monotonic() < deadline, "the revocation never reached the open connection"
+            time.sleep(0.1)
+        _problem(response, 403, "certificate-revoked")
+        _problem(hop.get(live.url(), headers=live.assertion()), 403, "certificate-revoked")
+    assert live.get("civil", {"X-Road-Client": CIVIL, "X-Purpose": PURPOSE}).status_code == 200  # others still pass
 
 
 def test_live_mesh_hop_needs_the_asserting_gateways_certificate(live: Live) -> None:
