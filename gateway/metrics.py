@@ -62,6 +62,12 @@ TLS_REFUSALS = Counter(
     "on a TLS port, by reason",
     ["reason"],
 )
+UPSTREAM_TLS = Counter(
+    "lienthong_gateway_upstream_tls_handshakes",
+    "TLS connections this gateway opened to connectors and hosting gateways (kept alive, so none in a steady state), "
+    "by whether the handshake resumed a session",
+    ["resumed"],
+)
 
 
 def snapshot_installed(snapshot: Snapshot) -> None:

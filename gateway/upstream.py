@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway import metrics
 from gateway.breaker import Breakers
 from lienthong import pki
 from lienthong.background import stop_task
@@ -379,8 +380,9 @@ class UpstreamClient:
     def _check_peer(self, origin: _Origin, conn: _Connection, revoked: frozenset[int], what: str) -> None:
         """A new TLS connection's certificate against the identity expected and the revoked serials."""
         self.handshakes += 1
-        if conn.tls is not None and conn.tls.session_reused:
-            self.resumed += 1
+        resumed = conn.tls is not None and conn.tls.session_reused
+        self.resumed += resumed
+        metrics.UPSTREAM_TLS.labels("true" if resumed else "false").inc()
         peer = conn.peer
         if origin.peer is None:
             return

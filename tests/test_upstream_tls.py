@@ -13,7 +13,8 @@ certificates issued by a test CA. Covered:
 - live processes: a call from hanoi crosses the mutual-TLS hop to national and reaches a real connector over TLS;
   a connector answering with another subsystem's certificate is refused (502 certificate-identity-mismatch, in the
   audit log), and a connector certificate revoked by a new snapshot is refused at the next call although a
-  kept-alive connection to it was open.
+  kept-alive connection to it was open; the hop keeps one connection for many calls and a new connection resumes
+  the TLS session (the gateway's lienthong_gateway_upstream_tls_handshakes_total{resumed}).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import orjson
 import pytest
 import uvloop
 
+from gateway import upstream
 from gateway.breaker import Breakers
 from gateway.upstream import UpstreamClient, client_tls
 from lienthong import pki
@@ -333,3 +335,25 @@ def test_live_a_revoked_connector_certificate_is_refused_at_the_next_call(live: 
 def _audit_text(data_dir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(data_dir.rglob("*"))
                    if p.is_file() and "audit" in str(p.relative_to(data_dir)))  # fmt: skip
+
+
+def _upstream_handshakes(live: LiveMesh, code: str) -> dict[str, float]:
+    """lienthong_gateway_upstream_tls_handshakes_total of a gateway (plain HTTP here), by `resumed`."""
+    text = httpx.get(f"{live.mesh.gateways[code].url}/metrics", timeout=60).text
+    found = {"true": 0.0, "false": 0.0}
+    for line in text.splitlines():
+        if line.startswith("lienthong_gateway_upstream_tls_handshakes_total{"):
+            found[line.split('resumed="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_live_the_mesh_hop_keeps_its_connection_and_resumes_its_session(live: LiveMesh) -> None:
+    assert live.call(SERVICE).status_code == 404  # a connection (and its session) to national now exists
+    before = _upstream_handshakes(live, "hanoi")
+    for _ in range(30):
+        assert live.call(SERVICE).status_code == 404
+    assert _upstream_handshakes(live, "hanoi") == before, "30 calls on the kept-alive connection: no handshake"
+    time.sleep(upstream.IDLE_TIMEOUT + 0.5)  # the pooled connection is now too old to be reused
+    assert live.call(SERVICE).status_code == 404
+    after = _upstream_handshakes(live, "hanoi")
+    assert (after["true"], after["false"]) == (before["true"] + 1, before["false"]), (before, after)
