@@ -1,4 +1,5 @@
-"""The Python load generator: keep-alive HTTP/1.1 over asyncio streams, for when wrk is missing and for low rates.
+"""The Python load generator: keep-alive HTTP/1.1 (over TLS for https:// URLs) on asyncio streams, for when wrk is
+missing and for low rates.
 
 Two modes:
 - closed loop (`run_concurrency`): a fixed number of connections, each sending the next request as soon as the previous
@@ -6,8 +7,10 @@ Two modes:
 - fixed rate (`run_rate`): requests are started on a fixed schedule whatever the answers do, and each latency is counted
   from its scheduled start, so a slow answer is not hidden by the generator waiting (no coordinated omission).
 
-Run as `python -m bench.loadgen URL [--connections N | --rate R] [--duration S] [-H 'Name: value']...`; it prints one
-JSON object, so the harness can pin it to its own core with taskset.
+Run as `python -m bench.loadgen URL [--connections N | --rate R] [--duration S] [-H 'Name: value']... [--tls-dir D]`;
+it prints one JSON object, so the harness can pin it to its own core with taskset. With an https:// URL, `--tls-dir`
+is a pki.CertFiles directory: the server must chain to its ca.crt, and its tls.crt/tls.key, when there, are the
+client certificate presented (TLS 1.3, as every mesh peer speaks it).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import asyncio
 import contextlib
 import json
 import math
+import ssl
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -73,12 +78,14 @@ class Target:
     """Where to send and the request bytes, built once: the hot loop only writes them."""
 
     def __init__(self, url: str, headers: dict[str, str] | None = None, method: str = "GET",
-                 varying: tuple[str, list[str]] | None = None) -> None:
+                 varying: tuple[str, list[str]] | None = None, tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"only plain http:// URLs are supported, not {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"only http:// and https:// URLs are supported, not {url!r}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        # https: the given context (the mesh CA, a client certificate), else the system's
+        self.tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: keep-alive"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -108,7 +115,7 @@ class Connection:
 
     @classmethod
     async def open(cls, target: Target) -> Connection:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
+        reader, writer = await asyncio.open_connection(target.host, target.port, ssl=target.tls)
         return cls(reader, writer)
 
     async def call(self, request: bytes) -> tuple[int, bool]:
@@ -148,7 +155,8 @@ class Connection:
             self.writer.close()
 
 
-# what one call can fail with: refused or cut connections, or an answer that is not HTTP
+# what one call can fail with: refused or cut connections (a failed handshake is an ssl.SSLError, an OSError), or an
+# answer that is not HTTP
 CALL_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError)
 
 
@@ -170,10 +178,10 @@ class Tally:
 
 async def run_concurrency(
     url: str, *, connections: int = 32, duration: float = 5.0, headers: dict[str, str] | None = None,
-    varying: tuple[str, list[str]] | None = None,
+    varying: tuple[str, list[str]] | None = None, tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
     """Closed loop: `connections` workers each send back-to-back requests for `duration` seconds."""
-    target = Target(url, headers, varying=varying)
+    target = Target(url, headers, varying=varying, tls=tls)
     tally = Tally()
     stop_at = time.perf_counter() + duration
 
@@ -206,10 +214,10 @@ async def run_concurrency(
 
 async def run_rate(
     url: str, *, rate: float = 200.0, duration: float = 3.0, headers: dict[str, str] | None = None,
-    varying: tuple[str, list[str]] | None = None,
+    varying: tuple[str, list[str]] | None = None, tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
     """Open loop at a fixed rate; each latency counts from the request's scheduled start."""
-    target = Target(url, headers, varying=varying)
+    target = Target(url, headers, varying=varying, tls=tls)
     tally = Tally()
     idle: list[Connection] = []
     interval = 1.0 / rate
@@ -248,12 +256,14 @@ async def run_rate(
 
 
 def run_sync(url: str, *, connections: int = 32, rate: float | None = None, duration: float = 5.0,
-             headers: dict[str, str] | None = None, varying: tuple[str, list[str]] | None = None) -> LoadResult:
+             headers: dict[str, str] | None = None, varying: tuple[str, list[str]] | None = None,
+             tls: ssl.SSLContext | None = None) -> LoadResult:
     """Run one load in a fresh event loop (uvloop when installed, as the generator should not be the bottleneck)."""
     coro = (
-        run_rate(url, rate=rate, duration=duration, headers=headers, varying=varying)
+        run_rate(url, rate=rate, duration=duration, headers=headers, varying=varying, tls=tls)
         if rate
-        else run_concurrency(url, connections=connections, duration=duration, headers=headers, varying=varying)
+        else run_concurrency(url, connections=connections, duration=duration, headers=headers, varying=varying,
+                             tls=tls)
     )
     try:
         import uvloop
@@ -270,6 +280,14 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def tls_context(directory: Path) -> ssl.SSLContext:
+    """A client context from a pki.CertFiles directory: its ca.crt, and its certificate when it holds one."""
+    from lienthong import pki
+
+    files = pki.CertFiles(directory)
+    return pki.client_context(files.ca, files if files.key.exists() and files.cert.exists() else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
     parser.add_argument("url")
@@ -279,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header", "-H", action="append", type=parse_header, default=[])
     parser.add_argument("--vary-header", metavar="NAME=FILE",
                         help="send header NAME with the next line of FILE on each request (single-use tokens)")
+    parser.add_argument("--tls-dir", type=Path, help="for https: ca.crt to verify with, tls.crt/tls.key to present")
     args = parser.parse_args(argv)
     varying = None
     if args.vary_header:
@@ -286,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(path) as f:
             varying = (name, [line.strip() for line in f if line.strip()])
     result = run_sync(args.url, connections=args.connections, rate=args.rate, duration=args.duration,
-                      headers=dict(args.header), varying=varying)
+                      headers=dict(args.header), varying=varying,
+                      tls=tls_context(args.tls_dir) if args.tls_dir else None)
     sys.stdout.write(json.dumps(result.to_dict()) + "\n")
     return 0
 

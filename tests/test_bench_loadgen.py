@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from bench import loadgen
+from bench.tls import BenchPKI
+from lienthong import pki
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,6 +127,62 @@ def test_command_line_refuses_a_bad_header() -> None:
     assert "Name: value" in done.stderr
 
 
-def test_only_plain_http_is_supported() -> None:
-    with pytest.raises(ValueError, match="http://"):
-        loadgen.Target("https://example.org/")
+def test_only_http_and_https_are_supported() -> None:
+    with pytest.raises(ValueError, match="https://"):
+        loadgen.Target("ftp://example.org/")
+    assert loadgen.Target("https://example.org/").port == 443
+    assert loadgen.Target("https://example.org/").tls is not None and loadgen.Target("http://example.org/").tls is None
+
+
+# -- over TLS (the bench's TLS cases): the bench CA, a server that requires a client certificate ------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, BenchPKI]]:
+    certs = BenchPKI(tmp_path_factory.mktemp("pki"))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    context = pki.server_context(certs.files("server", pki.identity("gateway", "national")), "required")
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}", certs
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_with_a_client_certificate(tls_server: tuple[str, BenchPKI]) -> None:
+    url, certs = tls_server
+    client = certs.client("VN/GOV/BTP/justice")
+    result = loadgen.run_sync(f"{url}/record", connections=2, duration=0.5, tls=loadgen.tls_context(client.directory))
+    assert result.requests > 5 and result.errors == 0 and result.statuses == {"200": result.requests}
+    low = loadgen.run_sync(f"{url}/record", rate=50, duration=0.5, tls=loadgen.tls_context(client.directory))
+    assert low.requests == 25 and low.errors == 0
+
+
+def test_https_without_the_required_certificate_is_all_errors(tls_server: tuple[str, BenchPKI]) -> None:
+    url, certs = tls_server
+    only_ca = certs.root / "only-ca"
+    only_ca.mkdir(exist_ok=True)
+    shutil.copyfile(certs.ca_path, only_ca / "ca.crt")  # a CertFiles dir with no certificate: none is presented
+    result = loadgen.run_sync(f"{url}/record", connections=2, duration=0.3, tls=loadgen.tls_context(only_ca))
+    assert result.requests == 0 and result.errors > 0
+
+
+def test_https_to_a_server_of_another_ca_is_all_errors(tls_server: tuple[str, BenchPKI], tmp_path: Path) -> None:
+    url, _ = tls_server
+    other = BenchPKI(tmp_path / "other")
+    client = other.client("VN/GOV/BTP/justice")
+    result = loadgen.run_sync(f"{url}/record", connections=2, duration=0.3, tls=loadgen.tls_context(client.directory))
+    assert result.requests == 0 and result.errors > 0
+
+
+def test_command_line_speaks_tls_with_a_tls_dir(tls_server: tuple[str, BenchPKI]) -> None:
+    url, certs = tls_server
+    client = certs.client("VN/GOV/BTP/justice")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", f"{url}/record", "-c", "2", "-d", "0.5", "--tls-dir",
+         str(client.directory)], capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+    )  # fmt: skip
+    data = json.loads(done.stdout)
+    assert data["requests"] > 0 and data["errors"] == 0
