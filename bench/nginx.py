@@ -2,16 +2,28 @@
 
 Each server runs from a config generated into a temp dir (`-p prefix -c conf -e errlog`), in the foreground, one
 worker, no access log, so no system file is read or touched.
+
+The TLS cases (issue 14) add TLS to both sides of the comparison. The upstream gets a second, HTTPS port in the same
+process, asking for a client certificate as a connector does (optional, so that wrk, which cannot send one, can call
+it directly). The TLS proxy is the baseline of the gateway's TLS cases and does what a gateway does on both legs:
+TLS 1.3 towards its clients (a client certificate verified when sent), and towards the upstream TLS 1.3 with its own
+client certificate, the chain verified to the bench CA and the upstream's identity checked, over kept-alive
+connections whose sessions are resumed. nginx cannot match a URI SAN, so it checks the host name the bench put in the
+upstream's certificate beside its identity (bench/tls.py).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import machine
+from bench.tls import wait_https
+from lienthong import pki
 from lienthong.supervisor import Component, Supervisor
 
 # A small record, shaped like what the mesh carries; the connector case uses real generated data instead.
@@ -39,31 +51,60 @@ def _common(prefix: Path) -> tuple[str, str]:
     )
 
 
-def upstream_conf(prefix: Path, port: int) -> str:
-    top, http = _common(prefix)
-    body = RECORD.replace("'", "\\'")
+def _tls_listen(port: int, files: pki.CertFiles) -> str:
+    """A server's HTTPS lines: TLS 1.3 only, a client certificate verified against the CA when one is sent."""
     return (
-        f"{top}http {{\n{http}"
-        f"  server {{\n    listen 127.0.0.1:{port};\n"
-        f"    location / {{ return 200 '{body}'; }}\n  }}\n}}\n"
+        f"    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.3;\n"
+        f"    ssl_certificate {files.cert};\n    ssl_certificate_key {files.key};\n"
+        f"    ssl_client_certificate {files.ca};\n    ssl_verify_client optional;\n"
     )
 
 
-def proxy_conf(prefix: Path, port: int, upstream_port: int) -> str:
+def upstream_conf(prefix: Path, port: int, tls: tuple[int, pki.CertFiles] | None = None) -> str:
+    """The fixed-record upstream on `port`; with `tls` (port, certificate) the same over HTTPS on that port too."""
     top, http = _common(prefix)
+    body = RECORD.replace("'", "\\'")
+    location = f"    location / {{ return 200 '{body}'; }}\n"
+    servers = f"  server {{\n    listen 127.0.0.1:{port};\n{location}  }}\n"
+    if tls is not None:
+        servers += f"  server {{\n{_tls_listen(*tls)}{location}  }}\n"
+    return f"{top}http {{\n{http}{servers}}}\n"
+
+
+@dataclass(frozen=True)
+class ProxyTLS:
+    """The TLS proxy's certificate (presented on both legs) and the host name the upstream's must carry."""
+
+    files: pki.CertFiles
+    upstream_name: str
+
+
+def proxy_conf(prefix: Path, port: int, upstream_port: int, tls: ProxyTLS | None = None) -> str:
+    """nginx as a keep-alive reverse proxy to the upstream; with `tls`, TLS on both legs (module docstring)."""
+    top, http = _common(prefix)
+    listen = f"    listen 127.0.0.1:{port};\n" if tls is None else _tls_listen(port, tls.files)
+    scheme = "http" if tls is None else "https"
+    upstream_tls = "" if tls is None else (
+        f"      proxy_ssl_protocols TLSv1.3;\n      proxy_ssl_certificate {tls.files.cert};\n"
+        f"      proxy_ssl_certificate_key {tls.files.key};\n      proxy_ssl_trusted_certificate {tls.files.ca};\n"
+        f'      proxy_ssl_verify on;\n      proxy_ssl_name {tls.upstream_name};\n'
+        "      proxy_ssl_session_reuse on;\n"
+    )  # fmt: skip
     return (
         f"{top}http {{\n{http}"
         f"  upstream backend {{\n    server 127.0.0.1:{upstream_port};\n    keepalive 64;\n"
         "    keepalive_requests 10000000;\n  }\n"
-        f"  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n"
-        '      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n    }\n  }\n}\n'
+        f"  server {{\n{listen}    location / {{\n      proxy_pass {scheme}://backend;\n"
+        f'      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n{upstream_tls}    }}\n  }}\n}}\n'
     )
 
 
 def start(
-    supervisor: Supervisor, name: str, prefix: Path, conf_text: str, port: int, pin: list[str] | None = None
-) -> Component:
-    """Write the config, check it, start nginx pinned to the server core (or `pin`) and wait until it answers."""
+    supervisor: Supervisor, name: str, prefix: Path, conf_text: str, port: int, pin: list[str] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> Component:  # fmt: skip
+    """Write the config, check it, start nginx pinned to the server core (or `pin`) and wait until it answers on
+    `port` (over TLS with the client context `tls`)."""
     exe = executable()
     if exe is None:
         raise FileNotFoundError("nginx is not installed")
@@ -75,6 +116,17 @@ def start(
     if check.returncode != 0:
         raise RuntimeError(f"nginx rejected {conf}: {check.stderr.strip()[-500:]}")
     prefix_argv = machine.server_prefix() if pin is None else pin
-    return supervisor.start(
-        Component(name, [*prefix_argv, *base], health_url=f"http://127.0.0.1:{port}/healthz"), timeout=15
-    )
+    if tls is None:
+        return supervisor.start(
+            Component(name, [*prefix_argv, *base], health_url=f"http://127.0.0.1:{port}/healthz"), timeout=15
+        )
+    component = supervisor.start(Component(name, [*prefix_argv, *base]))
+    process = component.process
+    assert process is not None
+
+    def gone() -> str | None:
+        code = process.poll()
+        return None if code is None else f"{name} exited with status {code}: {list(component.tail)[-5:]}"
+
+    wait_https(f"https://127.0.0.1:{port}/healthz", tls, gone, timeout=15)
+    return component
