@@ -122,7 +122,7 @@ class TLSRaw(Raw):
     """test_http_server's raw HTTP client over a TLS socket."""
 
     def __init__(self, port: int, ctx: ssl.SSLContext, timeout: float = 10.0) -> None:
-        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        self.sock: ssl.SSLSocket = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout))
         self.buf = b""
 
     def at_eof(self, within: float = 3.0) -> bool:
@@ -325,7 +325,7 @@ PATH = f"/r1/{SERVICE}/persons/001203004567"
 @dataclass
 class Live:
     mesh: Mesh
-    pki: MeshPKI
+    ca: MeshPKI
     port: int
     ops_port: int
     certs: dict[str, tuple[pki.CertFiles, x509.Certificate]]
@@ -336,7 +336,7 @@ class Live:
 
     def client(self, cert: str | None = None) -> httpx.Client:
         files = self.certs[cert][0] if cert else None
-        return httpx.Client(verify=self.pki.client(files), timeout=30)
+        return httpx.Client(verify=self.ca.client(files), timeout=30)
 
     def get(self, cert: str | None, headers: dict[str, str], path: str = PATH) -> httpx.Response:
         with self.client(cert) as client:
@@ -378,15 +378,21 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     national, _ = mesh.add_gateway("national"), mesh.add_gateway("hanoi")
     for member, home in (("VN/GOV/BTP", "national"), ("VN/GOV/BCA", "national"), ("VN/PROV/HANOI", "hanoi")):
         mesh.add_member(member, home)
-    for subsystem in (CIVIL, "VN/GOV/BCA/population", PORTAL, "VN/GOV/BTP/other"):
-        mesh.add_subsystem(subsystem)
-    for subsystem in (CIVIL, PORTAL, "VN/GOV/BTP/other"):
-        mesh.add_client(subsystem)
+    for sub in (CIVIL, "VN/GOV/BCA/population", PORTAL, "VN/GOV/BTP/other"):
+        mesh.add_subsystem(sub)
+    for sub in (CIVIL, PORTAL, "VN/GOV/BTP/other"):
+        mesh.add_client(sub)
     mesh.add_service(SERVICE, "national", mesh.start_upstream("echo"), [("GET", "/persons/{id}")])
     for i, consumer in enumerate((CIVIL, PORTAL, "VN/GOV/BTP/other")):
         mesh.add_grant(f"g{i}", consumer, SERVICE, [PURPOSE])
     p = MeshPKI.create(root / "pki")
-    gateway, subsystem = (lambda c: pki.identity("gateway", c)), (lambda s: pki.identity("subsystem", s))
+
+    def gateway(code: str) -> str:
+        return pki.identity("gateway", code)
+
+    def subsystem(sub: str) -> str:
+        return pki.identity("subsystem", sub)
+
     certs = {name: p.issue(name, uri) for name, uri in (
         ("national", gateway("national")), ("hanoi", gateway("hanoi")), ("hanoi-revoked", gateway("hanoi")),
         ("danang", gateway("danang")), ("civil", subsystem(CIVIL)), ("civil-revoked", subsystem(CIVIL)),
@@ -529,8 +535,8 @@ def _metric(live: Live, reason: str) -> float:
 @pytest.mark.parametrize(("reason", "make"), HANDSHAKE_REFUSALS, ids=[r for r, _ in HANDSHAKE_REFUSALS])
 def test_live_bad_certificates_are_refused_at_the_handshake_and_counted(live: Live, reason: str, make: Any) -> None:
     before = _metric(live, reason)
-    files = make(live.pki)
-    with pytest.raises((httpx.TransportError, ssl.SSLError)), httpx.Client(verify=live.pki.client(files)) as client:
+    files = make(live.ca)
+    with pytest.raises((httpx.TransportError, ssl.SSLError)), httpx.Client(verify=live.ca.client(files)) as client:
         client.get(live.url(), headers={"X-Road-Client": CIVIL, "X-Purpose": PURPOSE})
     deadline = time.monotonic() + 60
     while _metric(live, reason) == before and time.monotonic() < deadline:
@@ -544,7 +550,7 @@ def test_live_openssl_s_client_with_a_client_certificate(live: Live) -> None:
     files = live.certs["civil"][0]
     request = get(PATH, f"X-Road-Client: {CIVIL}", f"X-Purpose: {PURPOSE}", "Connection: close")
     out = subprocess.run([str(OPENSSL), "s_client", "-connect", f"127.0.0.1:{live.port}", "-quiet", "-CAfile",
-                          str(live.pki.ca_path), "-cert", str(files.cert), "-key", str(files.key)], input=request,
+                          str(live.ca.ca_path), "-cert", str(files.cert), "-key", str(files.key)], input=request,
                          capture_output=True, timeout=60)  # fmt: skip
     assert b"HTTP/1.1 200" in out.stdout, out
 
