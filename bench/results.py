@@ -6,6 +6,10 @@
 The load cases run in interleaved rounds (bench/measure.py). A case's figure is its median over the rounds, and a
 ratio is the median of the ratios *within* each round, where both cases ran a minute apart at most, with `_min` and
 `_max` beside it: a slow spell on a shared machine then moves one round, not the verdict.
+
+The TLS cases (issue 14) add TLS to both sides of the comparison in the same run: nginx proxying with TLS on both
+legs is the baseline of the gateway's TLS cases (`full_tls_vs_nginx_tls`), and the direct HTTPS call to the upstream
+is what the TLS hops' added latency is counted from. The plaintext cases stay as they were, for continuity.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ CASES: dict[str, str] = {
     "gateway_full_2hop": "5. full chain, 2 hops",
     "connector_direct": "6a. connector, direct",
     "connector_2hop": "6b. connector via 2 gateways",
+    # TLS 1.3 on every leg: client -> HTTPS -> (hops, mutual TLS between gateways) -> HTTPS upstream
+    "nginx_upstream_tls": "7. nginx upstream alone, HTTPS",
+    "nginx_tls": "8. nginx reverse proxy, TLS on both legs",
+    "full_tls": "9. gateway, full chain, 1 hop, TLS on both legs",
+    "full_tls_2hop": "10. full chain, 2 hops, TLS on every leg (mutual TLS on the hop)",
 }
 LOAD_FIGURES = ("rps", "p50_ms", "p99_ms", "p999_ms", "cpu_s_per_1k")
 LOW_FIGURES = ("low_p50_ms", "low_p99_ms", "low_rate_rps")
@@ -48,6 +57,11 @@ RATIOS: dict[str, tuple[str, str, float]] = {
     "floor_own_vs_nginx": ("floor_own", "nginx_proxy", 0.0),
     "floor_granian_vs_nginx": ("floor_granian", "nginx_proxy", 0.0),
     "bare_vs_floor_own": ("gateway_bare", "floor_own", 0.0),
+    # TLS: the gateway against nginx with TLS on both legs, held to the plaintext baseline's target
+    "full_tls_vs_nginx_tls": ("full_tls", "nginx_tls", 0.3),
+    "tls_twohop_vs_onehop": ("full_tls_2hop", "full_tls", 0.0),
+    "full_tls_vs_full": ("full_tls", "gateway_full_1hop", 0.0),  # what TLS leaves of the gateway's throughput
+    "nginx_tls_vs_nginx": ("nginx_tls", "nginx_proxy", 0.0),  # and of nginx's
 }
 # What the hops add at low load: key -> (case with the hops, case without them, how many hops that is)
 HOP_ADDED: dict[str, tuple[str, str, int]] = {
@@ -56,6 +70,11 @@ HOP_ADDED: dict[str, tuple[str, str, int]] = {
     "gateway_full_added_p50_ms": ("gateway_full_1hop", "nginx_upstream", 1),
     "second_hop_added_p50_ms": ("gateway_full_2hop", "gateway_full_1hop", 1),
     "connector_2hop_added_p50_ms": ("connector_2hop", "connector_direct", 2),  # the home gateway and national
+    # with TLS, counted from the direct HTTPS call to the upstream
+    "nginx_tls_added_p50_ms": ("nginx_tls", "nginx_upstream_tls", 1),
+    "tls_hop_added_p50_ms": ("full_tls", "nginx_upstream_tls", 1),  # the gateway hop, TLS in and out
+    "tls_second_hop_added_p50_ms": ("full_tls_2hop", "full_tls", 1),  # the mesh hop, mutual TLS
+    "tls_2hop_added_p50_ms": ("full_tls_2hop", "nginx_upstream_tls", 2),  # both gateways
 }
 HOP_TARGET_MS = 1.0  # per hop
 

@@ -9,12 +9,15 @@ import pytest
 
 from bench import wrk
 from bench.loadgen import LoadResult
-from bench.results import Results
+from bench.results import Results, scale_rows
 
 REQUIRED = [
     "nginx_proxy_rps", "gateway_bare_rps", "gateway_full_1hop_rps", "gateway_full_2hop_rps", "connector_direct_rps",
     "connector_2hop_rps", "full_vs_nginx", "full_vs_bare", "twohop_vs_onehop", "connector_2hop_vs_direct",
     "machine", "timestamp", "not_measured",
+    # issue 14: the TLS cases beside the plaintext ones
+    "nginx_upstream_tls_rps", "nginx_tls_rps", "full_tls_rps", "full_tls_2hop_rps", "full_tls_vs_nginx_tls",
+    "full_tls_vs_nginx_tls_min", "full_tls_vs_nginx_tls_max", "tls_hop_added_p50_ms", "tls_2hop_added_p50_ms",
 ]  # fmt: skip
 CASES = ["nginx_proxy", "gateway_bare", "gateway_full_1hop", "gateway_full_2hop", "connector_direct", "connector_2hop"]
 
@@ -120,6 +123,39 @@ def test_the_hop_latency_target_is_per_hop(tmp_path: Path) -> None:
     md = (tmp_path / "latest.md").read_text()
     assert "| second_hop_added_p50_ms | 1.500 |  | <= 1.0 ms | misses |" in md
     assert "| connector_2hop_added_p50_ms | 1.500 |  | <= 2.0 ms (2 hops) | meets |" in md
+
+
+def test_tls_ratios_sit_beside_the_plaintext_ones_in_the_same_rounds(tmp_path: Path) -> None:
+    # Both comparisons from the same rounds: the plaintext figures do not move when the TLS cases are added.
+    results = Results({"cores": 2, "cpu_model": "test cpu"}, quick=False, rounds=3)
+    per_round = ((20_000, 6_000, 10_000, 4_000), (10_000, 3_500, 5_000, 1_000), (20_000, 5_000, 8_000, 2_000))
+    for round_no, (proxy, full, proxy_tls, full_tls) in enumerate(per_round):
+        results.add_load("nginx_proxy", _load(proxy, 0.5), 1.0, round_no)
+        results.add_load("gateway_full_1hop", _load(full, 1.5), 1.0, round_no)
+        results.add_load("nginx_tls", _load(proxy_tls, 0.7), 1.0, round_no)
+        results.add_load("full_tls", _load(full_tls, 2.0), 1.0, round_no)
+    results.add_load("full_tls_2hop", _load(900, 5.0), 1.0, 0)
+    for case, p50 in (("nginx_upstream_tls", 0.4), ("nginx_tls", 0.6), ("full_tls", 1.2), ("full_tls_2hop", 2.9),
+                      ("nginx_upstream", 0.3), ("gateway_full_1hop", 1.0)):  # fmt: skip
+        results.add_low(case, _load(100, p50), 100)
+    data = results.write(tmp_path)
+
+    # per round 0.4, 0.2, 0.25: the median of those, not 4,000 / 8,000 = 0.5 of the medians
+    assert (data["full_tls_vs_nginx_tls"], data["full_tls_vs_nginx_tls_min"], data["full_tls_vs_nginx_tls_max"]) == (
+        0.25, 0.2, 0.4)  # fmt: skip
+    assert (data["full_vs_nginx"], data["full_vs_nginx_min"], data["full_vs_nginx_max"]) == (0.3, 0.25, 0.35)
+    assert data["full_tls_vs_full"] == 0.4 and data["nginx_tls_vs_nginx"] == 0.5
+    assert data["tls_twohop_vs_onehop"] == 0.225  # only round 0 holds both
+    # at low load, from the direct HTTPS call to the upstream: one gateway hop, both hops, and the mesh hop alone
+    assert data["tls_hop_added_p50_ms"] == 0.8 and data["tls_2hop_added_p50_ms"] == 2.5
+    assert data["tls_second_hop_added_p50_ms"] == 1.7 and data["nginx_tls_added_p50_ms"] == 0.2
+    assert data["gateway_full_added_p50_ms"] == 0.7
+    md = (tmp_path / "latest.md").read_text()
+    assert "| full_tls_vs_nginx_tls | 0.250 | 0.200-0.400 | >= 0.3 | misses |" in md
+    assert "| tls_hop_added_p50_ms | 0.800 |  | <= 1.0 ms | meets |" in md
+    assert "| tls_2hop_added_p50_ms | 2.500 |  | <= 2.0 ms (2 hops) | misses |" in md
+    assert "| 9. gateway, full chain, 1 hop, TLS on both legs | 2,000 |" in md  # the median round
+    assert "tls_hop_added_p50_ms" not in {row[0] for row in scale_rows(data)}  # a known key, not a scale figure
 
 
 def test_markdown_table_shows_figures_and_reasons(tmp_path: Path) -> None:
