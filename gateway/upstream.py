@@ -54,6 +54,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 CONNECT_TIMEOUT = 2.0
 # Connectors run on uvicorn, which closes a connection idle for 5 s; a connection older than this is not reused.
 IDLE_TIMEOUT = 4.0
+# A TLS connection is retired after this long (or when the server's certificate expires), so that a certificate renewed
+# on either side, or replaced, is in use everywhere within the hour even under a load that never lets a connection idle.
+MAX_TLS_CONNECTION_AGE = 3600.0
 MAX_IDLE_PER_HOST = 64
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Timeouts are enforced by a sweep over the connections in use, not a timer per call (a timer costs 2.5 µs to arm
@@ -92,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self.tls: ssl.SSLObject | None = None
         self.peer: pki.Peer | None = None  # the verified server certificate, read once per connection
         self.session_kept = False  # its TLS session ticket was taken for the next connection to this peer
+        self.retire_at = float("inf")  # time.monotonic() after which it is not reused
 
     def _new_message(self) -> None:
         self.headers: list[tuple[str, str]] = []
@@ -107,6 +111,8 @@ class _Connection(asyncio.Protocol):
         self.tls = transport.get_extra_info("ssl_object")  # called once the handshake is done
         if self.tls is not None:
             self.peer = pki.Peer.of(self.tls)
+            left = (self.peer.not_after - dt.datetime.now(dt.UTC)).total_seconds() if self.peer else 0.0
+            self.retire_at = time.monotonic() + min(MAX_TLS_CONNECTION_AGE, left)
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
@@ -352,7 +358,7 @@ class UpstreamClient:
             conn = idle.pop()
             # a certificate the snapshot revoked since the handshake ends its connections too (one set lookup)
             revoked_since = conn.peer is not None and conn.peer.serial in revoked
-            if conn.reusable and now - conn.idle_since < IDLE_TIMEOUT and not revoked_since:
+            if conn.reusable and now - conn.idle_since < IDLE_TIMEOUT and now < conn.retire_at and not revoked_since:
                 return conn, True
             conn.close()
         tls = None

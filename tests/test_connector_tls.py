@@ -4,7 +4,8 @@
 Covered:
 - the hosting gateway's certificate is accepted (probes and calls answer as over plain HTTP);
 - no client certificate, a certificate from an unknown CA, an expired or not-yet-valid one: the handshake fails,
-  no HTTP answer ever comes; a plaintext request on the TLS port gets no answer either;
+  no HTTP answer ever comes; a plaintext request on the TLS port gets no answer either; a certificate that expires
+  while its connection is kept alive is refused from then on (401 client-certificate-required);
 - a mesh certificate for anyone but the hosting gateway (another gateway, a client system, the registry) is
   refused with 403 certificate-identity-mismatch on every path, the probes included;
 - the gateway's upstream client refuses a connector whose certificate is another subsystem's (502
@@ -136,6 +137,16 @@ def test_no_client_certificate_or_plaintext_never_reaches_http(ca: IssuingCA, po
     text = (out.stdout + out.stderr).decode(errors="replace")
     assert b"HTTP/" not in out.stdout, text
     assert "verify return:1" in text, text  # the server itself was fine: what failed was the missing certificate
+
+
+def test_a_kept_alive_connection_ends_when_the_gateway_certificate_expires(ca: IssuingCA, population: str) -> None:
+    files = ca.issue("national", pki.identity("gateway", HOSTING), lifetime=dt.timedelta(seconds=3))
+    expires = pki.load_cert(files.cert).not_valid_after_utc
+    with httpx.Client(verify=pki.client_context(ca.cert_path, files), timeout=10) as http:
+        while dt.datetime.now(dt.UTC) < expires:
+            assert http.get(population + "/healthz").status_code == 200
+            time.sleep(0.2)
+        assert_problem(http.get(population + "/healthz"), 401, "client-certificate-required", "certificate")
 
 
 def test_the_gateway_upstream_client_checks_the_connector_identity(

@@ -9,7 +9,8 @@ certificates issued by a test CA. Covered:
 - a server certificate for another identity, or a revoked one, is refused with 502 certificate-identity-mismatch /
   certificate-revoked, on a new connection, on a resumed session and on a pooled connection alike (the pool is keyed
   by the identity expected, and a revocation closes the pooled connections to that certificate);
-- a server certificate from an unknown CA, or expired, fails the handshake: 502 upstream-failed naming TLS;
+- a server certificate from an unknown CA, or expired, fails the handshake: 502 upstream-failed naming TLS; a
+  kept-alive connection (and its session) ends when the server's certificate expires;
 - live processes: a call from hanoi crosses the mutual-TLS hop to national and reaches a real connector over TLS;
   a connector answering with another subsystem's certificate is refused (502 certificate-identity-mismatch, in the
   audit log), and a connector certificate revoked by a new snapshot is refused at the next call although a
@@ -221,6 +222,29 @@ def test_a_server_certificate_the_mesh_ca_does_not_vouch_for_fails_the_handshake
         assert (problem.status, problem.code) == (502, "upstream-failed")
         assert "TLS handshake" in problem.detail and "certificate" in problem.detail, problem.detail
         assert client.handshakes == 0
+
+
+def test_a_kept_alive_connection_ends_when_the_server_certificate_expires(
+    ca: IssuingCA, client: UpstreamClient, tmp_path: Path
+) -> None:
+    """Checked at the handshake, an expiry must not be outlived by a connection kept busy (nor by its session)."""
+    files = ca.issue("hanoi", HOSTING, lifetime=dt.timedelta(seconds=3))
+    expires = pki.load_cert(files.cert).not_valid_after_utc
+
+    async def scenario(base: str) -> tuple[list[int], Problem]:
+        try:
+            seen = []
+            while dt.datetime.now(dt.UTC) < expires:
+                seen.append((await call(client, base, HOSTING))["connection"])
+                await asyncio.sleep(0.2)  # never idle long enough for the idle timeout
+            return seen, await refused(client, base, HOSTING)
+        finally:
+            await client.close()
+
+    with counting_server(files, tmp_path) as base:
+        seen, problem = run(scenario(base))
+    assert set(seen) == {1}  # one kept-alive connection while the certificate was valid
+    assert (problem.status, problem.code) == (502, "upstream-failed") and "expired" in problem.detail, problem.detail
 
 
 # -- live: gateways and connectors as processes ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ new handshakes present the new certificate, open connections carry on.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import ssl
 from pathlib import Path
@@ -88,6 +89,9 @@ def peer_refusal(scope: Any, gateway: str) -> Problem | None:
     if not isinstance(peer, pki.Peer):
         return Problem(401, "client-certificate-required", f"only {expected} may call this connector, with its "
                        "client certificate", field="certificate")  # fmt: skip
+    if peer.not_after <= dt.datetime.now(dt.UTC):  # valid at the handshake, expired on a long-lived connection
+        return Problem(401, "client-certificate-required", "the client certificate expired during this connection; "
+                       "reconnect with the renewed one", field="certificate")  # fmt: skip
     if peer.identity != expected:
         return Problem(403, "certificate-identity-mismatch", f"the client certificate is for "
                        f"{peer.identity or 'no mesh identity'}; only {expected} may call this connector",
