@@ -129,7 +129,7 @@ def _echo_json(value: Any) -> None:
 def api_options(fn: F) -> F:
     """--registry, --key, --kid and --as: who talks to which registry (default: the local admin key)."""
     opts = [
-        click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default="http://127.0.0.1:8600",
+        click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default="https://127.0.0.1:8600",
                      show_default=True, help="registry base URL (env LIENTHONG_REGISTRY_URL)"),
         click.option("--key", "auth_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help=f"private key (PEM) to sign with [default: {DEFAULT_DATA_DIR}/admin.key]"),
