@@ -5,12 +5,16 @@ round r+1 does it again, in an order rotated by one. Two cases compared in a rat
 in every round rather than minutes apart once (bench/results.py takes the medians). Each load is warmed up first,
 runs on the load-generator core (wrk when installed, else `python -m bench.loadgen`), and reads the CPU seconds of
 the case's server processes before and after. A case whose answers are mostly errors, in any round, gets no figure.
+A TLS case calls an https:// URL: wrk speaks TLS but cannot present a client certificate, so under load the client
+authenticates as in the plaintext cases (its token); bench.loadgen, at the low rate, also presents the case's client
+certificate (`Case.tls`), as X-Road clients do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -20,9 +24,10 @@ from pathlib import Path
 
 import httpx
 
-from bench import cpu, machine, wrk
+from bench import cpu, loadgen, machine, wrk
 from bench.loadgen import LoadResult
 from bench.results import Results
+from lienthong import pki
 
 REPO = Path(__file__).resolve().parent.parent
 CONCURRENCY = 32
@@ -58,6 +63,8 @@ class Case:
     # For single-use header values (a connector's assertions): makes N values as (header name, values).
     tokens: Callable[[int], tuple[str, list[str]]] | None = None
     token_rate_cap: float = 5000.0  # values made per second of load; a case that reaches it is reported as capped
+    # For an https:// URL: the CA to verify the server with and the client certificate bench.loadgen presents.
+    tls: pki.CertFiles | None = None
 
     def phase_headers(self) -> dict[str, str]:
         """The headers for the next load phase: refreshed when the case says how, else the fixed ones."""
@@ -65,7 +72,7 @@ class Case:
 
 
 def python_load(url: str, *, headers: dict[str, str], duration: float, rate: float | None = None,
-                varying: tuple[str, Path] | None = None) -> LoadResult:
+                varying: tuple[str, Path] | None = None, tls: pki.CertFiles | None = None) -> LoadResult:
     """Run the Python generator in its own process, pinned to the load-generator core."""
     args = [*machine.loadgen_prefix(), sys.executable, "-m", "bench.loadgen", url, "--duration", str(duration),
             "--connections", str(CONCURRENCY)]
@@ -75,6 +82,8 @@ def python_load(url: str, *, headers: dict[str, str], duration: float, rate: flo
         args += ["-H", f"{name}: {value}"]
     if varying:
         args += ["--vary-header", f"{varying[0]}={varying[1]}"]
+    if tls is not None:
+        args += ["--tls-dir", str(tls.directory)]
     done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=duration + 120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"bench.loadgen exited with {done.returncode}: {done.stderr.strip()[-500:]}")
@@ -83,11 +92,11 @@ def python_load(url: str, *, headers: dict[str, str], duration: float, rate: flo
 
 
 def load(url: str, headers: dict[str, str], duration: float, use_wrk: bool,
-         varying: tuple[str, Path] | None = None) -> LoadResult:
+         varying: tuple[str, Path] | None = None, tls: pki.CertFiles | None = None) -> LoadResult:
     if use_wrk and wrk.available():
         return wrk.run(url, connections=CONCURRENCY, duration=duration, headers=headers,
                        prefix=machine.loadgen_prefix(), varying=varying)
-    return python_load(url, headers=headers, duration=duration, varying=varying)
+    return python_load(url, headers=headers, duration=duration, varying=varying, tls=tls)
 
 
 _token_files: list[Path] = []
@@ -111,8 +120,11 @@ def single_use(case: Case, seconds: float, rate: float | None = None) -> tuple[s
 
 
 def preflight(case: Case, headers: dict[str, str]) -> None:
+    verify: bool | ssl.SSLContext = True
+    if case.tls is not None:
+        verify = loadgen.tls_context(case.tls.directory)
     try:
-        r = httpx.get(case.url, headers=headers, timeout=10.0)
+        r = httpx.get(case.url, headers=headers, timeout=10.0, verify=verify)
     except httpx.HTTPError as exc:
         raise NotMeasured(f"{case.url} did not answer: {exc!r}") from exc
     if r.status_code != 200:
@@ -163,10 +175,10 @@ def run_rounds(results: Results, cases: list[Case], plan: Plan, log: Callable[[s
 def _load_round(results: Results, case: Case, plan: Plan, round_no: int, log: Callable[[str], None]) -> None:
     headers = case.phase_headers()
     if plan.warmup > 0:
-        load(case.url, headers, plan.warmup, plan.use_wrk, single_use(case, plan.warmup))
+        load(case.url, headers, plan.warmup, plan.use_wrk, single_use(case, plan.warmup), case.tls)
     varying = single_use(case, plan.duration)
     before = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
-    result = load(case.url, headers, plan.duration, plan.use_wrk, varying)
+    result = load(case.url, headers, plan.duration, plan.use_wrk, varying, case.tls)
     after = cpu.tree_cpu_seconds(case.cpu_pids) if case.cpu_pids else None
     _check(result, f"load at concurrency {CONCURRENCY}")
     if case.tokens and result.rps > 0.9 * case.token_rate_cap:
@@ -190,7 +202,7 @@ def _low_rate(results: Results, case: Case, plan: Plan, log: Callable[[str], Non
         rate = low_rate_for(plan.low_rate, results.median_rps(case.name))
         headers = case.phase_headers()
         low = python_load(case.url, headers=headers, duration=plan.low_duration, rate=rate,
-                          varying=single_use(case, plan.low_duration, rate))
+                          varying=single_use(case, plan.low_duration, rate), tls=case.tls)
         _check(low, f"low rate {rate:g}/s")
         results.add_low(case.name, low, rate)
     except (NotMeasured, RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:

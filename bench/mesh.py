@@ -9,6 +9,13 @@ population connector); `nghean` is a province whose consumer reaches national's 
 second `national` process with every policy off serves the bare case, so that all cases run side by side for the
 interleaved rounds (bench/measure.py). Each case is measured only when the parts it needs exist; otherwise it is
 reported as not measured, with why.
+
+The TLS cases (`full_tls`, `full_tls_2hop`) run a second mesh of the same layout beside the first, in the same run:
+its gateways serve HTTPS with certificates from the bench CA (bench/tls.py), call the upstream's HTTPS port
+presenting their own certificate and checking the upstream's identity (the bench service's provider subsystem), and
+reach each other with mutual TLS (national's base URL is https). Its snapshot comes from the test harness's stand-in
+registry (the same signed-snapshot protocol) so that its `pki` section names the bench CA; its gateways keep their
+Redis state in another database of the same Redis. The plaintext cases pass --insecure-http, as they always ran.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ from typing import Any
 from bench import connector, machine
 from bench.measure import Case
 from bench.results import Results
+from bench.tls import ECHO_PROVIDER, BenchPKI, wait_https
+from lienthong import pki
 from lienthong.redis_connection import EmbeddedRedis, free_port
 
 Log = Callable[[str], None]
 LIENTHONG = str(Path(sys.executable).parent / "lienthong")
 
-BENCH_SERVICE = "VN/GOV/BENCH/echo/record"
+BENCH_SERVICE = f"{ECHO_PROVIDER}/record"
 LOCAL_CONSUMER = "VN/GOV/BTP/justice"  # home gateway national: one hop
 PROVINCE_CONSUMER = "VN/PROV/NGHEAN/civil-status"  # home gateway nghean: two hops
 PURPOSE = "benchmark"
@@ -37,6 +46,7 @@ SUBJECT = "001203004567"
 FULL_POLICIES = "all"
 TRACE_SAMPLING = "0.01"
 GRANT_FIELDS = ["id", "full_name", "birth_date"]  # the record has one field more, so minimize has work to do
+TLS_CASES = ("full_tls", "full_tls_2hop")
 
 
 def command_exists(*words: str) -> bool:
@@ -57,18 +67,26 @@ def missing_parts() -> str | None:
 
 
 class BenchMesh:
-    """The catalogue and processes of the gateway cases; `start_gateway` starts one with given policies."""
+    """The catalogue and processes of the gateway cases; `start_gateway` starts one with given policies.
+    With `certs`, every gateway serves and calls over TLS (module docstring), and there is no bare gateway."""
 
-    def __init__(self, tmp: Path, upstream_url: str, redis_url: str) -> None:
+    def __init__(self, tmp: Path, upstream_url: str, redis_url: str, certs: BenchPKI | None = None) -> None:
         # the gateway part's fixture; imported late as it may not exist yet
         from tests.mesh_support import GatewayProc, Mesh
 
         self.redis_url = redis_url
         self.workers = 1
-        self.mesh: Any = Mesh(root=tmp / "mesh", log_dir=tmp / "logs", policies="none", redis_url=redis_url,
-                              workers=1)
+        self.certs = certs
+        root, logs = (tmp / "mesh", tmp / "logs") if certs is None else (tmp / "mesh-tls", tmp / "logs" / "tls")
+        self.mesh: Any = Mesh(root=root, log_dir=logs, policies="none", redis_url=redis_url, workers=1,
+                              registry="real" if certs is None else "standin")  # fmt: skip
         self.national = self.mesh.add_gateway("national")
         self.nghean = self.mesh.add_gateway("nghean")
+        # the hop's address, as this mesh serves it (set here, whatever the harness's default scheme)
+        for entry in self.mesh.doc["gateways"]:
+            entry["base_url"] = self.base(self.mesh.gateways[entry["code"]])
+        if certs is not None:
+            self.mesh.doc["pki"] = {"ca": [certs.ca_path.read_text()], "revoked": []}
         # the same gateway identity on its own port and files; not in the snapshot, so no mesh hop reaches it
         self.bare = GatewayProc("national", free_port(), self.national.key, self.national.data_dir.parent / "bare")
         for member, home in (("VN/GOV/BENCH", "national"), ("VN/GOV/BTP", "national"), ("VN/GOV/BCA", "national"),
@@ -94,6 +112,13 @@ class BenchMesh:
         self.mesh.publish()
         self.mesh.start_registry()
 
+    def base(self, gw: Any) -> str:
+        return f"{'http' if self.certs is None else 'https'}://127.0.0.1:{gw.port}"
+
+    def client_tls(self, consumer: str) -> pki.CertFiles | None:
+        """What a case's load generator verifies with and presents: the consumer's certificate (TLS mesh only)."""
+        return None if self.certs is None else self.certs.client(consumer)
+
     def start_gateway(self, gw: Any, policies: str) -> None:
         """Start one gateway process pinned to the server core; wait until it is ready."""
         from tests.procs import Proc
@@ -103,10 +128,21 @@ class BenchMesh:
                 "--registry", self.mesh.registry_url, "--registry-key", str(self.mesh.root / "registry.jwk"),
                 "--key", str(gw.key.path), "--kid", gw.key.kid, "--data-dir", str(gw.data_dir),
                 "--workers", str(self.workers), "--policies", policies, "--redis-url", self.redis_url,
-                "--trace-sample-ratio", TRACE_SAMPLING, "--insecure-http"]  # TLS cases: issue 14
-        gw.proc = Proc(f"gateway-{gw.code}-{policies.replace(',', '-')}", [*machine.server_prefix(), *argv],
-                       self.mesh.log_dir).start()
-        gw.proc.wait_http(f"{gw.url}/readyz", timeout=60)
+                "--trace-sample-ratio", TRACE_SAMPLING]
+        # plain HTTP for the cases kept from before TLS, said explicitly: a gateway refuses to start without TLS
+        argv += ["--insecure-http"] if self.certs is None else ["--tls-dir", str(self.certs.gateway(gw.code).directory)]
+        name = f"gateway-{gw.code}-{policies.replace(',', '-')}" + ("" if self.certs is None else "-tls")
+        gw.proc = Proc(name, [*machine.server_prefix(), *argv], self.mesh.log_dir).start()
+        if self.certs is None:
+            gw.proc.wait_http(f"{gw.url}/readyz", timeout=60)
+            return
+        proc = gw.proc
+
+        def gone() -> str | None:
+            done = proc.process is None or proc.process.poll() is not None
+            return f"{name} exited:\n{proc.log_tail()}" if done else None
+
+        wait_https(f"{self.base(gw)}/readyz", self.certs.context(), gone, timeout=60)
 
     def headers(self, consumer: str, home: str) -> Callable[[], dict[str, str]]:
         """A fresh client token per load phase: signed once, valid 300 s (the protocol's maximum)."""
@@ -118,6 +154,9 @@ class BenchMesh:
 
         return make
 
+    def url(self, gw: Any, service: str, path: str) -> str:
+        return f"{self.base(gw)}/r1/{service}{path}"
+
     @staticmethod
     def pid(gw: Any) -> list[int]:
         return [gw.proc.process.pid] if gw.proc is not None and gw.proc.process is not None else []
@@ -128,56 +167,76 @@ class BenchMesh:
         self.mesh.stop()
 
 
-def url(gateway: Any, service: str, path: str) -> str:
-    return f"{gateway.url}/r1/{service}{path}"
-
-
 @contextlib.contextmanager
-def cases_started(cases: list[str], results: Results, tmp: Path, upstream_url: str, log: Log) -> Iterator[list[Case]]:
-    """Start what the wanted mesh cases need and yield them as load cases; stop it all afterwards."""
+def cases_started(
+    cases: list[str], results: Results, tmp: Path, upstream_url: str, log: Log,
+    tls: tuple[BenchPKI, str] | None = None,
+) -> Iterator[list[Case]]:  # fmt: skip
+    """Start what the wanted mesh cases need and yield them as load cases; stop it all afterwards. `tls` is the bench
+    CA and the upstream's HTTPS URL, for the TLS cases."""
     reason = missing_parts()
     if reason:
-        for case in cases:
-            results.skip(case, reason)
-            log(f"{case}: not measured: {reason}")
+        _skip(cases, reason, results, log)
         yield []
         return
+    plain = [c for c in cases if c not in TLS_CASES]
+    secure = [c for c in cases if c in TLS_CASES]
+    if secure and tls is None:
+        _skip(secure, "no bench CA or HTTPS upstream (see the nginx cases)", results, log)
+        secure = []
     redis = EmbeddedRedis(tmp / "redis", durable=False)
-    bench: BenchMesh | None = None
-    pop: connector.Population | None = None
-    started: list[Case] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(redis.stop)
+        started: list[Case] = []
         try:
             redis.start()
-            bench = BenchMesh(tmp, upstream_url, redis.url)
-            if any(c.startswith("connector_") for c in cases):
-                try:
-                    pop = connector.Population.prepare(tmp / "population", quick=results.quick, log=log)
-                    bench.add_population(pop.url)
-                    pop.start(bench.national.key, tmp / "logs")
-                except (connector.Unavailable, RuntimeError) as exc:
-                    for case in (c for c in cases if c.startswith("connector_")):
-                        results.skip(case, str(exc))
-                        log(f"{case}: not measured: {exc}")
-                    pop = None
-            bench.publish_and_start_registry()
-            started = _gateway_cases(bench, cases, results, log)
-            if pop is not None:
-                started += _connector_cases(bench, pop, cases)
-        except Exception as exc:  # a part that fails to start must cost its figures, not the whole run
-            why = f"the mesh did not start: {type(exc).__name__}: {str(exc)[:1500]}"
-            for case in cases:
-                if case not in results.not_measured:
-                    results.skip(case, why)
-            log(why)
-            started = []
+        except Exception as exc:  # reported as the reason the cases have no figure
+            _skip(cases, f"Redis did not start: {exc}", results, log)
+        else:
+            if plain:
+                started += _mesh_cases(stack, plain, results, tmp, upstream_url, redis.url, log)
+            if secure and tls is not None:
+                # the TLS mesh's gateways have the same codes: their quota and meter state goes to database 1
+                redis_tls = redis.url.rsplit("/", 1)[0] + "/1"
+                started += _mesh_cases(stack, secure, results, tmp, tls[1], redis_tls, log, tls[0])
         yield started
-    finally:
+
+
+def _skip(cases: list[str], why: str, results: Results, log: Log) -> None:
+    for case in cases:
+        if case not in results.not_measured:
+            results.skip(case, why)
+            log(f"{case}: not measured: {why}")
+
+
+def _mesh_cases(
+    stack: contextlib.ExitStack, cases: list[str], results: Results, tmp: Path, upstream_url: str, redis_url: str,
+    log: Log, certs: BenchPKI | None = None,
+) -> list[Case]:  # fmt: skip
+    """One mesh (plaintext, or TLS with `certs`) and the wanted cases it serves; a mesh that fails to start costs
+    its own cases' figures, not the run."""
+    try:
+        bench = BenchMesh(tmp, upstream_url, redis_url, certs)
+        stack.callback(bench.stop)
+        pop: connector.Population | None = None
+        if any(c.startswith("connector_") for c in cases):
+            try:
+                pop = connector.Population.prepare(tmp / "population", quick=results.quick, log=log)
+                bench.add_population(pop.url)
+                stack.callback(pop.stop)
+                pop.start(bench.national.key, tmp / "logs")
+            except (connector.Unavailable, RuntimeError) as exc:
+                _skip([c for c in cases if c.startswith("connector_")], str(exc), results, log)
+                pop = None
+        bench.publish_and_start_registry()
+        started = _gateway_cases(bench, cases, results, log)
         if pop is not None:
-            pop.stop()
-        if bench is not None:
-            bench.stop()
-        redis.stop()
+            started += _connector_cases(bench, pop, cases)
+        return started
+    except Exception as exc:  # a part that fails to start must cost its figures, not the whole run
+        what = "the mesh" if certs is None else "the TLS mesh"
+        _skip(cases, f"{what} did not start: {type(exc).__name__}: {str(exc)[:1500]}", results, log)
+        return []
 
 
 def _start_or_skip(bench: BenchMesh, gw: Any, policies: str, results: Results, skip: list[str], log: Log) -> bool:
@@ -186,30 +245,30 @@ def _start_or_skip(bench: BenchMesh, gw: Any, policies: str, results: Results, s
         return True
     except RuntimeError as exc:
         why = f"gateway {gw.code} with --policies {policies} did not start: {str(exc)[-1200:]}"
-        for case in skip:
-            results.skip(case, why)
-        log(why)
+        _skip(skip, why, results, log)
         return False
 
 
 def _gateway_cases(bench: BenchMesh, cases: list[str], results: Results, log: Log) -> list[Case]:
+    one, two = ("gateway_full_1hop", "gateway_full_2hop") if bench.certs is None else TLS_CASES
     out: list[Case] = []
     record = f"/record/{SUBJECT}"
     local = bench.headers(LOCAL_CONSUMER, "national")
     if "gateway_bare" in cases and _start_or_skip(bench, bench.bare, "none", results, ["gateway_bare"], log):
-        out.append(Case("gateway_bare", url(bench.bare, BENCH_SERVICE, record), cpu_pids=bench.pid(bench.bare),
+        out.append(Case("gateway_bare", bench.url(bench.bare, BENCH_SERVICE, record), cpu_pids=bench.pid(bench.bare),
                         refresh_headers=local))
     full = [c for c in cases if c != "gateway_bare"]
     if not full or not _start_or_skip(bench, bench.national, FULL_POLICIES, results, full, log):
         return out
-    if "gateway_full_1hop" in cases:
-        out.append(Case("gateway_full_1hop", url(bench.national, BENCH_SERVICE, record),
-                        cpu_pids=bench.pid(bench.national), refresh_headers=local))
-    two = [c for c in cases if c in ("gateway_full_2hop", "connector_2hop")]
-    if two and _start_or_skip(bench, bench.nghean, FULL_POLICIES, results, two, log) and "gateway_full_2hop" in cases:
-        out.append(Case("gateway_full_2hop", url(bench.nghean, BENCH_SERVICE, record),
+    if one in cases:
+        out.append(Case(one, bench.url(bench.national, BENCH_SERVICE, record), cpu_pids=bench.pid(bench.national),
+                        refresh_headers=local, tls=bench.client_tls(LOCAL_CONSUMER)))
+    nghean = [c for c in cases if c in (two, "connector_2hop")]
+    if nghean and _start_or_skip(bench, bench.nghean, FULL_POLICIES, results, nghean, log) and two in cases:
+        out.append(Case(two, bench.url(bench.nghean, BENCH_SERVICE, record),
                         cpu_pids=bench.pid(bench.nghean) + bench.pid(bench.national),
-                        refresh_headers=bench.headers(PROVINCE_CONSUMER, "nghean")))
+                        refresh_headers=bench.headers(PROVINCE_CONSUMER, "nghean"),
+                        tls=bench.client_tls(PROVINCE_CONSUMER)))
     return out
 
 
@@ -218,7 +277,7 @@ def _connector_cases(bench: BenchMesh, pop: connector.Population, cases: list[st
     if "connector_direct" in cases:
         out.append(pop.direct_case(bench.national.key))
     if "connector_2hop" in cases and bench.nghean.proc is not None and bench.national.proc is not None:
-        out.append(Case("connector_2hop", url(bench.nghean, connector.SERVICE, f"/persons/{pop.person_id}"),
+        out.append(Case("connector_2hop", bench.url(bench.nghean, connector.SERVICE, f"/persons/{pop.person_id}"),
                         refresh_headers=bench.headers(PROVINCE_CONSUMER, "nghean"),
                         cpu_pids=bench.pid(bench.nghean) + bench.pid(bench.national) + pop.pids()))
     return out

@@ -91,7 +91,7 @@ def profile(policies: str, duration: float, label: str | None) -> Path:
             bench = mesh.BenchMesh(tmp, f"http://127.0.0.1:{port}", redis.url)
             bench.publish_and_start_registry()
             bench.start_gateway(bench.national, policies)
-            url = mesh.url(bench.national, mesh.BENCH_SERVICE, f"/record/{mesh.SUBJECT}")
+            url = bench.url(bench.national, mesh.BENCH_SERVICE, f"/record/{mesh.SUBJECT}")
             headers = bench.headers(mesh.LOCAL_CONSUMER, "national")()
             pid = str(bench.pid(bench.national)[0])
             load = threading.Thread(target=_load, args=(url, headers, duration + 3), daemon=True)

@@ -2,8 +2,11 @@
 
     python -m bench.run [--quick] [--only CASES] [--duration S] [--results-dir DIR]
 
-CASES is a comma list of groups (`nginx`, `floor`, `gateway`, `connector`, `scale`) or single names (`nginx_proxy`,
-`gateway_full_2hop`, `snapshot`, `revocation`, ...). Every case ends measured or listed as "not measured: <why>".
+CASES is a comma list of groups (`nginx`, `floor`, `gateway`, `connector`, `tls`, `scale`) or single names
+(`nginx_proxy`, `gateway_full_2hop`, `full_tls`, `snapshot`, `revocation`, ...). Every case ends measured or listed as
+"not measured: <why>". The `tls` group is the same comparison with TLS 1.3 on every leg (bench/tls.py issues the
+certificates): nginx's upstream over HTTPS, nginx proxying with TLS on both legs, and the gateways' full chain over
+one and two hops; all of them run beside the plaintext cases, in the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from rich.console import Console
 from bench import install, machine, mesh, nginx, scale, wrk
 from bench.measure import Case, Plan, run_rounds
 from bench.results import CASES, RESULTS_DIR, Results, print_table
+from bench.tls import UPSTREAM_NAME, BenchPKI
+from lienthong import pki
 from lienthong.redis_connection import free_port
 from lienthong.supervisor import Component, StartFailed, Supervisor
 
@@ -27,6 +32,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "floor": ("floor_own", "floor_granian"),
     "gateway": ("gateway_bare", "gateway_full_1hop", "gateway_full_2hop"),
     "connector": ("connector_direct", "connector_2hop"),
+    "tls": ("nginx_upstream_tls", "nginx_tls", *mesh.TLS_CASES),
     "scale": scale.CASES,
 }
 
@@ -102,13 +108,26 @@ def throughput(cases: set[str], plan: Plan, results: Results, sup: Supervisor, t
         for case in wanted:
             results.skip(case, "nginx is not installed and could not be installed (the upstream of every case)")
         return
-    up_port = free_port()
+    tls_cases = [c for c in wanted if c in GROUPS["tls"]]
+    certs = bench_pki(tmp, tls_cases, results)
+    up_port, tls_port = free_port(), free_port()
+    prefix = tmp / "nginx-upstream"
     try:
-        prefix = tmp / "nginx-upstream"
-        upstream = nginx.start(sup, "nginx-upstream", prefix, nginx.upstream_conf(prefix, up_port), up_port)
+        try:
+            conf = nginx.upstream_conf(prefix, up_port, (tls_port, certs.upstream()) if certs else None)
+            upstream = nginx.start(sup, "nginx-upstream", prefix, conf, up_port)
+        except (StartFailed, RuntimeError, OSError) as exc:
+            if certs is None:
+                raise
+            # an nginx without TLS costs the TLS cases only: the plaintext ones run as before
+            for case in tls_cases:
+                results.skip(case, f"the nginx upstream did not start with its HTTPS port: {exc}")
+            certs = None
+            upstream = nginx.start(sup, "nginx-upstream-plain", prefix, nginx.upstream_conf(prefix, up_port), up_port)
     except (StartFailed, RuntimeError, OSError) as exc:
         for case in wanted:
-            results.skip(case, f"the nginx upstream did not start: {exc}")
+            if case not in results.not_measured:
+                results.skip(case, f"the nginx upstream did not start: {exc}")
         return
     upstream_url = f"http://127.0.0.1:{up_port}"
     assert upstream.process is not None
@@ -116,20 +135,57 @@ def throughput(cases: set[str], plan: Plan, results: Results, sup: Supervisor, t
     if "nginx_upstream" in cases:
         started.append(Case("nginx_upstream", f"{upstream_url}/record", cpu_pids=[upstream.process.pid]))
     if "nginx_proxy" in cases:
-        port = free_port()
-        try:
-            prefix = tmp / "nginx-proxy"
-            proxy = nginx.start(sup, "nginx-proxy", prefix, nginx.proxy_conf(prefix, port, up_port), port)
-            assert proxy.process is not None
-            started.append(Case("nginx_proxy", f"http://127.0.0.1:{port}/record", cpu_pids=[proxy.process.pid]))
-        except (StartFailed, RuntimeError, OSError) as exc:
-            results.skip("nginx_proxy", f"the nginx proxy did not start: {exc}")
+        started += nginx_proxy("nginx_proxy", sup, tmp, up_port, results)
+    if certs is not None:
+        client = certs.client(mesh.LOCAL_CONSUMER)  # what the load generator presents, as in case full_tls
+        if "nginx_upstream_tls" in cases:
+            started.append(Case("nginx_upstream_tls", f"https://127.0.0.1:{tls_port}/record",
+                                cpu_pids=[upstream.process.pid], tls=client))
+        if "nginx_tls" in cases:
+            started += nginx_proxy("nginx_tls", sup, tmp, tls_port, results, certs, client)
     for kind in ("own", "granian"):
         if f"floor_{kind}" in cases:
             started += floor(kind, sup, upstream_url, results)
-    mesh_cases = [c for c in wanted if c.startswith(("gateway_", "connector_"))]
-    with mesh.cases_started(mesh_cases, results, tmp, upstream_url, log) as mesh_started:
+    mesh_cases = [c for c in wanted if c.startswith(("gateway_", "connector_")) or c in mesh.TLS_CASES]
+    tls = (certs, f"https://127.0.0.1:{tls_port}") if certs is not None else None
+    with mesh.cases_started(mesh_cases, results, tmp, upstream_url, log, tls) as mesh_started:
         run_rounds(results, started + mesh_started, plan, log)
+
+
+def bench_pki(tmp: Path, tls_cases: list[str], results: Results) -> BenchPKI | None:
+    """The bench CA and its certificates when a TLS case is wanted; else (or when it cannot be made) None."""
+    if not tls_cases:
+        return None
+    try:
+        certs = BenchPKI(tmp / "pki")
+    except (ImportError, OSError, ValueError) as exc:
+        for case in tls_cases:
+            results.skip(case, f"no bench CA: {type(exc).__name__}: {exc}")
+        return None
+    results.notes.append(
+        "TLS cases: TLS 1.3 on every leg, certificates from a bench CA (bench/tls.py); under load wrk sends no client "
+        "certificate (it cannot), so the client authenticates by its token as in the plaintext cases; the low-rate "
+        "generator also presents the consumer's subsystem certificate"
+    )
+    return certs
+
+
+def nginx_proxy(
+    name: str, sup: Supervisor, tmp: Path, upstream_port: int, results: Results, certs: BenchPKI | None = None,
+    client: pki.CertFiles | None = None,
+) -> list[Case]:  # fmt: skip
+    """Case 2 (plain HTTP) or, with `certs`, nginx_tls: nginx proxying to the upstream with TLS on both legs."""
+    port, prefix = free_port(), tmp / name
+    tls = None if certs is None else nginx.ProxyTLS(certs.nginx_proxy(), UPSTREAM_NAME)
+    try:
+        proxy = nginx.start(sup, name, prefix, nginx.proxy_conf(prefix, port, upstream_port, tls), port,
+                            tls=None if certs is None else certs.context(client))  # fmt: skip
+    except (StartFailed, RuntimeError, OSError) as exc:
+        results.skip(name, f"the nginx proxy did not start: {exc}")
+        return []
+    assert proxy.process is not None
+    scheme = "http" if certs is None else "https"
+    return [Case(name, f"{scheme}://127.0.0.1:{port}/record", cpu_pids=[proxy.process.pid], tls=client)]
 
 
 def floor(kind: str, sup: Supervisor, upstream_url: str, results: Results) -> list[Case]:
@@ -149,7 +205,7 @@ def floor(kind: str, sup: Supervisor, upstream_url: str, results: Results) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about a minute, for development")
-    parser.add_argument("--only", help="comma list of cases or groups (nginx, floor, gateway, connector, scale)")
+    parser.add_argument("--only", help="comma list of cases or groups (nginx, floor, gateway, connector, tls, scale)")
     parser.add_argument("--duration", type=float, help="seconds of load per case and round (default 3, quick 2)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds of every load case (default 5, quick 1)")
     parser.add_argument("--python-loadgen", action="store_true", help="use bench.loadgen even when wrk is installed")
