@@ -225,3 +225,11 @@ def test_instruction_counts_are_read_from_valgrind_output() -> None:
 
     found = COLLECTED.search("==6411== Events    : Ir\n==6411== Collected : 2774579984\n==6411==\n")
     assert found is not None and int(found.group(1)) == 2774579984
+
+
+def test_the_tls_group_selects_the_tls_cases_and_only_them() -> None:
+    from bench.run import selected
+
+    assert selected("tls") == {"nginx_upstream_tls", "nginx_tls", "full_tls", "full_tls_2hop"}
+    assert selected("full_tls,nginx_proxy") == {"full_tls", "nginx_proxy"}
+    assert {"nginx_tls", "full_tls_2hop", "gateway_full_1hop", "nginx_proxy"} <= selected(None)
