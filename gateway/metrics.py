@@ -68,6 +68,12 @@ UPSTREAM_TLS = Counter(
     "by whether the handshake resumed a session",
     ["resumed"],
 )
+UPSTREAM_TLS_REFUSALS = Counter(
+    "lienthong_gateway_upstream_tls_refusals",
+    "TLS connections this gateway opened and refused: the peer's certificate for another identity, revoked, expired, "
+    "not yet valid, from an unknown CA, another handshake failure, or the peer refusing this gateway's certificate",
+    ["reason"],
+)
 
 
 def snapshot_installed(snapshot: Snapshot) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import logging
 import ssl
 import time
 from collections import deque
@@ -42,6 +43,11 @@ from lienthong import pki
 from lienthong.background import stop_task
 from lienthong.problem import Problem
 from lienthong.upstream_policy import UpstreamPolicy
+
+log = logging.getLogger("lienthong.gateway.upstream")
+# OpenSSL's X509_V_ERR_* codes of a server certificate that failed verification, by the reason counted
+_VERIFY_REASONS = {9: "not-yet-valid", 10: "expired", 18: "unknown-ca", 19: "unknown-ca", 20: "unknown-ca",
+                   21: "unknown-ca", 2: "unknown-ca"}  # fmt: skip
 
 # Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus framing the client redoes.
 HOP_BY_HOP = frozenset(
@@ -129,6 +135,7 @@ class _Connection(asyncio.Protocol):
         if self.head_done and not self.framed and exc is None:
             self.on_message_complete()  # a body delimited by the close (RFC 9112 §6.3, last rule) has ended
         elif isinstance(exc, ssl.SSLError):  # e.g. the server refused this gateway's certificate after the handshake
+            tls_refused("refused-by-peer", str(exc.reason or type(exc).__name__))
             self._fail(f"the upstream ended the TLS session before it answered: {exc.reason or exc}")
         else:
             self._fail("the upstream closed the connection before it answered")
@@ -228,6 +235,12 @@ class _ResumingSSLObject(ssl.SSLObject):
         return super()._create(*args, session=session or _RESUME.get(), **kwargs)  # type: ignore[misc]
 
 
+def tls_refused(reason: str, detail: str) -> None:
+    """Count and log a refused outgoing TLS connection: its reason and a fixed detail, never personal data."""
+    metrics.UPSTREAM_TLS_REFUSALS.labels(reason).inc()
+    log.warning("outgoing TLS refused (%s): %s", reason, detail)
+
+
 def client_tls(files: pki.CertFiles) -> ssl.SSLContext | None:
     """The upstream client's TLS context: the mesh CA, and this gateway's certificate presented to its peers.
     None when the files are not there (plain-HTTP development: https upstreams then get the system's context)."""
@@ -306,8 +319,9 @@ class UpstreamClient:
             if isinstance(exc, TimeoutError):
                 raise Problem(504, "upstream-timeout", f"{what} did not answer within {timeout_ms} ms") from exc
             if isinstance(exc, ssl.SSLError):  # the chain, dates or protocol: the reason names no personal data
-                reason = getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__
-                raise Problem(502, "upstream-failed", f"the TLS handshake with {what} failed: {reason}") from exc
+                detail = getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__
+                tls_refused(_VERIFY_REASONS.get(getattr(exc, "verify_code", 0), "handshake"), f"{what}: {detail}")
+                raise Problem(502, "upstream-failed", f"the TLS handshake with {what} failed: {detail}") from exc
             if isinstance(exc, _Failed | OSError):
                 raise Problem(502, "upstream-failed", f"{what} could not be reached or answered garbage") from exc
             raise
@@ -396,11 +410,14 @@ class UpstreamClient:
             conn.close()
             origin.session = None
             shown = "no certificate" if peer is None else f"a certificate for {peer.identity or 'no mesh identity'}"
-            raise Problem(502, "certificate-identity-mismatch", f"{what} presented {shown}, not one for {origin.peer}")
+            detail = f"{what} presented {shown}, not one for {origin.peer}"
+            tls_refused("identity-mismatch", detail)
+            raise Problem(502, "certificate-identity-mismatch", detail)
         if peer.serial in revoked:
             conn.close()
             origin.session = None
             detail = f"{what} presented a revoked certificate (serial {peer.serial:x})"
+            tls_refused("revoked", detail)
             raise Problem(502, "certificate-revoked", detail)
 
     @staticmethod

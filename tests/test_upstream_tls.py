@@ -9,7 +9,8 @@ certificates issued by a test CA. Covered:
 - a server certificate for another identity, or a revoked one, is refused with 502 certificate-identity-mismatch /
   certificate-revoked, on a new connection, on a resumed session and on a pooled connection alike (the pool is keyed
   by the identity expected, and a revocation closes the pooled connections to that certificate);
-- a server certificate from an unknown CA, or expired, fails the handshake: 502 upstream-failed naming TLS; a
+- a server certificate from an unknown CA, or expired, fails the handshake: 502 upstream-failed naming TLS (every
+  refusal counted by its reason in lienthong_gateway_upstream_tls_refusals_total); a
   kept-alive connection (and its session) ends when the server's certificate expires;
 - live processes: a call from hanoi crosses the mutual-TLS hop to national and reaches a real connector over TLS;
   a connector answering with another subsystem's certificate is refused (502 certificate-identity-mismatch, in the
@@ -36,7 +37,7 @@ import orjson
 import pytest
 import uvloop
 
-from gateway import upstream
+from gateway import metrics, upstream
 from gateway.breaker import Breakers
 from gateway.upstream import UpstreamClient, client_tls
 from lienthong import pki
@@ -49,6 +50,12 @@ from tests.upstream_tls_support import IssuingCA, connector
 
 HOSTING = pki.identity("gateway", "hanoi")
 HOME = pki.identity("gateway", "national")
+
+
+def refusals(reason: str) -> float:
+    """lienthong_gateway_upstream_tls_refusals_total{reason} in this process (the client runs here)."""
+    value: float = metrics.UPSTREAM_TLS_REFUSALS.labels(reason)._value.get()
+    return value
 
 
 def run(coro: Any) -> Any:
@@ -170,9 +177,11 @@ def test_a_server_certificate_for_another_identity_is_refused(
         finally:
             await client.close()
 
+    counted = refusals("identity-mismatch")
     for problem, other in zip(run(scenario()), others, strict=True):
         assert (problem.status, problem.code) == (502, "certificate-identity-mismatch")
         assert HOSTING in problem.detail and other in problem.detail
+    assert refusals("identity-mismatch") == counted + len(others)
 
 
 def test_a_revoked_server_certificate_is_refused_on_new_resumed_and_pooled_connections(
@@ -193,8 +202,10 @@ def test_a_revoked_server_certificate_is_refused_on_new_resumed_and_pooled_conne
         finally:
             await client.close()
 
+    counted = refusals("revoked")
     for problem in run(scenario()):
         assert (problem.status, problem.code) == (502, "certificate-revoked")
+    assert refusals("revoked") == counted + 3
     assert client.resumed >= 1
 
 
@@ -217,8 +228,10 @@ def test_a_server_certificate_the_mesh_ca_does_not_vouch_for_fails_the_handshake
         finally:
             await client.close()
 
+    counted = refusals(case)
     with counting_server(files, tmp_path) as base:
         problem = run(scenario(base))
+        assert refusals(case) == counted + 1, "counted by its reason"
         assert (problem.status, problem.code) == (502, "upstream-failed")
         assert "TLS handshake" in problem.detail and "certificate" in problem.detail, problem.detail
         assert client.handshakes == 0
@@ -381,3 +394,22 @@ def test_live_the_mesh_hop_keeps_its_connection_and_resumes_its_session(live: Li
     assert live.call(SERVICE).status_code == 404
     after = _upstream_handshakes(live, "hanoi")
     assert (after["true"], after["false"]) == (before["true"] + 1, before["false"]), (before, after)
+
+
+def test_a_server_refusing_the_gateways_certificate_is_a_clean_502(
+    ca: IssuingCA, hosting: tuple[str, pki.CertFiles]
+) -> None:
+    """A gateway without its certificate (or with one the peer refuses): in TLS 1.3 the peer's verdict comes after
+    the client's handshake is done, and ends the session; the call is a 502, never a hang. (uvloop reports that end
+    as a plain close, so it is not told apart from other closes in the refusal counter.)"""
+    base, _ = hosting
+    bare = UpstreamClient(Breakers(1000, 5.0), tls=pki.client_context(ca.cert_path))
+
+    async def scenario() -> Problem:
+        try:
+            return await refused(bare, base, HOSTING)
+        finally:
+            await bare.close()
+
+    problem = run(scenario())
+    assert (problem.status, problem.code) == (502, "upstream-failed"), problem
