@@ -47,17 +47,22 @@ class RegistryHandle:
         return self.data_dir / "ca.crt"
 
     @property
+    def verify_ca(self) -> Path | None:
+        """The CA an https registry is verified with (None while the harness speaks plain HTTP)."""
+        return self.ca_path if self.url.startswith("https:") else None
+
+    @property
     def admin_kid(self) -> str:
         return keyfiles.admin_kid(self.data_dir)
 
     def admin_client(self) -> RegistryClient:
-        client = RegistryClient(self.url, self.admin_key_path, self.admin_kid, "admin")
+        client = RegistryClient(self.url, self.admin_key_path, self.admin_kid, "admin", ca=self.verify_ca)
         self.clients.append(client)
         return client
 
     def client_for(self, key: keys.PrivateKey, kid: str, iss: str) -> RegistryClient:
         """A client signing as an integrator (iss = its subsystem) or a gateway (iss = gateway:CODE)."""
-        client = RegistryClient(self.url, key=key, kid=kid, iss=iss)
+        client = RegistryClient(self.url, key=key, kid=kid, iss=iss, ca=self.verify_ca)
         self.clients.append(client)
         return client
 
