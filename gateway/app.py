@@ -17,8 +17,9 @@ import hashlib
 import ipaddress
 import logging
 import os
+import ssl
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -31,8 +32,9 @@ from gateway.ops_auth import HostNames, OpsGate, load_operator_keys
 from gateway.settings import GatewaySettings
 from gateway.snapshot_client import SnapshotClient, load_registry_key
 from gateway.upstream import UpstreamClient, client_tls
-from lienthong import keys
+from lienthong import keys, pki
 from lienthong.background import stop_task
+from lienthong.cert_renewal import CertificateRenewer
 from lienthong.pki import Peer
 from lienthong.problem import Problem
 from lienthong.snapshot import Snapshot
@@ -103,6 +105,35 @@ class GatewayApp:
         self.ops_app: ASGIApp | None = None
         self.ops_gate = ops_gate(settings, private_key, lambda: self.snapshots.current)
         self._metrics_task: asyncio.Task[None] | None = None
+        self._private_key = private_key
+        self._renewer: CertificateRenewer | None = None
+
+    def start_renewal(self, contexts: Iterable[ssl.SSLContext]) -> None:
+        """Renew this gateway's certificate at two thirds of its life (lienthong.cert_renewal), reloading the
+        listening ports' contexts and the upstream client's: new handshakes get the new certificate, open
+        connections keep theirs. Every worker runs one; a worker that finds a sibling's renewal on disk loads it (two
+        that race both renew: harmless, the key is the same and both certificates are valid). Without certificate
+        files (plain-HTTP development) there is nothing to renew."""
+        files = self.settings.cert_files
+        if not files.exists():
+            return
+        live = list(contexts)
+        upstream_tls = self.upstream().tls
+        if upstream_tls is not None:
+            live.append(upstream_tls)
+        identity = pki.identity("gateway", self.settings.code)
+        self._renewer = CertificateRenewer(files, identity, self._request_certificate, live)
+        self._renewer.start()
+
+    def _request_certificate(self, csr: bytes) -> dict[str, Any]:
+        """POST /v1/certificates, signed with the gateway's key, the one the registry holds for it (§9)."""
+        from registry.client import RegistryClient
+
+        url = self.settings.registry_url
+        ca = self.settings.cert_files.ca if url.lower().startswith("https:") else None
+        with RegistryClient(url, key=self._private_key, kid=self.settings.kid, iss=f"gateway:{self.settings.code}",
+                            ca=ca) as client:  # fmt: skip
+            return client.request_certificate(csr)
 
     def upstream(self) -> UpstreamClient:
         if self._upstream is None:  # made lazily, inside the worker's event loop
@@ -123,6 +154,8 @@ class GatewayApp:
             self.ops_app = build_ops_app(self.chain_config, lambda: self.snapshots.current, self.ops_gate)
 
     async def shutdown(self) -> None:
+        if self._renewer is not None:
+            await self._renewer.stop()
         await stop_task(self._metrics_task)
         metrics.flush()
         await self.chain.stop()

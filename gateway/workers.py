@@ -164,6 +164,7 @@ async def _worker(sock: socket.socket, ops_sock: socket.socket | None) -> None:
     # one context per worker for both ports: the client certificate is optional here, and the mesh hop's
     # requirement (a gateway certificate) is checked per call against the assertion (gateway.calls)
     tls = None if app.settings.insecure_http else server_context(app.settings.cert_files, "optional")
+    app.start_renewal([tls] if tls is not None else [])
     servers = [(Server(app, loop, tls=tls), sock)]
     if ops_sock is not None:
         servers.append((Server(app.ops_listener(), loop, tls=tls), ops_sock))

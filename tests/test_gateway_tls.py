@@ -571,3 +571,49 @@ def test_gateway_serve_refuses_to_start_without_tls_files(tmp_path: Path) -> Non
     err = out.stderr.decode()
     for name in ("tls.key", "tls.crt", "ca.crt", "lienthong gateway cert --code national", "--insecure-http"):
         assert name in err, err
+
+
+def _served_serial(port: int, ctx: ssl.SSLContext) -> int:
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
+        der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_live_gateway_renews_its_certificate_at_two_thirds_of_its_life(
+    tmp_path: Path, redis_url: str, log_dir: Path
+) -> None:
+    """A gateway whose certificate is past two thirds of its life asks the real registry for a new one (POST
+    /v1/certificates, signed with its key) and serves it on new handshakes; a connection kept alive carries on."""
+    mesh = Mesh(root=tmp_path / "mesh", log_dir=log_dir, redis_url=redis_url)
+    gw = mesh.add_gateway("national")
+    mesh.start_registry()
+    try:
+        handle = mesh.registry_handle
+        ca = pki.CertificateAuthority.load(handle.ca_path, handle.data_dir / "ca.key")
+        files = pki.CertFiles(tmp_path / "tls")
+        key = pki.new_tls_key()
+        save_private(key, files.key)
+        uri = pki.identity("gateway", "national")
+        csr = x509.load_pem_x509_csr(pki.make_csr(key, uri))
+        old = ca.issue(csr, uri, now=dt.datetime.now(dt.UTC) - 21 * DAY)  # 30 days: due after 20
+        pki.write_cert(old, files.cert)
+        shutil.copy(handle.ca_path, files.ca)
+        proc = Proc("gateway-national-renewing", tls_argv(mesh, "national", files.directory), log_dir).start()
+        client_ctx = pki.client_context(files.ca)
+        try:
+            _wait_https(proc, f"https://127.0.0.1:{gw.port}/healthz", client_ctx)
+            with httpx.Client(verify=client_ctx, timeout=30) as kept:
+                assert kept.get(f"https://127.0.0.1:{gw.port}/healthz").status_code == 200
+                deadline = time.monotonic() + 60
+                while (serial := _served_serial(gw.port, client_ctx)) == old.serial_number:
+                    assert time.monotonic() < deadline, f"no renewal:\n{proc.log_tail()}"
+                    time.sleep(0.2)
+                new = pki.load_cert(files.cert)
+                assert serial == new.serial_number and pki.cert_identity(new) == uri
+                assert new.not_valid_after_utc > old.not_valid_after_utc
+                assert kept.get(f"https://127.0.0.1:{gw.port}/healthz").status_code == 200
+        finally:
+            proc.stop()
+    finally:
+        mesh.stop()
