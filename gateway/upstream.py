@@ -102,6 +102,7 @@ class _Connection(asyncio.Protocol):
         self.peer: pki.Peer | None = None  # the verified server certificate, read once per connection
         self.session_kept = False  # its TLS session ticket was taken for the next connection to this peer
         self.retire_at = float("inf")  # time.monotonic() after which it is not reused
+        self.connected_at = 0.0
 
     def _new_message(self) -> None:
         self.headers: list[tuple[str, str]] = []
@@ -118,7 +119,8 @@ class _Connection(asyncio.Protocol):
         if self.tls is not None:
             self.peer = pki.Peer.of(self.tls)
             left = (self.peer.not_after - dt.datetime.now(dt.UTC)).total_seconds() if self.peer else 0.0
-            self.retire_at = time.monotonic() + min(MAX_TLS_CONNECTION_AGE, left)
+            self.connected_at = time.monotonic()
+            self.retire_at = self.connected_at + min(MAX_TLS_CONNECTION_AGE, left)
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
@@ -223,6 +225,9 @@ class _Origin:
     peer: str | None = None
     session: ssl.SSLSession | None = None
     session_until: dt.datetime | None = None  # the certificate in `session` expires then: never resumed after
+    # time.monotonic() of the full handshake `session` descends from: resumption carries that handshake's certificates
+    # (both sides') on, so after MAX_TLS_CONNECTION_AGE a full one shows renewed certificates
+    session_born: float = 0.0
 
 
 # The session the connection being made should resume; read by _ResumingSSLObject inside create_connection.
@@ -422,9 +427,11 @@ class UpstreamClient:
 
     @staticmethod
     def _session(origin: _Origin) -> ssl.SSLSession | None:
-        """The session a new connection to `origin` resumes, unless the certificate it was made with has expired."""
+        """The session a new connection to `origin` resumes, unless the certificate it was made with has expired or
+        its full handshake is over MAX_TLS_CONNECTION_AGE old."""
         if origin.session is not None and origin.session_until is not None:
-            if origin.session_until > dt.datetime.now(dt.UTC):
+            fresh = time.monotonic() - origin.session_born < MAX_TLS_CONNECTION_AGE
+            if fresh and origin.session_until > dt.datetime.now(dt.UTC):
                 return origin.session
             origin.session = None
         return None
@@ -454,6 +461,8 @@ class UpstreamClient:
             # TLS 1.3 sends its ticket after the handshake: by the end of a first exchange it has arrived
             session = conn.tls.session
             if session is not None and session.has_ticket:
+                if not conn.tls.session_reused:
+                    origin.session_born = conn.connected_at
                 origin.session, origin.session_until = session, conn.peer.not_after
                 conn.session_kept = True
         if conn.reusable and len(origin.idle) < MAX_IDLE_PER_HOST:

@@ -11,7 +11,8 @@ certificates issued by a test CA. Covered:
   by the identity expected, and a revocation closes the pooled connections to that certificate);
 - a server certificate from an unknown CA, or expired, fails the handshake: 502 upstream-failed naming TLS (every
   refusal counted by its reason in lienthong_gateway_upstream_tls_refusals_total); a
-  kept-alive connection (and its session) ends when the server's certificate expires;
+  kept-alive connection (and its session) ends when the server's certificate expires, and connections and
+  sessions give way to a full handshake after MAX_TLS_CONNECTION_AGE (renewed certificates come into use);
 - live processes: a call from hanoi crosses the mutual-TLS hop to national and reaches a real connector over TLS;
   a connector answering with another subsystem's certificate is refused (502 certificate-identity-mismatch, in the
   audit log), and a connector certificate revoked by a new snapshot is refused at the next call although a
@@ -207,6 +208,30 @@ def test_a_revoked_server_certificate_is_refused_on_new_resumed_and_pooled_conne
         assert (problem.status, problem.code) == (502, "certificate-revoked")
     assert refusals("revoked") == counted + 3
     assert client.resumed >= 1
+
+
+def test_connections_and_sessions_give_way_to_a_full_handshake_after_the_maximum_age(
+    client: UpstreamClient, hosting: tuple[str, pki.CertFiles], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumption carries the first handshake's certificates on: after MAX_TLS_CONNECTION_AGE a connection is retired
+    and the next one is a full handshake, so certificates renewed on either side come into use."""
+    base, _ = hosting
+    monkeypatch.setattr(upstream, "MAX_TLS_CONNECTION_AGE", 1.0)
+
+    async def scenario() -> list[dict[str, Any]]:
+        try:
+            seen = [await call(client, base, HOSTING), await call(client, base, HOSTING)]
+            await asyncio.sleep(1.2)
+            seen.append(await call(client, base, HOSTING))  # retired: a new connection, not resuming the old session
+            await client.close()
+            seen.append(await call(client, base, HOSTING))  # resumes the session of the new full handshake
+            return seen
+        finally:
+            await client.close()
+
+    seen = run(scenario())
+    assert [d["connection"] for d in seen] == [1, 1, 2, 3]
+    assert [d["resumed"] for d in seen] == [False, False, False, True]
 
 
 @pytest.mark.parametrize("case", ["unknown-ca", "expired", "not-yet-valid"])
