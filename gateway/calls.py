@@ -162,7 +162,7 @@ class CallHandler:
                 raise body_refused
             # who is calling, before any answer that depends on the catalogue (unknown service, endpoint, method)
             ctx.role = "provider" if headers.get(ASSERTION_HEADER) else "local"
-            if peer is not None and peer.serial in getattr(snapshot, "revoked_serials", ()):
+            if peer is not None and peer.serial in snapshot.revoked_serials:
                 raise Problem(403, "certificate-revoked", "the client certificate is revoked", field="certificate")
             if ctx.role == "provider" and self.tls and peer is None:  # before any assertion work
                 raise Problem(401, "client-certificate-required", "a call from another gateway must come over TLS "

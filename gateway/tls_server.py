@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import Any
 
 from gateway import metrics
@@ -62,9 +63,21 @@ def describe(exc: ssl.SSLError) -> str:
     return str(exc.reason or type(exc).__name__)[:120]
 
 
+LOG_EVERY = 1.0  # seconds: at most one log line per reason this often, so a scan cannot flood the log
+_last_logged: dict[str, tuple[float, int]] = {}  # reason -> (when logged, refusals since, not logged)
+
+
 def refused(reason: str, message: str = "") -> None:
+    """Count a refusal; log it unless this reason was logged less than LOG_EVERY ago (the count says how many)."""
     metrics.TLS_REFUSALS.labels(reason).inc()
-    log.warning("TLS refused (%s)%s", reason, f": {message}" if message else "")
+    now = time.monotonic()
+    last, quiet = _last_logged.get(reason, (-LOG_EVERY, 0))
+    if now - last < LOG_EVERY:
+        _last_logged[reason] = (last, quiet + 1)
+        return
+    _last_logged[reason] = (now, 0)
+    more = f" ({quiet} more since the last line)" if quiet else ""
+    log.warning("TLS refused (%s)%s%s", reason, f": {message}" if message else "", more)
 
 
 class TLSSession:
