@@ -134,7 +134,7 @@ class BenchMesh:
         name = f"gateway-{gw.code}-{policies.replace(',', '-')}" + ("" if self.certs is None else "-tls")
         gw.proc = Proc(name, [*machine.server_prefix(), *argv], self.mesh.log_dir).start()
         if self.certs is None:
-            gw.proc.wait_http(f"{gw.url}/readyz", timeout=60)
+            gw.proc.wait_http(f"{self.base(gw)}/readyz", timeout=60)
             return
         proc = gw.proc
 
