@@ -315,7 +315,7 @@ class CallHandler:
             return await self._upstream().call(
                 method=ctx.method, base=base, target=target, headers=headers, body=ctx.body,
                 timeout_ms=timeout_ms, what=what, policy=policy,
-                peer=peer, revoked=getattr(ctx.snapshot, "revoked_serials", frozenset()),
+                peer=peer, revoked=ctx.snapshot.revoked_serials,
             )  # fmt: skip
         finally:
             timer.observe(time.perf_counter() - started)
