@@ -1,6 +1,6 @@
 """A gateway process: one listening socket (two with --ops-listen: the operations API and /metrics get their own),
-N forked worker processes serving it, each with its own event loop, each with its own TLS context (built after the
-fork from --tls-dir; none with --insecure-http).
+N forked worker processes serving it, each with its own event loop. The TLS context (from --tls-dir; none with
+--insecure-http) is built before the fork, so all workers share its session ticket keys.
 
 The parent binds the port (so a taken port fails at once, with its name), forks the workers, restarts one that
 dies, and on SIGTERM or SIGINT asks every worker to finish its calls in flight and stop. Workers are forked before
@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from collections.abc import Callable
 import uvloop
 
 from gateway.settings import GatewaySettings
+from lienthong.pki import server_context
 
 log = logging.getLogger("lienthong.gateway.workers")
 
@@ -67,7 +69,10 @@ def serve(settings: GatewaySettings) -> None:
     except SystemExit:
         sock.close()
         raise
-    supervisor = _Supervisor(lambda: _worker_main(sock, ops_sock), settings.workers)
+    # Made before the fork, so that every worker holds the same session ticket keys: a client resumes its TLS session
+    # whichever worker accepts its next connection (a hop then costs no full handshake in the steady state).
+    tls = None if settings.insecure_http else server_context(settings.cert_files, "optional")
+    supervisor = _Supervisor(lambda: _worker_main(sock, ops_sock, tls), settings.workers)
     try:
         supervisor.run()
     finally:
@@ -142,16 +147,15 @@ class _Supervisor:
             self._spawn()
 
 
-def _worker_main(sock: socket.socket, ops_sock: socket.socket | None) -> None:
+def _worker_main(sock: socket.socket, ops_sock: socket.socket | None, tls: ssl.SSLContext | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers in order
-    uvloop.run(_worker(sock, ops_sock))
+    uvloop.run(_worker(sock, ops_sock, tls))
 
 
-async def _worker(sock: socket.socket, ops_sock: socket.socket | None) -> None:
+async def _worker(sock: socket.socket, ops_sock: socket.socket | None, tls: ssl.SSLContext | None) -> None:
     from gateway.app import create_app
     from gateway.http_server import Server
-    from lienthong.pki import server_context
 
     app = create_app()
     await app.startup()
@@ -161,9 +165,12 @@ async def _worker(sock: socket.socket, ops_sock: socket.socket | None) -> None:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
     loop = asyncio.get_running_loop()
-    # one context per worker for both ports: the client certificate is optional here, and the mesh hop's
-    # requirement (a gateway certificate) is checked per call against the assertion (gateway.calls)
-    tls = None if app.settings.insecure_http else server_context(app.settings.cert_files, "optional")
+    # one context for both ports: the client certificate is optional here, and the mesh hop's requirement (a gateway
+    # certificate) is checked per call against the assertion (gateway.calls). The certificate is read again here: a
+    # worker restarted after a renewal must not serve the one the parent read at start. Renewal reloads it later.
+    if tls is not None:
+        files = app.settings.cert_files
+        tls.load_cert_chain(files.cert, files.key)
     app.start_renewal([tls] if tls is not None else [])
     servers = [(Server(app, loop, tls=tls), sock)]
     if ops_sock is not None:

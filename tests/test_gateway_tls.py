@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -616,4 +617,38 @@ def test_live_gateway_renews_its_certificate_at_two_thirds_of_its_life(
         finally:
             proc.stop()
     finally:
+        mesh.stop()
+
+
+def test_live_sessions_resume_whichever_worker_accepts(tmp_path: Path, log_dir: Path) -> None:
+    """The workers share the session ticket keys (the context is made before the fork): a client's session resumes
+    on every new connection, whichever of the two workers accepts it."""
+    mesh = Mesh(root=tmp_path / "mesh", log_dir=log_dir, registry="standin", workers=2)
+    gw = mesh.add_gateway("national")
+    ca = MeshPKI.create(tmp_path / "pki")
+    files, _ = ca.issue("national", pki.identity("gateway", "national"))
+    mesh.publish()
+    mesh.start_registry()
+    proc = Proc("gateway-national-2w", tls_argv(mesh, "national", files.directory), log_dir).start()
+    try:
+        ctx = ca.client()
+        _wait_https(proc, f"https://127.0.0.1:{gw.port}/healthz", ctx)
+
+        def connect(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool, int]:
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=10), session=session) as s:
+                conn = TLSRaw.__new__(TLSRaw)
+                conn.sock, conn.buf = s, b""
+                conn.send(get("/healthz"))
+                pid = int(conn.read_response().json()["pid"])  # the ticket has arrived by now
+                return s.session, s.session_reused, pid
+
+        session, _, _ = connect(None)
+        results: list[tuple[ssl.SSLSession | None, bool, int]] = []
+        with ThreadPoolExecutor(8) as pool:  # concurrent connections, so that both workers accept some
+            while len({pid for _, _, pid in results}) < 2 and len(results) < 800:
+                results += pool.map(lambda _: connect(session), range(40))
+        assert len({pid for _, _, pid in results}) == 2, "one worker took every connection; nothing was shown"
+        assert all(reused for _, reused, _ in results), [(pid, reused) for _, reused, pid in results]
+    finally:
+        proc.stop()
         mesh.stop()
