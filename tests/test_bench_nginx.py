@@ -100,7 +100,8 @@ def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServers
     probe = certs.context(certs.client("VN/GOV/BTP/justice"))
     tls = nginx.ProxyTLS(certs.nginx_proxy(), UPSTREAM_NAME)
     counter = Proc("counting-upstream", [sys.executable, "-m", "tests.upstream_tls_support", "count", "--tls-dir",
-                                         str(certs.upstream().directory), "--port", str(counted_port)], tmp / "logs")
+                                         str(certs.upstream().directory), "--port", str(counted_port)], tmp / "logs",
+                   env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})  # fmt: skip
     try:
         nginx.start(sup, "upstream", tmp / "up", nginx.upstream_conf(tmp / "up", up_port, (tls_port, certs.upstream())),
                     up_port)  # fmt: skip
