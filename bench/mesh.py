@@ -92,7 +92,7 @@ class BenchMesh:
         for member, home in (("VN/GOV/BENCH", "national"), ("VN/GOV/BTP", "national"), ("VN/GOV/BCA", "national"),
                              ("VN/PROV/NGHEAN", "nghean")):
             self.mesh.add_member(member, home)
-        for subsystem in ("VN/GOV/BENCH/echo", LOCAL_CONSUMER, "VN/GOV/BCA/population", PROVINCE_CONSUMER):
+        for subsystem in (ECHO_PROVIDER, LOCAL_CONSUMER, "VN/GOV/BCA/population", PROVINCE_CONSUMER):
             self.mesh.add_subsystem(subsystem)
         self.mesh.add_client(LOCAL_CONSUMER)
         self.mesh.add_client(PROVINCE_CONSUMER)
