@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from gateway import metrics
 from lienthong import pki, tokens
 from lienthong.keys import save_private
+from lienthong.problem import Problem
 from lienthong.redis_connection import free_port
 from tests.mesh_support import Mesh, call_headers
 from tests.procs import Proc
@@ -640,7 +641,7 @@ def test_live_sessions_resume_whichever_worker_accepts(tmp_path: Path, log_dir: 
                 conn.sock, conn.buf = s, b""
                 conn.send(get("/healthz"))
                 pid = int(conn.read_response().json()["pid"])  # the ticket has arrived by now
-                return s.session, s.session_reused, pid
+                return s.session, bool(s.session_reused), pid
 
         session, _, _ = connect(None)
         results: list[tuple[ssl.SSLSession | None, bool, int]] = []
@@ -652,3 +653,73 @@ def test_live_sessions_resume_whichever_worker_accepts(tmp_path: Path, log_dir: 
     finally:
         proc.stop()
         mesh.stop()
+
+
+# -- authn by certificate, as a class (in process, the policy alone) ---------------------------------------------
+
+CONSUMER_NGHEAN = "VN/PROV/NGHEAN/civil-status"  # tests.test_policy_fixtures' client, homed at nghean
+SUBSYSTEM_IDS = st.sampled_from([CONSUMER_NGHEAN, "VN/PROV/HANOI/civil-status", "VN/PROV/NGHEAN/other",
+                                 "VN/GOV/BCA/population", "VN/PROV/NGHEAN/civil-statu"])  # fmt: skip
+NON_CLIENT_IDENTITIES = st.one_of(
+    st.builds(lambda c: pki.identity("gateway", c), st.sampled_from(["nghean", "national", "hanoi"])),
+    st.just(pki.identity("registry", "VN")),
+    st.just(None),  # a certificate with no mesh identity
+)
+
+
+@pytest.fixture(scope="module")
+def policy_world() -> Any:
+    from tests.test_policy_fixtures import World
+
+    return World()
+
+
+def _peer(identity: str | None) -> pki.Peer:
+    return pki.Peer(identity, x509.random_serial_number(), dt.datetime.now(dt.UTC) + DAY)
+
+
+def _authn_outcome(world: Any, peer: pki.Peer | None, headers: dict[str, str]) -> tuple[int, str] | str:
+    from policies.authn import Authn
+    from tests.test_policy_fixtures import context
+
+    ctx = context(world.snapshot(), headers=headers, gateway="nghean")
+    ctx.peer = peer
+    try:
+        Authn("nghean").access(ctx)
+    except Problem as problem:
+        return problem.status, problem.code
+    return str(ctx.client)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(certified=SUBSYSTEM_IDS, claimed=SUBSYSTEM_IDS)
+def test_a_subsystem_certificate_authenticates_only_its_own_subsystem(
+    policy_world: Any, certified: str, claimed: str
+) -> None:
+    """No token: the client is the certificate's subsystem, X-Road-Client must name exactly it, and the home-gateway
+    rule holds (only VN/PROV/NGHEAN/... is homed at nghean)."""
+    outcome = _authn_outcome(policy_world, _peer(pki.identity("subsystem", certified)),
+                             {"x-road-client": claimed, "x-purpose": "birth-registration"})  # fmt: skip
+    if claimed != certified:
+        assert outcome == (403, "certificate-identity-mismatch")
+    elif certified.startswith("VN/PROV/NGHEAN/"):
+        assert outcome == certified
+    else:
+        assert outcome == (403, "access-denied")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(identity=NON_CLIENT_IDENTITIES, claimed=SUBSYSTEM_IDS)
+def test_no_other_certificate_is_a_client_credential(policy_world: Any, identity: str | None, claimed: str) -> None:
+    outcome = _authn_outcome(policy_world, _peer(identity), {"x-road-client": claimed, "x-purpose": "p"})
+    assert outcome == (401, "invalid-token")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(certified=SUBSYSTEM_IDS)
+def test_a_token_beside_a_subsystem_certificate_must_be_for_that_subsystem(policy_world: Any, certified: str) -> None:
+    from tests.test_policy_fixtures import client_headers
+
+    token = policy_world.client_token(aud="nghean")  # CONSUMER_NGHEAN's own, valid token
+    outcome = _authn_outcome(policy_world, _peer(pki.identity("subsystem", certified)), client_headers(token))
+    assert outcome == (CONSUMER_NGHEAN if certified == CONSUMER_NGHEAN else (403, "certificate-identity-mismatch"))
