@@ -1,7 +1,8 @@
 """TLS on the gateway's listening side (issue 14, protocol §9.x), over real sockets with Python's `ssl` and
 `openssl s_client`.
 
-Two levels:
+Three levels:
+- the authn policy alone (hypothesis): authentication by certificate as a class;
 - the HTTP server (gateway.http_server with a TLS context) in a background uvloop in front of test_http_server's fake
   app: HTTPS with and without a client certificate, keep-alive, pipelining and large answers through the TLS
   transport, the certificate reaching the app once per connection, plaintext on the TLS port (400 tls-required),
@@ -10,7 +11,9 @@ Two levels:
 - live `lienthong gateway serve` processes on a stand-in registry whose snapshot carries a `pki` section: a JWT over
   HTTPS, X-Road's client certificate with no token (and its refusals: another subsystem, another home gateway, a
   revoked serial), the mesh hop (no certificate, another gateway's, a subsystem's, a revoked one, the right one),
-  the refusal counter on /metrics, the start-up refusal without TLS files and the --insecure-http warning.
+  the refusal counter on /metrics, the start-up refusal without TLS files and the --insecure-http warning, a
+  revocation reaching connections already open, the hop from another gateway over TLS, renewal at two thirds of the
+  certificate's life against the real registry, and sessions resuming across two workers.
 
 Certificates are issued in the tests with pki.CertificateAuthority (`now=` in the past or future for the expired and
 not-yet-valid cases).
