@@ -587,6 +587,7 @@ class TLSConnection(Connection):
         super().__init__(server)
         self.session: TLSSession | None = None
         self.secure = False  # handshake done
+        self.peer_expires = 0.0  # time.time() at which the client certificate expires (0: none was sent)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -620,9 +621,20 @@ class TLSConnection(Connection):
         if done:
             self.secure = True
             self.peer = Peer.of(session.sslobj)
+            self.peer_expires = self.peer.not_after.timestamp() if self.peer is not None else 0.0
             self.transport = cast(asyncio.Transport, TLSTransport(session))
             self.deadline = self.loop.time() + KEEPALIVE_TIMEOUT
             self.data_received(b"")  # application data that came with the client's Finished
+
+    def _start(self, request: Request) -> None:
+        # a kept-alive connection does not outlive its client certificate: the request after its expiry is refused
+        # (through the app, so it is audited) and the connection closes; the next handshake is refused as expired
+        if self.peer_expires and request.started >= self.peer_expires and request.refused is None:
+            request.refused = Problem(401, "client-certificate-required", "the client certificate has expired: "
+                                      "connect again with a valid one", field="certificate")  # fmt: skip
+            request.keep_alive = False
+            self.closing = True
+        super()._start(request)
 
     def _plaintext(self) -> None:
         """Plain HTTP on a TLS port: a plain 400 that says where to go, then close."""

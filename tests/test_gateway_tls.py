@@ -185,6 +185,24 @@ def test_client_certificate_reaches_every_request_of_its_connection(tls_server: 
     assert peers[0].identity == pki.identity("subsystem", subsystem) and peers[0].serial == cert.serial_number
 
 
+def test_a_kept_alive_connection_does_not_outlive_its_client_certificate(
+    tls_server: Running, mesh_pki: MeshPKI
+) -> None:
+    files, _ = mesh_pki.issue("short", pki.identity("subsystem", "VN/GOV/BTP/civil-registry"),
+                              now=dt.datetime.now(dt.UTC), lifetime=dt.timedelta(seconds=3))  # fmt: skip
+    conn = TLSRaw(tls_server.port, mesh_pki.client(files))
+    conn.send(get("/r1/echo?valid"))
+    assert conn.read_response().status == 200
+    time.sleep(3.5)  # the certificate expires; the connection is still open
+    conn.send(get("/r1/echo?expired") + get("/r1/echo?behind"))
+    response = conn.read_response()
+    assert response.status == 401 and response.headers["x-road-error"] == "client-certificate-required"
+    assert "expired" in response.json()["detail"]
+    assert conn.at_eof(within=10)
+    calls = tls_server.app.r1_calls
+    assert [c["query"] for c in calls] == ["valid", "expired"] and calls[1]["body_refused"] is not None  # audited
+
+
 @pytest.mark.parametrize("request_bytes", [get("/r1/echo"), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00garbage"])
 def test_plaintext_on_the_tls_port_is_told_to_use_https(tls_server: Running, request_bytes: bytes) -> None:
     before = refusals("plaintext")
