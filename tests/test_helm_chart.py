@@ -3,7 +3,9 @@
 What is checked: Chart.yaml and values.yaml parse and hold what the templates need; every .Values path a template
 reads exists in values.yaml; every template's {{ }} and if/range/with/define ... end blocks balance; the Grafana
 dashboard only queries metric names and labels that gateway/metrics.py exports; every flag a template passes to
-`lienthong ... serve` exists in that command's real --help output, and the required ones are all passed.
+`lienthong ... serve` or `lienthong ... cert` exists in that command's real --help output, and the required ones are
+all passed; every link is TLS (https URLs, HTTPS probes and scrapes, the mesh CA from its Secret, certificates from
+Secrets or issued at start by init containers); and the registry starts the way its pod runs it.
 """
 
 from __future__ import annotations
@@ -254,9 +256,16 @@ class ServeCall:
     items: list[str]  # the args list as written, template actions included
     env: set[str]  # names of the container's environment variables
 
+    @property
+    def command(self) -> tuple[str, str]:
+        return self.items[0], self.items[1]
 
-def serve_calls() -> list[ServeCall]:
-    """Every `command: ["lienthong"]` container in the templates with its args list and env names."""
+    def value(self, flag: str) -> str:
+        return self.items[self.items.index(flag) + 1]
+
+
+def lienthong_calls() -> list[ServeCall]:
+    """Every `command: ["lienthong"]` container in the templates (init containers too) with its args and env names."""
     calls = []
     for template in TEMPLATES:
         lines = template.read_text().splitlines()
@@ -288,14 +297,18 @@ class HelpOption:
     required: bool
 
 
-def help_options(groups: list[str]) -> dict[str, dict[str, HelpOption]]:
-    """The options of `lienthong GROUP serve` for each group, read from the real --help output (run side by side)."""
-    procs = {g: subprocess.Popen(lienthong(g, "serve", "--help"), stdout=subprocess.PIPE, text=True) for g in groups}
+def serve_calls() -> list[ServeCall]:
+    return [c for c in lienthong_calls() if c.items[1] == "serve"]
+
+
+def help_options(commands: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, HelpOption]]:
+    """The options of each `lienthong GROUP COMMAND`, read from the real --help output (run side by side)."""
+    procs = {c: subprocess.Popen(lienthong(*c, "--help"), stdout=subprocess.PIPE, text=True) for c in commands}
     found = {}
-    for group, proc in procs.items():
-        stdout, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, f"lienthong {group} serve --help failed"
-        found[group] = _parse_help(stdout)
+    for command, proc in procs.items():
+        stdout, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, f"lienthong {' '.join(command)} --help failed"
+        found[command] = _parse_help(stdout)
     return found
 
 
@@ -314,15 +327,15 @@ def _parse_help(text: str) -> dict[str, HelpOption]:
     return options
 
 
-def test_every_serve_flag_in_the_templates_exists_in_the_real_cli() -> None:
-    calls = serve_calls()
-    groups = sorted({c.items[0] for c in calls})
-    assert groups == ["connector", "gateway", "registry"], groups
-    helps = help_options(groups)
-    assert "--registry-key" in helps["gateway"] and "--registry-key" not in helps["registry"]
+def test_every_flag_in_the_templates_exists_in_the_real_cli() -> None:
+    calls = lienthong_calls()
+    commands = sorted({c.command for c in calls})
+    assert commands == [("connector", "cert"), ("connector", "serve"), ("gateway", "cert"), ("gateway", "serve"),
+                        ("registry", "serve")], commands  # fmt: skip
+    helps = help_options(commands)
+    assert "--registry-key" in helps["gateway", "serve"] and "--registry-key" not in helps["registry", "serve"]
     for call in calls:
-        assert call.items[1] == "serve", call.items
-        options = helps[call.items[0]]
+        options = helps[call.command]
         passed = call.items  # an {{ if }} around a flag is its own line, not a list item
         flags = [item.split("=", 1)[0] for item in passed if item.startswith("--")]
         unknown = [f for f in flags if f not in options]
@@ -362,7 +375,7 @@ def test_pods_are_locked_down_and_gateways_scraped_and_probed() -> None:
     assert re.search(r"livenessProbe:\s+httpGet:\s+path: /healthz", gateways)
     assert "--appendonly" in texts["redis.yaml"] and '"yes"' in texts["redis.yaml"]
     # the probes ask the port that takes /r1 calls; Prometheus scrapes the ops port, where /metrics needs no token
-    assert re.search(r"readinessProbe:\s+httpGet:\s+path: /readyz\s+port: http\b", gateways)
+    assert re.search(r"readinessProbe:\s+httpGet:\s+path: /readyz\s+port: https\s+scheme: HTTPS\n", gateways)
     assert "prometheus.io/port: {{ $defaults.opsPort | quote }}" in gateways
     assert re.search(r"- port: ops\b.*\n\s+path: /metrics", texts["podmonitor.yaml"])
     # the pod label the dashboard groups by, as Prometheus sanitizes it, and the PodMonitor carries it over

@@ -32,7 +32,49 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "lienthong.registryUrl" -}}
-http://{{ include "lienthong.fullname" . }}-registry:{{ .Values.registry.port }}
+https://{{ include "lienthong.fullname" . }}-registry:{{ .Values.registry.port }}
+{{- end -}}
+
+{{/* Where every pod keeps its TLS files (tls.key, tls.crt, ca.crt: the --tls-dir of every lienthong command) and
+the mesh CA certificate it verifies the registry with (--registry-ca). */}}
+{{- define "lienthong.tlsDir" -}}
+/var/run/lienthong/tls
+{{- end -}}
+{{- define "lienthong.meshCaFile" -}}
+/etc/lienthong/mesh-ca/ca.crt
+{{- end -}}
+
+{{/* The volume `tls` of a pod: its TLS Secret (kubernetes.io/tls with ca.crt, as cert-manager writes it) when one is
+named, else an emptyDir that an init container fills at start and the process renews in place. Called with the
+Secret's name (empty for the default). */}}
+{{- define "lienthong.tlsVolume" -}}
+- name: tls
+{{- if . }}
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- else }}
+  emptyDir:
+    medium: Memory
+{{- end }}
+{{- end -}}
+
+{{/* The volume `mesh-ca`: the mesh CA certificate alone, from a ConfigMap, so no pod but the registry's ever names
+the Secret that holds the CA key. */}}
+{{- define "lienthong.meshCaVolume" -}}
+- name: mesh-ca
+  configMap:
+    name: {{ .Values.pki.caConfigMap.name }}
+    items:
+      - key: {{ .Values.pki.caConfigMap.key }}
+        path: ca.crt
 {{- end -}}
 
 {{/* REDIS_URL for every component: from a Secret, the external URL, or the embedded StatefulSet. Passed in the
