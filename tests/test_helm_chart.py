@@ -25,7 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics as gateway_metrics
-from lienthong import ids
+from lienthong import ids, pki
 from lienthong.subjects import SUBJECT_KEY_ENV
 from tests.procs import lienthong
 
@@ -552,3 +552,176 @@ def test_the_registry_allowlist_is_a_value_and_empty_by_default() -> None:
     assert call.items[at + 1] == '{{ join "," . | quote }}'
     registry = (CHART / "templates" / "registry.yaml").read_text()
     assert re.search(r"\{\{- with \.Values\.registry\.upstreamAllow \}\}\n\s+- --upstream-allow\n", registry)
+
+
+# ------------------------------------------------------------------------------------- TLS on every link (issue 14)
+
+
+def _texts() -> dict[str, str]:
+    return {t.name: t.read_text() for t in TEMPLATES}
+
+
+def _define(name: str) -> str:
+    """The body of {{ define NAME }} in _helpers.tpl, without its delimiters."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    m = re.search(r'\{\{-? define "' + re.escape(name) + r'" -?\}\}\n?(.*?)\{\{-? end -?\}\}', helpers, re.S)
+    assert m is not None, f"no define {name}"
+    return m.group(1)
+
+
+def _include(name: str, arg: str = r"\$?\.?") -> str:
+    return r'\{\{ include "' + re.escape(name) + r'" ' + arg + r" \}\}"
+
+
+def test_every_url_the_chart_gives_is_https() -> None:
+    """No plain http:// anywhere in the chart (templates, values, README): the registry's URL, the connectors'
+    public URLs, the gateways' base URLs in NOTES; and no process is started with --insecure-http."""
+    for path in [*TEMPLATES, CHART / "values.yaml", CHART / "README.md"]:
+        text = path.read_text()
+        assert "http://" not in text, f"{path.name} has a plain http:// URL"
+        assert "--insecure-http" not in text or path.name == "README.md", path.name
+    assert _define("lienthong.registryUrl").strip().startswith("https://")
+    calls = lienthong_calls()
+    registry_flags = [c.value("--registry") for c in calls if "--registry" in c.items]
+    assert len(registry_flags) == 4  # gateway serve and cert, connector serve and cert
+    assert all(v == '{{ include "lienthong.registryUrl" $ | quote }}' for v in registry_flags), registry_flags
+    (connector,) = [c for c in serve_calls() if c.items[0] == "connector"]
+    assert connector.value("--public-url").startswith('{{ printf "https://')
+    notes = _texts()["NOTES.txt"]
+    assert "--base-url https://" in notes and "--registry https://" in notes
+
+
+def test_the_registry_reads_the_mesh_ca_from_its_secret_and_no_other_pod_names_it() -> None:
+    """The registry's data dir is a projected volume: the keys Secret and the CA Secret's two items as ca.crt and
+    ca.key (the names registry/mesh_ca.py loads). Its serving certificate goes to --tls-dir, a writable emptyDir
+    unless registry.tlsSecret names one. No other template references the Secret holding the CA key."""
+    from registry import mesh_ca
+
+    (call,) = [c for c in serve_calls() if c.items[0] == "registry"]
+    data_dir = call.value("--data-dir")
+    assert call.value("--tls-dir") == '{{ include "lienthong.tlsDir" . }}'
+    registry = _texts()["registry.yaml"]
+    mount = re.search(r"- name: (\w+)\n\s+mountPath: " + re.escape(data_dir) + r"\n", registry)
+    assert mount is not None, "nothing mounted at the registry's --data-dir"
+    volume = re.search(r"- name: " + mount.group(1) + r"\n\s+projected:\n(.*?)\n        \{\{", registry, re.S)
+    assert volume is not None, "the data dir is not a projected volume"
+    body = volume.group(1)
+    assert "name: {{ .Values.registry.keysSecret }}" in body
+    ca = re.search(
+        r"name: \{\{ \.Values\.pki\.caSecret\.name \}\}\n\s+items:\n"
+        r"\s+- key: \{\{ \.Values\.pki\.caSecret\.certKey \}\}\n\s+path: (\S+)\n"
+        r"\s+- key: \{\{ \.Values\.pki\.caSecret\.keyKey \}\}\n\s+path: (\S+)",
+        body,
+    )
+    assert ca is not None, "the CA Secret's items are not in the registry's data dir"
+    assert (ca.group(1), ca.group(2)) == (mesh_ca.CA_CERT, mesh_ca.CA_KEY)
+    assert re.search(r"- name: tls\n\s+mountPath: " + _include("lienthong.tlsDir", r"\.") + r"\n", registry)
+    assert '{{- include "lienthong.tlsVolume" .Values.registry.tlsSecret | nindent 8 }}' in registry
+    for name, text in _texts().items():
+        if name != "registry.yaml":
+            assert "caSecret" not in text, f"{name} names the Secret that holds the CA key"
+    values = _values()["pki"]
+    assert values["caSecret"]["name"] and values["caConfigMap"]["name"]
+
+
+def test_tls_volumes_hold_the_files_every_process_reads() -> None:
+    """A TLS Secret's items land under the names pki.CertFiles reads (tls.key, tls.crt, ca.crt); without a Secret the
+    directory is a writable emptyDir the process renews in; the mesh CA ConfigMap lands as ca.crt at meshCaFile."""
+    files = pki.CertFiles(Path("d"))
+    volume = _define("lienthong.tlsVolume")
+    secret, _, empty = volume.partition("{{- else }}")
+    for file in (files.key, files.cert, files.ca):
+        assert re.search(rf"- key: {file.name}\n\s+path: {file.name}\n", secret), file.name
+    assert "secretName: {{ . }}" in secret and "emptyDir:" in empty
+    ca = _define("lienthong.meshCaVolume")
+    assert "configMap:" in ca and "name: {{ .Values.pki.caConfigMap.name }}" in ca and "path: ca.crt" in ca
+    assert _define("lienthong.meshCaFile").strip().endswith("/ca.crt")
+
+
+@pytest.mark.parametrize(("template", "group", "item"), [("gateways.yaml", "gateway", "$gw"),
+                                                          ("connectors.yaml", "connector", "$c")])  # fmt: skip
+def test_certificates_are_issued_at_start_unless_a_secret_holds_them(template: str, group: str, item: str) -> None:
+    """Without ITEM.tlsSecret an init container runs `lienthong GROUP cert` against the registry (https, verified
+    with the mesh CA from the ConfigMap), signing with the key the process itself uses, into the --tls-dir the
+    process serves from (and renews in); with it, the Secret is mounted there read-only and no init container runs."""
+    text = _texts()[template]
+    (cert,) = [c for c in lienthong_calls() if c.template == template and c.command == (group, "cert")]
+    (serve,) = [c for c in serve_calls() if c.template == template]
+    assert re.search(r"\{\{- if not " + re.escape(item) + r"\.tlsSecret \}\}\n\s+initContainers:\n", text)
+    assert cert.value("--tls-dir") == serve.value("--tls-dir") == '{{ include "lienthong.tlsDir" $ }}'
+    assert cert.value("--registry") == serve.value("--registry")
+    assert cert.value("--registry-ca") == '{{ include "lienthong.meshCaFile" $ }}'
+    assert cert.value("--key") == serve.value("--key")
+    if group == "gateway":
+        assert cert.value("--code") == serve.value("--code")
+    else:
+        assert cert.items[2] == serve.items[2]  # the connector's NAME
+        assert cert.value("--kid") == serve.value("--kid") and "LIENTHONG_CONNECTOR_KID" in cert.env
+        assert cert.value("--subsystem") == "{{ $c.subsystem | quote }}"
+        assert serve.value("--registry-ca") == cert.value("--registry-ca")
+    # the init container mounts what it reads and writes; the process mounts the same tls volume
+    init = text[text.index("initContainers:") : text.index("      containers:")]
+    for volume in ("tls", "mesh-ca", "tmp"):
+        assert f"- name: {volume}\n" in init, f"the init container lacks {volume}"
+    assert re.search(r"- name: tls\n\s+mountPath: " + _include("lienthong.tlsDir", r"\$") + r"\n"
+                     r"\s+\{\{- if " + re.escape(item) + r"\.tlsSecret \}\}\n\s+readOnly: true\n", text)  # fmt: skip
+    assert '{{- include "lienthong.tlsVolume" ' + item + '.tlsSecret | nindent 8 }}' in text
+    assert '{{- include "lienthong.meshCaVolume" $ | nindent 8 }}' in text
+    values = _values()["gateways" if group == "gateway" else "connectors"]
+    assert all(entry["tlsSecret"] == "" for entry in values)  # issued at start by default
+
+
+def test_each_connector_names_the_subsystem_its_certificate_must_carry() -> None:
+    """connectors[].subsystem is the provider subsystem of that connector's definition: `connector serve` refuses a
+    certificate for any other, and the hosting gateway expects exactly that one."""
+    from connectors.cli import definition
+
+    for connector in _values()["connectors"]:
+        assert connector["subsystem"] == definition(connector["name"]).subsystem, connector["name"]
+
+
+def _probes(text: str) -> list[tuple[str, str]]:
+    """Each probe of a template as (kind, its block)."""
+    found = []
+    for m in re.finditer(r"^( +)(readinessProbe|livenessProbe|startupProbe):\n((?:\1 .*\n)+)", text, re.M):
+        found.append((m.group(2), m.group(3)))
+    return found
+
+
+def test_every_http_probe_speaks_https() -> None:
+    """The kubelet probes the registry and the gateways over HTTPS (it does not verify their certificates, and their
+    client certificate is optional). Connectors require their hosting gateway's client certificate in the handshake,
+    which the kubelet has not: they are probed over TCP, never with a plaintext or certless HTTP probe."""
+    texts = _texts()
+    https = 0
+    for name in ("registry.yaml", "gateways.yaml", "connectors.yaml"):
+        probes = _probes(texts[name])
+        assert probes, name
+        for kind, block in probes:
+            if "httpGet:" in block:
+                assert re.search(r"\n\s+scheme: HTTPS\n", block), f"{name} {kind} is plain HTTP"
+                assert name != "connectors.yaml", "a connector answers no certless HTTPS probe"
+                https += 1
+            else:
+                assert "tcpSocket:" in block, f"{name} {kind}"
+    assert https >= 4
+
+
+def test_prometheus_scrapes_the_ops_port_over_https() -> None:
+    """--ops-listen serves TLS like the main port: the scrape annotations and the PodMonitor say https."""
+    texts = _texts()
+    assert "prometheus.io/scheme: https" in texts["gateways.yaml"]
+    monitor = texts["podmonitor.yaml"]
+    assert re.search(r"- port: ops\b.*\n\s+path: /metrics\n(?:\s+#.*\n)?\s+scheme: https\n", monitor)
+    assert "{{- with .Values.metrics.podMonitor.tlsConfig }}" in monitor
+    assert _values()["metrics"]["podMonitor"]["tlsConfig"]
+
+
+def test_readme_says_how_to_run_with_an_existing_ca_and_how_certificates_are_renewed() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = _values()["pki"]
+    assert "--ca-cert" in readme and "--ca-key" in readme
+    assert f"kubectl create secret generic {values['caSecret']['name']}" in readme
+    assert f"kubectl create configmap {values['caConfigMap']['name']}" in readme
+    for word in ("lienthong gateway cert", "lienthong connector cert", "two thirds", "tlsSecret", "cert-manager"):
+        assert word in readme, word
