@@ -87,6 +87,7 @@ class GatewayApp:
             cache_path=settings.snapshot_cache,
             max_age=settings.max_snapshot_age,
             wait=settings.snapshot_wait,
+            ca=settings.cert_files.ca,
         )
         self.chain_config = chain_config(settings, private_key)
         self.chain = build_chain(self.chain_config)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import httpx
 import orjson
 
 from gateway import metrics
-from lienthong import tokens
+from lienthong import pki, tokens
 from lienthong.background import stop_task
 from lienthong.keys import PrivateKey, PublicKey, public_key_from_jwk
 from lienthong.snapshot import Snapshot, SnapshotError, verify_jws
@@ -81,6 +82,7 @@ class SnapshotClient:
         cache_path: Path,
         max_age: float,
         wait: int = 30,
+        ca: Path | None = None,
     ) -> None:
         self.code = code
         self.registry_url = registry_url.rstrip("/")
@@ -90,6 +92,7 @@ class SnapshotClient:
         self.cache_path = cache_path
         self.max_age = max_age
         self.wait = wait
+        self.ca = ca  # the mesh CA an https registry is verified with (its serving certificate is the mesh's)
         self.current: Snapshot | None = None
         self.confirmed_at: float = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -183,10 +186,17 @@ class SnapshotClient:
         who = f"gateway:{self.code}"
         return tokens.sign(self.key, self.kid, {"iss": who, "sub": who, "aud": "registry"}, lifetime=120)
 
+    def _verify(self) -> ssl.SSLContext | bool:
+        """The mesh CA for an https registry (host names unchecked: the certificate names the registry by URI SAN, as
+        every mesh certificate does); the system's CAs when this gateway holds no mesh CA file."""
+        if self.ca is not None and self.registry_url.lower().startswith("https:") and self.ca.is_file():
+            return pki.client_context(self.ca)
+        return True
+
     async def fetch(self, wait: int = 0, timeout: float = 5.0) -> bool:
         """One GET of the snapshot; True when a newer version was installed. Raises on transport or check errors."""
         if self._http is None:
-            self._http = httpx.AsyncClient()
+            self._http = httpx.AsyncClient(verify=self._verify())
         headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/jose"}
         if self.current is not None:
             headers["If-None-Match"] = f'"{self.current.version}"'

@@ -8,9 +8,16 @@ the same protocol (§7: signed compact JWS, ETag, If-None-Match, ?wait= long pol
 Upstreams are a small real ASGI echo app under uvicorn (`echo_app`), standing in for connectors where a test needs
 no connector logic.
 
+TLS on every link (issue 14) unless `tls=False`: the registry serves HTTPS with the mesh CA `lienthong registry init`
+made ("standin": a CA this module makes, published in the snapshot's `pki.ca`); each gateway gets its certificate
+through the registry API (a CSR signed with its own key, as `lienthong gateway cert` sends it; "standin": issued here)
+and serves HTTPS with --tls-dir; an echo upstream registered for a service is served over HTTPS with a certificate for
+the service's provider subsystem (the identity the gateway checks), one TLS echo process per (echo, provider). Test
+clients verify with the mesh CA: `mesh.client()`, `gw.client()`, `gw.verify`.
+
 Run as a module for the child processes:
     python -m tests.mesh_support registry --port P --dir D
-    python -m tests.mesh_support echo --port P
+    python -m tests.mesh_support echo --port P [--tls-dir D]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import copy
 import os
 import re
+import ssl
 import sys
 import time
 from collections.abc import Iterable
@@ -30,7 +38,7 @@ import httpx
 import jwt
 import orjson
 
-from lienthong import keys, tokens
+from lienthong import keys, pki, tokens
 from lienthong.redis_connection import free_port
 from tests.procs import Proc, lienthong
 from tests.registry_support import TEST_UPSTREAM_ALLOW
@@ -181,10 +189,31 @@ class GatewayProc:
     key: KeyPair
     data_dir: Path
     proc: Proc | None = None
+    tls: bool = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def ca_path(self) -> Path:
+        """The mesh CA, as this gateway holds it (ca.crt beside its certificate)."""
+        return pki.CertFiles(self.tls_dir).ca
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client verifies this gateway with: the mesh CA (its certificate names it by URI SAN, not by host)."""
+        return pki.client_context(self.ca_path) if self.tls else True
+
+    def client(self, cert: pki.CertFiles | None = None, **options: Any) -> httpx.Client:
+        """An httpx client for this gateway (base_url set), verifying it with the mesh CA; `cert` is a client
+        certificate to present (Mesh.client_cert)."""
+        verify = pki.client_context(self.ca_path, cert) if self.tls else True
+        return httpx.Client(base_url=self.url, verify=verify, **options)
 
 
 @dataclass
@@ -198,6 +227,7 @@ class Mesh:
     max_snapshot_age: float = 600
     workers: int = 1
     registry: str = "real"  # or "standin"
+    tls: bool = False  # TLS on every link; False: the whole mesh in plain HTTP (--insecure-http everywhere)
     registry_key: KeyPair = field(init=False)
     registry_port: int = field(init=False)
     registry_proc: Proc | None = None
@@ -211,6 +241,8 @@ class Mesh:
     registry_handle: Any = None  # tests.registry_support.RegistryHandle in "real" mode
     _pushed: set[tuple[str, str]] = field(default_factory=set)
     _grant_ids: dict[str, str] = field(default_factory=dict)
+    _echoes: set[str] = field(default_factory=set)  # the plain URLs of echo upstreams start_upstream started
+    _tls_echoes: dict[tuple[str, str], str] = field(default_factory=dict)  # (echo URL, provider) -> its https URL
 
     def __post_init__(self) -> None:
         if self.registry not in ("real", "standin"):
@@ -225,12 +257,87 @@ class Mesh:
         policy = {"allow": TEST_UPSTREAM_ALLOW.split(","), "mesh": []}
         self.doc = {"instance": "VN", "members": [], "subsystems": [], "gateways": [], "services": [],
                     "clients": [], "grants": [], "upstream_policy": policy}  # fmt: skip
+        if self.tls and self.registry == "standin":  # the real registry makes its CA at init
+            ca = pki.CertificateAuthority.create(self.root / "ca" / "ca.crt", self.root / "ca" / "ca.key")
+            self.doc["pki"] = {"ca": [pki.cert_pem(ca.cert).decode()], "revoked": []}
+
+    # TLS ---------------------------------------------------------------------------------------------------------
+
+    @property
+    def ca_path(self) -> Path:
+        """The mesh CA certificate (the real registry's, once started; the stand-in's own)."""
+        if self.registry == "real":
+            if self.registry_handle is None:
+                raise RuntimeError("the real registry makes the mesh CA: start_registry() first")
+            return Path(self.registry_handle.ca_path)
+        return self.root / "ca" / "ca.crt"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return pki.client_context(self.ca_path) if self.tls else True
+
+    def client(self, cert: pki.CertFiles | None = None, **options: Any) -> httpx.Client:
+        """An httpx client verifying every gateway of this mesh with its CA; `cert` a client certificate to present."""
+        return httpx.Client(verify=pki.client_context(self.ca_path, cert) if self.tls else True, **options)
+
+    def issuer(self) -> Any:
+        """tests.upstream_tls_support.IssuingCA over the mesh CA's files, writing under <root>/certs."""
+        from tests.upstream_tls_support import IssuingCA
+
+        key = self.ca_path.with_name("ca.key")
+        return IssuingCA(self.root / "certs", pki.CertificateAuthority.load(self.ca_path, key))
+
+    def client_cert(self, subsystem: str) -> pki.CertFiles:
+        """A client certificate for `subsystem` (X-Road's way to authenticate at the home gateway), from the mesh CA."""
+        name = "client-" + subsystem.replace("/", "_")
+        files = pki.CertFiles(self.root / "certs" / name)
+        if files.exists():
+            return files
+        issued: pki.CertFiles = self.issuer().issue(name, pki.identity("subsystem", subsystem), trust=self.ca_path)
+        return issued
+
+    def _gateway_cert(self, gw: GatewayProc) -> None:
+        """The gateway's certificate into its --tls-dir: through the registry API with a CSR signed by the gateway's
+        key (the real path), or issued here from the stand-in's CA."""
+        files = pki.CertFiles(gw.tls_dir)
+        if files.exists():
+            return
+        identity = pki.identity("gateway", gw.code)
+        if self.registry == "standin":
+            self.issuer().issue(gw.code, identity, trust=self.ca_path)
+            files.directory.mkdir(parents=True, exist_ok=True)
+            for name in ("tls.key", "tls.crt", "ca.crt"):
+                os.replace(self.root / "certs" / gw.code / name, files.directory / name)
+            return
+        from lienthong.cert_renewal import renew_certificate
+        from registry.client import RegistryClient
+
+        if ("gateway", gw.code) not in self._pushed:
+            self._sync()  # the registry issues only to a gateway it knows
+        with RegistryClient(self.registry_url, key=gw.key.key, kid=gw.key.kid, iss=f"gateway:{gw.code}",
+                            ca=self.ca_path) as client:  # fmt: skip
+            renew_certificate(files, identity, client.request_certificate)
+
+    def _live_upstream(self, service_id: str, url: str) -> str:
+        """The URL a service's upstream is registered with: an echo this mesh started is served over HTTPS with a
+        certificate for the service's provider (the identity the gateway checks), one TLS echo per provider."""
+        if not self.tls or url not in self._echoes:
+            return url
+        provider = service_id.rsplit("/", 1)[0]
+        found = self._tls_echoes.get((url, provider))
+        if found is None:
+            port = free_port()
+            name = f"echo-{port}"
+            files = self.issuer().issue(name, pki.identity("subsystem", provider), trust=self.ca_path)
+            self.upstream_procs.append(self._echo_proc(port, name, files.directory))
+            found = self._tls_echoes[(url, provider)] = f"https://127.0.0.1:{port}"
+        return found
 
     @property
     def registry_url(self) -> str:
         if self.registry_handle is not None:
             return str(self.registry_handle.url)
-        return f"http://127.0.0.1:{self.registry_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.registry_port}"
 
     def grant_id(self, name: str) -> str:
         """The id the registry gave the grant declared as `name` (the same in stand-in mode)."""
@@ -240,7 +347,7 @@ class Mesh:
 
     def add_gateway(self, code: str) -> GatewayProc:
         data = self.root / "gateways" / code
-        gw = GatewayProc(code, free_port(), make_key(data / "gateway.key"), data)
+        gw = GatewayProc(code, free_port(), make_key(data / "gateway.key"), data, tls=self.tls)
         self.gateways[code] = gw
         self.hosted.setdefault(code, {})
         self.doc["gateways"].append({"code": code, "base_url": gw.url, "keys": [gw.key.jwk], "version": 1})
@@ -308,7 +415,8 @@ class Mesh:
         self.version += 1
         for code in self.gateways:
             doc = copy.deepcopy(self.doc)
-            doc.update(version=self.version, gateway=code, upstreams=self.hosted.get(code, {}),
+            upstreams = {sid: self._live_upstream(sid, url) for sid, url in self.hosted.get(code, {}).items()}
+            doc.update(version=self.version, gateway=code, upstreams=upstreams,
                        generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
             target = self.snap_dir / f"{code}.jws"
             tmp = target.with_suffix(".tmp")
@@ -322,15 +430,18 @@ class Mesh:
         if self.registry == "real":
             from tests.registry_support import start_registry
 
-            self.registry_handle = start_registry(self.root, self.redis_url, self.log_dir)
+            plain = () if self.tls else ("--insecure-http",)
+            self.registry_handle = start_registry(self.root, self.redis_url, self.log_dir, options=plain)
             (self.root / "registry.jwk").write_bytes(orjson.dumps(self.registry_handle.registry_public_jwk))
             self._sync()
             return
-        self.registry_proc = Proc(
-            "registry", [PY, "-m", "tests.mesh_support", "registry", "--port", str(self.registry_port),
-                         "--dir", str(self.snap_dir)], self.log_dir, env={"PYTHONPATH": str(REPO)},
-        ).start()  # fmt: skip
-        self.registry_proc.wait_http(f"{self.registry_url}/healthz")
+        argv = [PY, "-m", "tests.mesh_support", "registry", "--port", str(self.registry_port), "--dir",
+                str(self.snap_dir)]  # fmt: skip
+        if self.tls:
+            files = self.issuer().issue("standin-registry", pki.identity("registry", "VN"), trust=self.ca_path)
+            argv += ["--tls-dir", str(files.directory)]
+        self.registry_proc = Proc("registry", argv, self.log_dir, env={"PYTHONPATH": str(REPO)}).start()
+        self.registry_proc.wait_http(f"{self.registry_url}/healthz", verify=self.verify)
 
     def registry_down(self, down: bool) -> None:
         if self.registry_handle is not None:
@@ -348,17 +459,24 @@ class Mesh:
             flag.unlink(missing_ok=True)
 
     def start_upstream(self, name: str) -> str:
+        """An echo upstream; its plain URL, which a service registered with it is served over HTTPS instead of
+        (one TLS echo per provider, see _live_upstream) when the mesh runs TLS."""
         port = free_port()
         self.upstream_procs.append(self.start_upstream_on(port, name))
-        return f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        self._echoes.add(url)
+        return url
 
     def start_upstream_on(self, port: int, name: str | None = None) -> Proc:
-        """An echo upstream on a given port; the caller stops it (or start_upstream keeps it for stop())."""
-        proc = Proc(
-            name or f"echo-{port}", [PY, "-m", "tests.mesh_support", "echo", "--port", str(port)], self.log_dir,
-            env={"PYTHONPATH": str(REPO)},
-        ).start()  # fmt: skip
-        proc.wait_http(f"http://127.0.0.1:{port}/healthz/x")
+        """A plain-HTTP echo upstream on a given port; the caller stops it (or start_upstream keeps it for stop())."""
+        return self._echo_proc(port, name or f"echo-{port}", None)
+
+    def _echo_proc(self, port: int, name: str, tls_dir: Path | None) -> Proc:
+        argv = [PY, "-m", "tests.mesh_support", "echo", "--port", str(port)]
+        argv += ["--tls-dir", str(tls_dir)] if tls_dir is not None else []
+        proc = Proc(name, argv, self.log_dir, env={"PYTHONPATH": str(REPO)}).start()
+        scheme, verify = ("https", self.verify) if tls_dir is not None else ("http", True)
+        proc.wait_http(f"{scheme}://127.0.0.1:{port}/healthz/x", verify=verify)
         return proc
 
     def gateway_argv(self, gw: GatewayProc, overrides: dict[str, str] | None = None) -> list[str]:
@@ -374,7 +492,9 @@ class Mesh:
         argv = lienthong("gateway", "serve")
         for k, v in opts.items():
             argv += [k, v]
-        return argv + ["--insecure-http"]  # until the harness runs the mesh with TLS (issue 14's sweep)
+        if not self.tls:
+            return [*argv, "--insecure-http"]
+        return argv if "--tls-dir" in opts else [*argv, "--tls-dir", str(gw.tls_dir)]
 
     def start_gateway(self, code: str, options: dict[str, str] | None = None, wait_ready: bool = True) -> GatewayProc:
         """Start `lienthong gateway serve` for `code`; options override CLI flags, e.g. {"--workers": "2"}."""
@@ -385,11 +505,13 @@ class Mesh:
         started = []
         for code, opts in options.items():
             gw = self.gateways[code]
+            if self.tls:
+                self._gateway_cert(gw)
             gw.proc = Proc(f"gateway-{code}", self.gateway_argv(gw, opts), self.log_dir).start()
             started.append(gw)
         for gw in started:
             assert gw.proc is not None
-            gw.proc.wait_http(f"{gw.url}/{'readyz' if wait_ready else 'healthz'}")
+            gw.proc.wait_http(f"{gw.url}/{'readyz' if wait_ready else 'healthz'}", verify=gw.verify)
         return started
 
     def stop_gateway(self, code: str) -> None:
@@ -462,13 +584,13 @@ class Mesh:
         return self._admin_client
 
     def _upstream(self, svc: dict[str, Any]) -> str:
-        return self.hosted[svc["gateway"]][svc["id"]]
+        return self._live_upstream(svc["id"], self.hosted[svc["gateway"]][svc["id"]])
 
     def wait_version(self, version: int, timeout: float = 5.0, codes: Iterable[str] | None = None) -> float:
         """Seconds until every gateway's /healthz reports `version`."""
         started = time.monotonic()
         pending = set(codes or self.gateways)
-        with httpx.Client(timeout=1) as http:
+        with self.client(timeout=1) as http:
             while pending:
                 for code in list(pending):
                     try:
@@ -514,9 +636,14 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("what", choices=["registry", "echo"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path)
+    parser.add_argument("--tls-dir", type=Path, help="serve HTTPS with tls.key and tls.crt from this pki.CertFiles dir")
     args = parser.parse_args(argv)
     app = _standin_registry(args.dir) if args.what == "registry" else echo_app
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+    tls: dict[str, Any] = {}
+    if args.tls_dir is not None:
+        files = pki.CertFiles(args.tls_dir)
+        tls = {"ssl_keyfile": str(files.key), "ssl_certfile": str(files.cert), "ssl_ca_certs": str(files.ca)}
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off", **tls)
 
 
 if __name__ == "__main__":

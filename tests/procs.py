@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -39,14 +40,17 @@ class Proc:
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
-    def wait_http(self, url: str, timeout: float = 30.0, status: int = 200) -> None:
+    def wait_http(
+        self, url: str, timeout: float = 30.0, status: int = 200, verify: ssl.SSLContext | bool = True
+    ) -> None:
+        """Until `url` answers `status`; an https URL is verified with `verify` (a mesh CA's pki.client_context)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                r = httpx.get(url, timeout=1.0)
+                r = httpx.get(url, timeout=1.0, verify=verify)
                 if r.status_code == status:
                     return
                 last = f"{r.status_code} {r.text[:200]}"
