@@ -11,13 +11,16 @@ Secrets or issued at start by init containers); and the registry starts the way 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,8 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics as gateway_metrics
 from lienthong import ids, pki
+from lienthong.redis_connection import free_port
 from lienthong.subjects import SUBJECT_KEY_ENV
-from tests.procs import lienthong
+from registry import keyfiles, mesh_ca
+from registry.client import RegistryClient
+from tests.procs import Proc, lienthong
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "lienthong"
 TEMPLATES = sorted(p for p in (CHART / "templates").iterdir() if p.suffix in (".yaml", ".tpl", ".txt"))
@@ -595,8 +601,6 @@ def test_the_registry_reads_the_mesh_ca_from_its_secret_and_no_other_pod_names_i
     """The registry's data dir is a projected volume: the keys Secret and the CA Secret's two items as ca.crt and
     ca.key (the names registry/mesh_ca.py loads). Its serving certificate goes to --tls-dir, a writable emptyDir
     unless registry.tlsSecret names one. No other template references the Secret holding the CA key."""
-    from registry import mesh_ca
-
     (call,) = [c for c in serve_calls() if c.items[0] == "registry"]
     data_dir = call.value("--data-dir")
     assert call.value("--tls-dir") == '{{ include "lienthong.tlsDir" . }}'
@@ -665,7 +669,7 @@ def test_certificates_are_issued_at_start_unless_a_secret_holds_them(template: s
         assert f"- name: {volume}\n" in init, f"the init container lacks {volume}"
     assert re.search(r"- name: tls\n\s+mountPath: " + _include("lienthong.tlsDir", r"\$") + r"\n"
                      r"\s+\{\{- if " + re.escape(item) + r"\.tlsSecret \}\}\n\s+readOnly: true\n", text)  # fmt: skip
-    assert '{{- include "lienthong.tlsVolume" ' + item + '.tlsSecret | nindent 8 }}' in text
+    assert '{{- include "lienthong.tlsVolume" ' + item + ".tlsSecret | nindent 8 }}" in text
     assert '{{- include "lienthong.meshCaVolume" $ | nindent 8 }}' in text
     values = _values()["gateways" if group == "gateway" else "connectors"]
     assert all(entry["tlsSecret"] == "" for entry in values)  # issued at start by default
@@ -725,3 +729,120 @@ def test_readme_says_how_to_run_with_an_existing_ca_and_how_certificates_are_ren
     assert f"kubectl create configmap {values['caConfigMap']['name']}" in readme
     for word in ("lienthong gateway cert", "lienthong connector cert", "two thirds", "tlsSecret", "cert-manager"):
         assert word in readme, word
+
+
+# ---------------------------------------------------------------------- the chart's commands, run as its pods do
+
+
+def chart_argv(call: ServeCall, actions: dict[str, str | None], root: Path) -> list[str]:
+    """A template container's args as its pod runs them: each template action replaced from `actions` (None drops it
+    and the flag before it), and every absolute path (the chart's mounts) moved under `root`, the pod's filesystem."""
+    argv: list[str] = []
+    for item in call.items:
+        if "{{" in item:
+            assert item in actions, f"{call.template}: no value for {item}"
+            value = actions[item]
+            if value is None:
+                argv.pop()
+                continue
+            item = value
+        argv.append(str(root / item.lstrip("/")) if item.startswith("/") else item)
+    return argv
+
+
+def _mount(directory: Path, files: dict[str, Path]) -> Path:
+    """A Secret or ConfigMap volume: the files copied under their item names, read-only (0440 in a 0555 dir)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, source in files.items():
+        (directory / name).write_bytes(source.read_bytes())
+        (directory / name).chmod(0o440)
+    directory.chmod(0o555)
+    return directory
+
+
+def _wait_https(url: str, ca: Path, proc: Proc) -> None:
+    deadline = time.monotonic() + 60  # only catches a hang
+    with httpx.Client(verify=pki.client_context(ca), timeout=2) as client:
+        while True:
+            if proc.process is not None and proc.process.poll() is not None:
+                raise AssertionError(f"{proc.name} exited:\n{proc.log_tail()}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{url} did not answer:\n{proc.log_tail()}"
+            time.sleep(0.2)
+
+
+def test_the_registry_and_a_gateways_init_container_run_as_the_chart_starts_them(
+    tmp_path: Path, redis_url: str, log_dir: Path
+) -> None:
+    """With an operator's existing CA: `registry init --ca-cert --ca-key` on the operator's machine, the keys Secret
+    and the CA Secret mounted read-only as the registry's data dir, an empty TLS directory. The registry, started with
+    the template's own arguments, issues its serving certificate from that CA and serves HTTPS; the gateway's init
+    container, with its template's arguments, gets the gateway's certificate from it into the directory the gateway
+    serves from, verifying the registry with the CA ConfigMap's certificate alone."""
+    operator = tmp_path / "operator"
+    existing = pki.CertificateAuthority.create(operator / "our-ca.crt", operator / "our-ca.key", "Bộ TT&TT CA")
+    subprocess.run(lienthong("registry", "init", "--data-dir", str(operator / "registry"), "--ca-cert",
+                             str(operator / "our-ca.crt"), "--ca-key", str(operator / "our-ca.key")),
+                   check=True, capture_output=True)  # fmt: skip
+    keys_dir = operator / "registry"
+    subprocess.run(lienthong("gateway", "keygen", "--code", "national", "--data-dir", str(operator / "national")),
+                   check=True, capture_output=True)  # fmt: skip
+
+    # the registry pod: its data dir is the keys Secret and the CA Secret's items, projected read-only
+    pod = tmp_path / "registry-pod"
+    data_dir = pod / "etc/lienthong/registry"
+    _mount(data_dir, {**{n: keys_dir / n for n in ("registry.key", "registry.pub.jwk", "admin.pub.jwk")},
+                      mesh_ca.CA_CERT: operator / "our-ca.crt", mesh_ca.CA_KEY: operator / "our-ca.key"})  # fmt: skip
+    tls_dir = _define("lienthong.tlsDir").strip()
+    (pod / tls_dir.lstrip("/")).mkdir(parents=True)  # the emptyDir
+    (call,) = [c for c in serve_calls() if c.items[0] == "registry"]
+    port = free_port()
+    argv = chart_argv(call, {"{{ .Values.registry.port | quote }}": str(port),
+                             '{{ include "lienthong.tlsDir" . }}': tls_dir, '{{ join "," . | quote }}': None},
+                      pod)  # fmt: skip
+    argv[argv.index("--host") + 1] = "127.0.0.1"  # the pod's 0.0.0.0, kept off the test machine's interfaces
+    assert argv[argv.index("--data-dir") + 1] == str(data_dir)
+    registry = Proc("registry", lienthong(*argv), log_dir, env={"REDIS_URL": redis_url, "HOME": str(tmp_path)})
+    registry.start()
+    try:
+        url = f"https://127.0.0.1:{port}"
+        _wait_https(url + "/healthz", operator / "our-ca.crt", registry)
+        own = pki.load_cert(pki.CertFiles(pod / tls_dir.lstrip("/")).cert)
+        assert pki.cert_identity(own) == mesh_ca.REGISTRY_IDENTITY
+        own.verify_directly_issued_by(existing.cert)
+
+        jwk = json.loads((operator / "national" / "gateway.jwk").read_text())
+        admin = RegistryClient(url, keys_dir / "admin.key", keyfiles.admin_kid(keys_dir), "admin",
+                               ca=operator / "our-ca.crt")  # fmt: skip
+        try:
+            admin.add_gateway("national", "https://lienthong-gateway-national.lienthong.svc:8700", [jwk])
+        finally:
+            admin.close()
+
+        # the gateway pod's init container: its key Secret, the CA ConfigMap, the tls emptyDir, /tmp
+        gw_pod = tmp_path / "gateway-pod"
+        _mount(gw_pod / "etc/lienthong/gateway", {"gateway.key": operator / "national" / "gateway.key"})
+        ca_file = _define("lienthong.meshCaFile").strip()
+        _mount((gw_pod / ca_file.lstrip("/")).parent, {"ca.crt": operator / "our-ca.crt"})
+        for empty in (tls_dir, "/tmp"):
+            (gw_pod / empty.lstrip("/")).mkdir(parents=True)
+        (init,) = [c for c in lienthong_calls() if c.command == ("gateway", "cert")]
+        argv = chart_argv(init, {"{{ $gw.code | quote }}": "national", "{{ $gw.kid | quote }}": None,
+                                 '{{ include "lienthong.tlsDir" $ }}': tls_dir,
+                                 '{{ include "lienthong.registryUrl" $ | quote }}': url,
+                                 '{{ include "lienthong.meshCaFile" $ }}': ca_file}, gw_pod)  # fmt: skip
+        done = subprocess.run(lienthong(*argv), capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HOME": str(gw_pod / "tmp")})  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        files = pki.CertFiles(gw_pod / tls_dir.lstrip("/"))
+        cert = pki.load_cert(files.cert)
+        assert pki.cert_identity(cert) == pki.identity("gateway", "national")
+        cert.verify_directly_issued_by(existing.cert)
+        assert files.ca.read_bytes() == (operator / "our-ca.crt").read_bytes()
+        assert files.key.stat().st_mode & 0o077 == 0
+    finally:
+        registry.stop()
