@@ -1,5 +1,8 @@
-"""The demo on a running mesh: the birth-to-health-card procedure (twice: allowed, then refused), a burst of
-mixed ministry traffic, and the metering table read back from the operations API.
+"""The demo on a running mesh: plain HTTP refused by a gateway, the birth-to-health-card procedure (twice: allowed,
+then refused), a burst of mixed ministry traffic, and the metering table read back from the operations API.
+
+Every call goes over HTTPS verified with the mesh CA. Nghe An's civil status system and the Ministry of Justice
+authenticate by their TLS client certificates (X-Road's way, no token); Ha Noi's portal by a signed JWT.
 
 Every step records what it expected and what it got, so `lienthong demo --once` can exit non-zero on any surprise.
 """
@@ -22,7 +25,6 @@ from rich.progress import Progress
 from rich.table import Table
 
 from gateway.ops_auth import operator_token_from
-from lienthong import keys
 from lienthong.mesh_client import MeshClient
 from lienthong.mesh_layout import (
     BIRTH,
@@ -40,6 +42,7 @@ from lienthong.mesh_up import Mesh
 
 NGHEAN_PROVINCE = "040"
 HANOI_PROVINCE = "001"
+BY_CERTIFICATE = frozenset({NGHEAN_CIVIL, MOJ})  # the client systems that call with their TLS certificate
 
 
 @dataclass
@@ -74,8 +77,29 @@ class Demo:
         self.started = dt.datetime.now(dt.UTC)
 
     def client(self, subsystem: str, gateway: str) -> MeshClient:
-        key = keys.load_private(self.mesh.config.paths.client_key(subsystem))
-        return MeshClient(self.mesh.gateway_urls[gateway], gateway, subsystem, key, self.mesh.kids.get(subsystem))
+        certificate = self.mesh.ca is not None and subsystem in BY_CERTIFICATE
+        return self.mesh.client(subsystem, gateway, certificate=certificate)
+
+    @staticmethod
+    def how(client: MeshClient) -> str:
+        if client.by_certificate:
+            return "its TLS client certificate (no token)"
+        return "a signed JWT over TLS" if client.gateway_url.startswith("https:") else "a signed JWT"
+
+    # ---- TLS -----------------------------------------------------------------------------------------------------
+
+    def plaintext_refused(self) -> None:
+        """A plain HTTP request to a gateway's HTTPS port gets 400 tls-required: nothing crosses in clear."""
+        url = self.mesh.gateway_urls["hanoi"].replace("https://", "http://", 1)
+        try:
+            r = httpx.get(f"{url}/healthz", timeout=10)
+            status, detail = r.status_code, r.text[:200].replace("\n", " ")
+        except httpx.HTTPError as exc:
+            status, detail = 0, f"{type(exc).__name__}: {exc}"
+        self.report.steps.append(Step("plain HTTP to gateway hanoi is refused", 400, status, detail))
+        mark = "[green]✔[/]" if status == 400 else "[red]✘[/]"
+        self.console.print(f"  {mark} plain HTTP to {url}: HTTP {status}", markup=True, highlight=False)
+        self.console.print(f"    {detail}", markup=False, highlight=False)
 
     def _call(self, client: MeshClient, step: str, expected: int, method: str, target: str, purpose: str,
               **kw: Any) -> httpx.Response:  # fmt: skip
@@ -118,6 +142,7 @@ class Demo:
 
     def procedure(self, consumer: str, gateway: str, province: str, *, allowed: bool) -> None:
         client = self.client(consumer, gateway)
+        self.console.print(f"  {consumer} calls gateway {gateway} with {self.how(client)}", highlight=False)
         fam = self.family(province)
         born = (dt.date.today() - dt.timedelta(days=3)).isoformat()
         child = {"full_name": "Nguyễn Minh An", "sex": "M", "birth_date": born}
@@ -188,6 +213,8 @@ class Demo:
             (HANOI_PORTAL, "hanoi"): self.client(HANOI_PORTAL, "hanoi"),
             (NGHEAN_CIVIL, "nghean"): self.client(NGHEAN_CIVIL, "nghean"),
         }
+        for (subsystem, gateway), client in clients.items():
+            self.console.print(f"  {subsystem} at gateway {gateway}: {self.how(client)}", highlight=False)
         calls: list[tuple[MeshClient, str, str, str]] = []
         rng = random.Random(7)  # the same mix every run
         for _ in range(self.burst_size):
@@ -235,9 +262,11 @@ class Demo:
         params = {"from": self.started.strftime("%Y-%m-%dT%H:00:00Z"), "to": to.strftime("%Y-%m-%dT%H:00:00Z"),
                   "group_by": "service,consumer,gateway"}  # fmt: skip
         deadline = time.monotonic() + timeout
+        verify = self.mesh.verify
         body: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            body = httpx.get(url, params=params, timeout=10, headers={"Authorization": f"Bearer {token}"}).json()
+            body = httpx.get(url, params=params, timeout=10, headers={"Authorization": f"Bearer {token}"},
+                             verify=verify).json()  # fmt: skip
             if body.get("total", 0) >= self.report.calls_sent:
                 break
             time.sleep(0.25)
@@ -254,6 +283,9 @@ class Demo:
 
     def run(self) -> DemoReport:
         section: Callable[[str], None] = lambda text: self.console.rule(f"[bold]{text}")  # noqa: E731
+        if self.mesh.ca is not None:
+            section("TLS on every link: plain HTTP is refused")
+            self.plaintext_refused()
         section("Birth registration + personal ID + health insurance card, Nghe An (allowed)")
         self.procedure(NGHEAN_CIVIL, "nghean", NGHEAN_PROVINCE, allowed=True)
         section("The same procedure from Ha Noi's portal, whose grant forbids the card fields")

@@ -1,8 +1,14 @@
-"""`lienthong up` and `lienthong demo`: the whole mesh on one machine, and the national procedure run across it."""
+"""`lienthong up` and `lienthong demo`: the whole mesh on one machine, and the national procedure run across it.
+
+Once up, they print the mesh's URLs (all https, verified with the mesh CA) and how to call it as a client system with
+its TLS client certificate, with `lienthong call` and with curl, in lines of at most 80 columns so nothing is cut.
+"""
 
 from __future__ import annotations
 
+import shlex
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -12,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from lienthong.mesh_layout import CONNECTORS
+from lienthong.mesh_layout import CONNECTORS, HANOI_PORTAL, POPULATION, VERIFY
 from lienthong.mesh_up import Mesh, MeshConfig, start
 from lienthong.supervisor import StartFailed
 
@@ -57,6 +63,44 @@ def _urls(console: Console, mesh: Mesh) -> None:
     for name, url in mesh.connector_urls.items():
         table.add_row(f"connector {name} (Swagger UI)", f"{url}/ui/")
     console.print(table)
+    for line in how_to_call(mesh):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _example_person(mesh: Mesh) -> str:
+    """A real personal ID the example call can ask for (a placeholder if the data cannot be read)."""
+    try:
+        with sqlite3.connect(mesh.config.paths.data / "population.sqlite") as db:
+            row = db.execute("SELECT id FROM persons WHERE restricted = 0 ORDER BY id LIMIT 1").fetchone()
+    except sqlite3.Error:
+        row = None
+    return str(row[0]) if row else "PERSONAL_ID"
+
+
+def how_to_call(mesh: Mesh, subsystem: str = HANOI_PORTAL, gateway: str = "hanoi") -> list[str]:
+    """Shell lines calling the population service as `subsystem` at its home gateway: by its client certificate
+    (`lienthong call`, then curl), or by its JWT on a plain HTTP mesh. Long values are put in variables so that
+    each line stays within 80 columns."""
+    paths = mesh.config.paths
+    target = f"{POPULATION}/persons/{_example_person(mesh)}"
+    home = shlex.quote(str(mesh.config.root))
+    lines = [f"  M={home}", f"  G={mesh.gateway_urls[gateway]}"]
+    call = ["  lienthong call --home $M --gateway $G \\",
+            f"    --as {subsystem} --purpose {VERIFY} \\"]  # fmt: skip
+    if mesh.ca is None:
+        key = paths.client_key(subsystem).relative_to(paths.root)
+        return [f"How to call as {subsystem} (plain HTTP, a signed JWT):", *lines, *call[:1],
+                f"    --key $M/{key} \\", call[1], f"    {target}"]  # fmt: skip
+    tls = paths.client_tls(subsystem).relative_to(paths.root)
+    return [
+        f"How to call as {subsystem}, with its TLS client certificate:",
+        *lines, *call, f"    {target}",
+        f"  C=$M/{tls}",
+        "  curl --cacert $C/ca.crt --cert $C/tls.crt --key $C/tls.key \\",
+        f"    -H 'X-Road-Client: {subsystem}' \\",
+        f"    -H 'X-Purpose: {VERIFY}' \\",
+        f"    $G/r1/{target}",
+    ]  # fmt: skip
 
 
 def _wait_for_ctrl_c(console: Console, mesh: Mesh) -> int:
@@ -124,6 +168,8 @@ def demo(home: Path, people: int, registry_port: int, gateway_port: int, connect
         console.print(f"[red]metering mismatch:[/] sent {report.calls_sent}, metered {report.metered}")
     console.print("[green]demo: every step gave the expected answer[/]" if report.ok else "[red]demo: FAILED[/]")
     if once:
+        for line in how_to_call(mesh):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         mesh.stop()
         sys.exit(0 if report.ok else 1)
     _urls(console, mesh)

@@ -128,8 +128,27 @@ class MeshPaths:
     def clients(self) -> Path:
         return self.root / "clients"
 
+    @property
+    def ca_cert(self) -> Path:
+        """The mesh CA certificate `lienthong registry init` writes; every process verifies its peers with it."""
+        return self.registry / "ca.crt"
+
     def gateway(self, code: str) -> Path:
         return self.root / "gateways" / code
 
+    def gateway_tls(self, code: str) -> Path:
+        return self.gateway(code) / "tls"
+
+    def connector_tls(self, name: str) -> Path:
+        return self.root / "connectors" / name / "tls"
+
     def client_key(self, subsystem: str) -> Path:
-        return self.clients / (subsystem.replace("/", "_") + ".key")
+        return self.clients / (_slug(subsystem) + ".key")
+
+    def client_tls(self, subsystem: str) -> Path:
+        """The client system's certificate (`lienthong client cert --out`), what `lienthong call` presents."""
+        return self.clients / _slug(subsystem) / "tls"
+
+
+def _slug(subsystem: str) -> str:
+    return subsystem.replace("/", "_")

@@ -1,14 +1,18 @@
 """`lienthong up`: the whole mesh on one machine, each component its own OS process, set up through the registry API.
 
-Order: embedded Redis, data, registry keys, registry, gateways (their keys registered first), members, subsystems and
-client keys, connectors (they register their own services), approval and grants by the registry admin, then a wait
-until every gateway holds the snapshot that carries it all. Nothing is written around the API.
+Order: embedded Redis, data, registry keys and the mesh CA, registry (HTTPS), gateways' keys, members, subsystems and
+client keys, then every certificate through the registry API as `lienthong gateway cert`, `connector cert` and
+`client cert` do (a CSR signed with the key the registry holds for the identity), gateways (HTTPS, mutual TLS between
+them), connectors (HTTPS, they register their own services at their https URL), approval and grants by the registry
+admin, then a wait until every gateway holds the snapshot that carries it all. Nothing is written around the API.
+`MeshConfig.insecure_http` runs it all in plain HTTP, for development only.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography import x509
 
-from lienthong import keys
+from lienthong import keys, pki
+from lienthong.mesh_client import MeshClient, tls_http
 from lienthong.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS, MeshPaths
 from lienthong.redis_connection import EmbeddedRedis
 from lienthong.subjects import subject_key_env
@@ -42,6 +48,11 @@ class MeshConfig:
     gateway_workers: int = 1
     echo_logs: bool = True
     upstream_allow: tuple[str, ...] = ()  # more upstreams the registry allows besides the connectors (HOST:PORT)
+    insecure_http: bool = False  # plain HTTP on every link, no certificates: local development only
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure_http else "https"
 
     @property
     def paths(self) -> MeshPaths:
@@ -60,11 +71,29 @@ class Mesh:
     gateway_urls: dict[str, str]
     connector_urls: dict[str, str]
     kids: dict[str, str]  # subsystem -> kid of its client key
+    ca: Path | None = None  # the mesh CA every https URL above is verified with (None: plain HTTP)
 
     def admin(self) -> Any:
         from registry.client import RegistryClient
 
-        return RegistryClient(self.registry_url, self.config.paths.registry / "admin.key", iss="admin")
+        return RegistryClient(self.registry_url, self.config.paths.registry / "admin.key", iss="admin", ca=self.ca)
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client checks the mesh's certificates with (no client certificate)."""
+        return pki.client_context(self.ca) if self.ca is not None else True
+
+    def client(self, subsystem: str, gateway: str, *, certificate: bool = False) -> MeshClient:
+        """A client system of `subsystem` at its home `gateway`: by its TLS client certificate (X-Road's way, no
+        token), or by a JWT signed with its client key."""
+        url = self.gateway_urls[gateway]
+        if certificate:
+            if self.ca is None:
+                raise ValueError("a plain HTTP mesh has no client certificates")
+            return MeshClient(url, gateway, subsystem, http=tls_http(self.ca, self.config.paths.client_tls(subsystem)))
+        key = keys.load_private(self.config.paths.client_key(subsystem))
+        http = tls_http(self.ca) if self.ca is not None else None
+        return MeshClient(url, gateway, subsystem, key, self.kids.get(subsystem), http=http)
 
     def stop(self) -> None:
         self.supervisor.stop_all()
@@ -169,25 +198,24 @@ def _start_processes(
 ) -> Mesh:
     from registry import keyfiles
 
-    paths, host = config.paths, config.host
-    if not (paths.registry / keyfiles.SIGNING_KEY).exists():
-        made = keyfiles.init(paths.registry)
-        say(f"registry: keys made, admin key {made.admin_key}")
+    paths, host, scheme = config.paths, config.host, config.scheme
+    _init_registry(paths.registry, say)
+    ca = None if config.insecure_http else paths.ca_cert
     rport = pick_port(host, config.registry_port, "the registry", say)
-    registry_url = f"http://{host}:{rport}"
+    registry_url = f"{scheme}://{host}:{rport}"
     env = {"REDIS_URL": redis_url}
     # the connectors' ports are chosen first: they are the only loopback upstreams the registry allows
     connector_ports = {c.name: pick_port(host, config.connector_ports[c.name], f"connector {c.name}", say)
                        for c in CONNECTORS}  # fmt: skip
     allow = ",".join([*(f"{host}:{port}" for port in connector_ports.values()), *config.upstream_allow])
     serve = ["registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)]
-    argv = _lienthong(*serve, "--upstream-allow", allow, "--insecure-http")  # plain HTTP until the TLS sweep
-    supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env))
-    mesh = Mesh(config, supervisor, redis, redis_url, registry_url, {}, {}, {})
+    argv = _lienthong(*serve, "--upstream-allow", allow, *_insecure(config))
+    supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env, ca))
+    mesh = Mesh(config, supervisor, redis, redis_url, registry_url, {}, {}, {}, ca)
     with mesh.admin() as admin:
         for gw in GATEWAYS:
             port = pick_port(host, config.gateway_ports[gw.code], f"gateway {gw.code}", say)
-            url = f"http://{host}:{port}"
+            url = f"{scheme}://{host}:{port}"
             mesh.gateway_urls[gw.code] = url
             jwk = keys.public_jwk(_ensure_key(paths.gateway(gw.code) / "gateway.key"))
             _register_gateway(admin, gw.code, url, jwk)
@@ -199,6 +227,8 @@ def _start_processes(
                 jwk = keys.public_jwk(_ensure_key(paths.client_key(subsystem)))
                 mesh.kids[subsystem] = jwk["kid"]
                 _exists_ok(admin.add_client_key, subsystem, jwk)
+    if ca is not None:
+        issue_certificates(mesh, say)
     registry_pub = paths.registry / keyfiles.SIGNING_PUB
     gateway_env = {**env, **subject_key_env(paths.root / "subject.key")}  # one subject key for every gateway
     for gw in GATEWAYS:
@@ -208,21 +238,73 @@ def _start_processes(
             "gateway", "serve", "--code", gw.code, "--host", host, "--port", url.rsplit(":", 1)[1],
             "--registry", registry_url, "--registry-key", str(registry_pub), "--data-dir", str(data_dir),
             "--workers", str(config.gateway_workers), "--redis-url", redis_url, "--trace-sample-ratio", "0.01",
-            "--insecure-http",  # until `lienthong up` issues every certificate (issue 14)
+            *_insecure(config, "--tls-dir", str(paths.gateway_tls(gw.code))),
         )  # fmt: skip
-        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env))
+        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env, ca))
     for spec in CONNECTORS:
         port = connector_ports[spec.name]
-        url = f"http://{host}:{port}"
+        url = f"{scheme}://{host}:{port}"  # registered as the service's upstream URL by the connector itself
         mesh.connector_urls[spec.name] = url
+        tls = ("--tls-dir", str(paths.connector_tls(spec.name)), "--registry-ca", str(paths.ca_cert))
         argv = _lienthong(
-            "connector", "serve", spec.name, "--insecure-http", "--host", host, "--port", str(port),
+            "connector", "serve", spec.name, *_insecure(config, *tls), "--host", host, "--port", str(port),
             "--database-url", database_url(config, spec.name), "--registry", registry_url,
             "--gateway", spec.gateway, "--key", str(paths.client_key(spec.subsystem)),
             "--kid", mesh.kids[spec.subsystem],
         )  # fmt: skip
-        supervisor.start(Component(spec.name, argv, f"{url}/healthz", env))
+        # a connector takes only its hosting gateway's client certificate, so its health is probed with that one
+        client_tls = None if ca is None else paths.gateway_tls(spec.gateway)
+        supervisor.start(Component(spec.name, argv, f"{url}/healthz", env, ca, client_tls))
     return mesh
+
+
+def _insecure(config: MeshConfig, *tls_options: str) -> tuple[str, ...]:
+    """A component's TLS options, or --insecure-http when the mesh runs in plain HTTP."""
+    return ("--insecure-http",) if config.insecure_http else tls_options
+
+
+def _init_registry(directory: Path, say: Say) -> None:
+    """The registry's keys and the mesh CA, made once; a home made before the mesh had a CA gets one."""
+    from registry import keyfiles, mesh_ca
+
+    if not (directory / keyfiles.SIGNING_KEY).exists():
+        made = keyfiles.init(directory)
+        say(f"registry: keys and mesh CA made, admin key {made.admin_key}, CA {mesh_ca.ca_paths(directory)[0]}")
+    elif not mesh_ca.has_ca(directory):
+        mesh_ca.ensure_own_certificate(mesh_ca.tls_files(directory), mesh_ca.Issuer(mesh_ca.init_ca(directory)))
+        say(f"registry: mesh CA made, {mesh_ca.ca_paths(directory)[0]}")
+
+
+def certify(mesh: Mesh, directory: Path, identity_uri: str, key_path: Path, iss: str) -> x509.Certificate:
+    """The identity's certificate in `directory` (a pki.CertFiles dir), from the registry's POST /v1/certificates
+    signed with `key_path` (the key the registry holds for the identity), unless the one there is still good."""
+    from lienthong.cert_renewal import current_certificate, renew_certificate
+    from registry.client import RegistryClient
+
+    assert mesh.ca is not None
+    files = pki.CertFiles(directory)
+    held = current_certificate(files, identity_uri)
+    if held is not None and files.ca.read_bytes() == mesh.ca.read_bytes():  # a home's CA may have been remade
+        return held
+    with RegistryClient(mesh.registry_url, key_path, None, iss, ca=mesh.ca) as client:
+        return renew_certificate(files, identity_uri, client.request_certificate)
+
+
+def issue_certificates(mesh: Mesh, say: Say) -> None:
+    """Every gateway's (`lienthong gateway cert`), every connector's (`connector cert`: its provider subsystem's)
+    and every client system's (`client cert`) certificate, before any of them starts."""
+    paths = mesh.config.paths
+    for gw in GATEWAYS:
+        certify(mesh, paths.gateway_tls(gw.code), pki.identity("gateway", gw.code),
+                paths.gateway(gw.code) / "gateway.key", f"gateway:{gw.code}")  # fmt: skip
+    for spec in CONNECTORS:
+        certify(mesh, paths.connector_tls(spec.name), pki.identity("subsystem", spec.subsystem),
+                paths.client_key(spec.subsystem), spec.subsystem)  # fmt: skip
+    for subsystem in mesh.kids:
+        certify(mesh, paths.client_tls(subsystem), pki.identity("subsystem", subsystem), paths.client_key(subsystem),
+                subsystem)  # fmt: skip
+    say(f"certificates: {len(GATEWAYS)} gateways, {len(CONNECTORS)} connectors and {len(mesh.kids)} client systems, "
+        f"from the mesh CA {paths.ca_cert}")  # fmt: skip
 
 
 def _register_gateway(admin: Any, code: str, url: str, jwk: dict[str, Any]) -> None:
@@ -286,10 +368,11 @@ def _configure(mesh: Mesh, say: Say) -> None:
 
 def wait_for_snapshot(mesh: Mesh, version: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
+    verify = mesh.verify
     for code, url in mesh.gateway_urls.items():
         while True:
             try:
-                held = httpx.get(f"{url}/healthz", timeout=2).json().get("snapshot_version") or 0
+                held = httpx.get(f"{url}/healthz", timeout=2, verify=verify).json().get("snapshot_version") or 0
             except (httpx.HTTPError, ValueError):
                 held = 0
             if held >= version:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -32,8 +33,20 @@ class Component:
     argv: list[str]
     health_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    ca: Path | None = None  # an https health_url is verified with this mesh CA
+    client_tls: Path | None = None  # a CertFiles dir presented to a health_url that asks for a client certificate
     process: subprocess.Popen[bytes] | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+
+
+def _verify(component: Component) -> ssl.SSLContext | bool:
+    """How a health probe checks the component's certificate: with the mesh CA (and a client certificate) if given."""
+    if component.ca is None:
+        return True
+    from lienthong import pki
+
+    files = pki.CertFiles(component.client_tls) if component.client_tls is not None else None
+    return pki.client_context(component.ca, files)
 
 
 class Supervisor:
@@ -81,18 +94,19 @@ class Supervisor:
         assert component.process is not None and component.health_url is not None
         deadline = time.monotonic() + timeout
         last = "no answer yet"
+        verify = _verify(component)
         while time.monotonic() < deadline:
             code = component.process.poll()
             if code is not None:
                 time.sleep(0.2)  # let the pump read the last lines
                 raise StartFailed(self._failure(component, f"exited with status {code}"))
             try:
-                r = httpx.get(component.health_url, timeout=1.0)
+                r = httpx.get(component.health_url, timeout=1.0, verify=verify)
                 if r.status_code == 200:
                     return
                 last = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
-                last = type(exc).__name__
+                last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.1)
         what = f"was not healthy at {component.health_url} after {timeout:.0f}s ({last})"
         raise StartFailed(self._failure(component, what))
@@ -128,7 +142,7 @@ class Supervisor:
         """Kill a component if it still runs, start it again with the same command; seconds until it is healthy."""
         old = self.component(name)
         self.kill9(name)
-        fresh = Component(old.name, old.argv, old.health_url, old.env)
+        fresh = Component(old.name, old.argv, old.health_url, old.env, old.ca, old.client_tls)
         started = time.monotonic()
         self.start(fresh, timeout)
         self.components.remove(fresh)  # keep the start order, which stop_all() reverses
