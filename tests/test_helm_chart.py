@@ -21,8 +21,11 @@ from typing import Any
 
 import click
 import httpx
+import jsonschema
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
@@ -846,3 +849,79 @@ def test_the_registry_and_a_gateways_init_container_run_as_the_chart_starts_them
         assert files.key.stat().st_mode & 0o077 == 0
     finally:
         registry.stop()
+
+
+# ------------------------------------------------------------------------------------------- values.schema.json
+
+
+def _schema() -> dict[str, Any]:
+    loaded = json.loads((CHART / "values.schema.json").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _schema_errors(values: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft7Validator(_schema())
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)]
+
+
+def _undescribed(node: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Keys of values.yaml that the schema does not name, where it names its properties."""
+    missing = []
+    if isinstance(node, dict) and "properties" in schema:
+        for key, value in node.items():
+            if key not in schema["properties"]:
+                missing.append(f"{path}.{key}")
+            else:
+                missing += _undescribed(value, schema["properties"][key], f"{path}.{key}")
+    elif isinstance(node, list) and "items" in schema:
+        for k, item in enumerate(node):
+            missing += _undescribed(item, schema["items"], f"{path}[{k}]")
+    return missing
+
+
+def test_values_follow_the_schema_and_the_schema_names_every_value() -> None:
+    jsonschema.Draft7Validator.check_schema(_schema())  # helm validates values with it at install and upgrade
+    values = _values()
+    assert _schema_errors(values) == []
+    assert _undescribed(values, _schema(), "") == []
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda v: v["pki"]["caSecret"].update(name=""), "pki.caSecret.name"),
+        (lambda v: v["pki"].pop("caConfigMap"), "pki"),
+        (lambda v: v["registry"].update(tlsSecret=True), "registry.tlsSecret"),
+        (lambda v: v["gateways"][0].update(tlsSecret=None), "gateways.0.tlsSecret"),
+        (lambda v: v["gateways"][0].update(tlsSecrets="x"), "gateways.0"),
+        (lambda v: v["connectors"][0].pop("subsystem"), "connectors.0"),
+        (lambda v: v["connectors"][1].update(subsystem="VN/GOV/BTC"), "connectors.1.subsystem"),
+        (lambda v: v["connectors"][2].update(tlsSecret=["a"]), "connectors.2.tlsSecret"),
+        (lambda v: v["metrics"]["podMonitor"].update(tlsConfig="skip"), "metrics.podMonitor.tlsConfig"),
+    ],
+)
+def test_the_schema_refuses_bad_tls_values(change: Any, where: str) -> None:
+    values = _values()
+    change(values)
+    errors = _schema_errors(values)
+    assert errors and all(e.startswith(where + ":") or e.startswith(where + ".") for e in errors), errors
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.sampled_from(["VN/GOV/BCA/population", "VN/PROV/NGHEAN/civil-status", "VN/GOV/BCA", "XX/GOV/A/b",
+                     "VN/GOV/BCA/a/b", "VN/FOO/A/b", "VN/GOV/-a/b", "VN/GOV/a./b"]),
+    st.builds(lambda a, b, c: f"VN/{a}/{b}/{c}", st.sampled_from(["GOV", "PROV", "gov"]),
+              st.from_regex(r"[A-Za-z0-9._:%-]{0,66}", fullmatch=True),
+              st.from_regex(r"[A-Za-z0-9._/-]{0,66}", fullmatch=True)),
+))  # fmt: skip
+def test_the_schemas_subsystem_pattern_is_the_meshs_rule(subsystem: str) -> None:
+    """A connector's subsystem passes the schema exactly when the mesh takes it as a subsystem identifier."""
+    pattern = _schema()["properties"]["connectors"]["items"]["properties"]["subsystem"]["pattern"]
+    try:
+        ids.validate("subsystem", subsystem)
+        valid = True
+    except ids.InvalidIdentifier:
+        valid = False
+    assert (re.search(pattern, subsystem) is not None) == valid
