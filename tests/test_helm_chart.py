@@ -31,7 +31,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics as gateway_metrics
-from lienthong import ids, pki
+from lienthong import ids, keys, pki
 from lienthong.redis_connection import free_port
 from lienthong.subjects import SUBJECT_KEY_ENV
 from registry import keyfiles, mesh_ca
@@ -737,11 +737,15 @@ def test_readme_says_how_to_run_with_an_existing_ca_and_how_certificates_are_ren
 # ---------------------------------------------------------------------- the chart's commands, run as its pods do
 
 
-def chart_argv(call: ServeCall, actions: dict[str, str | None], root: Path) -> list[str]:
+def chart_argv(
+    call: ServeCall, actions: dict[str, str | None], root: Path, env: dict[str, str] | None = None
+) -> list[str]:
     """A template container's args as its pod runs them: each template action replaced from `actions` (None drops it
-    and the flag before it), and every absolute path (the chart's mounts) moved under `root`, the pod's filesystem."""
+    and the flag before it), $(VAR) from the container's `env` as Kubernetes expands it, and every absolute path (the
+    chart's mounts) moved under `root`, the pod's filesystem."""
     argv: list[str] = []
     for item in call.items:
+        item = re.sub(r"\$\((\w+)\)", lambda m: (env or {})[m.group(1)], item)
         if "{{" in item:
             assert item in actions, f"{call.template}: no value for {item}"
             value = actions[item]
@@ -778,14 +782,42 @@ def _wait_https(url: str, ca: Path, proc: Proc) -> None:
             time.sleep(0.2)
 
 
-def test_the_registry_and_a_gateways_init_container_run_as_the_chart_starts_them(
+def _run_init(argv: list[str], pod: Path, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(lienthong(*argv), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": str(pod / "tmp"), **(env or {})})  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _init_pod(pod: Path, secret_dir: str, secret_files: dict[str, Path], ca: Path, tls_dir: str) -> str:
+    """An init container's filesystem: its key Secret, the CA ConfigMap, the tls emptyDir and /tmp. Returns the
+    mesh CA file's path in the pod."""
+    _mount(pod / secret_dir.lstrip("/"), secret_files)
+    ca_file = _define("lienthong.meshCaFile").strip()
+    _mount((pod / ca_file.lstrip("/")).parent, {"ca.crt": ca})
+    for empty in (tls_dir, "/tmp"):
+        (pod / empty.lstrip("/")).mkdir(parents=True)
+    return ca_file
+
+
+def _issued(pod: Path, tls_dir: str, identity: str, ca: pki.CertificateAuthority) -> None:
+    """The init container left a certificate for `identity` from `ca`, its key 0600 and the CA beside it."""
+    files = pki.CertFiles(pod / tls_dir.lstrip("/"))
+    cert = pki.load_cert(files.cert)
+    assert pki.cert_identity(cert) == identity
+    cert.verify_directly_issued_by(ca.cert)
+    assert pki.load_cert(files.ca) == ca.cert
+    assert files.key.stat().st_mode & 0o077 == 0
+
+
+def test_the_registry_and_the_init_containers_run_as_the_chart_starts_them(
     tmp_path: Path, redis_url: str, log_dir: Path
 ) -> None:
     """With an operator's existing CA: `registry init --ca-cert --ca-key` on the operator's machine, the keys Secret
     and the CA Secret mounted read-only as the registry's data dir, an empty TLS directory. The registry, started with
-    the template's own arguments, issues its serving certificate from that CA and serves HTTPS; the gateway's init
-    container, with its template's arguments, gets the gateway's certificate from it into the directory the gateway
-    serves from, verifying the registry with the CA ConfigMap's certificate alone."""
+    the template's own arguments, issues its serving certificate from that CA and serves HTTPS; the gateway's and a
+    connector's init containers, with their templates' arguments, get their certificates from it into the directory
+    the process serves from, verifying the registry with the CA ConfigMap's certificate alone, once the registry
+    holds the key each signs with."""
     operator = tmp_path / "operator"
     existing = pki.CertificateAuthority.create(operator / "our-ca.crt", operator / "our-ca.key", "Bộ TT&TT CA")
     subprocess.run(lienthong("registry", "init", "--data-dir", str(operator / "registry"), "--ca-cert",
@@ -826,27 +858,40 @@ def test_the_registry_and_a_gateways_init_container_run_as_the_chart_starts_them
         finally:
             admin.close()
 
-        # the gateway pod's init container: its key Secret, the CA ConfigMap, the tls emptyDir, /tmp
+        # the gateway pod's init container
         gw_pod = tmp_path / "gateway-pod"
-        _mount(gw_pod / "etc/lienthong/gateway", {"gateway.key": operator / "national" / "gateway.key"})
-        ca_file = _define("lienthong.meshCaFile").strip()
-        _mount((gw_pod / ca_file.lstrip("/")).parent, {"ca.crt": operator / "our-ca.crt"})
-        for empty in (tls_dir, "/tmp"):
-            (gw_pod / empty.lstrip("/")).mkdir(parents=True)
+        ca_file = _init_pod(gw_pod, "/etc/lienthong/gateway", {"gateway.key": operator / "national" / "gateway.key"},
+                            operator / "our-ca.crt", tls_dir)  # fmt: skip
+        common = {'{{ include "lienthong.tlsDir" $ }}': tls_dir, '{{ include "lienthong.meshCaFile" $ }}': ca_file,
+                  '{{ include "lienthong.registryUrl" $ | quote }}': url}  # fmt: skip
         (init,) = [c for c in lienthong_calls() if c.command == ("gateway", "cert")]
-        argv = chart_argv(init, {"{{ $gw.code | quote }}": "national", "{{ $gw.kid | quote }}": None,
-                                 '{{ include "lienthong.tlsDir" $ }}': tls_dir,
-                                 '{{ include "lienthong.registryUrl" $ | quote }}': url,
-                                 '{{ include "lienthong.meshCaFile" $ }}': ca_file}, gw_pod)  # fmt: skip
-        done = subprocess.run(lienthong(*argv), capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "HOME": str(gw_pod / "tmp")})  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        files = pki.CertFiles(gw_pod / tls_dir.lstrip("/"))
-        cert = pki.load_cert(files.cert)
-        assert pki.cert_identity(cert) == pki.identity("gateway", "national")
-        cert.verify_directly_issued_by(existing.cert)
-        assert files.ca.read_bytes() == (operator / "our-ca.crt").read_bytes()
-        assert files.key.stat().st_mode & 0o077 == 0
+        _run_init(chart_argv(init, {**common, "{{ $gw.code | quote }}": "national", "{{ $gw.kid | quote }}": None},
+                             gw_pod), gw_pod)  # fmt: skip
+        _issued(gw_pod, tls_dir, pki.identity("gateway", "national"), existing)
+
+        # a connector pod's init container, once its provider subsystem's client key is in the registry
+        connector = _values()["connectors"][0]
+        subsystem = connector["subsystem"]
+        client_key = keys.generate()
+        keys.save_private(client_key, operator / "client.key")
+        client_jwk = keys.public_jwk(client_key)
+        admin = RegistryClient(url, keys_dir / "admin.key", keyfiles.admin_kid(keys_dir), "admin",
+                               ca=operator / "our-ca.crt")  # fmt: skip
+        try:
+            admin.add_member(subsystem.rsplit("/", 1)[0], "Bộ Công an", connector["gateway"])
+            admin.add_subsystem(subsystem, connector["name"])
+            admin.add_client_key(subsystem, client_jwk)
+        finally:
+            admin.close()
+        c_pod = tmp_path / "connector-pod"
+        _init_pod(c_pod, "/etc/lienthong/connector", {"client.key": operator / "client.key"},
+                  operator / "our-ca.crt", tls_dir)  # fmt: skip
+        (init,) = [c for c in lienthong_calls() if c.command == ("connector", "cert")]
+        env = {"LIENTHONG_CONNECTOR_KID": client_jwk["kid"]}  # from the key Secret's item kid
+        argv = chart_argv(init, {**common, "{{ $c.name | quote }}": connector["name"],
+                                 "{{ $c.subsystem | quote }}": subsystem}, c_pod, env)  # fmt: skip
+        _run_init(argv, c_pod, env)
+        _issued(c_pod, tls_dir, pki.identity("subsystem", subsystem), existing)
     finally:
         registry.stop()
 
