@@ -970,3 +970,84 @@ def test_the_schemas_subsystem_pattern_is_the_meshs_rule(subsystem: str) -> None
     except ids.InvalidIdentifier:
         valid = False
     assert (re.search(pattern, subsystem) is not None) == valid
+
+
+# ------------------------------------------------------------------------- the manifests' shape, both branches at once
+
+_CONTROL = re.compile(r"^(?:\{\{-?\s*(?:(?:if|else|end|with|range|define|fail)\b|\$\w+\s*:=).*?-?\}\}\s*)+$")
+_NINDENT = re.compile(r'^\s*\{\{-?\s*(?:include\s+"([\w.]+)"\s+\S+|toYaml\s+\S+)\s*\|\s*nindent\s+(\d+)\s*-?\}\}$')
+_INDENT = re.compile(r"^\s*\{\{-?\s*.*\|\s*indent\s+(\d+)\s*-?\}\}$")
+
+
+def _helpers() -> dict[str, str]:
+    text = (CHART / "templates" / "_helpers.tpl").read_text()
+    return dict(re.findall(r'\{\{-? define "([\w.]+)" -?\}\}\n?(.*?)\{\{-? end -?\}\}\n', text, re.S))
+
+
+def shape(text: str, helpers: dict[str, str]) -> str:
+    """The template with every block's branches all kept, control actions dropped, `include | nindent N` replaced by
+    the helper's own shape indented N, `toYaml | nindent N` by a one-key mapping, other actions by X: plain YAML
+    whose nesting is the template's, so that its structure can be parsed and checked without helm."""
+    text = re.sub(r"\{\{-?\s*/\*.*?\*/\s*-?\}\}", "", text, flags=re.S)
+    out: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if _CONTROL.match(stripped):
+            continue
+        nindent = _NINDENT.match(line)
+        if nindent is not None:
+            body = shape(helpers[nindent.group(1)], helpers) if nindent.group(1) else "shaped: 1"
+            out += [" " * int(nindent.group(2)) + b for b in body.splitlines() if b.strip()]
+            continue
+        indent = _INDENT.match(line)
+        if indent is not None:
+            out.append(" " * int(indent.group(1)) + "X")
+            continue
+        out.append(re.sub(r"\{\{.*?\}\}", "X", line))
+    return "\n".join(out) + "\n"
+
+
+def manifests() -> list[dict[str, Any]]:
+    helpers = _helpers()
+    docs = []
+    for template in TEMPLATES:
+        if template.suffix != ".yaml":
+            continue
+        for doc in yaml.safe_load_all(shape(template.read_text(), helpers)):
+            if doc:
+                assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{template.name}: {doc}"
+                docs.append(doc)
+    return docs
+
+
+def test_shape_keeps_the_nesting() -> None:
+    helpers = {"v": "- name: v\n{{- if . }}\n  secret:\n    secretName: {{ . }}\n{{- else }}\n"
+                    "  emptyDir: {}\n{{- end }}\n"}  # fmt: skip
+    text = ("spec:\n  volumes:\n    {{- include \"v\" $x | nindent 4 }}\n    - name: t\n"
+            "  c:\n    {{- toYaml .a | nindent 4 }}\n")  # fmt: skip
+    assert yaml.safe_load(shape(text, helpers)) == {
+        "spec": {"volumes": [{"name": "v", "secret": {"secretName": "X"}, "emptyDir": {}}, {"name": "t"}],
+                 "c": {"shaped": 1}}
+    }  # fmt: skip
+
+
+def test_every_volume_a_container_mounts_is_in_its_pod() -> None:
+    """Parsed from the templates' shape: each container and init container mounts only volumes its pod defines, and
+    each pod defines no volume twice; the init containers write into the very volume the process serves from."""
+    pods = [d for d in manifests() if d["kind"] in ("Deployment", "StatefulSet")]
+    assert {p["metadata"]["name"] for p in pods} >= {"X-registry", "X", "X-redis"}
+    checked = 0
+    for pod in pods:
+        spec = pod["spec"]["template"]["spec"]
+        claims = [t["metadata"]["name"] for t in pod["spec"].get("volumeClaimTemplates", [])]
+        volumes = [v["name"] for v in spec.get("volumes", [])]
+        assert len(volumes) == len(set(volumes)), volumes
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes or mount["name"] in claims, (container["name"], mount["name"])
+                checked += 1
+        for init in spec.get("initContainers", []):
+            tls = [m["mountPath"] for m in init["volumeMounts"] if m["name"] == "tls"]
+            served = [m["mountPath"] for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == "tls"]
+            assert tls and tls == served, pod["metadata"]["name"]
+    assert checked > 20
