@@ -6,12 +6,15 @@ Other parts' tests import this; keep its signature stable.
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lienthong import keys
+import httpx
+
+from lienthong import keys, pki
 from lienthong.keys import PublicKey
 from lienthong.redis_connection import free_port
 from registry import keyfiles
@@ -69,7 +72,35 @@ class RegistryHandle:
     def restart(self) -> None:
         self.proc.stop()
         self.proc = _proc(self.data_dir, self.port, self.redis_url, self.proc.log_path.parent, self.options)
-        self.proc.start().wait_http(self.url + "/healthz")
+        self.proc.start().wait_http(self.url + "/healthz", verify=self.verify)
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client verifies this registry with: the mesh CA (host names unchecked: its certificate names
+        it by URI SAN, urn:lienthong:registry:VN)."""
+        return pki.client_context(self.ca_path) if self.verify_ca is not None else True
+
+    def http(self, **options: Any) -> httpx.Client:
+        """An httpx client for this registry (base_url set, TLS verified with the mesh CA)."""
+        return httpx.Client(base_url=self.url, verify=self.verify, **options)
+
+    def requests_session(self) -> Any:
+        """A requests.Session (schemathesis' transport) verifying this registry with the mesh CA by chain, not host
+        name, as every mesh client does."""
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        verify = self.verify
+
+        class MeshCA(HTTPAdapter):
+            def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+                if isinstance(verify, ssl.SSLContext):
+                    kwargs.update(ssl_context=verify, assert_hostname=False)
+                super().init_poolmanager(*args, **kwargs)
+
+        session = requests.Session()
+        session.mount("https://", MeshCA())
+        return session
 
     def stop(self) -> None:
         for c in self.clients:
@@ -83,8 +114,8 @@ def _proc(data_dir: Path, port: int, redis_url: str, log_dir: Path, options: tup
     return Proc("registry", [*args, "--redis-url", redis_url, *options], log_dir)
 
 
-# Plain HTTP until the harness is switched to TLS (issue 14: the sweep flips this to ()).
-INSECURE: tuple[str, ...] = ("--insecure-http",)
+# The registry serves HTTPS (issue 14); a test that wants it plain passes options=("--insecure-http",).
+INSECURE: tuple[str, ...] = ()
 
 
 # Test upstreams (echo apps, connectors) listen on loopback ports chosen at run time: allow loopback for any port.
@@ -104,6 +135,8 @@ def start_registry(
     port = free_port()
     flags = (*(("--upstream-allow", upstream_allow) if upstream_allow is not None else ()), *options)
     proc = _proc(data_dir, port, redis_url, log_dir, flags)
-    url = f"http://127.0.0.1:{port}"
-    proc.start().wait_http(url + "/healthz")
-    return RegistryHandle(url=url, data_dir=data_dir, proc=proc, redis_url=redis_url, port=port, options=flags)
+    scheme = "http" if "--insecure-http" in (*INSECURE, *flags) else "https"
+    handle = RegistryHandle(url=f"{scheme}://127.0.0.1:{port}", data_dir=data_dir, proc=proc, redis_url=redis_url,
+                            port=port, options=flags)  # fmt: skip
+    proc.start().wait_http(handle.url + "/healthz", verify=handle.verify)
+    return handle

@@ -96,7 +96,7 @@ def _raw(world: World, method: str, path: str, token: str | None, **kw: Any) -> 
     headers = kw.pop("headers", {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.request(method, world.reg.url + path, headers=headers, timeout=10, **kw)
+    return httpx.request(method, world.reg.url + path, headers=headers, timeout=10, verify=world.reg.verify, **kw)
 
 
 # ---- identifiers and errors (protocol §1, §6) ---------------------------------------------------------------------

@@ -29,7 +29,8 @@ def inproc(*args: str) -> tuple[int, str]:
 
 
 def admin_args(reg: RegistryHandle) -> list[str]:
-    return ["--registry", reg.url, "--key", str(reg.admin_key_path), "--kid", reg.admin_kid]
+    return ["--registry", reg.url, "--registry-ca", str(reg.ca_path), "--key", str(reg.admin_key_path), "--kid",
+            reg.admin_kid]
 
 
 def ok(reg: RegistryHandle, *args: str) -> Any:
@@ -117,8 +118,8 @@ def test_admin_commands_over_the_api(registry: RegistryHandle, tmp_path: Path) -
     assert ok(registry, "grants", "revoke", grant["id"])["revoked"] is True
     # an integrator signs with its own key and --as its subsystem
     integrator = run("members", "add", "VN/GOV/BTP", "--name", "x", "--home-gateway", "national",
-                     "--registry", registry.url, "--key", str(client_key), "--kid", "nghean-2026",
-                     "--as", "VN/PROV/NGHEAN/civil-status")  # fmt: skip
+                     "--registry", registry.url, "--registry-ca", str(registry.ca_path), "--key", str(client_key),
+                     "--kid", "nghean-2026", "--as", "VN/PROV/NGHEAN/civil-status")  # fmt: skip
     assert integrator.returncode == 1 and "403" in integrator.stderr and "admin" in integrator.stderr
     revoked_key = run("clients", "revoke-key", "VN/PROV/NGHEAN/civil-status", "nghean-2026", *admin_args(registry))
     assert revoked_key.returncode == 0 and json.loads(revoked_key.stdout)["keys"][0]["revoked"] is True

@@ -30,7 +30,7 @@ from lienthong.redis_connection import EmbeddedRedis, free_port
 from lienthong.snapshot import Snapshot, verify_jws
 from registry.client import RegistryClient, RegistryError
 from tests.procs import Proc, lienthong
-from tests.registry_support import RegistryHandle
+from tests.registry_support import RegistryHandle, start_registry
 
 
 def _uid() -> str:
@@ -482,6 +482,11 @@ def test_the_registry_renews_its_own_certificate_while_serving(tmp_path: Path, r
         proc.stop()
 
 
-def test_insecure_http_logs_a_warning_at_start(registry: RegistryHandle) -> None:
-    log = registry.proc.log_path.read_text(errors="replace")
-    assert "--insecure-http" in log and "development only" in log
+def test_insecure_http_logs_a_warning_at_start(tmp_path: Path, redis_url: str) -> None:
+    registry = start_registry(tmp_path, redis_url, tmp_path, options=("--insecure-http",))
+    try:
+        assert registry.url.startswith("http://")
+        log = registry.proc.log_path.read_text(errors="replace")
+        assert "--insecure-http" in log and "development only" in log
+    finally:
+        registry.stop()

@@ -75,9 +75,10 @@ def test_registry_conforms_to_its_spec(live: RegistryHandle, operation: Any, mod
         headers = {} if _negative_headers(case) else {"Authorization": f"Bearer {admin.token()}"}
         if case.operation.path == "/snapshot" and isinstance(case.query, dict):
             case.query["wait"] = 0  # a long poll only makes the run slower, not better
-        case.call_and_validate(base_url=live.url + "/v1", headers=headers, checks=checks, timeout=10)
+        case.call_and_validate(base_url=live.url + "/v1", session=session, headers=headers, checks=checks, timeout=10)
 
-    run()
+    with live.requests_session() as session:
+        run()
 
 
 def _negative_headers(case: Any) -> bool:

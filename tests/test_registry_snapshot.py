@@ -186,7 +186,7 @@ def test_restart_of_registry_and_redis_loses_nothing(tmp_path: Path, log_dir: Pa
 
 
 def test_healthz_and_swagger_ui(registry: RegistryHandle) -> None:
-    assert httpx.get(registry.url + "/healthz").json() == {"status": "ok", "redis": True}
-    assert httpx.get(registry.url + "/v1/ui/").status_code == 200
-    spec = httpx.get(registry.url + "/v1/openapi.json").json()
+    assert httpx.get(registry.url + "/healthz", verify=registry.verify).json() == {"status": "ok", "redis": True}
+    assert httpx.get(registry.url + "/v1/ui/", verify=registry.verify).status_code == 200
+    spec = httpx.get(registry.url + "/v1/openapi.json", verify=registry.verify).json()
     assert "/snapshot" in spec["paths"]
