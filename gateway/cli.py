@@ -268,7 +268,20 @@ def client_keygen(
 @click.command("call")
 @click.argument("target")
 @click.option("--as", "subsystem", required=True, help="The calling subsystem (X-Road-Client).")
-@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path("var"), show_default=True,
+              envvar="LIENTHONG_HOME", help="The mesh's folder, where the default --tls-dir and CA are.")  # fmt: skip
+@click.option("--tls-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The client certificate to authenticate with (tls.key, tls.crt, ca.crt; `lienthong client cert` "
+                   "writes them) [default: <home>/clients/<subsystem with _ for />/tls].")  # fmt: skip
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The mesh CA the gateway is verified with [default: <tls-dir>/ca.crt, else "
+                   "<home>/registry/ca.crt].")  # fmt: skip
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Authenticate with a JWT signed by this client key (PEM), not the client certificate.",
+)
 @click.option("--kid", help="The key's kid; default its thumbprint.")
 @click.option("--purpose", required=True, help="X-Purpose.")
 @click.option("--gateway", "gateway_url", envvar="LIENTHONG_GATEWAY_URL", required=True, help="The home gateway URL.")
@@ -281,7 +294,10 @@ def client_keygen(
 def call(
     target: str,
     subsystem: str,
-    key_file: str,
+    home: Path,
+    tls_dir: Path | None,
+    ca_file: Path | None,
+    key_file: str | None,
     kid: str | None,
     purpose: str,
     gateway_url: str,
@@ -292,10 +308,13 @@ def call(
     issue: str | None,
     as_json: bool,
 ) -> None:
-    """Call SERVICE_ID/PATH (e.g. VN/GOV/BCA/population/persons/persons/001...) through the home gateway."""
+    """Call SERVICE_ID/PATH (e.g. VN/GOV/BCA/population/persons/persons/001...) through the home gateway, over
+    HTTPS, authenticated by the subsystem's TLS client certificate (no token, X-Road's way) or, with --key, by a
+    signed JWT."""
     import httpx
 
-    from lienthong.mesh_client import MeshClient
+    from lienthong.mesh_client import TIMEOUT, MeshClient, tls_http
+    from lienthong.mesh_layout import MeshPaths
 
     try:
         ids.validate("subsystem", subsystem, "--as")
@@ -304,7 +323,17 @@ def call(
         click.echo(f"usage error: {exc}", err=True)
         sys.exit(2)
     base = gateway_url.rstrip("/")
-    key = keys.load_private(key_file)
+    https = base.lower().startswith("https:")
+    paths = MeshPaths(home)
+    cert_dir = None if key_file else tls_dir or paths.client_tls(subsystem)
+    if cert_dir is not None:
+        _usable_client_certificate(cert_dir, subsystem, https)
+    ca = ca_file or next((p for p in (cert_dir and cert_dir / "ca.crt", paths.ca_cert) if p and p.is_file()), None)
+    if https and (ca is None or not ca.is_file()):
+        click.echo(f"usage error: no mesh CA certificate to verify {base} with ({ca or paths.ca_cert}); pass --ca",
+                   err=True)  # fmt: skip
+        sys.exit(2)
+    key = keys.load_private(key_file) if key_file else None
     payload: Any = None
     if data is not None:
         try:
@@ -313,9 +342,10 @@ def call(
             click.echo(f"usage error: --data is not a JSON document: {exc}", err=True)
             sys.exit(2)
     try:
-        if audience is None:
-            audience = str(httpx.get(f"{base}/healthz", timeout=5).json()["gateway"])
-        client = MeshClient(base, audience, subsystem, key, kid)
+        http = tls_http(ca, cert_dir) if https and ca is not None else httpx.Client(timeout=TIMEOUT)
+        if audience is None and key is not None:  # the token's audience; a certificate needs none
+            audience = str(http.get(f"{base}/healthz", timeout=5).json()["gateway"])
+        client = MeshClient(base, audience or "", subsystem, key, kid, http=http)
         started = time.perf_counter()
         response = client.call(method, target, purpose, body=payload, user_id=user_id, issue=issue)
         elapsed = time.perf_counter() - started
@@ -345,6 +375,23 @@ def call(
         )
         Console().print(table)
     sys.exit(0 if response.status_code < 400 else 1)
+
+
+def _usable_client_certificate(cert_dir: Path, subsystem: str, https: bool) -> None:
+    """Exit 2 naming the fix when the call cannot authenticate by certificate: plain HTTP, or no certificate."""
+    from lienthong.pki import CertFiles
+
+    if not https:
+        click.echo("usage error: a plain http:// gateway sees no client certificate; call its https:// URL, or pass "
+                   "--key FILE to authenticate with a JWT", err=True)  # fmt: skip
+        sys.exit(2)
+    files = CertFiles(cert_dir)
+    missing = [str(p) for p in (files.key, files.cert) if not p.is_file()]
+    if missing:
+        click.echo(f"usage error: no client certificate for {subsystem}: missing {', '.join(missing)}. Run "
+                   f"`lienthong client cert --subsystem {subsystem} --key <a client key of it> --out {cert_dir}`, "
+                   "pass --tls-dir, or pass --key FILE to authenticate with a JWT", err=True)  # fmt: skip
+        sys.exit(2)
 
 
 def register(group: click.Group) -> None:
