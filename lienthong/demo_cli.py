@@ -61,7 +61,8 @@ def _urls(console: Console, mesh: Mesh) -> None:
         table.add_row(f"gateway {code}: operations API (Swagger UI)", f"{url}/ops/v1/ui/")
         table.add_row(f"gateway {code}: Prometheus metrics", f"{url}/metrics")
     for name, url in mesh.connector_urls.items():
-        table.add_row(f"connector {name} (Swagger UI)", f"{url}/ui/")
+        what = "Swagger UI" if mesh.ca is None else "Swagger UI, for its gateway's certificate only"
+        table.add_row(f"connector {name} ({what})", f"{url}/ui/")
     console.print(table)
     for line in how_to_call(mesh):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -95,12 +96,30 @@ def how_to_call(mesh: Mesh, subsystem: str = HANOI_PORTAL, gateway: str = "hanoi
     return [
         f"How to call as {subsystem}, with its TLS client certificate:",
         *lines, *call, f"    {target}",
+        "  # curl checks host names; mesh certificates name identities instead:",
+        "  # -k skips the host name check, --pinnedpubkey checks the gateway's key",
         f"  C=$M/{tls}",
-        "  curl --cacert $C/ca.crt --cert $C/tls.crt --key $C/tls.key \\",
+        f"  curl -k --pinnedpubkey {_key_pin(paths.gateway_tls(gateway))} \\",
+        "    --cert $C/tls.crt --key $C/tls.key \\",
         f"    -H 'X-Road-Client: {subsystem}' \\",
         f"    -H 'X-Purpose: {VERIFY}' \\",
         f"    $G/r1/{target}",
     ]  # fmt: skip
+
+
+def _key_pin(tls_dir: Path) -> str:
+    """curl's --pinnedpubkey for the certificate in a CertFiles dir: sha256// and its public key's digest. The key
+    is kept across renewals (lienthong.cert_renewal), so the pin stays good."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    from lienthong import pki
+
+    key = pki.load_cert(pki.CertFiles(tls_dir).cert).public_key()
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def _wait_for_ctrl_c(console: Console, mesh: Mesh) -> int:

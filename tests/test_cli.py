@@ -1,6 +1,9 @@
-"""The `lienthong` command as a whole: every command and group has help text, and usage errors exit 2."""
+"""The `lienthong` command as a whole: every command and group has help text, and usage errors exit 2; `lienthong
+call` authenticates by the client certificate by default and says how to get one when it is missing (issue 14)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 import pytest
@@ -25,7 +28,8 @@ COMMANDS = _walk(main)
 def test_the_command_tree_holds_what_the_issues_promise() -> None:
     wanted = {("keygen",), ("call",), ("catalog", "search"), ("metering", "report"), ("audit", "verify"),
               ("data", "generate"), ("up",), ("demo",), ("registry", "init"), ("registry", "serve"),
-              ("gateway", "serve"), ("connector", "serve"), ("grants", "revoke"), ("snapshot", "show")}  # fmt: skip
+              ("gateway", "serve"), ("connector", "serve"), ("grants", "revoke"), ("snapshot", "show"),
+              ("gateway", "cert"), ("connector", "cert"), ("client", "cert")}  # fmt: skip
     assert wanted <= set(COMMANDS)
 
 
@@ -44,3 +48,31 @@ def test_every_command_has_help_text(path: tuple[str, ...]) -> None:
 def test_an_unknown_option_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["demo", "--no-such-option"])
     assert result.exit_code == 2 and "No such option" in result.output
+
+
+CALL = ["call", "--as", "VN/PROV/HANOI/public-services", "--purpose", "identity-verification",
+        "VN/GOV/BCA/population/persons/persons/001033934380"]  # fmt: skip
+
+
+def test_call_uses_the_client_certificate_by_default_and_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [*CALL, "--home", str(tmp_path), "--gateway", "https://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    wanted = tmp_path / "clients" / "VN_PROV_HANOI_public-services" / "tls"
+    assert "no client certificate for VN/PROV/HANOI/public-services" in result.output
+    assert "lienthong client cert --subsystem VN/PROV/HANOI/public-services" in result.output
+    assert str(wanted) in result.output and "--key FILE" in result.output
+
+
+def test_call_by_certificate_refuses_a_plain_http_gateway(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [*CALL, "--home", str(tmp_path), "--gateway", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "https://" in result.output and "--key" in result.output, result.output
+
+
+def test_call_over_https_needs_the_mesh_ca(tmp_path: Path) -> None:
+    from lienthong import keys
+
+    key = tmp_path / "client.key"
+    keys.save_private(keys.generate(), key)
+    args = [*CALL, "--home", str(tmp_path), "--gateway", "https://127.0.0.1:9", "--key", str(key)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "no mesh CA certificate" in result.output and "--ca" in result.output

@@ -1,7 +1,9 @@
 """`lienthong demo --once` runs the whole mesh as separate processes and the national procedure across it (issue 5).
 
 It starts its own embedded Redis, registry, three gateways and four connectors on free ports, and must exit 0 only
-when every step gave the expected answer and the metered count equals the calls sent.
+when every step gave the expected answer and the metered count equals the calls sent. It runs TLS on every link
+(issue 14): no component is started with --insecure-http, a plaintext request to a gateway is refused, and the calls
+authenticate by client certificate (no token) or by JWT over TLS.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from lienthong import pki
+from lienthong.mesh_layout import MOJ, NGHEAN_CIVIL, MeshPaths
 from lienthong.redis_connection import free_port
 from tests.procs import lienthong
 
@@ -28,6 +32,17 @@ def test_demo_once_runs_the_procedure_end_to_end(tmp_path: Path) -> None:
     assert "insurance issues the TE health insurance card: HTTP 201" in out
     assert "HTTP 403 not-permitted" in out
     assert "demo: every step gave the expected answer" in out
+    # over TLS: plain HTTP refused, client certificates and JWTs both used, the way to call printed
+    assert "✔ plain HTTP to http://127.0.0.1:" in out and "tls-required" in out, out[-5000:]
+    flat = " ".join(out.split())  # rich wraps long lines at the terminal's width
+    assert f"{NGHEAN_CIVIL} calls gateway nghean with its TLS client certificate (no token)" in flat
+    assert f"{MOJ} at gateway national: its TLS client certificate (no token)" in flat
+    assert "a signed JWT over TLS" in flat
+    assert "How to call as" in out and "--pinnedpubkey sha256//" in out
+    log_text = "\n".join(p.read_text(errors="replace") for p in (home / "logs").glob("*.log"))
+    assert "insecure-http" not in log_text and "PLAIN HTTP" not in log_text
+    gateway_cert = pki.load_cert(pki.CertFiles(MeshPaths(home).gateway_tls("national")).cert)
+    assert pki.cert_identity(gateway_cert) == "urn:lienthong:gateway:national"
     # each component wrote its own log, and none is left running
     logs = {p.stem for p in (home / "logs").glob("*.log")}
     assert {"registry", "gw-national", "gw-hanoi", "gw-nghean", "population", "insurance"} <= logs
