@@ -86,6 +86,7 @@ def start_chaos_mesh(root: Path, people: int = 1500, say: Callable[[str], None] 
         root=root, registry_port=free_port(), gateway_ports={g.code: free_port() for g in layout.GATEWAYS},
         connector_ports={c.name: free_port() for c in layout.CONNECTORS}, redis_url=redis.url, people=people,
         echo_logs=False, upstream_allow=(f"127.0.0.1:{(proxy_port := free_port())}",),  # the fault proxy's
+        insecure_http=True,  # plain HTTP until the TLS sweep switches the chaos mesh (issue 14)
     )  # fmt: skip
     proxy: FaultProxy | None = None
     try:
