@@ -738,13 +738,19 @@ def test_readme_says_how_to_run_with_an_existing_ca_and_how_certificates_are_ren
 
 
 def chart_argv(
-    call: ServeCall, actions: dict[str, str | None], root: Path, env: dict[str, str] | None = None
-) -> list[str]:
+    call: ServeCall, actions: dict[str, str | None], root: Path, env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+) -> list[str]:  # fmt: skip
     """A template container's args as its pod runs them: each template action replaced from `actions` (None drops it
     and the flag before it), $(VAR) from the container's `env` as Kubernetes expands it, and every absolute path (the
-    chart's mounts) moved under `root`, the pod's filesystem."""
+    chart's mounts) moved under `root`, the pod's filesystem. `unset`: flags whose {{ if }} is false, with their value.
+    """
     argv: list[str] = []
-    for item in call.items:
+    items = list(call.items)
+    for flag in unset:
+        at = items.index(flag)
+        del items[at : at + 2]
+    for item in items:
         item = re.sub(r"\$\((\w+)\)", lambda m: (env or {})[m.group(1)], item)
         if "{{" in item:
             assert item in actions, f"{call.template}: no value for {item}"
@@ -809,6 +815,39 @@ def _issued(pod: Path, tls_dir: str, identity: str, ca: pki.CertificateAuthority
     assert files.key.stat().st_mode & 0o077 == 0
 
 
+def _gateway_serves_its_probes_over_https(
+    pod: Path, keys_dir: Path, common: dict[str, str | None], redis_url: str, log_dir: Path, ca: Path
+) -> None:
+    """The gateway container after its init container, with the template's arguments: the kubelet's probes (HTTPS,
+    no client certificate) answer on the main port, Prometheus's scrape on the ops port, and plain HTTP is refused."""
+    _mount(pod / "etc/lienthong/registry", {"registry.pub.jwk": keys_dir / "registry.pub.jwk"})
+    (pod / "var/lib/lienthong/gateway").mkdir(parents=True)  # the data volume
+    (call,) = [c for c in serve_calls() if c.items[0] == "gateway"]
+    port, ops = free_port(), free_port()
+    actions: dict[str, str | None] = {
+        **common, "{{ $gw.code | quote }}": "national", "{{ $gw.kid | quote }}": None, "{{ $host | quote }}": None,
+        "{{ $defaults.port | quote }}": str(port), "{{ $gw.workers | quote }}": "1",
+        '{{ printf "0.0.0.0:%v" $defaults.opsPort | quote }}': f"127.0.0.1:{ops}",
+    }  # fmt: skip
+    values = _values()["gatewayDefaults"]
+    for key in ("maxSnapshotAge", "policies", "bodyLimit", "traceSampleRatio", "breakerFailures", "breakerOpenSeconds"):
+        actions[next(i for i in call.items if f"$defaults.{key} " in i)] = str(values[key])
+    argv = chart_argv(call, actions, pod, unset=("--ops-operator-key",))
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    env = {"REDIS_URL": redis_url, "LIENTHONG_SUBJECT_KEY": "ab" * 32, "HOME": str(pod / "tmp")}
+    gateway = Proc("gateway", lienthong(*argv), log_dir, env=env)
+    gateway.start()
+    try:
+        _wait_https(f"https://127.0.0.1:{port}/healthz", ca, gateway)  # the startup and liveness probes
+        with httpx.Client(verify=pki.client_context(ca), timeout=10) as client:
+            scrape = client.get(f"https://127.0.0.1:{ops}/metrics")
+            assert scrape.status_code == 200 and "lienthong_gateway" in scrape.text
+        plain = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert plain.status_code == 400 and "https://" in plain.text  # a probe without scheme: HTTPS would fail
+    finally:
+        gateway.stop()
+
+
 def test_the_registry_and_the_init_containers_run_as_the_chart_starts_them(
     tmp_path: Path, redis_url: str, log_dir: Path
 ) -> None:
@@ -862,12 +901,15 @@ def test_the_registry_and_the_init_containers_run_as_the_chart_starts_them(
         gw_pod = tmp_path / "gateway-pod"
         ca_file = _init_pod(gw_pod, "/etc/lienthong/gateway", {"gateway.key": operator / "national" / "gateway.key"},
                             operator / "our-ca.crt", tls_dir)  # fmt: skip
-        common = {'{{ include "lienthong.tlsDir" $ }}': tls_dir, '{{ include "lienthong.meshCaFile" $ }}': ca_file,
-                  '{{ include "lienthong.registryUrl" $ | quote }}': url}  # fmt: skip
+        common: dict[str, str | None] = {
+            '{{ include "lienthong.tlsDir" $ }}': tls_dir, '{{ include "lienthong.meshCaFile" $ }}': ca_file,
+            '{{ include "lienthong.registryUrl" $ | quote }}': url,
+        }  # fmt: skip
         (init,) = [c for c in lienthong_calls() if c.command == ("gateway", "cert")]
         _run_init(chart_argv(init, {**common, "{{ $gw.code | quote }}": "national", "{{ $gw.kid | quote }}": None},
                              gw_pod), gw_pod)  # fmt: skip
         _issued(gw_pod, tls_dir, pki.identity("gateway", "national"), existing)
+        _gateway_serves_its_probes_over_https(gw_pod, keys_dir, common, redis_url, log_dir, operator / "our-ca.crt")
 
         # a connector pod's init container, once its provider subsystem's client key is in the registry
         connector = _values()["connectors"][0]
