@@ -256,7 +256,9 @@ ClientCerts = Literal["none", "optional", "required"]
 
 
 def server_context(files: CertFiles, client_certs: ClientCerts = "optional") -> ssl.SSLContext:
-    """TLS 1.3 only; a client certificate, when sent, must chain to the mesh CA."""
+    """TLS 1.3 only; a client certificate, when sent, must chain to the mesh CA. The mesh CA is the trust anchor even
+    when it is an operator's intermediate (partial-chain verification), so an existing PKI's sub-CA can be the mesh's
+    without trusting its whole root."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(files.cert, files.key)
@@ -264,6 +266,7 @@ def server_context(files: CertFiles, client_certs: ClientCerts = "optional") -> 
     ctx.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}[
         client_certs
     ]
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
 
 
@@ -275,6 +278,7 @@ def client_context(ca: Path, files: CertFiles | None = None) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(ca)
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     if files is not None:
         ctx.load_cert_chain(files.cert, files.key)
     return ctx
