@@ -117,8 +117,12 @@ def test_up_takes_another_port_and_ctrl_c_stops_everything(tmp_path: Path) -> No
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # a failed assertion: let `up` stop its children before it goes
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
         busy.close()
     leftover = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.strip()
     assert leftover == "", f"processes left running after Ctrl-C: {leftover}"
