@@ -230,16 +230,19 @@ def gateway_keygen(code: str, data_dir: str | None, force: bool) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the private key (PEM).")
 @click.option("--algorithm", type=click.Choice(["EdDSA", "ES256"]), default="EdDSA", show_default=True)
 @click.option("--register", is_flag=True, help="Also add the public key to the registry.")
-@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default="http://127.0.0.1:8600",
+@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default="https://127.0.0.1:8600",
               show_default=True, help="Registry URL for --register.")  # fmt: skip
+@click.option("--registry-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="LIENTHONG_REGISTRY_CA",
+              help="The mesh CA an https registry is verified with [default: var/registry/ca.crt].")  # fmt: skip
 @click.option("--key", "auth_key", type=click.Path(dir_okay=False), default=None,
               help="Key (PEM) to sign the registry call with [default: var/registry/admin.key].")  # fmt: skip
 @click.option("--kid", "auth_kid", default=None, help="Key id registered for --key [default: its thumbprint].")
 @click.option("--as", "issuer", default="admin", show_default=True,
               help="Who signs: admin, or a subsystem of the same member (integrator).")  # fmt: skip
 def client_keygen(
-    subsystem: str, out: str, algorithm: str, register: bool, registry_url: str, auth_key: str | None,
-    auth_kid: str | None, issuer: str,
+    subsystem: str, out: str, algorithm: str, register: bool, registry_url: str, registry_ca: Path | None,
+    auth_key: str | None, auth_kid: str | None, issuer: str,
 ) -> None:  # fmt: skip
     """Make a client key pair for a subsystem; prints the public JWK (with its kid)."""
     try:
@@ -252,13 +255,15 @@ def client_keygen(
     Path(out).with_suffix(".jwk").write_bytes(orjson.dumps(jwk, option=orjson.OPT_INDENT_2))
     if register:
         from registry import keyfiles
+        from registry.cli import CA_FILE, registry_ca_file
         from registry.client import RegistryClient, RegistryError  # the registry part's client
 
         path = Path(auth_key) if auth_key else Path("var/registry") / keyfiles.ADMIN_KEY
         if not path.exists():
             raise click.ClickException(f"no key file {path} to sign the registry call; pass --key")
+        ca = registry_ca_file(registry_url, registry_ca, Path("var/registry") / CA_FILE)
         try:
-            with RegistryClient(registry_url, path, auth_kid, issuer) as client:
+            with RegistryClient(registry_url, path, auth_kid, issuer, ca=ca) as client:
                 client.add_client_key(subsystem, jwk)
         except RegistryError as exc:
             raise click.ClickException(f"the registry refused the key: {exc}") from exc
