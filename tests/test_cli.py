@@ -76,3 +76,17 @@ def test_call_over_https_needs_the_mesh_ca(tmp_path: Path) -> None:
     args = [*CALL, "--home", str(tmp_path), "--gateway", "https://127.0.0.1:9", "--key", str(key)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "no mesh CA certificate" in result.output and "--ca" in result.output
+
+
+def test_a_client_without_a_key_sends_no_token() -> None:
+    """X-Road's way: the certificate is the credential, so no Authorization header goes with the call."""
+    from lienthong import keys
+    from lienthong.mesh_client import MeshClient
+
+    by_certificate = MeshClient("https://127.0.0.1:9", "hanoi", "VN/PROV/HANOI/public-services")
+    headers = by_certificate.headers("identity-verification")
+    assert "Authorization" not in headers and headers["X-Road-Client"] == "VN/PROV/HANOI/public-services"
+    by_token = MeshClient("https://127.0.0.1:9", "hanoi", "VN/PROV/HANOI/public-services", keys.generate())
+    assert by_token.headers("identity-verification")["Authorization"].startswith("Bearer ")
+    by_certificate.close()
+    by_token.close()
