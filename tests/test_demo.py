@@ -49,6 +49,12 @@ def test_demo_once_runs_the_procedure_end_to_end(tmp_path: Path) -> None:
     leftover = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"processes still running: {leftover.stdout}"
 
+    # a second run on the same home keeps the CA and the certificates still good, and meters only its own calls
+    again = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    reused = pki.load_cert(pki.CertFiles(MeshPaths(home).gateway_tls("national")).cert)
+    assert reused.serial_number == gateway_cert.serial_number
+
 
 def test_demo_names_a_component_that_fails_to_start(tmp_path: Path) -> None:
     home = tmp_path / "broken"
