@@ -79,7 +79,8 @@ class BenchMesh:
         self.certs = certs
         root, logs = (tmp / "mesh", tmp / "logs") if certs is None else (tmp / "mesh-tls", tmp / "logs" / "tls")
         self.mesh: Any = Mesh(root=root, log_dir=logs, policies="none", redis_url=redis_url, workers=1,
-                              registry="real" if certs is None else "standin")  # fmt: skip
+                              registry="real" if certs is None else "standin", tls=False)  # fmt: skip
+        # tls=False: the harness's own TLS stays off; this mesh sets its TLS itself (the bench CA, --tls-dir below)
         self.national = self.mesh.add_gateway("national")
         self.nghean = self.mesh.add_gateway("nghean")
         # the hop's address, as this mesh serves it (set here, whatever the harness's default scheme)

@@ -46,6 +46,20 @@ from tests.registry_support import TEST_UPSTREAM_ALLOW
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 
+
+def _trust_store() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # mesh certificates name their holder by URI SAN, as pki.client_context checks
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+# What a test's own httpx client verifies gateways with (`httpx.Client(verify=MESH_TLS)`): every mesh CA this process
+# has made, added as each Mesh learns its CA (a context's trust store may grow; new handshakes use it). A test that
+# checks refusals builds its own context instead.
+MESH_TLS = _trust_store()
+
 # -- the stand-in registry (a child process) --------------------------------------------------------------------
 
 
@@ -215,6 +229,16 @@ class GatewayProc:
         verify = pki.client_context(self.ca_path, cert) if self.tls else True
         return httpx.Client(base_url=self.url, verify=verify, **options)
 
+    @property
+    def hop_verify(self) -> ssl.SSLContext | bool:
+        """TLS as this gateway calls a peer or a connector: the mesh CA, and this gateway's own certificate."""
+        return pki.client_context(self.ca_path, pki.CertFiles(self.tls_dir)) if self.tls else True
+
+    def hop_client(self, **options: Any) -> httpx.Client:
+        """An httpx client speaking as this gateway on the mesh hop: it presents this gateway's own certificate (the
+        hosting gateway requires it beside an assertion from this gateway) and verifies with the mesh CA."""
+        return httpx.Client(verify=self.hop_verify, **options)
+
 
 @dataclass
 class Mesh:
@@ -227,7 +251,7 @@ class Mesh:
     max_snapshot_age: float = 600
     workers: int = 1
     registry: str = "real"  # or "standin"
-    tls: bool = False  # TLS on every link; False: the whole mesh in plain HTTP (--insecure-http everywhere)
+    tls: bool = True  # TLS on every link; False: the whole mesh in plain HTTP (--insecure-http everywhere)
     registry_key: KeyPair = field(init=False)
     registry_port: int = field(init=False)
     registry_proc: Proc | None = None
@@ -260,6 +284,7 @@ class Mesh:
         if self.tls and self.registry == "standin":  # the real registry makes its CA at init
             ca = pki.CertificateAuthority.create(self.root / "ca" / "ca.crt", self.root / "ca" / "ca.key")
             self.doc["pki"] = {"ca": [pki.cert_pem(ca.cert).decode()], "revoked": []}
+            MESH_TLS.load_verify_locations(self.ca_path)
 
     # TLS ---------------------------------------------------------------------------------------------------------
 
@@ -296,6 +321,20 @@ class Mesh:
         issued: pki.CertFiles = self.issuer().issue(name, pki.identity("subsystem", subsystem), trust=self.ca_path)
         return issued
 
+    def connector_tls(self, name: str, service_id: str) -> list[str]:
+        """`lienthong connector serve` flags for a connector of `service_id` over TLS: its --tls-dir holds a
+        certificate for the service's provider subsystem (what the gateway checks), from the mesh CA. The connector
+        accepts only its hosting gateway's certificate: call it with that gateway's `hop_verify`."""
+        if not self.tls:
+            return ["--insecure-http"]
+        provider = service_id.rsplit("/", 1)[0]
+        files = self.issuer().issue(f"connector-{name}", pki.identity("subsystem", provider), trust=self.ca_path)
+        return ["--tls-dir", str(files.directory)]
+
+    def gateway_cert(self, code: str) -> None:
+        """Gateway `code`'s certificate, now (start_gateways gets it otherwise), e.g. to call a connector as it."""
+        self._gateway_cert(self.gateways[code])
+
     def _gateway_cert(self, gw: GatewayProc) -> None:
         """The gateway's certificate into its --tls-dir: through the registry API with a CSR signed by the gateway's
         key (the real path), or issued here from the stand-in's CA."""
@@ -318,7 +357,7 @@ class Mesh:
                             ca=self.ca_path) as client:  # fmt: skip
             renew_certificate(files, identity, client.request_certificate)
 
-    def _live_upstream(self, service_id: str, url: str) -> str:
+    def live_upstream(self, service_id: str, url: str) -> str:
         """The URL a service's upstream is registered with: an echo this mesh started is served over HTTPS with a
         certificate for the service's provider (the identity the gateway checks), one TLS echo per provider."""
         if not self.tls or url not in self._echoes:
@@ -415,7 +454,7 @@ class Mesh:
         self.version += 1
         for code in self.gateways:
             doc = copy.deepcopy(self.doc)
-            upstreams = {sid: self._live_upstream(sid, url) for sid, url in self.hosted.get(code, {}).items()}
+            upstreams = {sid: self.live_upstream(sid, url) for sid, url in self.hosted.get(code, {}).items()}
             doc.update(version=self.version, gateway=code, upstreams=upstreams,
                        generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
             target = self.snap_dir / f"{code}.jws"
@@ -432,6 +471,8 @@ class Mesh:
 
             plain = () if self.tls else ("--insecure-http",)
             self.registry_handle = start_registry(self.root, self.redis_url, self.log_dir, options=plain)
+            if self.tls:
+                MESH_TLS.load_verify_locations(self.ca_path)
             (self.root / "registry.jwk").write_bytes(orjson.dumps(self.registry_handle.registry_public_jwk))
             self._sync()
             return
@@ -460,7 +501,7 @@ class Mesh:
 
     def start_upstream(self, name: str) -> str:
         """An echo upstream; its plain URL, which a service registered with it is served over HTTPS instead of
-        (one TLS echo per provider, see _live_upstream) when the mesh runs TLS."""
+        (one TLS echo per provider, see live_upstream) when the mesh runs TLS."""
         port = free_port()
         self.upstream_procs.append(self.start_upstream_on(port, name))
         url = f"http://127.0.0.1:{port}"
@@ -584,7 +625,7 @@ class Mesh:
         return self._admin_client
 
     def _upstream(self, svc: dict[str, Any]) -> str:
-        return self._live_upstream(svc["id"], self.hosted[svc["gateway"]][svc["id"]])
+        return self.live_upstream(svc["id"], self.hosted[svc["gateway"]][svc["id"]])
 
     def wait_version(self, version: int, timeout: float = 5.0, codes: Iterable[str] | None = None) -> float:
         """Seconds until every gateway's /healthz reports `version`."""

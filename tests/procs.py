@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -74,6 +75,23 @@ class Proc:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def requests_session(verify: ssl.SSLContext | bool) -> Any:
+    """A requests.Session (schemathesis' transport) verifying https peers with `verify`, a mesh CA's context: by
+    chain, not host name (mesh certificates name their holder by URI SAN), as every mesh client does."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    class MeshCA(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            if isinstance(verify, ssl.SSLContext):
+                kwargs.update(ssl_context=verify, assert_hostname=False)
+            super().init_poolmanager(*args, **kwargs)
+
+    session = requests.Session()
+    session.mount("https://", MeshCA())
+    return session
 
 
 def lienthong(*args: str) -> list[str]:

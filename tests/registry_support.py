@@ -19,7 +19,7 @@ from lienthong.keys import PublicKey
 from lienthong.redis_connection import free_port
 from registry import keyfiles
 from registry.client import RegistryClient
-from tests.procs import Proc, lienthong
+from tests.procs import Proc, lienthong, requests_session
 
 
 @dataclass
@@ -85,22 +85,8 @@ class RegistryHandle:
         return httpx.Client(base_url=self.url, verify=self.verify, **options)
 
     def requests_session(self) -> Any:
-        """A requests.Session (schemathesis' transport) verifying this registry with the mesh CA by chain, not host
-        name, as every mesh client does."""
-        import requests
-        from requests.adapters import HTTPAdapter
-
-        verify = self.verify
-
-        class MeshCA(HTTPAdapter):
-            def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-                if isinstance(verify, ssl.SSLContext):
-                    kwargs.update(ssl_context=verify, assert_hostname=False)
-                super().init_poolmanager(*args, **kwargs)
-
-        session = requests.Session()
-        session.mount("https://", MeshCA())
-        return session
+        """A requests.Session (schemathesis' transport) verifying this registry with the mesh CA."""
+        return requests_session(self.verify)
 
     def stop(self) -> None:
         for c in self.clients:

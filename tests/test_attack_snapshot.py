@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from lienthong.redis_connection import EmbeddedRedis
-from tests.mesh_support import Mesh, make_key, sign_snapshot
+from tests.mesh_support import MESH_TLS, Mesh, make_key, sign_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
 
 
 def held(mesh: Mesh) -> int:
-    return int(httpx.get(f"{mesh.gateways['national'].url}/healthz", timeout=5).json()["snapshot_version"])
+    return int(httpx.get(f"{mesh.gateways['national'].url}/healthz", timeout=5, verify=MESH_TLS).json()["snapshot_version"])
 
 
 def serve(mesh: Mesh, data: bytes) -> None:

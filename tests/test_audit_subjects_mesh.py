@@ -31,7 +31,7 @@ import redis
 import yaml
 
 from lienthong.redis_connection import EmbeddedRedis, free_port
-from tests.mesh_support import Mesh, call_headers
+from tests.mesh_support import MESH_TLS, Mesh, call_headers
 from tests.procs import Proc, lienthong
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def send(w: World, client: str, method: str, path: str, body: Any = None) -> htt
     if body is not None:
         content = body if isinstance(body, bytes) else orjson.dumps(body)
         headers["Content-Type"] = "application/json"
-    return httpx.request(method, url, headers=headers, content=content, timeout=HANG)
+    return httpx.request(method, url, headers=headers, content=content, timeout=HANG, verify=MESH_TLS)
 
 
 def audit_records(w: World, code: str, txid: str) -> list[dict[str, Any]]:

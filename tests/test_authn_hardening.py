@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from lienthong import keys, tokens
 from lienthong.redis_connection import EmbeddedRedis, free_port
-from tests.mesh_support import Mesh, call_headers, client_token
+from tests.mesh_support import MESH_TLS, Mesh, call_headers, client_token
 from tests.procs import Proc, lienthong
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ NA = "VN/PROV/NGHEAN/civil-status"  # homed at nghean
 MOJ = "VN/GOV/BTP/justice"  # homed at national, like the services there
 HOME = {HN: "hanoi", NA: "nghean", MOJ: "national"}
 PURPOSE = "birth-registration"
-HTTP = httpx.Client(timeout=30)
+HTTP = httpx.Client(timeout=30, verify=MESH_TLS)
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
         keys_file = root / "national-keys.json"
         keys_file.write_bytes(orjson.dumps([m.gateways["national"].key.jwk]))
         port = free_port()
-        m.connector_url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        m.connector_url = f"https://127.0.0.1:{port}"  # type: ignore[attr-defined]
         connector = Proc("connector-population", lienthong(
             "connector", "serve", "population", "--port", str(port), "--gateway", "national", "--database-url",
             f"sqlite:///{data / 'population.sqlite'}", "--gateway-keys", str(keys_file), "--log-level", "warning",
-            "--insecure-http",
+            *m.connector_tls("population", POP),
         ), m.log_dir).start()  # fmt: skip
         for member, home in (("VN/GOV/BCA", "national"), ("VN/GOV/BTP", "national"), ("VN/PROV/HANOI", "hanoi"),
                              ("VN/PROV/NGHEAN", "nghean")):  # fmt: skip
@@ -87,7 +87,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
             for service in (POP, ECHO, NA_ECHO):
                 m.add_grant(f"g-{client}-{service}", client, service, [PURPOSE])
         m.publish()
-        connector.wait_http(f"{m.connector_url}/healthz", timeout=60)  # type: ignore[attr-defined]
+        m.gateway_cert("national")  # the connector answers its hosting gateway's certificate only
+        connector.wait_http(f"{m.connector_url}/healthz", timeout=60,  # type: ignore[attr-defined]
+                            verify=m.gateways["national"].hop_verify)
         m.start_gateways({"national": {}, "hanoi": {}, "nghean": {}})
         yield m
     finally:
@@ -180,22 +182,24 @@ def test_a_replayed_assertion_is_refused_by_the_hosting_gateway(mesh: Mesh) -> N
     assertion = _gateway_assertion(mesh, "hanoi", "national")
     url = f"{mesh.gateways['national'].url}{person_path(mesh)}"
     headers = {"X-Lienthong-Assertion": assertion, "X-Road-Id": "tx-replayed"}
-    assert HTTP.get(url, headers=headers).status_code == 200
-    body = refused(HTTP.get(url, headers=headers), 401, "invalid-assertion")
-    assert "replay" in body["detail"]
-    # a new assertion (new nonce) for the same X-Road-Id is a new call, not a replay
-    fresh = {"X-Lienthong-Assertion": _gateway_assertion(mesh, "hanoi", "national"), "X-Road-Id": "tx-replayed"}
-    assert HTTP.get(url, headers=fresh).status_code == 200
+    with mesh.gateways["hanoi"].hop_client(timeout=30) as hop:  # the mesh hop's mutual TLS, as hanoi
+        assert hop.get(url, headers=headers).status_code == 200
+        body = refused(hop.get(url, headers=headers), 401, "invalid-assertion")
+        assert "replay" in body["detail"]
+        # a new assertion (new nonce) for the same X-Road-Id is a new call, not a replay
+        fresh = {"X-Lienthong-Assertion": _gateway_assertion(mesh, "hanoi", "national"), "X-Road-Id": "tx-replayed"}
+        assert hop.get(url, headers=fresh).status_code == 200
 
 
 def test_a_replayed_assertion_is_refused_by_the_connector(mesh: Mesh) -> None:
     url = f"{mesh.connector_url}/persons/{mesh.person}"  # type: ignore[attr-defined]
     assertion = _gateway_assertion(mesh, "national", f"connector:{POP}")
-    assert HTTP.get(url, headers={"X-Lienthong-Assertion": assertion}).status_code == 200
-    r = HTTP.get(url, headers={"X-Lienthong-Assertion": assertion})
-    assert r.status_code == 401 and "replay" in r.json()["detail"], r.text
-    fresh = _gateway_assertion(mesh, "national", f"connector:{POP}")  # same txn, new nonce
-    assert HTTP.get(url, headers={"X-Lienthong-Assertion": fresh}).status_code == 200
+    with mesh.gateways["national"].hop_client(timeout=30) as national:  # the connector answers its gateway only
+        assert national.get(url, headers={"X-Lienthong-Assertion": assertion}).status_code == 200
+        r = national.get(url, headers={"X-Lienthong-Assertion": assertion})
+        assert r.status_code == 401 and "replay" in r.json()["detail"], r.text
+        fresh = _gateway_assertion(mesh, "national", f"connector:{POP}")  # same txn, new nonce
+        assert national.get(url, headers={"X-Lienthong-Assertion": fresh}).status_code == 200
 
 
 def test_client_token_jtis_are_never_shared_state(mesh: Mesh) -> None:
@@ -240,10 +244,13 @@ def test_a_client_token_with_a_list_audience_is_refused(mesh: Mesh, aud: list[st
 
 def test_an_assertion_with_a_list_audience_is_refused(mesh: Mesh) -> None:
     assertion = _gateway_assertion(mesh, "hanoi", ["national"])  # type: ignore[arg-type]
-    r = HTTP.get(f"{mesh.gateways['national'].url}{person_path(mesh)}", headers={"X-Lienthong-Assertion": assertion})
+    with mesh.gateways["hanoi"].hop_client(timeout=30) as hop:
+        r = hop.get(f"{mesh.gateways['national'].url}{person_path(mesh)}", headers={"X-Lienthong-Assertion": assertion})
     assert "one audience" in refused(r, 401, "invalid-assertion")["detail"]
     connector = _gateway_assertion(mesh, "national", [f"connector:{POP}"])  # type: ignore[arg-type]
-    r = HTTP.get(f"{mesh.connector_url}/persons/{mesh.person}", headers={"X-Lienthong-Assertion": connector})  # type: ignore[attr-defined]
+    with mesh.gateways["national"].hop_client(timeout=30) as national:
+        r = national.get(f"{mesh.connector_url}/persons/{mesh.person}",  # type: ignore[attr-defined]
+                         headers={"X-Lienthong-Assertion": connector})
     assert r.status_code == 401 and "one audience" in r.json()["detail"], r.text
 
 

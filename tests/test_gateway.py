@@ -25,10 +25,10 @@ import pytest
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis, free_port
-from tests.mesh_support import Mesh, call_headers, client_token
+from tests.mesh_support import MESH_TLS, Mesh, call_headers, client_token
 from tests.procs import lienthong
 
-HTTP = httpx.Client(timeout=10)  # one client: a new httpx client per call costs ~40 ms of TLS set-up
+HTTP = httpx.Client(timeout=10, verify=MESH_TLS)  # one client: a new httpx client per call costs ~40 ms of TLS set-up
 NA_CLIENT = "VN/PROV/NGHEAN/civil-status"
 HN_CLIENT = "VN/PROV/HANOI/justice"
 GOV_CLIENT = "VN/GOV/BHXH/insurance"
@@ -147,7 +147,8 @@ def test_a_second_hop_is_refused(mesh: Mesh) -> None:
     # hanoi receives an assertion for a service national hosts: it must not forward again
     token = jwt.encode({"iss": "nghean", "aud": "hanoi", "sub": NA_CLIENT, "svc": PERSONS, "exp": time.time() + 10,
                         "iat": time.time(), "jti": "x"}, "k" * 32)  # fmt: skip
-    r = HTTP.get(url(mesh, "hanoi", f"/r1/{PERSONS}/persons/1"), headers={"X-Lienthong-Assertion": token})
+    with mesh.gateways["nghean"].hop_client(timeout=10) as hop:  # over the hop's TLS, as nghean
+        r = hop.get(url(mesh, "hanoi", f"/r1/{PERSONS}/persons/1"), headers={"X-Lienthong-Assertion": token})
     assert_mesh_error(r, 401, "invalid-assertion")  # authn runs before routing; e2e: a genuine one gets 404
 
 
@@ -175,7 +176,7 @@ def test_grant_and_token_checks_run_on_the_path(mesh: Mesh) -> None:
 )  # fmt: skip
 def test_path_hygiene(mesh: Mesh, path: str) -> None:
     # httpx normalises dot segments away, http.client sends the path as given
-    conn = http.client.HTTPConnection("127.0.0.1", mesh.gateways["nghean"].port, timeout=10)
+    conn = http.client.HTTPSConnection("127.0.0.1", mesh.gateways["nghean"].port, timeout=10, context=MESH_TLS)
     try:
         conn.request("GET", path, headers=call_headers(mesh, NA_CLIENT, "nghean"))
         raw = conn.getresponse()
@@ -334,7 +335,8 @@ def _provider_call(mesh: Mesh, home: str, host: str, client: str, path: str) -> 
     svc = path.split("/")[2:7]
     claims = {"iss": home, "aud": host, "sub": client, "svc": "/".join(svc), "purpose": "revocation-test"}
     token = tokens.sign(gw.key.key, gw.key.kid, claims, lifetime=10)
-    return HTTP.get(url(mesh, host, path), headers={"X-Lienthong-Assertion": token}, timeout=10)
+    with gw.hop_client(timeout=10) as hop:  # the hop's mutual TLS, with the home gateway's certificate
+        return hop.get(url(mesh, host, path), headers={"X-Lienthong-Assertion": token})
 
 
 def test_start_from_cache_with_the_registry_down_then_go_stale(mesh: Mesh, tmp_path: Path) -> None:
@@ -384,7 +386,8 @@ def test_a_token_for_another_gateway_is_refused(mesh: Mesh) -> None:
 
 def test_call_command_exit_codes(mesh: Mesh) -> None:
     pair = mesh.clients[NA_CLIENT]
-    base = ["--as", NA_CLIENT, "--key", str(pair.path), "--kid", pair.kid, "--gateway", mesh.gateways["nghean"].url]
+    base = ["--as", NA_CLIENT, "--key", str(pair.path), "--kid", pair.kid, "--gateway", mesh.gateways["nghean"].url,
+            "--ca", str(mesh.ca_path)]
     ok = subprocess.run(lienthong("call", f"{PERSONS}/persons/77", *base, "--purpose", "birth-registration",
                                   "--user-id", "off-1", "--json"), capture_output=True, text=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
@@ -406,7 +409,8 @@ def test_keygen_commands(mesh: Mesh, tmp_path: Path) -> None:
     handle = mesh.registry_handle
     client = subprocess.run(
         lienthong("keygen", "--subsystem", HN_CLIENT, "--out", str(tmp_path / "hn.pem"), "--register",
-                  "--registry", handle.url, "--key", str(handle.admin_key_path), "--kid", handle.admin_kid),
+                  "--registry", handle.url, "--registry-ca", str(handle.ca_path), "--key", str(handle.admin_key_path),
+                  "--kid", handle.admin_kid),
         capture_output=True, text=True,
     )  # fmt: skip
     assert client.returncode == 0, client.stderr

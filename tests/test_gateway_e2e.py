@@ -28,12 +28,12 @@ import yaml
 from lienthong import keys, tokens
 from lienthong.redis_connection import EmbeddedRedis, free_port, sync_client
 from policies.meter_query import transactions
-from tests.mesh_support import Mesh, call_headers, client_token
+from tests.mesh_support import MESH_TLS, Mesh, call_headers, client_token
 from tests.ops_support import gateway_operator_headers
 from tests.procs import Proc, lienthong
 
 REPO = Path(__file__).resolve().parent.parent
-HTTP = httpx.Client(timeout=15)
+HTTP = httpx.Client(timeout=15, verify=MESH_TLS)
 NA = "VN/PROV/NGHEAN/civil-status"  # consumer at nghean, also the provider of births
 HN = "VN/PROV/HANOI/justice"  # consumer at hanoi
 GOV = "VN/GOV/BTP/justice"  # consumer at national (local calls)
@@ -75,13 +75,15 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -
             m.add_gateway(code)
         m.start_registry()
         ports: dict[str, int] = {}
+        scheme = "https" if m.tls else "http"
         for name, (_, host, _, db, _) in CONNECTORS.items():
             keys_file = root / f"{host}-keys.json"
             keys_file.write_bytes(orjson.dumps([m.gateways[host].key.jwk]))
             ports[name] = free_port()
             argv = lienthong("connector", "serve", name, "--port", str(ports[name]), "--gateway", host,
                              "--database-url", f"sqlite:///{data / (db + '.sqlite')}", "--gateway-keys",
-                             str(keys_file), "--log-level", "warning", "--insecure-http")  # fmt: skip
+                             str(keys_file), "--log-level", "warning",
+                             *m.connector_tls(name, CONNECTORS[name][0]))  # fmt: skip
             connectors.append(Proc(f"connector-{name}", argv, m.log_dir).start())
         for member, home in (
             ("VN/GOV/BCA", "national"),
@@ -100,7 +102,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -
         m.ids = {}  # type: ignore[attr-defined]
         for name, (service, host, spec, db, (table, column)) in CONNECTORS.items():
             doc = yaml.safe_load((REPO / "openapi" / spec).read_text())
-            m.add_service(service, host, f"http://127.0.0.1:{ports[name]}", openapi=doc)
+            m.add_service(service, host, f"{scheme}://127.0.0.1:{ports[name]}", openapi=doc)
             m.ids[name] = _first(data / f"{db}.sqlite", table, column)  # type: ignore[attr-defined]
             if host == "national":
                 fields = POPULATION_FIELDS if name == "population" else None
@@ -110,8 +112,9 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) -
         m.add_grant("g-load-persons", LOAD, CONNECTORS["population"][0], [PURPOSE])
         m.publish()
         for (name, port), proc in zip(ports.items(), connectors, strict=True):
-            proc.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
-            del name
+            host = CONNECTORS[name][1]
+            m.gateway_cert(host)  # a connector over TLS answers its hosting gateway's certificate only
+            proc.wait_http(f"{scheme}://127.0.0.1:{port}/healthz", timeout=60, verify=m.gateways[host].hop_verify)
         m.start_gateways({"national": {"--workers": "2"}, "hanoi": {}, "nghean": {}})
         yield m
     finally:
@@ -241,13 +244,17 @@ def _assertion(m: Mesh, signer: str, **over: Any) -> str:
 def test_gateway_assertion_attacks_are_refused(e2e: Mesh) -> None:
     url = f"{e2e.gateways['national'].url}/r1/{CONNECTORS['population'][0]}/persons/{e2e.ids['population']}"  # type: ignore[attr-defined]
 
-    def send(token: str) -> httpx.Response:
-        return HTTP.get(url, headers={"X-Lienthong-Assertion": token})
+    hops = {code: e2e.gateways[code].hop_client(timeout=15) for code in ("nghean", "hanoi")}
+
+    def send(token: str, hop: str = "nghean") -> httpx.Response:
+        """Over the mesh hop's mutual TLS with `hop`'s certificate (the assertion checks are what is tested here), on
+        one kept-alive connection per hop: the replay cache is each worker's own."""
+        return hops[hop].get(url, headers={"X-Lienthong-Assertion": token})
 
     good = _assertion(e2e, "nghean")
     assert send(good).status_code == 200
     refused(send(good), 401, "invalid-assertion")  # replayed
-    refused(send(_assertion(e2e, "hanoi")), 401, "invalid-assertion")  # hanoi is not NA's home gateway
+    refused(send(_assertion(e2e, "hanoi"), "hanoi"), 401, "invalid-assertion")  # hanoi is not NA's home gateway
     refused(send(_assertion(e2e, "nghean", aud="hanoi")), 401, "invalid-assertion")
     refused(send(_assertion(e2e, "nghean", lifetime=120)), 401, "invalid-assertion")
     na = e2e.clients[NA]  # a client key is not a gateway key
@@ -259,9 +266,11 @@ def test_gateway_assertion_attacks_are_refused(e2e: Mesh) -> None:
     refused(send(_assertion(e2e, "nghean", purpose="marketing")), 403, "access-denied")
     # the hosting gateway never forwards again: hanoi does not host population
     token = _assertion(e2e, "nghean", aud="hanoi")
-    r = HTTP.get(url.replace(e2e.gateways["national"].url, e2e.gateways["hanoi"].url),
-                 headers={"X-Lienthong-Assertion": token})  # fmt: skip
+    r = hops["nghean"].get(url.replace(e2e.gateways["national"].url, e2e.gateways["hanoi"].url),
+                           headers={"X-Lienthong-Assertion": token})  # fmt: skip
     refused(r, 404, "unknown-service")
+    for client in hops.values():
+        client.close()
 
 
 # -- audit --------------------------------------------------------------------------------------------------------
@@ -316,7 +325,7 @@ def test_kill_9_under_load_meters_exactly_the_successes_the_client_saw(e2e: Mesh
     stop = threading.Event()
 
     def load(i: int) -> None:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, verify=MESH_TLS) as client:
             while not stop.is_set():
                 try:
                     r = client.get(url, headers=call_headers(e2e, LOAD, "national"))

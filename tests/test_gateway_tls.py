@@ -397,7 +397,7 @@ def tls_argv(mesh: Mesh, code: str, tls_dir: Path, **options: str) -> list[str]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("tls-mesh")
-    mesh = Mesh(root=root / "mesh", log_dir=root / "logs", registry="standin", policies="authn,authz,audit")
+    mesh = Mesh(root=root / "mesh", log_dir=root / "logs", registry="standin", policies="authn,authz,audit", tls=False)
     national, _ = mesh.add_gateway("national"), mesh.add_gateway("hanoi")
     for member, home in (("VN/GOV/BTP", "national"), ("VN/GOV/BCA", "national"), ("VN/PROV/HANOI", "hanoi")):
         mesh.add_member(member, home)
@@ -587,7 +587,7 @@ def test_live_the_hop_from_another_gateway_over_tls(live: Live) -> None:
 
 
 def test_gateway_serve_refuses_to_start_without_tls_files(tmp_path: Path) -> None:
-    mesh = Mesh(root=tmp_path / "mesh", log_dir=tmp_path / "logs", registry="standin")
+    mesh = Mesh(root=tmp_path / "mesh", log_dir=tmp_path / "logs", registry="standin", tls=False)
     mesh.add_gateway("national")
     out = subprocess.run(tls_argv(mesh, "national", tmp_path / "nothing-here"), capture_output=True, timeout=60)
     assert out.returncode == 2, out
@@ -608,7 +608,7 @@ def test_live_gateway_renews_its_certificate_at_two_thirds_of_its_life(
 ) -> None:
     """A gateway whose certificate is past two thirds of its life asks the real registry for a new one (POST
     /v1/certificates, signed with its key) and serves it on new handshakes; a connection kept alive carries on."""
-    mesh = Mesh(root=tmp_path / "mesh", log_dir=log_dir, redis_url=redis_url)
+    mesh = Mesh(root=tmp_path / "mesh", log_dir=log_dir, redis_url=redis_url, tls=False)
     gw = mesh.add_gateway("national")
     mesh.start_registry()
     try:
@@ -645,7 +645,7 @@ def test_live_gateway_renews_its_certificate_at_two_thirds_of_its_life(
 def test_live_sessions_resume_whichever_worker_accepts(tmp_path: Path, log_dir: Path) -> None:
     """The workers share the session ticket keys (the context is made before the fork): a client's session resumes
     on every new connection, whichever of the two workers accepts it."""
-    mesh = Mesh(root=tmp_path / "mesh", log_dir=log_dir, registry="standin", workers=2)
+    mesh = Mesh(root=tmp_path / "mesh", log_dir=log_dir, registry="standin", workers=2, tls=False)
     gw = mesh.add_gateway("national")
     ca = MeshPKI.create(tmp_path / "pki")
     files, _ = ca.issue("national", pki.identity("gateway", "national"))

@@ -32,7 +32,7 @@ from lienthong.redis_connection import EmbeddedRedis, free_port
 from policies.audit import Audit
 from policies.chain import ChainConfig
 from policies.meter import Meter
-from tests.mesh_support import KeyPair, Mesh, call_headers, client_token, make_key
+from tests.mesh_support import MESH_TLS, KeyPair, Mesh, call_headers, client_token, make_key
 from tests.ops_support import (
     gateway_operator_headers,
     member_headers,
@@ -41,7 +41,7 @@ from tests.ops_support import (
     standalone_gate,
     write_operator_key,
 )
-from tests.procs import lienthong, ops_api
+from tests.procs import lienthong, ops_api, requests_session
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, World, context
 
 HOUR_AGO = time.time() - 3600
@@ -92,7 +92,12 @@ def ops(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -
         yield base
 
 
-HTTP = httpx.Client(timeout=30)  # carries the operator's token once the fixture made it
+HTTP = httpx.Client(timeout=30, verify=MESH_TLS)  # carries the operator's token once the fixture made it
+
+
+def get(url: str, **options: Any) -> httpx.Response:
+    """httpx.get over the mesh's TLS (the gateways' certificates verified with the mesh CA)."""
+    return httpx.get(url, verify=MESH_TLS, **options)
 
 
 def iso(ts: float) -> str:
@@ -228,7 +233,12 @@ class Live:
 
     def ops(self, code: str) -> str:
         gw = self.mesh.gateways[code]
-        return f"http://127.0.0.1:{self.ops_port}/ops/v1" if code == "nghean" else f"{gw.url}/ops/v1"
+        return f"{self.scheme}://127.0.0.1:{self.ops_port}/ops/v1" if code == "nghean" else f"{gw.url}/ops/v1"
+
+    @property
+    def scheme(self) -> str:
+        """The ops port's, like every port of a gateway: https unless the mesh runs plain HTTP."""
+        return "https" if self.mesh.tls else "http"
 
     def member(self, subsystem: str, gateway: str, **kw: Any) -> dict[str, str]:
         pair = self.mesh.clients[subsystem]
@@ -267,7 +277,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
         calls = {NA: 3, HN: 2}
         for consumer, n in calls.items():
             for i in range(n):
-                r = httpx.get(f"{m.gateways['nghean'].url}/r1/{PERSONS}/persons/04020300456{i}",
+                r = get(f"{m.gateways['nghean'].url}/r1/{PERSONS}/persons/04020300456{i}",
                               headers=call_headers(m, consumer, "nghean"), timeout=10)  # fmt: skip
                 assert r.status_code == 200, r.text
         live = Live(m, ops_port, calls, operator)
@@ -278,7 +288,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
 
 
 def _total(live: Live, code: str, headers: dict[str, str]) -> int:
-    r = httpx.get(f"{live.ops(code)}/transactions", params=LIVE_WINDOW, headers=headers, timeout=10)
+    r = get(f"{live.ops(code)}/transactions", params=LIVE_WINDOW, headers=headers, timeout=10)
     return int(r.json()["total"]) if r.status_code == 200 else -1
 
 
@@ -291,7 +301,7 @@ def wait_until(check: Any, what: str, timeout: float = 60.0) -> None:
 
 
 def _audit(live: Live, code: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-    r = httpx.get(f"{live.ops(code)}/audit", params=LIVE_WINDOW, headers=headers, timeout=10)
+    r = get(f"{live.ops(code)}/audit", params=LIVE_WINDOW, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
     records: list[dict[str, Any]] = r.json()["records"]
     return records
@@ -302,20 +312,20 @@ def test_every_ops_path_needs_a_token(live: Live, code: str) -> None:
     public = {path for path, _, security in SPEC_PATHS if security == []}
     assert public == {"/dashboard", "/dashboard/{asset}"}  # the page and its files only: they hold no data
     for path, url_path, security in SPEC_PATHS:
-        r = httpx.get(f"{live.ops(code)}{url_path}", params=PARAMS.get(path, {}), timeout=10)
+        r = get(f"{live.ops(code)}{url_path}", params=PARAMS.get(path, {}), timeout=10)
         if security == []:
             assert r.status_code == 200, (path, r.text)
             continue
         assert r.status_code == 401, (path, r.status_code, r.text[:300])
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["field"] == "Authorization" and "bearer" in r.headers["www-authenticate"].lower()
-        with_token = httpx.get(f"{live.ops(code)}{url_path}", params=PARAMS.get(path, {}), timeout=10,
+        with_token = get(f"{live.ops(code)}{url_path}", params=PARAMS.get(path, {}), timeout=10,
                                headers=live.operator(code))  # fmt: skip
         assert with_token.status_code == 200, (path, with_token.text[:300])
     # an unknown path is not mapped for a caller without a token either, nor a way up from a public one
-    assert httpx.get(f"{live.ops(code)}/no-such-thing", timeout=10).status_code == 401
+    assert get(f"{live.ops(code)}/no-such-thing", timeout=10).status_code == 401
     for sneaky in ("/ui/%2e%2e/audit", "/dashboard/%2e%2e/audit", "/ui/./../gateways", "/dashboard/..%2Faudit"):
-        r = httpx.get(f"{live.ops(code)}{sneaky}", params=LIVE_WINDOW, timeout=10)
+        r = get(f"{live.ops(code)}{sneaky}", params=LIVE_WINDOW, timeout=10)
         assert r.status_code == 401 and "records" not in r.text, (sneaky, r.status_code)
         assert PUBLIC_PATHS.fullmatch(BASE + unquote(sneaky)) is None
 
@@ -328,13 +338,13 @@ def test_a_member_sees_only_its_own_records(live: Live) -> None:
         for path, params in (("/transactions", {**LIVE_WINDOW, "group_by": "consumer,service"}),
                              ("/audit", LIVE_WINDOW), ("/errors", {}), ("/timeseries", {"group_by": "consumer"}),
                              ("/top-consumers", {}), ("/latency", LIVE_WINDOW), ("/service-latency", {})):  # fmt: skip
-            r = httpx.get(f"{live.ops('nghean')}{path}", params=params, headers=headers, timeout=10)
+            r = get(f"{live.ops('nghean')}{path}", params=params, headers=headers, timeout=10)
             assert r.status_code == 200, r.text
             assert other not in r.text and other.rsplit("/", 1)[0] not in r.text, path
-        body = httpx.get(f"{live.ops('nghean')}/transactions", params={**LIVE_WINDOW, "group_by": "consumer"},
+        body = get(f"{live.ops('nghean')}/transactions", params={**LIVE_WINDOW, "group_by": "consumer"},
                          headers=headers, timeout=10).json()  # fmt: skip
         assert body["total"] == live.calls[me] and [g["consumer"] for g in body["groups"]] == [me]
-        errors = httpx.get(f"{live.ops('nghean')}/errors", headers=headers, timeout=10).json()
+        errors = get(f"{live.ops('nghean')}/errors", headers=headers, timeout=10).json()
         assert errors["total"] == live.calls[me]
 
 
@@ -345,7 +355,7 @@ def test_the_provider_member_sees_every_call_to_its_service_and_the_operator_eve
     assert len(_audit(live, "nghean", live.operator("nghean"))) == 5
     assert len(_audit(live, "national", live.operator("national"))) == 5
     assert _audit(live, "nghean", live.member(BCA, "nghean")) != []  # the provider's view at the consumer's gateway
-    latency = httpx.get(f"{live.ops('nghean')}/service-latency", headers=live.member(NA, "nghean"), timeout=10)
+    latency = get(f"{live.ops('nghean')}/service-latency", headers=live.member(NA, "nghean"), timeout=10)
     assert latency.json()["items"] == []  # latency is per service: the provider's, not a consumer's
 
 
@@ -371,7 +381,7 @@ def test_a_token_that_is_not_for_this_gateway_now_is_refused(live: Live, token: 
                                                           "aud": [ops_audience("nghean"), ops_audience("national")]}),
     }  # fmt: skip
     header = "Basic bmE6bmE=" if token == "basic" else f"Bearer {made[token]}"
-    r = httpx.get(f"{live.ops('nghean')}/audit", params=LIVE_WINDOW, headers={"Authorization": header}, timeout=10)
+    r = get(f"{live.ops('nghean')}/audit", params=LIVE_WINDOW, headers={"Authorization": header}, timeout=10)
     assert r.status_code == 401, r.text
     assert r.headers["content-type"].startswith("application/problem+json") and r.json()["field"] == "Authorization"
     assert "records" not in r.text
@@ -382,37 +392,37 @@ def test_a_host_that_is_not_the_gateways_name_is_refused(live: Live, code: str) 
     headers = live.operator(code)
     port = live.ops_port if code == "nghean" else live.mesh.gateways[code].port
     for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", "[::2]", "a b"):
-        r = httpx.get(f"{live.ops(code)}/health", headers={**headers, "Host": host}, timeout=10)
+        r = get(f"{live.ops(code)}/health", headers={**headers, "Host": host}, timeout=10)
         assert r.status_code in (400, 421), (host, r.text)
         assert r.json()["field"] == "Host", host
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LOCALHOST:{port}"):
-        r = httpx.get(f"{live.ops(code)}/health", headers={**headers, "Host": host}, timeout=10)
+        r = get(f"{live.ops(code)}/health", headers={**headers, "Host": host}, timeout=10)
         assert r.status_code == 200, (host, r.text)
     if code == "nghean":  # an --ops-host name, with any port (a proxy in front)
-        r = httpx.get(f"{live.ops(code)}/health", headers={**headers, "Host": "ops.nghean.test"}, timeout=10)
+        r = get(f"{live.ops(code)}/health", headers={**headers, "Host": "ops.nghean.test"}, timeout=10)
         assert r.status_code == 200, r.text
     # the DNS-rebinding page cannot even load the dashboard under its own name
-    assert httpx.get(f"{live.ops(code)}/dashboard", headers={"Host": "evil.example"}, timeout=10).status_code == 421
+    assert get(f"{live.ops(code)}/dashboard", headers={"Host": "evil.example"}, timeout=10).status_code == 421
 
 
 def test_ops_listen_splits_the_ports(live: Live) -> None:
     main = live.mesh.gateways["nghean"].url
-    ops = f"http://127.0.0.1:{live.ops_port}"
-    assert httpx.get(f"{main}/ops/v1/health", headers=live.operator("nghean"), timeout=10).status_code == 404
-    assert httpx.get(f"{main}/ops/v1/dashboard", timeout=10).status_code == 404
-    assert httpx.get(f"{main}/metrics", timeout=10).status_code == 404
-    scraped = httpx.get(f"{ops}/metrics", headers={"Host": "10.1.2.3:9100"}, timeout=10)  # Prometheus by pod IP
+    ops = f"{live.scheme}://127.0.0.1:{live.ops_port}"
+    assert get(f"{main}/ops/v1/health", headers=live.operator("nghean"), timeout=10).status_code == 404
+    assert get(f"{main}/ops/v1/dashboard", timeout=10).status_code == 404
+    assert get(f"{main}/metrics", timeout=10).status_code == 404
+    scraped = get(f"{ops}/metrics", headers={"Host": "10.1.2.3:9100"}, timeout=10)  # Prometheus by pod IP
     assert scraped.status_code == 200 and "lienthong_gateway_requests_total" in scraped.text
-    r1 = httpx.get(f"{ops}/r1/{PERSONS}/persons/040203004560", headers=call_headers(live.mesh, NA, "nghean"),
+    r1 = get(f"{ops}/r1/{PERSONS}/persons/040203004560", headers=call_headers(live.mesh, NA, "nghean"),
                    timeout=10)  # fmt: skip
     assert r1.status_code == 404 and r1.headers["content-type"].startswith("application/problem+json")
-    assert httpx.get(f"{ops}/healthz", timeout=10).status_code == 200  # probes may use either port
+    assert get(f"{ops}/healthz", timeout=10).status_code == 200  # probes may use either port
 
 
 def test_metrics_on_the_main_port_answer_loopback_under_the_gateways_name(live: Live) -> None:
     url = f"{live.mesh.gateways['national'].url}/metrics"
-    assert httpx.get(url, timeout=10).status_code == 200
-    r = httpx.get(url, headers={"Host": "evil.example"}, timeout=10)
+    assert get(url, timeout=10).status_code == 200
+    r = get(url, headers={"Host": "evil.example"}, timeout=10)
     assert r.status_code == 421 and r.json()["field"] == "Host"
 
 
@@ -422,8 +432,8 @@ def test_ops_login_prints_a_token_and_a_dashboard_link(live: Live) -> None:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = orjson.loads(done.stdout)
-    assert out["dashboard"] == f"http://127.0.0.1:{live.ops_port}/ops/v1/dashboard#token={out['token']}"
-    r = httpx.get(f"{live.ops('nghean')}/audit", params=LIVE_WINDOW, timeout=10,
+    assert out["dashboard"] == f"{live.scheme}://127.0.0.1:{live.ops_port}/ops/v1/dashboard#token={out['token']}"
+    r = get(f"{live.ops('nghean')}/audit", params=LIVE_WINDOW, timeout=10,
                   headers={"Authorization": f"Bearer {out['token']}"})  # fmt: skip
     assert r.status_code == 200 and len(r.json()["records"]) == 5
     claims = jwt.decode(out["token"], options={"verify_signature": False})
@@ -450,13 +460,15 @@ def test_no_request_a_member_can_make_shows_another_members_calls(live: Live, op
     @settings(max_examples=12, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def run(case: Any) -> None:
-        response = case.call(base_url=live.ops("nghean"), headers=schemathesis_headers(case, headers), timeout=15)
+        response = case.call(base_url=live.ops("nghean"), session=session, headers=schemathesis_headers(case, headers),
+                             timeout=15)  # fmt: skip
         assert response.status_code < 500, response.text
         assert "VN/PROV/HANOI" not in response.text  # the other consumer's member, its subsystem or its calls
         if response.status_code == 200 and operation.path == "/audit":
             assert {r["client"] for r in response.json()["records"]} <= {NA}
 
-    run()
+    with requests_session(MESH_TLS) as session:
+        run()
 
 
 @given(host=st.from_regex(r"\A[a-z0-9][a-z0-9.-]{0,40}(:[0-9]{1,5})?\Z"))
@@ -474,7 +486,7 @@ def test_a_host_name_is_accepted_only_when_it_is_one_of_the_gateways(host: str) 
 
 def test_quarantined_services_show_to_the_operator_and_to_their_own_member_only(live: Live) -> None:
     def quarantined(headers: dict[str, str]) -> list[str]:
-        r = httpx.get(f"{live.ops('nghean')}/gateways", headers=headers, timeout=10)
+        r = get(f"{live.ops('nghean')}/gateways", headers=headers, timeout=10)
         assert r.status_code == 200, r.text
         (nghean,) = [g for g in r.json()["gateways"] if g["gateway"] == "nghean"]
         return [q["id"] for q in nghean["quarantined"]]
@@ -487,8 +499,8 @@ def test_quarantined_services_show_to_the_operator_and_to_their_own_member_only(
 def test_an_operator_key_given_to_a_gateway_signs_operator_tokens_there_only(live: Live) -> None:
     key = live.operator_key
     for code, status in (("national", 200), ("nghean", 401)):
-        r = httpx.get(f"{live.ops(code)}/audit", params=LIVE_WINDOW, headers=operator_headers(key.key, key.kid, code),
+        r = get(f"{live.ops(code)}/audit", params=LIVE_WINDOW, headers=operator_headers(key.key, key.kid, code),
                       timeout=10)  # fmt: skip
         assert r.status_code == status, (code, r.text)
     too_long = operator_headers(key.key, key.kid, "national", lifetime=2 * 3600)
-    assert httpx.get(f"{live.ops('national')}/health", headers=too_long, timeout=10).status_code == 401
+    assert get(f"{live.ops('national')}/health", headers=too_long, timeout=10).status_code == 401

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from lienthong.redis_connection import free_port
 from policies.audit_log import iter_records
-from tests.mesh_support import Mesh, call_headers
+from tests.mesh_support import MESH_TLS, Mesh, call_headers
 
 SERVICE = "VN/GOV/BCA/population/persons"
 PERSON = "001060275463"
@@ -138,13 +138,17 @@ def _send(mesh: Mesh, home: str, target: bytes) -> tuple[int, dict[str, str], by
     head = b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n"
     data = b""
-    with socket.create_connection(("127.0.0.1", mesh.gateways[home].port), timeout=60) as sock:
+    raw = socket.create_connection(("127.0.0.1", mesh.gateways[home].port), timeout=60)
+    with MESH_TLS.wrap_socket(raw) as sock:  # the mesh's TLS, the bytes of the request still exactly as given
         sock.sendall(head)
-        while chunk := sock.recv(65536):
+        while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
             data += chunk
-    raw_head, _, body = data.partition(b"\r\n\r\n")
-    lines = raw_head.decode("latin-1").split("\r\n")
-    fields = dict((k.lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]))
+        raw_head, _, body = data.partition(b"\r\n\r\n")
+        lines = raw_head.decode("latin-1").split("\r\n")
+        fields = dict((k.lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]))
+        # read to the announced length: the answer is complete then, whenever the server's close reaches us
+        while len(body) < int(fields.get("content-length", "0")) and (chunk := sock.recv(65536)):
+            body += chunk
     return int(lines[0].split(" ")[1]), fields, body
 
 

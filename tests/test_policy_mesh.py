@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis
-from tests.mesh_support import Mesh, call_headers
+from tests.mesh_support import MESH_TLS, Mesh, call_headers
 from tests.ops_support import gateway_operator_headers
 from tests.procs import lienthong
 
@@ -66,7 +66,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
 def province_call(mesh: Mesh) -> httpx.Response:
     """One call from Nghe An's civil-status system to the national population database."""
     r = httpx.get(f"{mesh.gateways['nghean'].url}/r1/VN/GOV/BCA/population/persons/persons/{PERSON_ID}",
-                  headers=call_headers(mesh, NA_CLIENT, "nghean"), timeout=10)  # fmt: skip
+                  headers=call_headers(mesh, NA_CLIENT, "nghean"), timeout=10, verify=MESH_TLS)  # fmt: skip
     assert r.status_code == 200, r.text
     return r
 
@@ -117,7 +117,7 @@ def test_the_call_is_metered_once_as_a_mesh_transaction(mesh: Mesh, province_cal
               "to": time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))}  # fmt: skip
 
     def mesh_count(roles: str) -> int:
-        body = httpx.get(ops, params={**window, "group_by": "consumer", "roles": roles}, timeout=10,
+        body = httpx.get(ops, params={**window, "group_by": "consumer", "roles": roles}, timeout=10, verify=MESH_TLS,
                          headers=gateway_operator_headers(mesh.gateways["national"])).json()  # fmt: skip
         return sum(g["count"] for g in body["groups"] if g["consumer"] == NA_CLIENT)
 
@@ -131,7 +131,7 @@ def test_each_gateway_audits_the_call_and_its_chain_verifies(mesh: Mesh, provinc
               "to": time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))}  # fmt: skip
     for code, role in (("nghean", "home"), ("national", "provider")):
         page = httpx.get(f"{mesh.gateways[code].url}/ops/v1/audit", params=window, timeout=10,
-                         headers=gateway_operator_headers(mesh.gateways[code])).json()  # fmt: skip
+                         headers=gateway_operator_headers(mesh.gateways[code]), verify=MESH_TLS).json()  # fmt: skip
         mine = [r for r in page["records"] if r["transaction_id"] == txid]
         assert len(mine) == 1 and mine[0]["role"] == role and mine[0]["path_template"] == "/persons/{id}"
         assert mine[0]["client"] == NA_CLIENT and mine[0]["subject_hmac"] and mine[0]["status"] == 200
@@ -149,7 +149,7 @@ def test_quota_answers_429_with_retry_after_at_the_consumers_gateway(mesh: Mesh)
     url = f"{mesh.gateways['national'].url}/r1/VN/GOV/BCA/population/persons/persons/{PERSON_ID}"
     statuses = []
     for _ in range(6):
-        r = httpx.get(url, headers=call_headers(mesh, GOV_CLIENT, "national"), timeout=10)
+        r = httpx.get(url, headers=call_headers(mesh, GOV_CLIENT, "national"), timeout=10, verify=MESH_TLS)
         statuses.append(r.status_code)
         if r.status_code == 429:
             assert r.headers["x-road-error"] == "quota-exceeded"

@@ -23,10 +23,10 @@ import pytest
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis
-from tests.mesh_support import Mesh, call_headers
+from tests.mesh_support import MESH_TLS, Mesh, call_headers
 
 HANG = 60.0  # seconds: only a hang fails on time
-HTTP = httpx.Client(timeout=10)
+HTTP = httpx.Client(timeout=10, verify=MESH_TLS)
 GOV_CLIENT = "VN/GOV/BHXH/insurance"
 HN_CLIENT = "VN/PROV/HANOI/justice"
 NA_CLIENT = "VN/PROV/NGHEAN/civil-status"

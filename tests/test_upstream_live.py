@@ -14,11 +14,11 @@ import pytest
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis
-from tests.mesh_support import Mesh, call_headers
+from tests.mesh_support import MESH_TLS, Mesh, call_headers
 
 PERSONS = "VN/GOV/BCA/population/persons"
 CLIENT = "VN/PROV/NGHEAN/civil-status"
-HTTP = httpx.Client(timeout=10)
+HTTP = httpx.Client(timeout=10, verify=MESH_TLS)
 
 
 def _declare(m: Mesh) -> None:
@@ -49,8 +49,9 @@ def real(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
     _declare(m)
     try:
         m.start_registry()
-        m.first = m.start_upstream("echo-first")  # type: ignore[attr-defined]
-        m.second = m.start_upstream("echo-second")  # type: ignore[attr-defined]
+        # the echoes as the mesh serves them to the gateway: over HTTPS, with the provider's certificate
+        m.first = m.live_upstream(PERSONS, m.start_upstream("echo-first"))  # type: ignore[attr-defined]
+        m.second = m.live_upstream(PERSONS, m.start_upstream("echo-second"))  # type: ignore[attr-defined]
         m.add_service(PERSONS, "national", m.first, [("GET", "/persons/{id}")])  # type: ignore[attr-defined]
         m.add_grant("g", CLIENT, PERSONS, ["birth-registration"])
         m.publish()
@@ -94,7 +95,8 @@ def standin(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedi
     _declare(m)
     try:
         m.start_registry()
-        ok, other = m.start_upstream("echo-ok"), m.start_upstream("echo-other")
+        ok = m.live_upstream("VN/GOV/BCA/population/ok", m.start_upstream("echo-ok"))  # its HTTPS address
+        other = m.live_upstream("VN/GOV/BCA/population/other", m.start_upstream("echo-other"))
         gateway = m.gateways["national"].url
         m.targets = {  # type: ignore[attr-defined]
             "ok": ok,

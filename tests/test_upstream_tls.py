@@ -320,7 +320,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
     """hanoi (its clients on plain HTTP) forwards over mutual TLS to national, which calls real connectors over
     TLS: population (its own certificate) and, for MIRROR, insurance (another subsystem's certificate)."""
     root = tmp_path_factory.mktemp("upstream-tls")
-    mesh = Mesh(root=root / "mesh", log_dir=root / "logs", registry="standin", policies="authn,authz,audit")
+    mesh = Mesh(root=root / "mesh", log_dir=root / "logs", registry="standin", policies="authn,authz,audit", tls=False)
     national, hanoi = mesh.add_gateway("national"), mesh.add_gateway("hanoi")
     for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/HANOI", "hanoi")):
         mesh.add_member(member, home)
