@@ -89,7 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis)
         connector = Proc("connector-population", lienthong(
             "connector", "serve", "population", "--port", str(port), "--gateway", "national", "--database-url",
             f"sqlite:///{data / 'population.sqlite'}", "--gateway-keys", str(keys_file), "--log-level", "warning",
-            "--insecure-http",
+            *m.connector_tls("population", SERVICE),
         ), m.log_dir).start()  # fmt: skip
         for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/NGHEAN", "nghean")):
             m.add_member(member, home)
@@ -98,12 +98,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis)
         for sub in (NA, LIMITED, METERED):
             m.add_client(sub)
         doc = yaml.safe_load((REPO / "openapi" / "population.yaml").read_text())
-        m.add_service(SERVICE, "national", f"http://127.0.0.1:{port}", openapi=doc)
+        scheme = "https" if m.tls else "http"
+        m.add_service(SERVICE, "national", f"{scheme}://127.0.0.1:{port}", openapi=doc)
         m.add_grant("g-na", NA, SERVICE, [PURPOSE])
         m.add_grant("g-limited", LIMITED, SERVICE, [PURPOSE], quota={"per_minute": 1, "per_day": 1000})
         m.add_grant("g-metered", METERED, SERVICE, [PURPOSE])
         m.publish()
-        connector.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=HANG)
+        m.gateway_cert("national")  # the connector answers its hosting gateway's certificate only
+        national = m.gateways["national"]
+        connector.wait_http(f"{scheme}://127.0.0.1:{port}/healthz", timeout=HANG, verify=national.hop_verify)
         m.start_gateways({"national": {}, "nghean": {}})
         yield World(m, people, client, str(household))
     finally:

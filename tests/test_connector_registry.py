@@ -11,11 +11,12 @@ import httpx
 import pytest
 
 from connectors.population import CONNECTOR
-from lienthong import keys
-from registry import keyfiles
+from lienthong import keys, pki
 from registry.client import RegistryClient
 from tests.connector_support import SigningGateway, assert_problem, free_port
 from tests.procs import Proc, lienthong
+from tests.registry_support import start_registry
+from tests.upstream_tls_support import IssuingCA
 
 SERVICE = CONNECTOR.service_id
 UNKNOWN = "040199999999"
@@ -23,27 +24,12 @@ UNKNOWN = "040199999999"
 
 @pytest.fixture
 def registry(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, RegistryClient]]:
-    data = tmp_path / "registry"
-    init = keyfiles.init(data)
-    port = free_port()
-    proc = Proc(
-        "registry",
-        # the connector registers its loopback address, which the registry allows only when told to
-        [
-            *lienthong("registry", "serve", "--port", str(port), "--data-dir", str(data), "--redis-url", redis_url),
-            "--upstream-allow",
-            "127.0.0.1",
-            "--insecure-http",  # plain HTTP until the TLS sweep
-        ],
-        tmp_path,
-    ).start()
+    # the connector registers its loopback address, which the registry allows only when told to
+    handle = start_registry(tmp_path, redis_url, tmp_path, upstream_allow="127.0.0.1")
     try:
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_http(url + "/healthz")
-        with RegistryClient(url, init.admin_key, init.admin_kid) as admin:
-            yield url, admin
+        yield handle.url, handle.admin_client()
     finally:
-        proc.stop()
+        handle.stop()
 
 
 def test_connector_registers_and_trusts_only_its_gateways_keys(
@@ -60,29 +46,41 @@ def test_connector_registers_and_trusts_only_its_gateways_keys(
     kid = keys.public_jwk(integrator)["kid"]
     admin.add_client_key("VN/GOV/BCA/population", keys.public_jwk(integrator, kid))
 
+    # TLS on every link: the connector verifies the registry with the mesh CA, serves HTTPS with its provider's
+    # certificate and answers only national's certificate (issued here from the registry's CA files)
+    ca_file = tmp_path / "registry" / "ca.crt"
+    ca = IssuingCA(tmp_path / "certs", pki.CertificateAuthority.load(ca_file, ca_file.with_name("ca.key")))
+    own = ca.issue("connector", pki.identity("subsystem", SERVICE.rsplit("/", 1)[0]), trust=ca_file)
+    as_national = pki.client_context(ca_file, ca.issue("gw", pki.identity("gateway", "national"), trust=ca_file))
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{port}"
     proc = Proc("population", lienthong(
         "connector", "serve", "population", "--port", str(port), "--gateway", "national", "--registry", url,
-        "--key", str(tmp_path / "integrator.pem"), "--kid", kid, "--insecure-http",
-        "--database-url", f"sqlite:///{tmp_path / 'population.sqlite'}",
+        "--registry-ca", str(ca_file), "--key", str(tmp_path / "integrator.pem"), "--kid", kid,
+        "--tls-dir", str(own.directory), "--database-url", f"sqlite:///{tmp_path / 'population.sqlite'}",
     ), tmp_path).start()  # fmt: skip
+
+    def call(signer: SigningGateway) -> httpx.Response:
+        """GET an unknown person as national calls its connector: its certificate, `signer`'s assertion."""
+        headers = {"X-Lienthong-Assertion": signer.assertion(SERVICE)}
+        return httpx.get(f"{base}/persons/{UNKNOWN}", verify=as_national, headers=headers, timeout=30)
+
     try:
-        proc.wait_http(base + "/readyz")  # ready means: the gateway keys came from the registry
+        proc.wait_http(base + "/readyz", verify=as_national)  # ready: the gateway keys came from the registry
         service = _wait_for_service(admin)
         assert service["approved"] is False  # approval stays an admin's act
         assert service["gateway"] == "national" and service["version_label"] == "v1"
 
-        ok = httpx.get(f"{base}/persons/{UNKNOWN}", headers={"X-Lienthong-Assertion": national.assertion(SERVICE)})
+        ok = call(national)
         assert_problem(ok, 404, "not-found")
         # a key of another gateway, even one the registry knows, is refused
-        foreign = httpx.get(f"{base}/persons/{UNKNOWN}", headers={"X-Lienthong-Assertion": hanoi.assertion(SERVICE)})
+        foreign = call(hanoi)
         assert_problem(foreign, 401, "invalid-assertion")
 
         rotated = SigningGateway.make("national")
         admin.add_gateway_key("national", rotated.jwks[0])
         time.sleep(5.1)  # the connector refetches keys at most once per 5 s; the refused call above used that turn
-        r = httpx.get(f"{base}/persons/{UNKNOWN}", headers={"X-Lienthong-Assertion": rotated.assertion(SERVICE)})
+        r = call(rotated)
         assert_problem(r, 404, "not-found")  # the new kid was fetched on first sight
     finally:
         proc.stop()
