@@ -36,7 +36,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
 
 
 def held(mesh: Mesh) -> int:
-    return int(httpx.get(f"{mesh.gateways['national'].url}/healthz", timeout=5, verify=MESH_TLS).json()["snapshot_version"])
+    r = httpx.get(f"{mesh.gateways['national'].url}/healthz", timeout=5, verify=MESH_TLS)
+    return int(r.json()["snapshot_version"])
 
 
 def serve(mesh: Mesh, data: bytes) -> None:
