@@ -99,7 +99,7 @@ def metered(cm: ChaosMesh) -> Counter[tuple[str, str]]:
     }  # fmt: skip
     token = operator_token_from(cm.mesh.config.paths.gateway("national"), "national")
     r = httpx.get(f"{cm.mesh.gateway_urls['national']}/ops/v1/transactions", params=params, timeout=10,
-                  headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                  verify=cm.mesh.verify, headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     r.raise_for_status()
     out: Counter[tuple[str, str]] = Counter()
     for g in r.json()["groups"]:

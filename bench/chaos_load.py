@@ -1,9 +1,9 @@
 """The steady mixed load of the chaos run, and the client's own record of every answer it saw.
 
 Each worker thread cycles through the targets (consumer, home gateway, service, path, purpose) with a signed
-MeshClient and records, per call: the target, the HTTP status (None when no answer came: the process it talked to
-was killed), the mesh error code, the X-Road-Id echoed by the gateway and how long the call took. These records are
-the truth the meter counts and audit records are held against.
+MeshClient over HTTPS (the gateways verified with the mesh CA) and records, per call: the target, the HTTP status
+(None when no answer came: the process it talked to was killed), the mesh error code, the X-Road-Id echoed by the
+gateway and how long the call took. These records are the truth the meter counts and audit records are held against.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from lienthong import keys
-from lienthong.mesh_client import MeshClient
+from lienthong.mesh_client import MeshClient, tls_http
 
 CLIENT_TIMEOUT = 30.0  # far above every mesh timeout, so a hung call shows as a long duration, not a client timeout
 
@@ -65,10 +66,11 @@ class Recorder:
 class Caller:
     """One MeshClient per (consumer, home gateway), made on first use and kept for its keep-alive connections."""
 
-    def __init__(self, gateway_urls: dict[str, str], key_files: dict[str, str], kids: dict[str, str]) -> None:
+    def __init__(self, gateway_urls: dict[str, str], key_files: dict[str, str], kids: dict[str, str], ca: Path) -> None:
         self.gateway_urls = gateway_urls
         self.key_files = key_files
         self.kids = kids
+        self.ca = ca  # the mesh CA the gateways' certificates are verified with
         self._clients: dict[tuple[str, str], MeshClient] = {}
 
     def client(self, target: Target) -> MeshClient:
@@ -77,7 +79,7 @@ class Caller:
             self._clients[key] = MeshClient(
                 self.gateway_urls[target.home], target.home, target.consumer,
                 keys.load_private(self.key_files[target.consumer]), kid=self.kids[target.consumer],
-                http=httpx.Client(timeout=CLIENT_TIMEOUT),
+                http=tls_http(self.ca, timeout=CLIENT_TIMEOUT),
             )  # fmt: skip
         return self._clients[key]
 

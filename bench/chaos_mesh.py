@@ -1,6 +1,7 @@
 """The mesh the chaos run (and the attack and fuzz tests) work on: the demo mesh of lienthong.mesh_up as real
-processes, on a durable Redis this module owns (so it can be stopped and started again), with a fault proxy put
-between the national gateway and the insurance connector (its registered upstream URL points at the proxy).
+processes with TLS on every link, on a durable Redis this module owns (so it can be stopped and started again), with
+a fault proxy put between the national gateway and the insurance connector (its registered upstream URL points at the
+proxy, a TCP proxy: the gateway's TLS handshake goes through it to the connector unchanged).
 
 `shared(root)` starts one for the whole test process and stops it at exit, so the attack, chaos and fuzz test
 modules pay the start-up (about 20 s on 2 cores) once.
@@ -42,7 +43,13 @@ class ChaosMesh:
 
     def caller(self) -> Caller:
         subsystems = {t.consumer for t in self.targets}
-        return Caller(self.mesh.gateway_urls, {s: self.key_file(s) for s in subsystems}, self.mesh.kids)
+        return Caller(self.mesh.gateway_urls, {s: self.key_file(s) for s in subsystems}, self.mesh.kids, self.ca)
+
+    @property
+    def ca(self) -> Path:
+        """The mesh CA every https URL of this mesh is verified with."""
+        assert self.mesh.ca is not None, "the chaos mesh runs TLS"
+        return self.mesh.ca
 
     def gateway_dir(self, code: str) -> Path:
         return self.mesh.config.paths.gateway(code)
@@ -86,7 +93,6 @@ def start_chaos_mesh(root: Path, people: int = 1500, say: Callable[[str], None] 
         root=root, registry_port=free_port(), gateway_ports={g.code: free_port() for g in layout.GATEWAYS},
         connector_ports={c.name: free_port() for c in layout.CONNECTORS}, redis_url=redis.url, people=people,
         echo_logs=False, upstream_allow=(f"127.0.0.1:{(proxy_port := free_port())}",),  # the fault proxy's
-        insecure_http=True,  # plain HTTP until the TLS sweep switches the chaos mesh (issue 14)
     )  # fmt: skip
     proxy: FaultProxy | None = None
     try:
@@ -99,7 +105,7 @@ def start_chaos_mesh(root: Path, people: int = 1500, say: Callable[[str], None] 
             "insurance": _keys(data / "insurance.sqlite", "insured", "si_number"),
         }
         connector = mesh.connector_urls["insurance"].rsplit(":", 1)
-        proxy = FaultProxy(connector[0].removeprefix("http://"), int(connector[1]), proxy_port).start()
+        proxy = FaultProxy(connector[0].removeprefix("https://"), int(connector[1]), proxy_port).start()
         with mesh.admin() as admin:
             svc = admin.get_service(PROXIED)
             body: dict[str, Any] = {k: svc[k] for k in ("version_label", "name", "description", "gateway", "openapi")}

@@ -36,7 +36,8 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The upstream URL to register: the bytes are TLS end to end (gateway to connector), the proxy sees none."""
+        return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> FaultProxy:
         self._thread.start()

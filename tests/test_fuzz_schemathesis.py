@@ -2,7 +2,8 @@
 gateway's /r1/{service id} base path with a valid client token, X-Road-Client and X-Purpose, must give no 5xx and
 no documented answer off its schema; and the gateway's own operations API (the parts test_dashboard_api does not
 fuzz) on a live gateway. The registry and the connectors directly are fuzzed in test_registry_schemathesis and
-test_connector_schemathesis. `make fuzz` (--schemathesis-long) runs many more examples."""
+test_connector_schemathesis. The mesh runs TLS on every link: schemathesis calls over HTTPS, verifying the gateways
+by chain to the mesh CA. `make fuzz` (--schemathesis-long) runs many more examples."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from lienthong.mesh_layout import (
     VERIFY,
 )
 from tests.ops_support import schemathesis_headers
+from tests.procs import requests_session
 
 SHORT, LONG = 8, 200
 # service -> (consumer, home gateway, purpose): grants with every endpoint and every field (mesh_layout.GRANTS)
@@ -88,13 +90,14 @@ def test_schemathesis_connector_specs_through_the_gateway(
         def run(case: Any) -> None:
             token = tokens.sign(key, kid, {"iss": consumer, "sub": consumer, "aud": home})
             headers = {"Authorization": f"Bearer {token}", "X-Road-Client": consumer, "X-Purpose": purpose}
-            case.call_and_validate(base_url=base, headers=headers, timeout=15,
+            case.call_and_validate(base_url=base, session=session, headers=headers, timeout=15,
                                    checks=[not_a_server_error, response_schema_conformance])  # fmt: skip
 
-        try:
-            run()
-        except Exception as exc:  # every operation's failure, not just the first
-            failures.append(f"{operation.label}: {exc}")
+        with requests_session(cm.mesh.verify) as session:
+            try:
+                run()
+            except Exception as exc:  # every operation's failure, not just the first
+                failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)
 
 
@@ -123,9 +126,9 @@ def test_schemathesis_gateway_ops_api_live(
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def run(case: Any) -> None:
         headers = schemathesis_headers(case, {"Authorization": f"Bearer {token}"})
-        case.call_and_validate(base_url=f"{cm.mesh.gateway_urls['hanoi']}/ops/v1", checks=checks, timeout=15,
-                               headers=headers)  # fmt: skip
+        case.call_and_validate(base_url=f"{cm.mesh.gateway_urls['hanoi']}/ops/v1", session=session, checks=checks,
+                               timeout=15, headers=headers)  # fmt: skip
 
     token = operator_token_from(cm.mesh.config.paths.gateway("hanoi"), "hanoi")
-
-    run()
+    with requests_session(cm.mesh.verify) as session:
+        run()
