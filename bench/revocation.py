@@ -1,15 +1,16 @@
 """Revocation reaching 35 gateways: the delay from a grant's revocation in the registry to the moment every gateway
 holds a verified snapshot without it.
 
-A real registry process on a real Redis; 35 gateways registered with keys of their own. The gateways are asyncio
-long-poll clients in this one process (35 processes would measure the machine's scheduler more than the registry):
-each asks with its own gateway token, waits on `?wait=30` with If-None-Match, and verifies the JWS against the
-registry key before it counts a version as held, as a gateway does.
+A real registry process on a real Redis, over HTTPS verified with the mesh CA; 35 gateways registered with keys of
+their own. The gateways are asyncio long-poll clients in this one process (35 processes would measure the machine's
+scheduler more than the registry): each asks with its own gateway token over TLS, waits on `?wait=30` with
+If-None-Match, and verifies the JWS against the registry key before it counts a version as held, as a gateway does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import statistics
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from lienthong import keys, tokens
+from lienthong import keys, pki, tokens
 from lienthong.keys import PublicKey
 from lienthong.redis_connection import EmbeddedRedis, free_port
 from lienthong.snapshot import verify_jws
@@ -55,6 +56,15 @@ class Poller:
                 self.arrived[self.version] = time.perf_counter()
 
 
+def _ca(work: Path) -> Path:
+    """The mesh CA `lienthong registry init` made: the registry's HTTPS certificate is verified with it."""
+    return work / "registry" / "ca.crt"
+
+
+def _verify(work: Path) -> ssl.SSLContext:
+    return pki.client_context(_ca(work))
+
+
 def _start_registry(work: Path, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
     exe = Path(sys.executable).parent / "lienthong"
     subprocess.run([str(exe), "registry", "init", "--data-dir", str(work / "registry")], check=True,
@@ -62,15 +72,15 @@ def _start_registry(work: Path, redis_url: str) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     proc = subprocess.Popen(
         [str(exe), "registry", "serve", "--port", str(port), "--data-dir", str(work / "registry"),
-         "--redis-url", redis_url, "--upstream-allow", "127.0.0.1:9",  # the service's never-called upstream
-         "--insecure-http"],  # plain HTTP until the TLS sweep
+         "--redis-url", redis_url, "--upstream-allow", "127.0.0.1:9"],  # the service's never-called upstream
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{port}"
+    verify = _verify(work)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{base}/healthz", timeout=1, verify=verify).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             pass
@@ -84,7 +94,7 @@ async def _measure(base: str, work: Path, gateways: int) -> dict[str, Any]:
     from registry.keyfiles import signing_public_jwk
 
     registry_key = keys.public_key_from_jwk(signing_public_jwk(work / "registry"))
-    admin = RegistryClient(base, work / "registry" / "admin.key")
+    admin = RegistryClient(base, work / "registry" / "admin.key", ca=_ca(work))
     pollers = []
     for i in range(gateways):
         key = keys.generate()
@@ -101,7 +111,7 @@ async def _measure(base: str, work: Path, gateways: int) -> dict[str, Any]:
     grant = admin.add_grant("VN/GOV/BENCH/data", "VN/GOV/BENCH/data/x", ["bench"])
     current = int(admin.snapshot(gateway="gw00").headers["etag"].strip('"'))
     stop = asyncio.Event()
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=gateways + 5)) as http:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=gateways + 5), verify=_verify(work)) as http:
         tasks = [asyncio.create_task(p.loop(http, stop)) for p in pollers]
         deadline = time.monotonic() + 60
         while min(p.version for p in pollers) < current:
