@@ -326,6 +326,44 @@ def test_slow_loris_headers_do_not_starve_others(cm: ChaosMesh) -> None:
     still_serving(cm, "hanoi")
 
 
+def test_plain_http_on_the_tls_port_is_told_to_use_https(cm: ChaosMesh) -> None:
+    """A real client's real call sent in clear, and junk sent in clear: a 400 naming https (or a cut connection),
+    never data, and the gateway keeps serving over TLS."""
+    h = _headers(cm, HANOI_PORTAL, "hanoi")
+    call = f"GET {_person(cm)} HTTP/1.1\r\nHost: x\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+    for request in (call.encode(), b"\x00\x01\x02\xff\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", _port(cm, "hanoi")), timeout=30) as s:
+            s.sendall(request)
+            raw = b""
+            with contextlib.suppress(OSError):
+                while more := s.recv(65536):
+                    raw += more
+        assert cm.ids["population"][0].encode() not in raw
+        if request is not call.encode() and not raw:
+            continue  # junk may be cut without an answer
+        assert raw.startswith(b"HTTP/1.1 400 "), raw[:300]
+        assert b"https://" in raw, raw[:300]
+    still_serving(cm, "hanoi")
+
+
+def test_half_started_handshakes_are_closed(cm: ChaosMesh) -> None:
+    """Connections that send the start of a ClientHello and then nothing: the handshake never ends, the gateway
+    keeps serving and closes each of them (its handshake deadline)."""
+    socks = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", _port(cm, "hanoi")), timeout=5)
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a record header promising 512 bytes
+            socks.append(s)
+        still_serving(cm, "hanoi")
+        deadline = time.monotonic() + 60  # only to catch a gateway that never lets go
+        assert all(_closed_by_peer(s, deadline) for s in socks), "a half handshake was held open"
+    finally:
+        for s in socks:
+            s.close()
+    still_serving(cm, "hanoi")
+
+
 @pytest.fixture
 def many_fds() -> Iterator[int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
