@@ -99,13 +99,13 @@ async def _measure(base: str, work: Path, gateways: int) -> dict[str, Any]:
     for i in range(gateways):
         key = keys.generate()
         code = f"gw{i:02d}"
-        admin.add_gateway(code, f"http://127.0.0.1:{20000 + i}", [keys.public_jwk(key)])
+        admin.add_gateway(code, f"https://127.0.0.1:{20000 + i}", [keys.public_jwk(key)])
         pollers.append(Poller(base, code, key, registry_key))
     admin.add_member("VN/GOV/BENCH", "Benchmark ministry", "gw00")
     admin.add_subsystem("VN/GOV/BENCH/data", "Benchmark data")
     doc = {"openapi": "3.0.3", "info": {"title": "bench", "version": "v1"},
            "paths": {"/x": {"get": {"responses": {"200": {"description": "ok"}}}}}}  # fmt: skip
-    admin.register_service("VN/GOV/BENCH/data/x", openapi=doc, gateway="gw00", upstream_url="http://127.0.0.1:9",
+    admin.register_service("VN/GOV/BENCH/data/x", openapi=doc, gateway="gw00", upstream_url="https://127.0.0.1:9",
                            name="x")  # fmt: skip
     admin.approve_service("VN/GOV/BENCH/data/x")
     grant = admin.add_grant("VN/GOV/BENCH/data", "VN/GOV/BENCH/data/x", ["bench"])
