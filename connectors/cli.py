@@ -63,7 +63,11 @@ def connector() -> None:
     help="PEM integrator key of the provider subsystem (registry calls)",
 )
 @click.option("--kid", default=None, help="key id of --key as registered in the registry")
-@click.option("--public-url", default=None, help="URL the gateway reaches this connector at [default http://HOST:PORT]")
+@click.option(
+    "--public-url",
+    default=None,
+    help="URL the gateway reaches this connector at [default https://HOST:PORT; http:// with --insecure-http]",
+)
 @click.option(
     "--gateway-keys",
     "gateway_keys",
