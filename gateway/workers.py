@@ -27,6 +27,7 @@ import uvloop
 
 from gateway.settings import GatewaySettings
 from lienthong.pki import server_context
+from policies.authn import share_replay_cache
 
 log = logging.getLogger("lienthong.gateway.workers")
 
@@ -72,6 +73,7 @@ def serve(settings: GatewaySettings) -> None:
     # Made before the fork, so that every worker holds the same session ticket keys: a client resumes its TLS session
     # whichever worker accepts its next connection (a hop then costs no full handshake in the steady state).
     tls = None if settings.insecure_http else server_context(settings.cert_files, "optional")
+    share_replay_cache()  # before the fork too: an assertion accepted by one worker is a replay at every other
     supervisor = _Supervisor(lambda: _worker_main(sock, ops_sock, tls), settings.workers)
     try:
         supervisor.run()

@@ -13,6 +13,11 @@ about the catalogue; the one check that needs the route (an assertion's `svc`) i
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import mmap
+import struct
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -105,7 +110,7 @@ class Authn(PolicyBase):
         # insertion: a client token lives at most 300 s, so the oldest entry is also the nearest to expiring.
         self._verified: OrderedDict[str, tuple[dict[str, Any], float, int]] = OrderedDict()
         self.cached_bytes = 0  # sum of the entries' costs, kept at most CACHE_BUDGET_BYTES
-        # (issuing gateway, its nonce jti) -> exp: assertions already accepted by this worker
+        # (issuing gateway, its nonce jti) -> exp: assertions already accepted, when no shared set was made
         self._seen_jti: dict[tuple[str, str], float] = {}
         self._seen_purge_at = 0.0
 
@@ -227,6 +232,15 @@ class Authn(PolicyBase):
         ctx.issue = claims.get("issue")
 
     def _check_replay(self, iss: str, jti: str, exp: float, now: float) -> None:
+        shared = _SHARED_REPLAY
+        if shared is not None:  # the gateway's workers share one set (see SharedReplaySet)
+            first = shared.first_use(iss, jti, exp, now)
+            if first is None:
+                raise Problem(503, "busy", "too many assertions in flight to check for replays: try again shortly")
+            if not first:
+                raise _invalid_assertion("assertion replayed (its jti was already accepted)")
+            return
+        # one process (an app built without the worker supervisor): its own set
         if now >= self._seen_purge_at:
             self._seen_jti = {k: e for k, e in self._seen_jti.items() if e + 5 > now}
             self._seen_purge_at = now + 5
@@ -234,6 +248,66 @@ class Authn(PolicyBase):
         if key in self._seen_jti:
             raise _invalid_assertion("assertion replayed (its jti was already accepted)")
         self._seen_jti[key] = exp
+
+
+_SLOT = struct.Struct("<16sd")  # blake2b-128 of (iss, jti), its exp (0.0: never used)
+# 24 MiB shared: an entry lives its assertion's <= 30 s + REPLAY_GRACE, so the table holds ~30,000 accepted assertions
+# a second with room to spare (kept under half full, probe runs stay short)
+REPLAY_SLOTS = 1 << 20
+REPLAY_PROBE = 64
+REPLAY_GRACE = 5.0  # seconds an entry outlives its exp (the clock skew an assertion's exp is read with)
+
+
+class SharedReplaySet:
+    """The assertions accepted by any worker of this gateway: a fixed table of slots in an anonymous shared mmap,
+    made by the parent before it forks (`share_replay_cache`), so every worker sees the same memory. A check and its
+    insert run under a POSIX record lock (lockf) on a temporary file: held per process and dropped by the kernel if
+    the holder dies, so a crashed worker cannot wedge the others. Open addressing over at most REPLAY_PROBE slots;
+    an expired slot is reused. A full probe run (REPLAY_PROBE unexpired assertions in a row: a table far over its
+    sizing) refuses the call 503 `busy` rather than forget one: replay protection never degrades silently."""
+
+    def __init__(self, slots: int = REPLAY_SLOTS) -> None:
+        self.slots = slots
+        self.mem = mmap.mmap(-1, slots * _SLOT.size)  # MAP_SHARED: a forked worker writes the parent's pages
+        self.lockfile = tempfile.TemporaryFile(prefix="lienthong-replay-")
+
+    def first_use(self, iss: str, jti: str, exp: float, now: float) -> bool | None:
+        """Record (iss, jti) until exp: True; False if it is already recorded (a replay); None if no slot is free."""
+        key = hashlib.blake2b(f"{iss}\0{jti}".encode(), digest_size=16).digest()
+        start = int.from_bytes(key[:8], "little")
+        mem, size, slots = self.mem, _SLOT.size, self.slots
+        fd = self.lockfile.fileno()
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            free = -1
+            for i in range(REPLAY_PROBE):
+                at = ((start + i) % slots) * size
+                seen, until = _SLOT.unpack_from(mem, at)
+                if until == 0.0:  # never used: the key is not further on
+                    if free < 0:
+                        free = at
+                    break
+                live = until + REPLAY_GRACE > now
+                if live and seen == key:
+                    return False
+                if not live and free < 0:
+                    free = at
+            if free < 0:
+                return None
+            _SLOT.pack_into(mem, free, key, exp)
+            return True
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
+_SHARED_REPLAY: SharedReplaySet | None = None
+
+
+def share_replay_cache() -> None:
+    """Called by the gateway's parent process before it forks its workers: from then on every Authn made in this
+    process or its children checks replays in one set, whichever worker accepted the connection."""
+    global _SHARED_REPLAY
+    _SHARED_REPLAY = SharedReplaySet()
 
 
 def build(cfg: ChainConfig) -> Authn:
