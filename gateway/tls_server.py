@@ -149,26 +149,37 @@ class TLSSession:
 class TLSTransport:
     """What the HTTP connection writes to over TLS: the raw transport's interface, bytes encrypted on the way."""
 
-    __slots__ = ("raw", "session")
+    __slots__ = ("ended", "raw", "session")
 
     def __init__(self, session: TLSSession) -> None:
         self.session = session
         self.raw = session.raw
+        self.ended = False  # close_notify sent: nothing more can be written
 
     def write(self, data: bytes) -> None:
-        if self.raw.is_closing():
+        if self.ended or self.raw.is_closing():
             return
         self.session.sslobj.write(data)
         self.session.flush()
 
     def close(self) -> None:
-        if not self.raw.is_closing():
-            try:
-                self.session.sslobj.unwrap()  # close_notify, so the client knows the answer was whole
-            except ssl.SSLError:
-                pass
-            self.session.flush()
+        self.write_eof()
         self.raw.close()
+
+    def can_write_eof(self) -> bool:
+        return True  # TLS's half-close is close_notify: the client sees the end of the answers at once
+
+    def write_eof(self) -> None:
+        """Send close_notify (once) and keep reading: what a lingering close needs under TLS, where the client
+        otherwise sees no end of the answers until the socket itself closes."""
+        if self.ended or self.raw.is_closing():
+            return
+        self.ended = True
+        try:
+            self.session.sslobj.unwrap()  # close_notify, so the client knows the answers were whole
+        except ssl.SSLError:
+            pass  # SSLWantReadError: the client's close_notify is not needed, we do not wait for it
+        self.session.flush()
 
     def abort(self) -> None:
         self.raw.abort()
@@ -181,12 +192,6 @@ class TLSTransport:
 
     def resume_reading(self) -> None:
         self.raw.resume_reading()
-
-    def can_write_eof(self) -> bool:
-        return False  # half-closing under TLS is close_notify, which close() sends
-
-    def write_eof(self) -> None:
-        raise NotImplementedError
 
     def get_write_buffer_size(self) -> int:
         return self.raw.get_write_buffer_size()
