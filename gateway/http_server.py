@@ -545,6 +545,14 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection without a goodbye (its close failed)."""
+        self.closing = True
+        transport = self.transport
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.abort()
+
 
 def _refusal(problem: Problem) -> Request:
     """A parse failure waiting behind an answer in progress (pipelining): answered like any refused request, by the
@@ -680,7 +688,11 @@ class Server:
             await asyncio.sleep(1.0)
             now = self.loop.time()
             for conn in list(self.connections):
-                conn.expire(now)
+                try:
+                    conn.expire(now)
+                except Exception:  # one connection's failure must not end the sweep: it alone closes the lingering
+                    log.exception("closing a connection failed; aborting it")
+                    conn.abort()
 
     async def stop(self) -> None:
         """Stop accepting, let calls in flight finish (up to SHUTDOWN_GRACE), then close what is left."""
