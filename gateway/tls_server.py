@@ -159,7 +159,13 @@ class TLSTransport:
     def write(self, data: bytes) -> None:
         if self.ended or self.raw.is_closing():
             return
-        self.session.sslobj.write(data)
+        try:
+            self.session.sslobj.write(data)
+        except ssl.SSLError:  # the session broke (a bad record came in): no answer can reach the client, so close,
+            self.ended = True  # rather than raise into the answer and leave the connection open with it unfinished
+            self.session.flush()  # the alert that says why
+            self.raw.close()
+            return
         self.session.flush()
 
     def close(self) -> None:

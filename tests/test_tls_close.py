@@ -132,3 +132,26 @@ def test_a_refusal_over_tls_ends_the_answers_at_once_while_the_socket_lingers(me
             peek.setblocking(False)
             with pytest.raises(BlockingIOError):  # no FIN yet: the server still lingers
                 peek.recv(1, socket.MSG_PEEK)
+
+
+BROKEN_RECORD = b"\x17\x03\x03\x00\x20" + b"\x00" * 32  # application data that fails its MAC
+
+
+@pytest.mark.parametrize("rest", [ANSWERED[1], REFUSED[0]])
+def test_a_broken_record_behind_a_request_ends_the_connection(mesh: Mesh, rest: bytes) -> None:
+    """A TLS record that fails to decrypt, right behind a request whose answer is still being made: the session is
+    broken, the answer cannot be encrypted, and the connection must close rather than stay open with the answer
+    unfinished (the write used to raise into the answer, which then never finished: open for good)."""
+    raw = socket.create_connection(("127.0.0.1", mesh.gateways["national"].port), timeout=HANG)
+    with MESH_TLS.wrap_socket(raw) as sock:
+        sock.sendall(_request(mesh, "national", rest, version=b"1.1", close=False))
+        os.write(sock.fileno(), BROKEN_RECORD)  # under the TLS layer, as a broken or hostile client would
+        with socket.socket(fileno=os.dup(sock.fileno())) as tcp:  # the alert is not the end: the socket must close
+            tcp.settimeout(HANG)
+            try:
+                while tcp.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                pytest.fail(f"the server kept a connection with a broken TLS session open {HANG} s")
