@@ -393,9 +393,11 @@ class Connection(asyncio.Protocol):
                 await self._asgi(request, path, query)
         except Exception:
             log.exception("unexpected error answering %s %r", request.method, request.target[:200])
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(problem_bytes(Problem(500, "internal-error", "the gateway failed")))
             request.keep_alive = False
+            # whatever the write does, _finished must run: it alone closes a connection that owes a close
+            if self.transport is not None and not self.transport.is_closing():
+                with contextlib.suppress(Exception):
+                    self.transport.write(problem_bytes(Problem(500, "internal-error", "the gateway failed")))
         finally:
             self.server.in_flight -= 1
         self._finished(request)
