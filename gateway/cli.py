@@ -17,6 +17,7 @@ import orjson
 from gateway.settings import (
     DEFAULT_BODY_LIMIT,
     DEFAULT_MAX_SNAPSHOT_AGE,
+    KEY_FILE,
     GatewaySettings,
     parse_listen,
     parse_policies,
@@ -165,7 +166,7 @@ def serve(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     data = Path(data_dir or f"var/gateways/{code}").resolve()
-    key_path = Path(key_file).resolve() if key_file else data / "gateway.key"
+    key_path = Path(key_file).resolve() if key_file else data / KEY_FILE
     if not key_path.exists():
         raise click.UsageError(f"no gateway key at {key_path}; run `lienthong gateway keygen --code {code}` first")
     private = keys.load_private(key_path)
@@ -214,7 +215,7 @@ def gateway_keygen(code: str, data_dir: str | None, force: bool) -> None:
         ids.validate("gateway", code, "code")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    path = Path(data_dir or f"var/gateways/{code}") / "gateway.key"
+    path = Path(data_dir or f"var/gateways/{code}") / KEY_FILE
     if path.exists() and not force:
         key = keys.load_private(path)
     else:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from gateway.settings import KEY_FILE
 from lienthong import keys, tokens
 from lienthong.problem import Problem
 from lienthong.snapshot import Snapshot
@@ -95,7 +96,7 @@ def mint_member_token(
 
 def operator_token_from(data_dir: Path, gateway: str, lifetime: int = DEFAULT_OPERATOR_LIFETIME) -> str:
     """An operator token signed with the gateway's own key, read from its data dir (what `ops login` does)."""
-    key = keys.load_private(Path(data_dir) / "gateway.key")
+    key = keys.load_private(Path(data_dir) / KEY_FILE)
     return mint_operator_token(key, keys.public_jwk(key)["kid"], gateway, lifetime=lifetime)
 
 

@@ -19,6 +19,7 @@ DEFAULT_BODY_LIMIT = 1_048_576  # 1 MiB (protocol §6, 413 body-too-large)
 DEFAULT_BREAKER_FAILURES = 5  # consecutive transport failures that open an upstream's circuit
 DEFAULT_BREAKER_OPEN_SECONDS = 5.0  # how long an open circuit answers 503 before letting one probe through
 DEFAULT_SNAPSHOT_WAIT = 30  # long-poll seconds asked of the registry
+KEY_FILE = "gateway.key"  # the gateway's signing key (PEM), inside its data dir, unless --key says otherwise
 ALL_POLICIES = ("authn", "authz", "quota", "minimize", "meter", "audit", "trace")
 
 

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
+from gateway.settings import KEY_FILE
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_REGISTRY = "https://127.0.0.1:8600"
@@ -113,7 +115,7 @@ def gateway_cert(
     root = home
     data = data_dir or root / "gateways" / code
     obtain(tls_dir=tls_dir or data / "tls", identity_uri=pki.identity("gateway", code),
-           key_path=key_file or data / "gateway.key", kid=kid, iss=f"gateway:{code}", registry_url=registry_url,
+           key_path=key_file or data / KEY_FILE, kid=kid, iss=f"gateway:{code}", registry_url=registry_url,
            registry_ca=registry_ca, home=root, force=force)  # fmt: skip
 
 

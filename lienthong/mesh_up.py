@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 
+from gateway.settings import KEY_FILE
 from lienthong import keys, pki
 from lienthong.mesh_client import MeshClient, tls_http
 from lienthong.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS, MeshPaths
@@ -217,7 +218,7 @@ def _start_processes(
             port = pick_port(host, config.gateway_ports[gw.code], f"gateway {gw.code}", say)
             url = f"{scheme}://{host}:{port}"
             mesh.gateway_urls[gw.code] = url
-            jwk = keys.public_jwk(_ensure_key(paths.gateway(gw.code) / "gateway.key"))
+            jwk = keys.public_jwk(_ensure_key(paths.gateway(gw.code) / KEY_FILE))
             _register_gateway(admin, gw.code, url, jwk)
         for member in MEMBERS:
             _exists_ok(admin.add_member, member.id, member.name, member.home_gateway)
@@ -296,7 +297,7 @@ def issue_certificates(mesh: Mesh, say: Say) -> None:
     paths = mesh.config.paths
     for gw in GATEWAYS:
         certify(mesh, paths.gateway_tls(gw.code), pki.identity("gateway", gw.code),
-                paths.gateway(gw.code) / "gateway.key", f"gateway:{gw.code}")  # fmt: skip
+                paths.gateway(gw.code) / KEY_FILE, f"gateway:{gw.code}")  # fmt: skip
     for spec in CONNECTORS:
         certify(mesh, paths.connector_tls(spec.name), pki.identity("subsystem", spec.subsystem),
                 paths.client_key(spec.subsystem), spec.subsystem)  # fmt: skip

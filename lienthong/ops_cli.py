@@ -17,6 +17,7 @@ import orjson
 
 from gateway.cli import OPS_URL_FILE
 from gateway.ops_auth import DEFAULT_OPERATOR_LIFETIME, OPERATOR_MAX_LIFETIME, mint_member_token, mint_operator_token
+from gateway.settings import KEY_FILE
 from lienthong import ids, keys
 from lienthong.mesh_layout import MeshPaths
 from lienthong.tokens import MAX_CLIENT_TOKEN_LIFETIME
@@ -68,7 +69,7 @@ def login(
     data = data_dir or MeshPaths(home).gateway(code)  # where `lienthong up` keeps it
     if subsystem is not None and key_file is None:
         raise click.UsageError("--as needs the subsystem's client --key")
-    path = key_file or data / "gateway.key"
+    path = key_file or data / KEY_FILE
     try:
         key = keys.load_private(path)
     except (OSError, ValueError) as exc:
