@@ -21,10 +21,8 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import jwt
-import orjson
 
 from gateway import metaservices, metrics
 from gateway.assertions import ASSERTION_HEADER, AssertionSigner
@@ -193,18 +191,12 @@ class CallHandler:
             raise Problem(400, "invalid-parameter", f"{route.metaservice} answers GET only", field="method")
         if not self.authn_enabled:
             self._unverified_identity(ctx)
-        snapshot = ctx.snapshot
-        doc: dict[str, Any]
-        if route.metaservice == "listClients":
-            doc = metaservices.list_clients(snapshot)
-        elif route.metaservice == "listMethods":
-            doc = metaservices.list_methods(snapshot, str(route.subsystem))
-        elif route.metaservice == "allowedMethods":
-            doc = metaservices.allowed_methods(snapshot, str(route.subsystem), str(ctx.client))
-        else:
-            doc = metaservices.get_openapi(snapshot, str(route.subsystem), ctx.query)
+        content_type, body = metaservices.answer(
+            ctx.snapshot, str(route.metaservice), route.subsystem, str(ctx.client), ctx.query,
+            ctx.headers.get("accept", ""),
+        )  # fmt: skip
         ctx.status = 200
-        return Reply(200, {"content-type": "application/json"}, orjson.dumps(doc))
+        return Reply(200, {"content-type": content_type}, body)
 
     # -- service calls -----------------------------------------------------------------------------------------
 

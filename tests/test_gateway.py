@@ -237,16 +237,19 @@ def test_dead_upstream_is_502_then_the_circuit_opens_and_half_open_probes(mesh: 
 
 
 def test_metaservices(mesh: Mesh) -> None:
-    clients = get(mesh, "nghean", NA_CLIENT, "/r1/listClients")
-    assert clients.status_code == 200 and NA_CLIENT in {c["id"] for c in clients.json()["clients"]}
+    # shapes of X-Road's documents (PR-META §2, PR-MREST §4); tests/test_xroad_metaservices.py checks them rule by rule
+    clients = get(mesh, "nghean", NA_CLIENT, "/r1/listClients", Accept="application/json")
+    subsystems = {"/".join(c["id"][k] for k in ("xroad_instance", "member_class", "member_code", "subsystem_code"))
+                  for c in clients.json()["member"] if c["id"]["object_type"] == "SUBSYSTEM"}  # fmt: skip
+    assert clients.status_code == 200 and NA_CLIENT in subsystems
     methods = get(mesh, "nghean", NA_CLIENT, "/r1/VN/GOV/BCA/population/listMethods").json()
-    codes = {s["service_code"] for s in methods["services"]}
+    codes = {s["service_code"] for s in methods["service"]}
     assert {"persons", "slow"} <= codes
     allowed = get(mesh, "hanoi", HN_CLIENT, "/r1/VN/GOV/BCA/population/allowedMethods").json()
-    assert [s["service_code"] for s in allowed["services"]] == ["persons"]  # HN_CLIENT has no grant for slow
+    assert [s["service_code"] for s in allowed["service"]] == ["persons"]  # HN_CLIENT has no grant for slow
     na_allowed = get(mesh, "nghean", NA_CLIENT, "/r1/VN/GOV/BCA/population/allowedMethods").json()
-    persons = next(s for s in na_allowed["services"] if s["service_code"] == "persons")
-    assert [(e["method"], e["path"]) for e in persons["endpoints"]] == [("GET", "/persons/{id}")]
+    persons = next(s for s in na_allowed["service"] if s["service_code"] == "persons")
+    assert [(e["method"], e["path"]) for e in persons["endpoint_list"]] == [("GET", "/persons/*")]
     spec = get(mesh, "nghean", NA_CLIENT, "/r1/VN/GOV/BCA/population/getOpenAPI?serviceCode=persons").json()
     assert "/persons/{id}" in spec["paths"]
     missing = get(mesh, "nghean", NA_CLIENT, "/r1/VN/GOV/BCA/population/getOpenAPI")
