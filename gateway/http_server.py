@@ -128,7 +128,11 @@ def response_bytes(
 def is_r1(path: bytes) -> bool:
     """An `/r1/` call, spelled plainly or percent-encoded (`/%721/`): both take the direct route, with the raw path,
     so that a refused one is audited whatever its spelling."""
-    return path.startswith(b"/r1/") or (b"%" in path and unquote(path.decode("latin-1")).startswith("/r1/"))
+    return (
+        path.startswith(b"/r1/")
+        or path == b"/listClients"  # X-Road's path for listClients (PR-META §2), answered like /r1/listClients
+        or (b"%" in path and unquote(path.decode("latin-1")).startswith("/r1/"))
+    )
 
 
 def problem_bytes(problem: Problem) -> bytes:

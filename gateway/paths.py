@@ -67,9 +67,12 @@ def _encode(text: str) -> str:
 
 
 def parse_r1(raw_path: str) -> R1Path:
-    """Split `/r1/VN/CLASS/MEMBER/SUBSYSTEM/SERVICE/rest...`; raise 400 invalid-path on anything suspicious."""
+    """Split `/r1/VN/CLASS/MEMBER/SUBSYSTEM/SERVICE/rest...` (or `/listClients`); raise 400 invalid-path on anything
+    suspicious."""
     if "#" in raw_path:
         raise _invalid("the request target has a fragment ('#'), which HTTP does not allow (RFC 9112 §3.2)")
+    if raw_path == "/listClients":  # X-Road's own path for it (PR-META §2); /r1/listClients is kept as well
+        return R1Path(None, "/", metaservice="listClients")
     if not raw_path.startswith("/r1/") and _decode(raw_path[1:].partition("/")[0]) != "r1":
         raise _invalid("the path does not start with one /r1/ segment")  # e.g. '/r1%2F...': no encoded '/' there either
     segments = raw_path.split("/")[2:]  # drop "" and "r1"

@@ -165,3 +165,12 @@ def test_list_clients_by_instance(mesh: Mesh) -> None:
     ours = get(mesh, "/r1/listClients?xRoadInstance=VN", Accept="application/json").json()["member"]
     assert len(ours) == 6
     assert get(mesh, "/r1/listClients?xRoadInstance=EE", Accept="application/json").json() == {"member": []}
+
+
+def test_list_clients_at_xroad_path(mesh: Mesh) -> None:
+    """PR-META §2: the request URL is `https://SECURITYSERVER:8443/listClients`, at the server's root (no /r1)."""
+    response = get(mesh, "/listClients")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/xml")
+    assert response.content == get(mesh, "/r1/listClients").content
+    as_json = get(mesh, "/listClients?xRoadInstance=VN", Accept="application/json")
+    assert len(as_json.json()["member"]) == 6
