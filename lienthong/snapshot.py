@@ -104,11 +104,16 @@ class Grant:
     per_minute: int | None
     per_day: int | None
     revoked: bool
+    default_purpose: str | None = None  # one of purposes, named by the registry; see implied_purpose
+    # The purpose a call without X-Purpose gets under this grant (X-Road clients send none): the default purpose,
+    # else the only purpose; None when the grant names several and no default. Computed once per snapshot.
+    implied_purpose: str | None = None
+
+    def covers(self, method: str, path_template: str) -> bool:
+        return not self.revoked and (self.endpoints is None or (method, path_template) in self.endpoints)
 
     def allows(self, method: str, path_template: str, purpose: str | None) -> bool:
-        if self.revoked or purpose is None or purpose not in self.purposes:
-            return False
-        return self.endpoints is None or (method, path_template) in self.endpoints
+        return purpose is not None and purpose in self.purposes and self.covers(method, path_template)
 
 
 # -- path templates (protocol §2) -------------------------------------------------------------------------------
@@ -392,16 +397,22 @@ def _grant(g: Any) -> Grant:
     if not isinstance(quota, dict):
         raise EntryError(f"quota {_show(quota)} is not an object")
     fields = g.get("fields")
+    purposes = frozenset(_strings(g, "purposes"))
+    default = _text(g, "default_purpose")
+    if default is not None and default not in purposes:
+        raise EntryError(f"default_purpose {_show(default)} is not one of the grant's purposes")
     return Grant(
         id=ident,
         consumer=_ident(g, "consumer"),
         service=_ident(g, "service"),
         endpoints=endpoints,
-        purposes=frozenset(_strings(g, "purposes")),
+        purposes=purposes,
         fields=None if fields is None else tuple(_strings(g, "fields")),
         per_minute=_count(quota, "per_minute"),
         per_day=_count(quota, "per_day"),
         revoked=_flag(g, "revoked", False),
+        default_purpose=default,
+        implied_purpose=default if default is not None else next(iter(purposes)) if len(purposes) == 1 else None,
     )
 
 

@@ -172,6 +172,7 @@ class Audit(PolicyBase):
             "prev": None,
             "provider_gateway": ctx.provider_gateway,
             "purpose": ctx.purpose,
+            "purpose_by_default": ctx.purpose_by_default,
             "request_hash": ctx.request_hash or hashlib.sha256(ctx.body).hexdigest(),
             "request_in_ts": _ms(ctx.request_in),
             "request_out_ts": _ms(ctx.request_out),

@@ -41,6 +41,7 @@ class CallContext:
     path_params: dict[str, str] = field(default_factory=dict)
     client: str | None = None  # consumer subsystem id, from the client token or the gateway assertion
     purpose: str | None = None
+    purpose_by_default: bool = False  # no X-Purpose came; authz applied the grant's default purpose
     user_id: str | None = None
     issue: str | None = None
     grant: Grant | None = None

@@ -347,6 +347,11 @@ def grants_group() -> None:
 @click.option("--consumer", required=True, help="consumer subsystem id")
 @click.option("--service", required=True, help="service id")
 @click.option("--purpose", "purposes", multiple=True, required=True, help="purpose code; repeatable")
+@click.option(
+    "--default-purpose",
+    default=None,
+    help="one of the purposes, applied to calls without X-Purpose (X-Road clients) [default: the only purpose]",
+)
 @click.option("--endpoint", "endpoints", multiple=True, help="'METHOD /path/{template}'; repeatable [default: all]")
 @click.option("--field", "fields", multiple=True, help="dotted response field; repeatable [default: all]")
 @click.option("--per-minute", type=click.IntRange(min=1), default=None)
@@ -356,6 +361,7 @@ def grants_add(
     consumer: str,
     service: str,
     purposes: tuple[str, ...],
+    default_purpose: str | None,
     endpoints: tuple[str, ...],
     fields: tuple[str, ...],
     per_minute: int | None,
@@ -375,7 +381,13 @@ def grants_add(
     with _client(**api) as c:
         result = _run(
             lambda: c.add_grant(
-                consumer, service, list(purposes), endpoints=eps, fields=list(fields) or None, quota=quota or None
+                consumer,
+                service,
+                list(purposes),
+                endpoints=eps,
+                fields=list(fields) or None,
+                quota=quota or None,
+                default_purpose=default_purpose,
             )
         )
     _echo_json(result)

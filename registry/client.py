@@ -213,6 +213,7 @@ class RegistryClient:
         endpoints: str | list[dict[str, str]] = "*",
         fields: list[str] | None = None,
         quota: dict[str, int] | None = None,
+        default_purpose: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "consumer": consumer,
@@ -223,6 +224,8 @@ class RegistryClient:
         }
         if quota:
             body["quota"] = quota
+        if default_purpose is not None:
+            body["default_purpose"] = default_purpose
         return self._call("POST", "/grants", json=body)
 
     def get_grant(self, grant_id: str) -> dict[str, Any]:

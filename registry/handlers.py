@@ -556,11 +556,17 @@ async def create_grant(body: dict[str, Any]) -> Response:
     endpoints = body.get("endpoints", "*")
     if endpoints != "*":
         endpoints = [{"method": e["method"].upper(), "path": e["path"]} for e in endpoints]
+    purposes = sorted(set(body["purposes"]))
+    default_purpose = body.get("default_purpose")
+    if default_purpose is not None and default_purpose not in purposes:
+        # a gateway would quarantine such a grant (lienthong/snapshot.py): refuse it here instead
+        raise bad_request("default_purpose", f"default_purpose {default_purpose!r} is not one of the grant's purposes")
     grant = {
         "consumer": consumer,
         "service": service_id,
         "endpoints": endpoints,
-        "purposes": sorted(set(body["purposes"])),
+        "purposes": purposes,
+        "default_purpose": default_purpose,
         "fields": body.get("fields"),
         "quota": body.get("quota"),
         "revoked": False,

@@ -207,7 +207,7 @@ def test_authz_sets_the_grant(world: World) -> None:
         {"client": OTHER_CONSUMER},  # no grant at all
         {"snapshot_kw": {"approved": False}},
         {"snapshot_kw": {"enabled": False}},
-        {"purpose": ""},
+        {"purpose": "", "method": "POST", "path": "/persons"},  # no purpose, no grant to imply one (issue 15)
     ],
 )
 def test_authz_denies_by_default(world: World, kw: dict[str, object]) -> None:
