@@ -61,6 +61,8 @@ class AssertionSigner:
             claims["uid"] = ctx.user_id
         if ctx.issue:
             claims["issue"] = ctx.issue
+        if ctx.purpose_by_default:  # no X-Purpose came: the hosting gateway's audit says so too (issue 15)
+            claims["purpose_default"] = True
         if ctx.grant is not None:
             claims["grant"] = ctx.grant.id
         if ctx.traceparent:

@@ -228,6 +228,7 @@ class Authn(PolicyBase):
         ctx.client = sub
         ctx.consumer_gateway = iss
         ctx.purpose = claims.get("purpose")
+        ctx.purpose_by_default = claims.get("purpose_default") is True
         ctx.user_id = claims.get("uid")
         ctx.issue = claims.get("issue")
 

@@ -106,8 +106,9 @@ def test_a_default_purpose_applies_when_x_purpose_is_absent_and_the_audit_says_s
     assert record["purpose_by_default"] is True
     keys = [k for k in record if k != "hash"]  # the writer appends the chain's hash last
     assert keys == sorted(keys)  # the record keeps its sorted keys
-    # the hosting gateway checks the same purpose again, carried in the consumer gateway's assertion
-    assert audit_record(mesh, "national", r.headers["x-road-id"])["purpose"] == A
+    # the hosting gateway checks the same purpose again, carried in the consumer gateway's assertion, and says so
+    hosted = audit_record(mesh, "national", r.headers["x-road-id"])
+    assert (hosted["purpose"], hosted["purpose_by_default"]) == (A, True)
 
 
 def test_an_explicit_x_purpose_still_wins(mesh: Mesh) -> None:
@@ -115,6 +116,8 @@ def test_an_explicit_x_purpose_still_wins(mesh: Mesh) -> None:
     assert r.status_code == 200, r.text
     record = audit_record(mesh, "nghean", r.headers["x-road-id"])
     assert (record["purpose"], record["purpose_by_default"]) == (B, False)
+    hosted = audit_record(mesh, "national", r.headers["x-road-id"])
+    assert (hosted["purpose"], hosted["purpose_by_default"]) == (B, False)
     refused = call(mesh, DEFAULTED, "tax-audit")  # not replaced by the default: refused
     assert refused.status_code == 403, refused.text
     assert "tax-audit" in refused.json()["detail"]
