@@ -42,7 +42,8 @@ TO_CONNECTOR = ("content-type", "accept", "accept-language", "idempotency-key", 
 TO_GATEWAY = (*TO_CONNECTOR, "x-road-userid", "x-road-issue", "x-purpose")
 # Headers the gateway itself sets on the way back; a connector's own copies are dropped.
 OWN_RESPONSE_HEADERS = frozenset(
-    {"x-road-id", "x-road-request-hash", "x-road-error", "content-length", "server", "date"}
+    {"x-road-id", "x-road-request-hash", "x-road-request-id", "x-road-client", "x-road-service", "x-road-error",
+     "content-length", "server", "date"}
 )
 FORWARD_TIMEOUT_MARGIN_MS = 1000  # the hosting gateway's own 504 should arrive before ours
 MAX_TRANSACTION_ID = 128
@@ -177,8 +178,17 @@ class CallHandler:
             if ctx is not None:
                 ctx.status, ctx.error_code = problem.status, problem.code
                 ctx.response_body, ctx.response_headers = reply.body, reply.headers
-        reply.headers["x-road-id"] = txid
-        reply.headers["x-road-request-hash"] = rhash
+        headers_out = reply.headers
+        headers_out["x-road-id"] = txid
+        headers_out["x-road-request-hash"] = rhash
+        # PR-REST "X-Road specific headers returned in the response": the client and service as this gateway
+        # established them (never a connector's), and a unique id of this request
+        headers_out["x-road-request-id"] = new_transaction_id()
+        if ctx is not None:
+            if ctx.client:
+                headers_out["x-road-client"] = ctx.client
+            if ctx.service_id:
+                headers_out["x-road-service"] = ctx.service_id
         return reply, ctx
 
     # -- metaservices ------------------------------------------------------------------------------------------

@@ -302,8 +302,9 @@ CASES = ["none", "garbage-token", "expired-token", "another-gateways-token", "no
 
 
 def _answer(r: httpx.Response) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
-    """Everything the caller sees but the per-call X-Road-Id, request hash and date."""
-    headers = sorted((k, v) for k, v in r.headers.items() if k not in ("x-road-id", "x-road-request-hash", "date"))
+    """Everything the caller sees but the per-call X-Road-Id, request id, request hash and date."""
+    per_call = ("x-road-id", "x-road-request-id", "x-road-request-hash", "date")
+    headers = sorted((k, v) for k, v in r.headers.items() if k not in per_call)
     return r.status_code, tuple(headers), r.content
 
 
