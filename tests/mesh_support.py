@@ -392,6 +392,15 @@ class Mesh:
         self.doc["gateways"].append({"code": code, "base_url": gw.url, "keys": [gw.key.jwk], "version": 1})
         return gw
 
+    def add_parties(self, homes: dict[str, str], subsystems: Iterable[str], clients: Iterable[str] = ()) -> None:
+        """Members with their home gateways, their subsystems, and the subsystems that get a client key."""
+        for member, home in homes.items():
+            self.add_member(member, home)
+        for sub in subsystems:
+            self.add_subsystem(sub)
+        for sub in clients:
+            self.add_client(sub)
+
     def add_member(self, member: str, home_gateway: str) -> None:
         self.doc["members"].append({"id": member, "name": member, "home_gateway": home_gateway, "version": 1})
 

@@ -52,12 +52,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
             m.add_gateway(code)
         m.start_registry()
         upstream = m.start_upstream("echo")
-        for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/NGHEAN", "nghean")):
-            m.add_member(member, home)
-        for sub in ("VN/GOV/BCA/population", DEFAULTED, SINGLE, SEVERAL):
-            m.add_subsystem(sub)
-        for client in (DEFAULTED, SINGLE, SEVERAL):
-            m.add_client(client)
+        m.add_parties({"VN/GOV/BCA": "national", "VN/PROV/NGHEAN": "nghean"},
+                      ("VN/GOV/BCA/population", DEFAULTED, SINGLE, SEVERAL), (DEFAULTED, SINGLE, SEVERAL))  # fmt: skip
         m.add_service(PERSONS, "national", upstream, [("GET", "/persons/{id}")], subject_param="id")
         m.add_grant("g-single", SINGLE, PERSONS, [A])
         m.add_grant("g-several", SEVERAL, PERSONS, [A, B])

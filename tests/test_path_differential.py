@@ -113,12 +113,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, recorder: Recorder) -> Iterat
         m.add_gateway(code)
     try:
         m.start_registry()
-        for member, home in (("VN/GOV/BCA", "national"), ("VN/GOV/BHXH", "national"), ("VN/PROV/HANOI", "hanoi")):
-            m.add_member(member, home)
-        for sub in ("VN/GOV/BCA/population", NATIONAL_CLIENT, HANOI_CLIENT):
-            m.add_subsystem(sub)
-        m.add_client(NATIONAL_CLIENT)
-        m.add_client(HANOI_CLIENT)
+        m.add_parties({"VN/GOV/BCA": "national", "VN/GOV/BHXH": "national", "VN/PROV/HANOI": "hanoi"},
+                      ("VN/GOV/BCA/population", NATIONAL_CLIENT, HANOI_CLIENT),
+                      (NATIONAL_CLIENT, HANOI_CLIENT))  # fmt: skip
         m.add_service(SERVICE, "national", f"http://127.0.0.1:{recorder.port}",
                       [("GET", "/persons/{id}"), ("GET", "/persons/{id}/residence")], subject_param="id")  # fmt: skip
         only_residence = [{"method": "GET", "path": "/persons/{id}/residence"}]

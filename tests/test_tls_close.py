@@ -38,12 +38,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m.add_gateway(code)
     try:
         m.start_registry()
-        for member, home in (("VN/GOV/BCA", "national"), ("VN/GOV/BHXH", "national"), ("VN/PROV/HANOI", "hanoi")):
-            m.add_member(member, home)
-        for sub in ("VN/GOV/BCA/population", CLIENT, HANOI_CLIENT):
-            m.add_subsystem(sub)
-        m.add_client(CLIENT)
-        m.add_client(HANOI_CLIENT)
+        m.add_parties({"VN/GOV/BCA": "national", "VN/GOV/BHXH": "national", "VN/PROV/HANOI": "hanoi"},
+                      ("VN/GOV/BCA/population", CLIENT, HANOI_CLIENT), (CLIENT, HANOI_CLIENT))  # fmt: skip
         upstream = m.start_upstream("echo")
         m.add_service(SERVICE, "national", upstream, [("GET", "/persons/{id}"), ("GET", "/persons/{id}/residence")],
                       subject_param="id")  # fmt: skip

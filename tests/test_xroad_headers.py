@@ -34,11 +34,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
             m.add_gateway(code)
         m.start_registry()
         upstream = m.start_upstream("echo")
-        for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/NGHEAN", "nghean")):
-            m.add_member(member, home)
-        for sub in ("VN/GOV/BCA/population", CLIENT):
-            m.add_subsystem(sub)
-        m.add_client(CLIENT)
+        m.add_parties({"VN/GOV/BCA": "national", "VN/PROV/NGHEAN": "nghean"},
+                      ("VN/GOV/BCA/population", CLIENT), [CLIENT])  # fmt: skip
         m.add_service(PERSONS, "national", upstream, [("GET", "/persons/{id}")], subject_param="id")
         m.add_grant("g", CLIENT, PERSONS, ["birth-registration"])
         version = m.publish()

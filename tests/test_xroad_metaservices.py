@@ -40,12 +40,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
     try:
         m.start_registry()
         upstream = m.start_upstream("echo")
-        for member, home in (("VN/GOV/BCA", "national"), ("VN/PROV/NGHEAN", "nghean"), ("VN/PROV/HANOI", "nghean")):
-            m.add_member(member, home)
-        for sub in (PROVIDER, CLIENT, OTHER):
-            m.add_subsystem(sub)
-        m.add_client(CLIENT)
-        m.add_client(OTHER)
+        m.add_parties({"VN/GOV/BCA": "national", "VN/PROV/NGHEAN": "nghean", "VN/PROV/HANOI": "nghean"},
+                      (PROVIDER, CLIENT, OTHER), (CLIENT, OTHER))  # fmt: skip
         m.add_service(PERSONS, "national", upstream, [("GET", "/persons/{id}"), ("POST", "/persons/search")])
         m.add_service(SLOW, "national", upstream, [("GET", "/slow/{ms}/{id}")])
         m.add_grant("g-persons", CLIENT, PERSONS, ["birth-registration"],
