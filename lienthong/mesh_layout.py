@@ -42,6 +42,8 @@ class GrantSpec:
     fields: tuple[str, ...] | None = None
     per_minute: int = 6000
     per_day: int = 1_000_000
+    # the purpose of a call that names none (X-Road clients send no X-Purpose); needed with several purposes
+    default_purpose: str | None = None
 
 
 GATEWAYS = (GatewaySpec("national", 8700), GatewaySpec("hanoi", 8701), GatewaySpec("nghean", 8702))
@@ -91,13 +93,13 @@ CARD_FIELDS = ("code", "category", "benefit_level", "province_code", "valid_from
 
 GRANTS = (
     GrantSpec(NGHEAN_CIVIL, CIVIL_STATUS, (BIRTH,)),
-    GrantSpec(NGHEAN_CIVIL, POPULATION, (BIRTH, VERIFY)),
+    GrantSpec(NGHEAN_CIVIL, POPULATION, (BIRTH, VERIFY), default_purpose=BIRTH),
     GrantSpec(NGHEAN_CIVIL, INSURANCE, (BIRTH,)),
     GrantSpec(HANOI_PORTAL, CIVIL_STATUS, (BIRTH,)),
-    GrantSpec(HANOI_PORTAL, POPULATION, (BIRTH, VERIFY)),
+    GrantSpec(HANOI_PORTAL, POPULATION, (BIRTH, VERIFY), default_purpose=BIRTH),
     GrantSpec(HANOI_PORTAL, INSURANCE, (BIRTH,), fields=("si_number", "person_id", "full_name")),
     GrantSpec(HANOI_PORTAL, BUSINESS, (LICENSING,), fields=("code", "name", "legal_status", "head_office")),
-    GrantSpec(MOJ, POPULATION, (VERIFY, BIRTH)),
+    GrantSpec(MOJ, POPULATION, (VERIFY, BIRTH), default_purpose=VERIFY),
     GrantSpec(MOJ, BUSINESS, (LICENSING,)),
 )
 
