@@ -125,7 +125,7 @@ async def drive(policies: str, calls: int, role: str, profile: bool, workdir: Pa
             reply, ctx = await handler.handle("GET", path, b"", headers, b"", started)
             if ctx is not None:
                 ctx.response_out = time.time()
-            metrics.count(ctx.role if ctx else "none", reply.status, reply.headers.get("x-road-error", ""), 0.001)
+            metrics.count(ctx.role if ctx else "none", reply.status, reply.error, 0.001)
             if ctx is not None and ctx.service is not None:
                 chain.log(ctx)
             total += time.perf_counter() - t0

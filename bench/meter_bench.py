@@ -56,7 +56,7 @@ async def measure(calls: int, redis_url: str, work: Path) -> dict[str, Any]:
     def fresh() -> CallContext:
         ctx = context(snap, headers=headers)
         ctx.status, ctx.response_body = 200, BODY
-        ctx.response_headers = {"content-type": "application/json"}
+        ctx.response_headers = [("content-type", "application/json")]
         return ctx
 
     authn, authz, quota, minimize = Authn("nghean"), Authz(), Quota(redis_url), Minimize()

@@ -49,7 +49,7 @@ class ForwardApp:
             self._client = UpstreamClient(Breakers(5, 5.0))
         answer = await self._client.call(method=method, base=self.upstream, target=_target(raw_path, query),
                                          headers={}, body=body, timeout_ms=5000, what="the upstream")  # fmt: skip
-        return Reply(answer.status, {"content-type": "application/json"}, answer.body)
+        return Reply(answer.status, [("content-type", "application/json")], answer.body)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})

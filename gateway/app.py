@@ -67,7 +67,7 @@ def chain_config(settings: GatewaySettings, private_key: keys.PrivateKey) -> Cha
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
     raw.append((b"content-length", str(len(reply.body)).encode()))
     await send({"type": "http.response.start", "status": reply.status, "headers": raw})
     await send({"type": "http.response.body", "body": reply.body})
@@ -202,7 +202,7 @@ class GatewayApp:
                 await send_reply(send, problem_reply(problem))
                 return
         body, content_type = metrics.render()
-        await send_reply(send, Reply(200, {"content-type": content_type}, body))
+        await send_reply(send, Reply(200, [("content-type", content_type)], body))
 
     async def r1(
         self, method: str, raw_path: str, query: bytes, headers: dict[str, str], body: bytes, started: float,
@@ -220,7 +220,7 @@ class GatewayApp:
             elif reply.status >= 400 and self._audit is not None:
                 self._audit.log(ctx)  # refused before routing (a path trick, no such service): audited, not metered
         role = ctx.role if ctx is not None and routed else "none"
-        metrics.count(role, reply.status, reply.headers.get("x-road-error", ""), time.time() - started)
+        metrics.count(role, reply.status, reply.error, time.time() - started)
         return reply
 
     async def _healthz(self, send: Send) -> None:
@@ -232,7 +232,7 @@ class GatewayApp:
             "snapshot_version": current.version if current else None,
             "quarantined": sorted(current.quarantined_services) if current else [],  # services it could not build
         }
-        await send_reply(send, Reply(200, {"content-type": "application/json"}, orjson.dumps(body)))
+        await send_reply(send, Reply(200, [("content-type", "application/json")], orjson.dumps(body)))
 
     async def _readyz(self, send: Send) -> None:
         stale = self.snapshots.staleness()
@@ -250,7 +250,7 @@ class GatewayApp:
             "snapshot_age_seconds": round(time.time() - self.snapshots.confirmed_at, 3),
             "max_snapshot_age_seconds": self.settings.max_snapshot_age,
         }
-        await send_reply(send, Reply(200, {"content-type": "application/json"}, orjson.dumps(body)))
+        await send_reply(send, Reply(200, [("content-type", "application/json")], orjson.dumps(body)))
 
     async def _ops(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.ops_app is None:

@@ -15,8 +15,6 @@ plain HTTP (--insecure-http, development).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -24,9 +22,10 @@ from dataclasses import dataclass
 
 import jwt
 
-from gateway import metaservices, metrics
+from gateway import metaservices, metrics, xroad_errors
 from gateway.assertions import ASSERTION_HEADER, AssertionSigner
 from gateway.paths import R1Path, parse_r1
+from gateway.request_hash import request_hash
 from gateway.snapshot_client import SnapshotClient
 from gateway.upstream import UpstreamClient, UpstreamResponse
 from lienthong import pki
@@ -36,36 +35,66 @@ from policies.authn import check_service
 from policies.base import CallContext
 from policies.chain import Chain
 
-# Only these client headers travel on; everything else (Authorization, X-Road-Client, hop-by-hop,
-# X-HTTP-Method-Override and friends) stops at the gateway that received it.
-TO_CONNECTOR = ("content-type", "accept", "accept-language", "idempotency-key", "tracestate")
-TO_GATEWAY = (*TO_CONNECTOR, "x-road-userid", "x-road-issue", "x-purpose")
+# What a gateway never passes on to the next hop (PR-REST 1.0.4 §4.3 "Filtered headers": hop-by-hop fields and those
+# that leak the origin host; plus method overrides, which must never change what was authorized, and the X-Road
+# fields the gateway itself sets or consumes). Every other client header travels unmodified (§4.3 "User defined
+# headers", "Cache headers"). X-Road-Client, X-Road-Id, traceparent and the assertion are set by the gateway;
+# Authorization only when it is the end user's (policies/authn.py); Accept-Encoding is dropped because the mesh
+# reads the answer (minimization, subjects in the response) and so needs it uncompressed.
+NOT_FORWARDED = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+        "transfer-encoding", "upgrade", "host", "user-agent", "server", "content-length", "expect", "accept-encoding",
+        "forwarded", "via", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+        "x-real-ip", "x-http-method-override", "x-http-method", "x-method-override", "authorization",
+        "x-road-client", "x-road-id", "x-road-request-hash", "x-road-request-id", "x-road-service", "x-road-error",
+        "x-road-security-server", "traceparent",
+    }
+)  # fmt: skip
+MESH_HEADERS = "x-lienthong-"  # the mesh's own namespace (the assertion): never taken from outside
 # Headers the gateway itself sets on the way back; a connector's own copies are dropped.
 OWN_RESPONSE_HEADERS = frozenset(
     {"x-road-id", "x-road-request-hash", "x-road-request-id", "x-road-client", "x-road-service", "x-road-error",
      "content-length", "server", "date"}
-)
+)  # fmt: skip
+# The upstream call's failures, by the X-Road type's last part when the side decides it (CallHandler._send)
+HOP_FAILURES = {
+    "upstream-failed": "NetworkError",
+    "upstream-timeout": "NetworkError",
+    "circuit-open": "NetworkError",
+    "certificate-identity-mismatch": "SslAuthenticationFailed",
+    "certificate-revoked": "SslAuthenticationFailed",
+}
 FORWARD_TIMEOUT_MARGIN_MS = 1000  # the hosting gateway's own 504 should arrive before ours
 MAX_TRANSACTION_ID = 128
+
+
+Headers = list[tuple[str, str]]  # lower-case names; a repeated field (Set-Cookie, Link) is several entries
 
 
 @dataclass(slots=True)
 class Reply:
     status: int
-    headers: dict[str, str]
+    headers: Headers
     body: bytes
-
-
-def request_hash(method: str, raw_path: str, query: bytes, body: bytes) -> str:
-    """base64 SHA-256 over 'METHOD\\nPATH\\nQUERY\\n' + body, the request as this gateway received it (§3)."""
-    digest = hashlib.sha256(f"{method}\n{raw_path}\n".encode("latin-1") + query + b"\n" + body).digest()
-    return base64.b64encode(digest).decode()
+    error: str = ""  # lienthong's code when the mesh refused or failed (metrics label it), else ""
 
 
 def problem_reply(problem: Problem, instance: str | None = None) -> Reply:
-    headers = {"content-type": PROBLEM_MEDIA_TYPE, "x-road-error": problem.code}
-    headers.update({k.lower(): v for k, v in problem.headers.items()})
-    return Reply(problem.status, headers, problem.to_bytes(instance))
+    headers = [("content-type", PROBLEM_MEDIA_TYPE), ("x-road-error", problem.code)]
+    headers.extend((k.lower(), v) for k, v in problem.headers.items())
+    return Reply(problem.status, headers, problem.to_bytes(instance), problem.code)
+
+
+def refusal_reply(problem: Problem, accept: str, tracking_id: str, relayed: bool = False) -> Reply:
+    """A refusal on /r1 in X-Road's shape (gateway/xroad_errors.py): X-Road-Error, status and body as the client's
+    Accept asks; the reply keeps lienthong's code for the metrics."""
+    status, headers, body = xroad_errors.render(problem, accept=accept, tracking_id=tracking_id, relayed=relayed)
+    return Reply(status, list(headers.items()), body, problem.code)
+
+
+def request_target(raw_path: str, query: bytes) -> str:
+    return f"{raw_path}?{query.decode('latin-1')}" if query else raw_path
 
 
 def new_transaction_id() -> str:
@@ -131,11 +160,14 @@ class CallHandler:
 
         `body_refused` is the server's refusal of the body (too large): answered here, after the context exists,
         so that it is audited like every other refusal."""
+        request_id = new_transaction_id()  # X-Road-Request-Id, and the `detail` of an X-Road error body
+        # the mesh hop (an assertion came) always gets problem+json, which the home gateway renders for its client
+        accept = PROBLEM_MEDIA_TYPE if ASSERTION_HEADER in headers else headers.get("accept", "")
         try:
             txid = transaction_id(headers)
         except Problem as problem:
-            return problem_reply(problem), None
-        rhash = request_hash(method, raw_path, query, body)
+            return refusal_reply(problem, accept, request_id), None
+        rhash = request_hash(method, request_target(raw_path, query), headers.items(), body)
         ctx: CallContext | None = None
         try:
             snapshot = self.snapshots.current
@@ -174,21 +206,22 @@ class CallHandler:
             else:
                 reply = await self._service_call(ctx, route)
         except Problem as problem:
-            reply = problem_reply(problem)
-            if ctx is not None:
+            reply = refusal_reply(problem, accept, request_id, relayed=problem.xroad_relayed)
+            if ctx is not None:  # audit and metrics keep lienthong's status and code (docs/protocol.md §6)
                 ctx.status, ctx.error_code = problem.status, problem.code
                 ctx.response_body, ctx.response_headers = reply.body, reply.headers
         headers_out = reply.headers
-        headers_out["x-road-id"] = txid
-        headers_out["x-road-request-hash"] = rhash
+        headers_out.append(("x-road-id", txid))
+        # at the home gateway, the hosting gateway's hash (verified in _forward); else this gateway's own
+        headers_out.append(("x-road-request-hash", ctx.request_hash if ctx is not None else rhash))
         # PR-REST "X-Road specific headers returned in the response": the client and service as this gateway
         # established them (never a connector's), and a unique id of this request
-        headers_out["x-road-request-id"] = new_transaction_id()
+        headers_out.append(("x-road-request-id", request_id))
         if ctx is not None:
             if ctx.client:
-                headers_out["x-road-client"] = ctx.client
+                headers_out.append(("x-road-client", ctx.client))
             if ctx.service_id:
-                headers_out["x-road-service"] = ctx.service_id
+                headers_out.append(("x-road-service", ctx.service_id))
         return reply, ctx
 
     # -- metaservices ------------------------------------------------------------------------------------------
@@ -206,7 +239,7 @@ class CallHandler:
             ctx.headers.get("accept", ""),
         )  # fmt: skip
         ctx.status = 200
-        return Reply(200, {"content-type": content_type}, body)
+        return Reply(200, [("content-type", content_type)], body)
 
     # -- service calls -----------------------------------------------------------------------------------------
 
@@ -252,23 +285,32 @@ class CallHandler:
 
         ctx.status = upstream.status
         ctx.response_body = upstream.body
-        ctx.response_headers = {k: v for k, v in upstream.headers if k not in OWN_RESPONSE_HEADERS}
+        ctx.response_headers = [(k, v) for k, v in upstream.headers if k not in OWN_RESPONSE_HEADERS]
         if ctx.role == "home":
-            # the hosting gateway's refusal or failure is still the mesh's, and says so
-            mesh_error = next((v for k, v in upstream.headers if k == "x-road-error"), None)
-            if mesh_error:
-                ctx.error_code = mesh_error
-                ctx.response_headers["x-road-error"] = mesh_error
-        try:
-            self.chain.response(ctx)
-        except Problem as problem:
-            ctx.status, ctx.error_code = problem.status, problem.code
-            reply = problem_reply(problem)
-            ctx.response_body, ctx.response_headers = reply.body, reply.headers
+            # the hosting gateway's refusal or failure is still the mesh's: rendered here for this client, with the
+            # provider side's X-Road type (handle() answers it)
+            relayed = xroad_errors.problem_from_relay(upstream.status, upstream.headers, upstream.body)
+            if relayed is not None:
+                relayed.xroad_relayed = True
+                raise relayed
+        self.chain.response(ctx)  # a refusal here (minimize) is answered by handle(), none of the provider's headers
         return Reply(ctx.status, ctx.response_headers, ctx.response_body)
 
-    def _outbound_headers(self, ctx: CallContext, names: tuple[str, ...], assertion: str) -> dict[str, str]:
-        out = {name: ctx.headers[name] for name in names if name in ctx.headers}
+    def _outbound_headers(self, ctx: CallContext, assertion: str) -> dict[str, str]:
+        """The client's headers as the next hop gets them (NOT_FORWARDED), and the mesh's own."""
+        # RFC 9110 §7.6.1: the fields Connection names are hop-by-hop too
+        named = {n.strip().lower() for n in ctx.headers.get("connection", "").split(",")}
+        out = {
+            name: value
+            for name, value in ctx.headers.items()
+            if name not in NOT_FORWARDED and name not in named and not name.startswith(MESH_HEADERS)
+        }
+        # the end user's credential, never the client's own mesh token (policies/authn.py decides which it is)
+        # (at the hosting gateway, an Authorization the home gateway passed on is the end user's by then)
+        if (ctx.end_user_authorization or ctx.role == "provider") and "authorization" in ctx.headers:
+            out["authorization"] = ctx.headers["authorization"]
+        if ctx.client:
+            out["x-road-client"] = ctx.client  # as the mesh established it (PR-REST §4.3)
         traceparent = ctx.traceparent or ctx.headers.get("traceparent")
         if traceparent:
             out["traceparent"] = traceparent
@@ -280,10 +322,8 @@ class CallHandler:
         base = ctx.snapshot.upstreams.get(str(ctx.service_id))
         if not base:
             raise Problem(502, "upstream-failed", f"no connector address is registered for {ctx.service_id} here")
-        target = route.raw_provider_path
-        if ctx.query:
-            target += "?" + ctx.query.decode("latin-1")
-        headers = self._outbound_headers(ctx, TO_CONNECTOR, self.signer.to_connector(ctx))
+        target = request_target(route.raw_provider_path, ctx.query)
+        headers = self._outbound_headers(ctx, self.signer.to_connector(ctx))
         timeout_ms = ctx.service.timeout_ms if ctx.service else 5000
         what = f"the connector of {ctx.service_id}"
         policy = ctx.snapshot.upstream_policy  # checked once per new connection (gateway.upstream)
@@ -297,14 +337,20 @@ class CallHandler:
             raise Problem(502, "upstream-failed", f"hosting gateway {host} has no address in the snapshot")
         base = str(gateway["base_url"])
         rest = route.raw_provider_path if route.raw_provider_path != "/" else ""
-        target = f"/r1/{ctx.service_id}{rest}"
-        if ctx.query:
-            target += "?" + ctx.query.decode("latin-1")
-        headers = self._outbound_headers(ctx, TO_GATEWAY, self.signer.to_gateway(ctx, host))
+        target = request_target(f"/r1/{ctx.service_id}{rest}", ctx.query)
+        headers = self._outbound_headers(ctx, self.signer.to_gateway(ctx, host))
         timeout_ms = (ctx.service.timeout_ms if ctx.service else 5000) + FORWARD_TIMEOUT_MARGIN_MS
         what = f"hosting gateway {host}"
         peer = pki.identity("gateway", host)  # the hosting gateway's certificate
-        return await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_GATEWAY, None, peer)
+        upstream = await self._send(ctx, base, target, headers, timeout_ms, what, metrics.UPSTREAM_GATEWAY, None, peer)
+        # PR-REST §4.3: the provider's security server makes X-Road-Request-Hash, the client's verifies it
+        expected = request_hash(ctx.method, target, headers.items(), ctx.body)
+        received = next((v for k, v in upstream.headers if k == "x-road-request-hash"), "")
+        if received != expected:
+            raise Problem(502, "inconsistent-response", f"hosting gateway {host} answered with an X-Road-Request-Hash "
+                          "that is not the hash of the request this gateway sent")  # fmt: skip
+        ctx.request_hash = received  # both gateways' audit records now carry the same hash
+        return upstream
 
     async def _send(
         self, ctx: CallContext, base: str, target: str, headers: dict[str, str], timeout_ms: int, what: str,
@@ -319,6 +365,15 @@ class CallHandler:
                 timeout_ms=timeout_ms, what=what, policy=policy,
                 peer=peer, revoked=ctx.snapshot.revoked_serials,
             )  # fmt: skip
+        except Problem as problem:
+            # X-Road names a failure by the side it happened on: reaching the hosting gateway is the client proxy's
+            # (NetworkError), reaching the connector the provider's (the table's ServiceFailed / NetworkError)
+            failure = HOP_FAILURES.get(problem.code)
+            if failure is not None and problem.xroad is None:
+                side = "Server.ClientProxy." if ctx.role == "home" else "Server.ServerProxy."
+                if ctx.role == "home" or failure == "SslAuthenticationFailed":
+                    problem.xroad = side + failure
+            raise
         finally:
             timer.observe(time.perf_counter() - started)
 

@@ -28,10 +28,11 @@ import asyncio
 import contextlib
 import http
 import logging
+import os
 import ssl
 import time
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from email.utils import formatdate
 from typing import Any, Protocol, cast
 from urllib.parse import unquote
@@ -39,9 +40,10 @@ from urllib.parse import unquote
 import httptools
 
 from gateway.tls_server import HANDSHAKE_RECORD, TLSSession, TLSTransport, describe, refusal_reason, refused
+from gateway.xroad_errors import render
 from lienthong.background import stop_task
 from lienthong.pki import Peer
-from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
+from lienthong.problem import Problem
 
 log = logging.getLogger("lienthong.gateway.http")
 
@@ -53,13 +55,15 @@ KEEPALIVE_TIMEOUT = 75.0
 PIPELINE_LIMIT = 16
 SHUTDOWN_GRACE = 10.0
 LINGER_SECONDS = 2.0
+# PR-REST §4.3: of several X-Road-Client headers the security server uses the last one
+LAST_WINS = frozenset({"x-road-client"})
 
 Message = MutableMapping[str, Any]
 
 
 class Reply(Protocol):
     status: int
-    headers: dict[str, str]
+    headers: list[tuple[str, str]]  # a repeated field (Set-Cookie) is several entries
     body: bytes
 
 
@@ -111,10 +115,10 @@ CLOCK = _Clock()
 
 
 def response_bytes(
-    status: int, headers: dict[str, str], body: bytes, *, keep_alive: bool, with_body: bool = True
+    status: int, headers: Iterable[tuple[str, str]], body: bytes, *, keep_alive: bool, with_body: bool = True
 ) -> bytes:
     """A whole HTTP/1.1 response framed by Content-Length."""
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     parts = [status_line(status), head.encode("latin-1", "replace"), b"content-length: ", str(len(body)).encode(),
              b"\r\n", CLOCK.date()]  # fmt: skip
     if not keep_alive:
@@ -135,10 +139,14 @@ def is_r1(path: bytes) -> bool:
     )
 
 
-def problem_bytes(problem: Problem) -> bytes:
-    """The server's own refusal (the connection closes after it)."""
-    headers = {"content-type": PROBLEM_MEDIA_TYPE, "x-road-error": problem.code}
-    return response_bytes(problem.status, headers, problem.to_bytes(), keep_alive=False)
+def problem_bytes(problem: Problem, request: Request | None = None) -> bytes:
+    """The server's own refusal (the connection closes after it), in X-Road's shape as the request's Accept asks
+    (gateway/xroad_errors.py), like every refusal on /r1."""
+    accept = request.headers.get("accept", "") if request is not None else ""
+    request_id = os.urandom(16).hex()
+    status, headers, body = render(problem, accept=accept, tracking_id=request_id)
+    headers["x-road-request-id"] = request_id
+    return response_bytes(status, headers.items(), body, keep_alive=False)
 
 
 class Request:
@@ -264,7 +272,12 @@ class Connection(asyncio.Protocol):
         if name == b"host":
             request.hosts += 1
         request.raw_headers.append((name, value))
-        request.headers[name.decode("latin-1")] = value.decode("latin-1")
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        earlier = request.headers.get(key)
+        if earlier is not None and key not in LAST_WINS:
+            # RFC 9110 §5.3: repeated field lines are one comma-separated list (a Cookie's pairs join with "; ")
+            text = earlier + ("; " if key == "cookie" else ", ") + text
+        request.headers[key] = text
 
     def on_headers_complete(self) -> None:
         request = self.request
@@ -392,7 +405,7 @@ class Connection(asyncio.Protocol):
                 self._write(request, reply.status, reply.headers, reply.body)
             elif request.refused is not None:
                 if self.transport is not None:
-                    self.transport.write(problem_bytes(request.refused))
+                    self.transport.write(problem_bytes(request.refused, request))
             else:
                 await self._asgi(request, path, query)
         except Exception:
@@ -401,7 +414,7 @@ class Connection(asyncio.Protocol):
             # whatever the write does, _finished must run: it alone closes a connection that owes a close
             if self.transport is not None and not self.transport.is_closing():
                 with contextlib.suppress(Exception):
-                    self.transport.write(problem_bytes(Problem(500, "internal-error", "the gateway failed")))
+                    self.transport.write(problem_bytes(Problem(500, "internal-error", "the gateway failed"), request))
         finally:
             self.server.in_flight -= 1
         self._finished(request)
@@ -427,7 +440,7 @@ class Connection(asyncio.Protocol):
         else:
             self._continue()
 
-    def _write(self, request: Request, status: int, headers: dict[str, str], body: bytes) -> None:
+    def _write(self, request: Request, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         if self.transport is not None:
             data = response_bytes(status, headers, body, keep_alive=request.keep_alive,
                                   with_body=request.method != "HEAD")  # fmt: skip
@@ -440,7 +453,7 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         if self.active is None:
-            transport.write(problem_bytes(problem))
+            transport.write(problem_bytes(problem, self.request))
             self._linger(transport)
         else:
             transport.pause_reading()
@@ -528,7 +541,7 @@ class Connection(asyncio.Protocol):
             if "sent_head" in started:
                 request.keep_alive = False  # a response cut short cannot be framed: close
             elif self.transport is not None:
-                self.transport.write(problem_bytes(Problem(500, "internal-error", "no response from the app")))
+                self.transport.write(problem_bytes(Problem(500, "internal-error", "no response from the app"), request))
                 request.keep_alive = False
 
     def expire(self, now: float) -> None:
@@ -547,7 +560,7 @@ class Connection(asyncio.Protocol):
         if not self.closing and self.active is None and self.request is not None:
             problem = Problem(408, "invalid-parameter", "the request did not arrive in time", field="request")
             with contextlib.suppress(Exception):
-                self.transport.write(problem_bytes(problem))
+                self.transport.write(problem_bytes(problem, self.request))
         self.closing = True
         self.transport.close()
 

@@ -21,6 +21,8 @@ from lienthong.keys import PrivateKey
 
 TIMEOUT = 30.0
 
+PROBLEM_ACCEPT = "application/problem+json, */*;q=0.5"
+
 
 def tls_http(ca: Path, cert_dir: Path | None = None, timeout: float = TIMEOUT) -> httpx.Client:
     """An HTTPS client that verifies the gateway with the mesh CA and, given a pki.CertFiles dir, presents its
@@ -64,7 +66,8 @@ class MeshClient:
         return self._token
 
     def headers(self, purpose: str, **extra: str | None) -> dict[str, str]:
-        out = {"X-Road-Client": self.subsystem, "X-Purpose": purpose}
+        # lienthong's own client: refusals as problem details at lienthong's precise status (docs/protocol.md §6)
+        out = {"X-Road-Client": self.subsystem, "X-Purpose": purpose, "Accept": PROBLEM_ACCEPT}
         if self.key is not None:
             out["Authorization"] = f"Bearer {self.token()}"
         out.update({k: v for k, v in extra.items() if v is not None})

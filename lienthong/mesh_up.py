@@ -361,6 +361,7 @@ def _configure(mesh: Mesh, say: Say) -> None:
                 endpoints=endpoints,
                 fields=list(grant.fields) if grant.fields is not None else None,
                 quota={"per_minute": grant.per_minute, "per_day": grant.per_day},
+                default_purpose=grant.default_purpose,  # X-Road clients send no X-Purpose
             )
         version = int(admin.snapshot(gateway=GATEWAYS[0].code).headers["etag"].strip('"'))
     wait_for_snapshot(mesh, version)

@@ -41,6 +41,7 @@ class Problem(Exception):
         *,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        xroad: str | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail)
@@ -49,6 +50,9 @@ class Problem(Exception):
         self.detail = detail
         self.field = field
         self.headers = headers or {}
+        # the X-Road error type when the code alone does not decide it (gateway/xroad_errors.py)
+        self.xroad = xroad
+        self.xroad_relayed = False  # the hosting gateway's refusal, passed on by the home gateway
         self.extra = extra
 
     def to_dict(self, instance: str | None = None) -> dict[str, Any]:

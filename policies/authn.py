@@ -2,10 +2,11 @@
 the hosting gateway (§4.2). Every failure is 401 `invalid-token` / `invalid-assertion`; the detail never echoes the
 token. A client whose member is homed at another gateway is refused with 403 `access-denied`.
 
-A client may instead authenticate by its TLS client certificate, X-Road's way (§9.x): no Authorization header, a
-verified certificate naming urn:lienthong:subsystem:S, and X-Road-Client: S (else 403
-`certificate-identity-mismatch`); the home-gateway rule is the same. A token sent beside a subsystem certificate must
-name the same subsystem.
+A client may instead authenticate by its TLS client certificate, X-Road's way (§9.x): a verified certificate naming
+urn:lienthong:subsystem:S, and X-Road-Client: S (else 403 `certificate-identity-mismatch`); the home-gateway rule is
+the same. Beside such a certificate, an Authorization holding one of the mesh's client tokens (its kid is a client key)
+is verified and must name the same subsystem; any other Authorization is the end user's, passed on to the provider
+unread (PR-REST §4.7: X-Road passes JWTs from the consumer to the provider unmodified).
 
 The gateway runs this policy before it routes (Chain.identify), so a caller without valid credentials learns nothing
 about the catalogue; the one check that needs the route (an assertion's `svc`) is `check_service`, run after it.
@@ -26,7 +27,7 @@ from typing import Any
 from lienthong import pki
 from lienthong.keys import PublicKey
 from lienthong.problem import Problem
-from lienthong.tokens import TokenError, verify
+from lienthong.tokens import TokenError, unverified_kid, verify
 from policies.base import CallContext, PolicyBase
 from policies.chain import ChainConfig
 
@@ -63,6 +64,18 @@ def _certificate_subsystem(ctx: CallContext) -> str | None:
         return None
     parsed = pki.parse_identity(peer.identity)
     return parsed[1] if parsed is not None and parsed[0] == "subsystem" else None
+
+
+def _mesh_token(header: str, client_keys: Mapping[str, tuple[str, PublicKey]]) -> bool:
+    """Whether an Authorization header holds one of this mesh's client tokens (its kid is a client key of the
+    snapshot): such a token is verified and never passed on; anything else beside a certificate is the end user's."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token or len(header) > MAX_AUTHORIZATION:
+        return False
+    try:
+        return unverified_kid(token.strip()) in client_keys
+    except TokenError:
+        return False
 
 
 def _entry_cost(token: str) -> int:
@@ -125,7 +138,10 @@ class Authn(PolicyBase):
     def _client_token(self, ctx: CallContext) -> None:
         header = ctx.headers.get("authorization", "")
         certified = _certificate_subsystem(ctx)
-        if not header and certified is not None:
+        if certified is not None and not _mesh_token(header, ctx.snapshot.client_keys):
+            # X-Road's way: the certificate authenticates; an Authorization beside it is the end user's credential
+            # for the provider, passed on unread (PR-REST §4.7)
+            ctx.end_user_authorization = bool(header)
             self._client_certificate(ctx, certified)
             return
         if len(header) > MAX_AUTHORIZATION:  # before any parsing work

@@ -53,10 +53,11 @@ class CallContext:
     subjects: list[str] | None = None  # the data subjects' identifiers, once read_subjects() ran; never logged
     items: int = 1  # the batch's item count (quota and meter count items), 1 for any other call
     peer: Peer | None = None  # the TLS client's verified certificate (read once per connection), None over plain HTTP
+    end_user_authorization: bool = False  # Authorization is the end user's, passed on (the client used its certificate)
     # response side
     status: int = 0
     response_body: bytes = b""
-    response_headers: dict[str, str] = field(default_factory=dict)
+    response_headers: list[tuple[str, str]] = field(default_factory=list)  # lower-case names, repeats kept
     error_code: str | None = None  # set when the mesh, not the provider, failed or refused
     # X-Road operational-monitoring times (time.time())
     request_in: float = field(default_factory=time.time)

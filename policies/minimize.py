@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
+from lienthong.problem import Problem
 from policies.base import CallContext, PolicyBase
 from policies.chain import ChainConfig
 
@@ -76,8 +76,9 @@ class Minimize(PolicyBase):
         try:
             doc = orjson.loads(ctx.response_body)
         except orjson.JSONDecodeError:
-            self._refuse(ctx, "the provider's response is not JSON, so it cannot be limited to the granted fields")
-            return
+            # the router answers this (and drops the provider's headers)
+            raise Problem(502, "upstream-failed", "the provider's response is not JSON, so it cannot be limited to "
+                          "the granted fields") from None  # fmt: skip
         if "problem+json" in content_type and isinstance(doc, dict):
             cut: Any = {k: v for k, v in doc.items() if k in PROBLEM_MEMBERS and not isinstance(v, dict | list)}
         else:
@@ -85,31 +86,13 @@ class Minimize(PolicyBase):
         ctx.response_body = orjson.dumps(cut)
         _drop_header(ctx.response_headers, "content-length")
 
-    def _refuse(self, ctx: CallContext, detail: str) -> None:
-        problem = Problem(502, "upstream-failed", detail)
-        ctx.status = 502
-        ctx.error_code = problem.code
-        ctx.response_body = problem.to_bytes()
-        for name in list(ctx.response_headers):
-            if name.lower() in ("content-type", "content-length", "content-encoding"):
-                del ctx.response_headers[name]
-        ctx.response_headers["content-type"] = PROBLEM_MEDIA_TYPE
-        ctx.response_headers["x-road-error"] = problem.code
+
+def _header(headers: list[tuple[str, str]], name: str) -> str:
+    return next((value for key, value in headers if key.lower() == name), "")
 
 
-def _header(headers: dict[str, str], name: str) -> str:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    for key, val in headers.items():
-        if key.lower() == name:
-            return val
-    return ""
-
-
-def _drop_header(headers: dict[str, str], name: str) -> None:
-    for key in [k for k in headers if k.lower() == name]:
-        del headers[key]
+def _drop_header(headers: list[tuple[str, str]], name: str) -> None:
+    headers[:] = [(key, value) for key, value in headers if key.lower() != name]
 
 
 def build(cfg: ChainConfig) -> Minimize:

@@ -39,6 +39,7 @@ import jwt
 import orjson
 
 from lienthong import keys, pki, tokens
+from lienthong.mesh_client import PROBLEM_ACCEPT
 from lienthong.redis_connection import free_port
 from tests.procs import Proc, lienthong
 from tests.registry_support import TEST_UPSTREAM_ALLOW
@@ -59,6 +60,9 @@ def _trust_store() -> ssl.SSLContext:
 # has made, added as each Mesh learns its CA (a context's trust store may grow; new handshakes use it). A test that
 # checks refusals builds its own context instead.
 MESH_TLS = _trust_store()
+# What lienthong's own clients send: refusals as RFC 9457 problem details at lienthong's precise status
+# (docs/protocol.md §6); an X-Road client (tests/xroad_client.py) sends its own Accept and gets X-Road's shape.
+LIENTHONG_ACCEPT = PROBLEM_ACCEPT
 
 # -- the stand-in registry (a child process) --------------------------------------------------------------------
 
@@ -102,19 +106,19 @@ def _standin_registry(directory: Path) -> Any:
                 return
             version, data = found
             if str(version) != held:
-                await _send(send, 200, data, "application/jose", {"etag": f'"{version}"'})
+                await _send(send, 200, data, "application/jose", [("etag", f'"{version}"')])
                 return
             if time.monotonic() >= deadline:
-                await _send(send, 304, b"", "application/jose", {"etag": f'"{version}"'})
+                await _send(send, 304, b"", "application/jose", [("etag", f'"{version}"')])
                 return
             await asyncio.sleep(0.05)
 
     return app
 
 
-async def _send(send: Any, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+async def _send(send: Any, status: int, body: bytes, ctype: str, extra: list[tuple[str, str]] | None = None) -> None:
     headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -123,7 +127,8 @@ async def _send(send: Any, status: int, body: bytes, ctype: str, extra: dict[str
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Echoes what reached it. /slow/{ms} sleeps first; /status/{code} answers that status; /big answers 64 KiB."""
+    """Echoes what reached it. /slow/{ms} sleeps first; /status/{code} answers that status; /big answers 64 KiB;
+    a path with a `cookies` segment answers two Set-Cookie and two Link fields."""
     if scope["type"] != "http":
         return
     body = b""
@@ -159,7 +164,11 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         },
     }
     out = orjson.dumps(doc)
-    await _send(send, status, out, "application/json", {"x-road-error": "forged-by-upstream"})
+    extra = [("x-road-error", "forged-by-upstream")]
+    if "cookies" in parts:  # repeated response fields, which must all reach the client
+        extra += [("set-cookie", "a=1; Path=/"), ("set-cookie", "b=2; Path=/"), ("link", "</p/2>; rel=next"),
+                  ("link", "</p/9>; rel=last"), ("x-provider-note", "kept")]  # fmt: skip
+    await _send(send, status, out, "application/json", extra)
 
 
 # -- keys and snapshots -----------------------------------------------------------------------------------------
@@ -227,6 +236,7 @@ class GatewayProc:
         """An httpx client for this gateway (base_url set), verifying it with the mesh CA; `cert` is a client
         certificate to present (Mesh.client_cert)."""
         verify = pki.client_context(self.ca_path, cert) if self.tls else True
+        options.setdefault("headers", {"accept": LIENTHONG_ACCEPT})
         return httpx.Client(base_url=self.url, verify=verify, **options)
 
     @property
@@ -303,6 +313,7 @@ class Mesh:
 
     def client(self, cert: pki.CertFiles | None = None, **options: Any) -> httpx.Client:
         """An httpx client verifying every gateway of this mesh with its CA; `cert` a client certificate to present."""
+        options.setdefault("headers", {"accept": LIENTHONG_ACCEPT})
         return httpx.Client(verify=pki.client_context(self.ca_path, cert) if self.tls else True, **options)
 
     def issuer(self) -> Any:
@@ -674,7 +685,8 @@ def call_headers(
     mesh: Mesh, subsystem: str, home: str, purpose: str = "birth-registration", **extra: str
 ) -> dict[str, str]:
     token = client_token(mesh.clients[subsystem], subsystem, home)
-    return {"Authorization": f"Bearer {token}", "X-Road-Client": subsystem, "X-Purpose": purpose, **extra}
+    return {"Authorization": f"Bearer {token}", "X-Road-Client": subsystem, "X-Purpose": purpose,
+            "Accept": LIENTHONG_ACCEPT, **extra}  # fmt: skip
 
 
 def _main(argv: list[str]) -> None:

@@ -29,6 +29,7 @@ DYNAMIC = frozenset(
         ("lienthong/api_problems.py", "on_connexion_problem"),
         ("lienthong/api_problems.py", "on_http_exception"),
         ("connectors/sdk/errors.py", "_from_status"),
+        ("gateway/xroad_errors.py", "problem_from_relay"),  # rebuilds a hosting gateway's refusal, raised elsewhere
     }
 )
 

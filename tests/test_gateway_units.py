@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.breaker import CircuitBreaker
-from gateway.calls import request_hash, transaction_id
+from gateway.calls import transaction_id
 from gateway.paths import parse_r1
+from gateway.request_hash import request_hash
 from gateway.settings import GatewaySettings, parse_policies
 from gateway.snapshot_client import SnapshotClient
 from lienthong.problem import Problem
@@ -80,8 +81,14 @@ def test_breaker_opens_refuses_then_lets_one_probe_through() -> None:
 
 
 def test_request_hash_and_transaction_id() -> None:
-    expected = base64.b64encode(hashlib.sha256(b"POST\n/r1/x\na=1\n{}").digest()).decode()
-    assert request_hash("POST", "/r1/x", b"a=1", b"{}") == expected
+    """PR-REST 1.0.4 §4.3: base64 SHA512(SHA512(headers) + SHA512(body)); SHA512(headers) alone without a body."""
+    head = b"POST /r1/x?a=1 HTTP/1.1\r\naccept: */*\r\nx-b: 2\r\n"
+    with_body = hashlib.sha512(hashlib.sha512(head).digest() + hashlib.sha512(b"{}").digest()).digest()
+    headers = [("X-B", "2"), ("Host", "gw"), ("accept", "*/*"), ("content-length", "2")]  # hop fields left out
+    assert request_hash("POST", "/r1/x?a=1", headers, b"{}") == base64.b64encode(with_body).decode()
+    no_body = hashlib.sha512(b"GET /r1/x HTTP/1.1\r\n").digest()
+    assert request_hash("GET", "/r1/x", [], b"") == base64.b64encode(no_body).decode()
+    assert len(base64.b64decode(request_hash("GET", "/r1/y", [], b""))) == 64
     assert len(transaction_id({})) == 32
     assert transaction_id({"x-road-id": "abc-1"}) == "abc-1"
     with pytest.raises(Problem) as caught:

@@ -40,7 +40,7 @@ BIG = b"x" * 32768  # the answer of /r1/lots
 @dataclass
 class FakeReply:
     status: int
-    headers: dict[str, str]
+    headers: list[tuple[str, str]]
     body: bytes
 
 
@@ -66,13 +66,13 @@ class FakeApp:
             await asyncio.sleep(float(query or b"0.3"))
         self.events.append(("end", call["query"]))
         if raw_path == "/r1/lots":
-            return FakeReply(200, {"content-type": "text/plain", "x-query": call["query"]}, BIG)
+            return FakeReply(200, [("content-type", "text/plain"), ("x-query", call["query"])], BIG)
         if body_refused is not None:
-            headers_out = {"content-type": PROBLEM_MEDIA_TYPE, "x-road-error": body_refused.code}
+            headers_out = [("content-type", PROBLEM_MEDIA_TYPE), ("x-road-error", body_refused.code)]
             return FakeReply(body_refused.status, headers_out, body_refused.to_bytes())
         echo = {"method": method, "path": raw_path, "query": call["query"], "body": body.decode("latin-1"),
                 "x-test": headers.get("x-test"), "content-type": headers.get("content-type")}  # fmt: skip
-        return FakeReply(200, {"content-type": "application/json", "x-echo": "r1"}, orjson.dumps(echo))
+        return FakeReply(200, [("content-type", "application/json"), ("x-echo", "r1")], orjson.dumps(echo))
 
     async def __call__(self, scope, receive, send) -> None:
         assert scope["type"] == "http"

@@ -46,7 +46,7 @@ def test_refused_and_served_calls_are_both_metered_and_audited(redis_url: str, t
         chain.access(served)
         assert served.traceparent is not None and served.grant is not None
         served.status = 200
-        served.response_headers = {"content-type": "application/json"}
+        served.response_headers = [("content-type", "application/json")]
         served.response_body = orjson.dumps({"id": "040203004567", "full_name": "A", "religion": "x"})
         chain.response(served)
         assert orjson.loads(served.response_body) == {"id": "040203004567", "full_name": "A"}
