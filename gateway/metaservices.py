@@ -26,6 +26,8 @@ from lienthong.problem import Problem
 from lienthong.snapshot import Service, Snapshot
 
 JSON = "application/json"
+# PR-REST §4.3 Content-Type: what the security server itself answers names its character encoding
+JSON_UTF8 = "application/json;charset=utf-8"
 _TEMPLATE = re.compile(r"\{[^/{}]*\}")  # an OpenAPI path parameter; X-Road writes it as the wildcard `*` (B.1)
 
 
@@ -211,13 +213,13 @@ def answer(
     if name == "listClients":
         clients = list_clients(snapshot, query)
         if _accepts(accept, JSON):  # PR-META §2: JSON only when asked; text/xml otherwise
-            return JSON, orjson.dumps(clients)
-        return "text/xml; charset=utf-8", client_list_xml(clients)
+            return JSON_UTF8, orjson.dumps(clients)
+        return "text/xml;charset=utf-8", client_list_xml(clients)
     if name == "listMethods":
-        return JSON, orjson.dumps(list_methods(snapshot, str(subsystem)))
+        return JSON_UTF8, orjson.dumps(list_methods(snapshot, str(subsystem)))
     if name == "allowedMethods":
-        return JSON, orjson.dumps(allowed_methods(snapshot, str(subsystem), client))
+        return JSON_UTF8, orjson.dumps(allowed_methods(snapshot, str(subsystem), client))
     document = get_openapi(snapshot, str(subsystem), query)
     if _accepts(accept, "text/yaml") and not _accepts(accept, JSON):  # PR-MREST Annex A: JSON or text/yaml
-        return "text/yaml; charset=utf-8", yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
-    return JSON, orjson.dumps(document)
+        return "text/yaml;charset=utf-8", yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
+    return JSON_UTF8, orjson.dumps(document)

@@ -28,6 +28,9 @@ ID_NS = "{http://x-road.eu/xsd/identifiers}"
 XROAD_NS = "{http://x-road.eu/xsd/xroad.xsd}"
 SERVICE_KEYS = {"xroad_instance", "member_class", "member_code", "subsystem_code", "service_code", "object_type",
                 "service_type", "endpoint_list"}  # fmt: skip
+# PR-REST §4.3 Content-Type: "The REST messages originating from the Security Server ... MUST include the header and
+# indicate the content's type and character encoding with it"
+JSON_UTF8 = "application/json;charset=utf-8"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def get(mesh: Mesh, path: str, client: str = CLIENT, **extra: str) -> httpx.Resp
 def test_list_methods_shape(mesh: Mesh) -> None:
     """PR-MREST §4, Annex A `restServiceDetailsListType`, B.1: `{"service": [...]}` with X-Road's identifier members."""
     response = get(mesh, f"/r1/{PROVIDER}/listMethods", Accept="application/json")
-    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.status_code == 200 and response.headers["content-type"] == JSON_UTF8
     services = {s["service_code"]: s for s in response.json()["service"]}
     assert set(services) == {"persons", "slow"}
     persons = services["persons"]
@@ -89,7 +92,7 @@ def test_allowed_methods_lists_only_what_the_caller_may_call(mesh: Mesh) -> None
     """PR-MREST §4 and B.2: allowedMethods has listMethods' shape, cut to the services and endpoints open to the
     client."""
     response = get(mesh, f"/r1/{PROVIDER}/allowedMethods")
-    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.status_code == 200 and response.headers["content-type"] == JSON_UTF8
     services = response.json()["service"]
     assert [s["service_code"] for s in services] == ["persons"]
     assert SERVICE_KEYS <= set(services[0])
@@ -100,7 +103,7 @@ def test_allowed_methods_lists_only_what_the_caller_may_call(mesh: Mesh) -> None
 def test_get_openapi_returns_the_description(mesh: Mesh) -> None:
     """PR-MREST §5 and Annex A: `getOpenAPI?serviceCode=X` answers the service's OpenAPI description, as JSON."""
     response = get(mesh, f"/r1/{PROVIDER}/getOpenAPI?serviceCode=persons")
-    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.status_code == 200 and response.headers["content-type"] == JSON_UTF8
     document = response.json()
     assert document["openapi"].startswith("3.") and "/persons/{id}" in document["paths"]
 
@@ -146,7 +149,7 @@ def test_list_clients_json_on_request(mesh: Mesh) -> None:
     """PR-META §2 and Annex B `clientList`/`xroadIdentifier`, C.1 JSON: `Accept: application/json` gives
     `{"member": [{"id": {...}, "name", "subsystem_name"}]}`."""
     response = get(mesh, "/r1/listClients", Accept="application/json")
-    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.status_code == 200 and response.headers["content-type"] == JSON_UTF8
     members = response.json()["member"]
     assert {"id": {"xroad_instance": "VN", "member_class": "PROV", "member_code": "NGHEAN", "object_type": "MEMBER"},
             "name": "VN/PROV/NGHEAN"} in members  # fmt: skip
