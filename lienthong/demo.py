@@ -93,8 +93,13 @@ class Demo:
         """A plain HTTP request to a gateway's HTTPS port gets 400 tls-required: nothing crosses in clear."""
         url = self.mesh.gateway_urls["hanoi"].replace("https://", "http://", 1)
         try:
-            r = httpx.get(f"{url}/healthz", timeout=10)
+            r = httpx.get(f"{url}/healthz", timeout=10)  # no problem+json asked: X-Road's shape, 400 Client.*
             status, detail = r.status_code, r.text[:200].replace("\n", " ")
+            try:  # lienthong's code is the body's `code`; the X-Road-Error header holds X-Road's type
+                body = r.json()
+                detail = f"{body.get('code')}: {body.get('message')} (X-Road-Error {r.headers.get('x-road-error')})"
+            except ValueError:
+                pass
         except httpx.HTTPError as exc:
             status, detail = 0, f"{type(exc).__name__}: {exc}"
         self.report.steps.append(Step("plain HTTP to gateway hanoi is refused", 400, status, detail))
@@ -115,8 +120,8 @@ class Demo:
                 detail = response.text[:200]
         self.report.steps.append(Step(step, expected, response.status_code, detail))
         mark = "[green]✔[/]" if response.status_code == expected else "[red]✘[/]"
-        mesh_error = response.headers.get("x-road-error")
-        extra = f" (mesh error {mesh_error})" if mesh_error else ""
+        mesh_error = response.headers.get("x-road-error")  # X-Road's type; lienthong's code is in the body
+        extra = f" (X-Road-Error {mesh_error})" if mesh_error else ""
         self.console.print(f"  {mark} {step}: HTTP {response.status_code}{extra} {detail}")
         return response
 

@@ -288,6 +288,7 @@ def test_a_kept_alive_connection_ends_when_the_server_certificate_expires(
 # -- live: gateways and connectors as processes ----------------------------------------------------------------------
 
 SERVICE = "VN/GOV/BCA/population/persons"
+RELAYED_TLS_REFUSAL = "Server.ServerProxy.SslAuthenticationFailed"
 MIRROR = "VN/GOV/BCA/population/mirror"  # registered at an address where another subsystem's connector answers
 PORTAL = "VN/PROV/HANOI/portal"  # a client homed at hanoi
 UNKNOWN = "040199999999"  # well-formed, not on file: the connector answers 404
@@ -372,7 +373,9 @@ def test_live_a_call_crosses_the_mesh_hop_and_reaches_the_connector_over_tls(liv
 def test_live_a_connector_with_another_subsystems_certificate_is_refused_and_audited(live: LiveMesh) -> None:
     response = live.call(MIRROR)
     assert response.status_code == 502, response.text
-    assert response.headers["x-road-error"] == "certificate-identity-mismatch"
+    assert response.json()["code"] == "certificate-identity-mismatch", response.text
+    # national (the hosting gateway) refused; hanoi relays it as the provider side's (docs/protocol.md §6)
+    assert response.headers["x-road-error"] == response.json()["xroad_type"] == RELAYED_TLS_REFUSAL
     assert "urn:lienthong:subsystem:VN/GOV/BHXH/insurance" in response.text
     national = live.mesh.gateways["national"].data_dir
     deadline = time.monotonic() + 60
@@ -388,7 +391,8 @@ def test_live_a_revoked_connector_certificate_is_refused_at_the_next_call(live: 
         live.publish()
         response = live.call(SERVICE)
         assert response.status_code == 502, response.text
-        assert response.headers["x-road-error"] == "certificate-revoked"
+        assert response.json()["code"] == "certificate-revoked", response.text
+        assert response.headers["x-road-error"] == response.json()["xroad_type"] == RELAYED_TLS_REFUSAL
     finally:
         live.mesh.doc["pki"]["revoked"] = []
         live.publish()
