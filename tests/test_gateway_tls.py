@@ -5,7 +5,8 @@ Three levels:
 - the authn policy alone (hypothesis): authentication by certificate as a class;
 - the HTTP server (gateway.http_server with a TLS context) in a background uvloop in front of test_http_server's fake
   app: HTTPS with and without a client certificate, keep-alive, pipelining and large answers through the TLS
-  transport, the certificate reaching the app once per connection, plaintext on the TLS port (400 tls-required),
+  transport, the certificate reaching the app once per connection, plaintext on the TLS port (`tls-required`, in
+  X-Road's shape: no head is read, so no Accept),
   and each refused handshake (unknown CA, expired, not yet valid, TLS 1.2) counted by reason and never reaching the
   app;
 - live `lienthong gateway serve` processes on a stand-in registry whose snapshot carries a `pki` section: a JWT over
@@ -47,9 +48,9 @@ from lienthong import pki, tokens
 from lienthong.keys import save_private
 from lienthong.problem import Problem
 from lienthong.redis_connection import free_port
-from tests.mesh_support import Mesh, call_headers
+from tests.mesh_support import LIENTHONG_ACCEPT, Mesh, call_headers
 from tests.procs import Proc
-from tests.test_http_server import FakeApp, Raw, Running, get
+from tests.test_http_server import FakeApp, Raw, Running, get, xroad_refusal
 
 OPENSSL = shutil.which("openssl")
 DAY = dt.timedelta(days=1)
@@ -203,15 +204,17 @@ def test_a_kept_alive_connection_does_not_outlive_its_client_certificate(
     assert [c["query"] for c in calls] == ["valid", "expired"] and calls[1]["body_refused"] is not None  # audited
 
 
-@pytest.mark.parametrize("request_bytes", [get("/r1/echo"), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00garbage"])
+@pytest.mark.parametrize("request_bytes", [get("/r1/echo", f"Accept: {LIENTHONG_ACCEPT}"),
+                                           b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00garbage"])  # fmt: skip
 def test_plaintext_on_the_tls_port_is_told_to_use_https(tls_server: Running, request_bytes: bytes) -> None:
+    """Refused on the first byte, before any head is read (so even an Accept is not): X-Road's shape, PR-REST
+    1.0.4 §4.6, Client.BadRequest at 400, lienthong's `tls-required` and the https:// URL in the body."""
     before = refusals("plaintext")
     conn = Raw(tls_server.port)
     conn.send(request_bytes)
     response = conn.read_response()
-    assert response.status == 400 and response.headers["x-road-error"] == "tls-required"
-    problem = response.json()
-    assert problem["code"] == "tls-required" and f"https://127.0.0.1:{tls_server.port}/" in problem["detail"]
+    problem = xroad_refusal(response, "Client.BadRequest", "tls-required", 400)
+    assert problem["field"] == "scheme" and f"https://127.0.0.1:{tls_server.port}/" in problem["message"]
     assert response.headers["connection"] == "close"
     assert conn.at_eof()
     assert refusals("plaintext") == before + 1
@@ -227,7 +230,7 @@ def test_any_first_byte_but_a_handshake_record_is_told_to_use_https(
     try:
         conn.send(bytes([first]) + rest)
         response = conn.read_response()
-        assert response.status == 400 and response.headers["x-road-error"] == "tls-required"
+        xroad_refusal(response, "Client.BadRequest", "tls-required", 400)  # PR-REST 1.0.4 §4.6
         assert conn.at_eof()
     finally:
         conn.close()
@@ -357,12 +360,17 @@ class Live:
     def url(self, path: str = PATH) -> str:
         return f"https://127.0.0.1:{self.port}{path}"
 
-    def client(self, cert: str | None = None) -> httpx.Client:
+    def client(self, cert: str | None = None, accept: str | None = LIENTHONG_ACCEPT) -> httpx.Client:
+        """By default a lienthong client (refusals as problem+json at the precise status); `accept=None` is an
+        X-Road client that names no media type."""
         files = self.certs[cert][0] if cert else None
-        return httpx.Client(verify=self.ca.client(files), timeout=30)
+        headers = {"accept": accept} if accept else {}
+        return httpx.Client(verify=self.ca.client(files), timeout=30, headers=headers)
 
-    def get(self, cert: str | None, headers: dict[str, str], path: str = PATH) -> httpx.Response:
-        with self.client(cert) as client:
+    def get(
+        self, cert: str | None, headers: dict[str, str], path: str = PATH, accept: str | None = LIENTHONG_ACCEPT
+    ) -> httpx.Response:
+        with self.client(cert, accept) as client:
             return client.get(self.url(path), headers=headers)
 
     def assertion(self, iss: str = "hanoi", sub: str = PORTAL) -> dict[str, str]:
@@ -438,11 +446,37 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         mesh.stop()
 
 
+# The X-Road type each lienthong code is answered with (docs/protocol.md §6; PR-REST 1.0.4 §4.3 X-Road-Error)
+XROAD_TYPE = {
+    "tls-required": "Client.BadRequest",
+    "invalid-token": "Server.ClientProxy.AuthenticationFailed",
+    "client-certificate-required": "Server.ClientProxy.SslAuthenticationFailed",
+    "certificate-identity-mismatch": "Server.ClientProxy.SslAuthenticationFailed",
+    "certificate-revoked": "Server.ClientProxy.SslAuthenticationFailed",
+    "access-denied": "Server.ServerProxy.AccessDenied",
+}
+
+
 def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """A refusal a lienthong client asked problem+json for: the precise status and code, and X-Road-Error."""
     assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["x-road-error"] == code
+    assert response.headers["content-type"] == "application/problem+json;charset=utf-8"
     doc: dict[str, Any] = response.json()
-    assert doc["code"] == code
+    assert doc["code"] == code and doc["status"] == status
+    assert response.headers["x-road-error"] == doc["xroad_type"] == XROAD_TYPE[code]
+    return doc
+
+
+def _xroad_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """A refusal of a request that named no media type: X-Road's JSON (PR-REST 1.0.4 §4.6), 400 for Client.* and
+    500 for Server.*, lienthong's code and precise status in the body, its detail as `message`."""
+    xtype = XROAD_TYPE[code]
+    assert response.status_code == (400 if xtype.startswith("Client.") else 500), (response.status_code, response.text)
+    assert response.headers["content-type"] == "application/json;charset=utf-8"
+    assert response.headers["x-road-error"] == xtype
+    doc: dict[str, Any] = response.json()
+    assert doc["type"] == xtype and doc["code"] == code and doc["status"] == status
+    assert doc["detail"] == response.headers["x-road-request-id"]
     return doc
 
 
@@ -460,8 +494,12 @@ def test_live_a_client_certificate_and_no_token_works(live: Live) -> None:
 
 
 def test_live_x_road_client_must_be_the_certificates_subsystem(live: Live) -> None:
-    doc = _problem(live.get("civil", {"X-Road-Client": "VN/GOV/BTP/other", "X-Purpose": PURPOSE}), 403,
-                   "certificate-identity-mismatch")  # fmt: skip
+    """PR-REST 1.0.4 §4.3: X-Road-Client names the client the certificate authenticates; an X-Road client (no
+    Accept) is refused in X-Road's shape (§4.6), a lienthong one with problem+json at 403."""
+    other = {"X-Road-Client": "VN/GOV/BTP/other", "X-Purpose": PURPOSE}
+    doc = _xroad_error(live.get("civil", other, accept=None), 403, "certificate-identity-mismatch")
+    assert doc["field"] == "X-Road-Client"
+    doc = _problem(live.get("civil", other), 403, "certificate-identity-mismatch")
     assert doc["field"] == "X-Road-Client"
     # a valid token of another subsystem does not outrank the certificate
     _problem(live.get("civil", call_headers(live.mesh, "VN/GOV/BTP/other", "national")), 403,
@@ -532,17 +570,19 @@ def _audit_text(data_dir: Path) -> str:
 
 
 def test_live_plaintext_on_the_https_port(live: Live) -> None:
+    """Refused on the first byte, before the head (and its Accept) is read: X-Road's shape, PR-REST 1.0.4 §4.6."""
     response = httpx.get(f"http://127.0.0.1:{live.port}{PATH}", headers=call_headers(live.mesh, CIVIL, "national"))
-    doc = _problem(response, 400, "tls-required")
-    assert f"https://127.0.0.1:{live.port}/" in doc["detail"]
+    doc = _xroad_error(response, 400, "tls-required")
+    assert f"https://127.0.0.1:{live.port}/" in doc["message"]
 
 
 def test_live_the_ops_port_speaks_https_too(live: Live) -> None:
+    """HTTPS on the ops port as well; its plaintext refusal in X-Road's shape (PR-REST 1.0.4 §4.6)."""
     with live.client() as client:
         response = client.get(f"https://127.0.0.1:{live.ops_port}/metrics")
     assert response.status_code == 200 and "lienthong_gateway_requests" in response.text
-    doc = _problem(httpx.get(f"http://127.0.0.1:{live.ops_port}/metrics"), 400, "tls-required")
-    assert f"https://127.0.0.1:{live.ops_port}/" in doc["detail"]
+    doc = _xroad_error(httpx.get(f"http://127.0.0.1:{live.ops_port}/metrics"), 400, "tls-required")
+    assert f"https://127.0.0.1:{live.ops_port}/" in doc["message"]
     with open(live.mesh.gateways["national"].data_dir / "ops-url") as f:
         assert f.read().strip() == f"https://127.0.0.1:{live.ops_port}"
 

@@ -29,6 +29,7 @@ import uvloop
 from gateway import http_server
 from gateway.http_server import Server
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
+from tests.mesh_support import LIENTHONG_ACCEPT
 
 BODY_LIMIT = 1000
 BIG = b"x" * 32768  # the answer of /r1/lots
@@ -260,6 +261,33 @@ def get(path: str, *extra: str, version: str = "1.1", method: str = "GET") -> by
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+# -- the server's own refusals: X-Road's shape, or problem+json on request (docs/protocol.md §6) -----------------
+
+
+def xroad_refusal(response: Response, xtype: str, code: str, status: int) -> dict[str, Any]:
+    """A server-level refusal of a request that named no media type: X-Road's JSON (PR-REST 1.0.4 §4.6), 400 for
+    `Client.*` and 500 for `Server.*`, the X-Road type in X-Road-Error and `type`, the tracking id in `detail`, and
+    lienthong's code and precise status beside them. The body, for the caller's further checks."""
+    assert response.status == (400 if xtype.startswith("Client.") else 500), (response.status, response.body[:300])
+    assert response.headers["content-type"] == "application/json;charset=utf-8"
+    assert response.headers["x-road-error"] == xtype
+    body: dict[str, Any] = response.json()
+    assert body["type"] == xtype and body["code"] == code and body["status"] == status
+    assert body["detail"] == response.headers["x-road-request-id"]
+    return body
+
+
+def problem_refusal(response: Response, code: str, status: int) -> dict[str, Any]:
+    """A server-level refusal of a request that asked for `application/problem+json`: RFC 9457 at lienthong's
+    precise status, X-Road-Error still the X-Road type (PR-REST 1.0.4 §4.3, docs/protocol.md §6)."""
+    assert response.status == status, (response.status, response.body[:300])
+    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE + ";charset=utf-8"
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code and body["status"] == status
+    assert response.headers["x-road-error"] == body["xroad_type"]
+    return body
+
+
 # -- keep-alive, pipelining, closing ---------------------------------------------------------------------------
 
 
@@ -420,33 +448,35 @@ def test_more_than_max_headers_is_431(server, raw, app) -> None:
     assert ok.read_response().status == 200
 
     conn = raw()
-    conn.send(get("/r1/echo?toomany", *fields, "X-One-Too-Many: 1"))
+    # one X-H field less and an Accept instead, read before the field over the limit: the precise status, asked for
+    conn.send(get("/r1/echo?toomany", f"Accept: {LIENTHONG_ACCEPT}", *fields[1:], "X-One-Too-Many: 1"))
     response = conn.read_response()
-    assert response.status == 431
-    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    problem = problem_refusal(response, "invalid-parameter", 431)
+    assert problem["xroad_type"] == "Client.BadRequest"
     assert response.headers["connection"] == "close"
-    assert response.json()["field"] == "headers"
+    assert problem["field"] == "headers"
     assert [c["query"] for c in app.r1_calls] == ["many"]
     assert conn.at_eof(within=5)
 
 
 def test_head_over_max_head_bytes_is_431(server, raw, app) -> None:
+    """No Accept: X-Road's shape (PR-REST 1.0.4 §4.6), Client.BadRequest at 400, lienthong's 431 in the body."""
     conn = raw()
     conn.send(get("/r1/echo", "X-Big: " + "z" * (http_server.MAX_HEAD_BYTES + 10)))
     response = conn.read_response()
-    assert response.status == 431 and response.headers["connection"] == "close"
+    body = xroad_refusal(response, "Client.BadRequest", "invalid-parameter", 431)
+    assert body["field"] == "headers" and response.headers["connection"] == "close"
     assert app.r1_calls == []
 
 
 def test_malformed_request_line_is_400_and_closed(server, raw, app) -> None:
+    """No head to read an Accept from: X-Road's shape (PR-REST 1.0.4 §4.6), Client.BadRequest."""
     conn = raw()
     conn.send(b"GET /r1/echo HTTP/9.9 what\r\n\r\n")
     response = conn.read_response()
-    assert response.status == 400
-    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    problem = xroad_refusal(response, "Client.BadRequest", "invalid-parameter", 400)
     assert response.headers["connection"] == "close"
-    problem = response.json()
-    assert problem["status"] == 400 and problem["code"] == "invalid-parameter" and problem["field"] == "request"
+    assert problem["field"] == "request" and "well-formed" in problem["message"]
     assert app.r1_calls == []
     assert conn.at_eof(within=5)
 
@@ -466,22 +496,25 @@ def test_slow_head_is_answered_408_and_closed(server, raw, app, monkeypatch) -> 
     monkeypatch.setattr(http_server, "HEADER_TIMEOUT", 0.5)
     conn = raw()
     started = time.monotonic()
-    conn.send(b"GET /r1/echo HTTP/1.1\r\nHost: t\r\nX-Slow")  # and never the rest
+    # and never the rest; the Accept already read asks for the precise status
+    conn.send(f"GET /r1/echo HTTP/1.1\r\nHost: t\r\nAccept: {LIENTHONG_ACCEPT}\r\nX-Slow".encode())
     response = conn.read_response()
     elapsed = time.monotonic() - started
-    assert response.status == 408 and response.headers["connection"] == "close"
-    assert response.json()["field"] == "request"
+    problem = problem_refusal(response, "invalid-parameter", 408)
+    assert response.headers["connection"] == "close"
+    assert problem["field"] == "request"
     assert conn.at_eof()
     assert 0.4 <= elapsed < 3.0, elapsed
     assert app.r1_calls == []
 
 
 def test_slow_body_is_answered_408_and_closed(server, raw, app, monkeypatch) -> None:
+    """No Accept: X-Road's shape (PR-REST 1.0.4 §4.6), Client.BadRequest at 400, lienthong's 408 in the body."""
     monkeypatch.setattr(http_server, "BODY_TIMEOUT", 0.5)
     conn = raw()
     conn.send(b"POST /r1/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
     response = conn.read_response()
-    assert response.status == 408
+    assert xroad_refusal(response, "Client.BadRequest", "invalid-parameter", 408)["field"] == "request"
     assert conn.at_eof()
     assert app.r1_calls == []
 
@@ -643,13 +676,20 @@ def test_head_to_a_streamed_asgi_response_has_no_body(server, raw) -> None:
     assert conn.read_response().json()["query"] == "next"
 
 
-def test_body_over_the_limit_on_an_asgi_path_is_refused(server, raw, app) -> None:
+@pytest.mark.parametrize("accept", [None, LIENTHONG_ACCEPT])
+def test_body_over_the_limit_on_an_asgi_path_is_refused(server, raw, app, accept: str | None) -> None:
+    """The server's own 413: X-Road's shape by default (PR-REST 1.0.4 §4.6), problem+json at 413 on request."""
     conn = raw()
-    conn.send(b"POST /ops/v1/things HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    asked = f"Accept: {accept}\r\n" if accept else ""
+    conn.send(f"POST /ops/v1/things HTTP/1.1\r\nHost: t\r\n{asked}Transfer-Encoding: chunked\r\n\r\n".encode())
     conn.send(b"7d0\r\n" + b"a" * 2000 + b"\r\n")
     response = conn.read_response()
     assert app.asgi_calls == []  # the app must not act on a body it was never given
-    assert response.status == 413
+    if accept is None:
+        body = xroad_refusal(response, "Client.BadRequest", "body-too-large", 413)
+    else:
+        body = problem_refusal(response, "body-too-large", 413)
+    assert body["field"] == "body" and response.headers["connection"] == "close"
 
 
 def test_malformed_pipelined_request_does_not_drop_earlier_ones(server, raw) -> None:
@@ -714,12 +754,18 @@ def test_trailer_fields_of_a_chunked_request_never_become_headers(server, raw, a
 # -- RFC 9112 framing: fragment, Host, HTTP/1.0 with Transfer-Encoding (issue 13) --------------------------------
 
 
-def _refused_400(response: Response, code: str, field: str) -> None:
-    assert response.status == 400
-    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
-    body = response.json()
-    assert body["code"] == code and body["field"] == field
+def _refused_400(response: Response, code: str, field: str, *, r1: bool) -> str:
+    """A 400 refusal: on /r1 the (fake) app's problem+json, elsewhere the server's own, which a request with no
+    Accept gets in X-Road's shape (PR-REST 1.0.4 §4.6). lienthong's detail, from whichever member holds it."""
     assert response.headers["connection"] == "close"
+    if r1:
+        assert response.status == 400 and response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+        body = response.json()
+        assert body["code"] == code and body["field"] == field
+        return str(body["detail"])
+    body = xroad_refusal(response, "Client.BadRequest", code, 400)
+    assert body["field"] == field
+    return str(body["message"])
 
 
 @pytest.mark.parametrize("target", ["/r1/VN/GOV/BCA/population/persons/persons/001#/residence",
@@ -730,7 +776,7 @@ def test_a_fragment_in_the_request_target_is_400(server, raw, app, target: str) 
     conn = raw()
     conn.send(get(target))
     response = conn.read_response()
-    _refused_400(response, "invalid-path", "path")
+    _refused_400(response, "invalid-path", "path", r1=target.startswith("/r1/"))
     if target.startswith("/r1/"):  # through the app, which audits the refusal like any other /r1 refusal
         assert response.headers["x-road-error"] == "invalid-path"
         assert [c["body_refused"].code for c in app.r1_calls] == ["invalid-path"]
@@ -752,8 +798,7 @@ def test_no_host_or_two_hosts_is_400(server, raw, app, head: str, detail: str) -
     conn = raw()
     conn.send(head.encode())
     response = conn.read_response()
-    _refused_400(response, "invalid-parameter", "Host")
-    assert detail in response.json()["detail"]
+    assert detail in _refused_400(response, "invalid-parameter", "Host", r1=" /r1/" in head)
     assert app.asgi_calls == [] and all(c["body_refused"] is not None for c in app.r1_calls)
     assert conn.at_eof()
 

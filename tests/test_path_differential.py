@@ -260,14 +260,16 @@ def _audited(directory: Path, txid: str, timeout: float = 10.0) -> list[dict[str
 @pytest.mark.parametrize("home", ["national", "hanoi"])
 def test_the_reviews_fragment_case_is_400_and_audited(mesh: Mesh, recorder: Recorder, home: str) -> None:
     """The review's case: a grant for /persons/{id}/residence only, and `#` to make the connector serve
-    /persons/{id}. RFC 9112 §3.2: a request target has no fragment, so 400 invalid-path, and the refusal is
+    /persons/{id}. RFC 9112 §3.2: a request target has no fragment, so 400 invalid-path (X-Road-Error
+    Client.BadRequest, PR-REST 1.0.4 §4.3 and §4.6; problem+json, which call_headers asks for), and the refusal is
     audited at the gateway that refused it."""
     seen = len(recorder.targets)
     status, headers, body = _send(mesh, home, f"/r1/{SERVICE}/persons/{PERSON}#/residence".encode())
     assert status == 400, body[:300]
-    assert headers["content-type"] == "application/problem+json" and headers["x-road-error"] == "invalid-path"
+    assert headers["content-type"] == "application/problem+json;charset=utf-8"
     problem = orjson.loads(body)
-    assert problem["code"] == "invalid-path" and problem["field"] == "path"
+    assert problem["code"] == "invalid-path" and problem["field"] == "path" and problem["status"] == 400
+    assert headers["x-road-error"] == problem["xroad_type"] == "Client.BadRequest"
     assert recorder.targets[seen:] == []
     records = _audited(mesh.gateways[home].data_dir / "audit", headers["x-road-id"])
     assert [(r["status"], r["error_code"]) for r in records] == [(400, "invalid-path")]
