@@ -37,11 +37,13 @@ import orjson
 import pytest
 
 from bench.chaos_mesh import ChaosMesh, shared
+from gateway.xroad_errors import XROAD_TYPES, xroad_status
 from lienthong import keys, pki, tokens
 from lienthong.mesh_layout import HANOI_PORTAL, INSURANCE, MOJ, NGHEAN_CIVIL, POPULATION
 from policies.audit_log import iter_records
+from tests.mesh_support import LIENTHONG_ACCEPT
 
-INTERNAL = ("Traceback", "File \"", ".py", "/work/", "/tmp/", "sqlite", "Exception", "redis")
+INTERNAL = ("Traceback", 'File "', ".py", "/work/", "/tmp/", "sqlite", "Exception", "redis")
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,10 @@ def _token(cm: ChaosMesh, subsystem: str, aud: str, **claims: Any) -> str:
 
 def _headers(cm: ChaosMesh, subsystem: str, home: str, purpose: str = "birth-registration", **extra: str) -> dict[
         str, str]:  # fmt: skip
+    """A client's call headers, asking for problem+json as lienthong's own clients do (protocol §6): a refusal
+    then comes at lienthong's precise status, which is what these attacks check."""
     return {"Authorization": f"Bearer {_token(cm, subsystem, home)}", "X-Road-Client": subsystem,
-            "X-Purpose": purpose, "X-Road-Id": uuid.uuid4().hex, **extra}  # fmt: skip
+            "X-Purpose": purpose, "X-Road-Id": uuid.uuid4().hex, "Accept": LIENTHONG_ACCEPT, **extra}  # fmt: skip
 
 
 def _url(cm: ChaosMesh, home: str, path: str) -> str:
@@ -101,11 +105,18 @@ def _audited(cm: ChaosMesh, gateway: str, txid: str, timeout: float = 5.0) -> li
         time.sleep(0.1)
 
 
+def _media_type(r: httpx.Response) -> str:
+    return r.headers["content-type"].split(";", 1)[0].strip()
+
+
 def refused(cm: ChaosMesh, r: httpx.Response, status: int, code: str, gateway: str, secret: str = "") -> None:
-    """The right 4xx as a problem, no data, no internal detail, and one audit record of the refusal."""
+    """The right 4xx as a problem (the client asked for problem+json), no data, no internal detail, and one audit
+    record of the refusal. X-Road-Error is the X-Road type of the code (PR-REST 1.0.4 §4.3, §4.6)."""
     assert r.status_code == status, r.text[:500]
-    assert r.headers["content-type"] == "application/problem+json"
-    assert r.headers["x-road-error"] == code and r.json()["code"] == code
+    assert _media_type(r) == "application/problem+json", r.headers["content-type"]
+    body = r.json()
+    assert body["code"] == code and body["status"] == status, body
+    assert r.headers["x-road-error"] == XROAD_TYPES[code] == body["xroad_type"], (r.headers["x-road-error"], body)
     for word in INTERNAL:
         assert word not in r.text, f"internal detail {word!r} in {r.text[:300]}"
     if secret:
@@ -138,15 +149,16 @@ def test_token_refusals_are_audited(cm: ChaosMesh) -> None:
         "alg none": f"{_b64(orjson.dumps({'alg': 'none', 'kid': kid}))}.{_b64(orjson.dumps(claims))}.",
         "HS256 with the public key": jwt.encode(claims, public_x.encode(), algorithm="HS256", headers={"kid": kid}),
         "wrong aud": _token(cm, NGHEAN_CIVIL, "hanoi"),
-        "expired": tokens.sign(_key(cm, NGHEAN_CIVIL), kid, {"iss": NGHEAN_CIVIL, "sub": NGHEAN_CIVIL,
-                                                             "aud": "nghean"}, now=now - 400),
+        "expired": tokens.sign(
+            _key(cm, NGHEAN_CIVIL), kid, {"iss": NGHEAN_CIVIL, "sub": NGHEAN_CIVIL, "aud": "nghean"}, now=now - 400
+        ),
         "nbf in the future": _token(cm, NGHEAN_CIVIL, "nghean", nbf=now + 120),
         "unknown kid": tokens.sign(_key(cm, NGHEAN_CIVIL), "no-such-kid", claims),
     }
     for name, token in cases.items():
         txid = uuid.uuid4().hex
         h = {"Authorization": f"Bearer {token}", "X-Road-Client": NGHEAN_CIVIL, "X-Purpose": "birth-registration",
-             "X-Road-Id": txid}  # fmt: skip
+             "X-Road-Id": txid, "Accept": LIENTHONG_ACCEPT}  # fmt: skip
         r = http(cm).get(_url(cm, "nghean", _person(cm)), headers=h)
         try:
             refused(cm, r, 401, "invalid-token", "nghean")
@@ -296,8 +308,36 @@ def _parse_response(raw: bytes) -> httpx.Response:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])
-    headers = [tuple(line.split(": ", 1)) for line in lines[1:] if ": " in line]
+    headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines[1:] if ": " in line)]
     return httpx.Response(status, headers=headers, content=body)
+
+
+def _read_answer(s: ssl.SSLSocket, answer: bytes = b"") -> bytes:
+    """`answer` completed to a whole response (head and its Content-Length of body) from `s`, or what came."""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in answer and (more := s.recv(65536)):
+            answer += more
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lengths = [
+            line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        ]
+        want = int(lengths[0]) if lengths else 0
+        while len(body) < want and (more := s.recv(65536)):
+            body += more
+        answer = head + b"\r\n\r\n" + body
+    return answer
+
+
+def xroad_refused(r: httpx.Response, status: int, code: str) -> None:
+    """A refusal to a client that named no Accept, in X-Road's shape (PR-REST 1.0.4 §4.3, §4.6): X-Road-Error the
+    X-Road type, 400 for Client.* and 500 for Server.*, a JSON body with `type`, and lienthong's code and precise
+    status kept in the body."""
+    xtype = XROAD_TYPES[code]
+    assert r.status_code == xroad_status(xtype), r.text[:500]
+    assert r.headers["x-road-error"] == xtype
+    assert _media_type(r) == "application/json", r.headers["content-type"]
+    body = r.json()
+    assert (body["type"], body["code"], body["status"]) == (xtype, code, status), body
 
 
 def _port(cm: ChaosMesh, code: str) -> int:
@@ -409,10 +449,14 @@ def test_ten_thousand_idle_connections_that_never_handshake(cm: ChaosMesh, many_
 
 
 def test_a_100_mb_body_is_cut_at_the_limit(cm: ChaosMesh) -> None:
-    """Streamed with and without Content-Length; the gateway answers 413 long before 100 MB arrived."""
+    """Streamed with and without Content-Length; the gateway answers 413 body-too-large long before 100 MB arrived:
+    as problem+json to a client asking for it, in X-Road's shape (400 Client.BadRequest, PR-REST 1.0.4 §4.6) to
+    one naming no Accept. The audit trail keeps the precise 413 either way."""
     path = f"/r1/{POPULATION}/persons/{cm.ids['population'][0]}"
-    for framing in ("length", "chunked"):
+    for framing, accept in (("length", True), ("chunked", False)):
         h = _headers(cm, MOJ, "national")
+        if not accept:
+            del h["Accept"]
         head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in h.items())
         head += "Content-Length: 104857600\r\n\r\n" if framing == "length" else "Transfer-Encoding: chunked\r\n\r\n"
@@ -440,16 +484,15 @@ def test_a_100_mb_body_is_cut_at_the_limit(cm: ChaosMesh) -> None:
                     break
             s.setblocking(True)
             s.settimeout(5)
-            try:
-                while b"\r\n\r\n" not in answer and (more := s.recv(65536)):
-                    answer += more
-            except OSError:
-                pass
+            answer = _read_answer(s, answer)
         assert sent < 20 * 1024 * 1024, f"{framing}: {sent} bytes went in before the gateway answered"
         r = _parse_response(answer)
-        assert r.status_code == 413 and r.headers["x-road-error"] == "body-too-large"
-        records = _audited(cm, "national", r.headers["x-road-id"])  # the refusal is on the audit trail too
-        assert [(x["status"], x["error_code"]) for x in records] == [(413, "body-too-large")]
+        if accept:
+            refused(cm, r, 413, "body-too-large", "national")
+        else:
+            xroad_refused(r, 413, "body-too-large")
+            records = _audited(cm, "national", r.headers["x-road-id"])  # the refusal is on the audit trail too
+            assert [(x["status"], x["error_code"]) for x in records] == [(413, "body-too-large")]
     still_serving(cm, "national")
 
 
@@ -458,16 +501,10 @@ def test_an_oversized_body_on_a_percent_encoded_r1_path_is_audited(cm: ChaosMesh
     path = f"/%721/{POPULATION}/persons/{cm.ids['population'][0]}"
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in _headers(cm, MOJ, "national").items()) + "\r\n"
-    answer = b""
     with _connect(cm, _port(cm, "national")) as s:
         s.sendall(head.encode())
-        with contextlib.suppress(OSError):
-            while b"\r\n\r\n" not in answer and (more := s.recv(65536)):
-                answer += more
-    r = _parse_response(answer)
-    assert r.status_code == 413 and r.headers["x-road-error"] == "body-too-large"
-    records = _audited(cm, "national", r.headers["x-road-id"])
-    assert [(x["status"], x["error_code"]) for x in records] == [(413, "body-too-large")]
+        answer = _read_answer(s)
+    refused(cm, _parse_response(answer), 413, "body-too-large", "national")  # one audit record, 413 body-too-large
 
 
 def test_a_thousand_headers(cm: ChaosMesh) -> None:
@@ -493,11 +530,21 @@ def test_a_thousand_headers(cm: ChaosMesh) -> None:
      b"POST /r1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
 )  # fmt: skip
 def test_malformed_http(cm: ChaosMesh, junk: bytes) -> None:
+    """Junk with no Accept: any answer is a refusal in X-Road's shape (PR-REST 1.0.4 §4.6: 400 for Client.*, 500 for
+    Server.*, X-Road-Error the type) whose lienthong status is a 4xx: the client's fault, never a crash. (A chunked
+    body on /r1/x may be refused for the unknown service before it is read: 500 Server.ServerProxy.UnknownService,
+    lienthong's 404.)"""
     raw = _raw_request(cm, _port(cm, "hanoi"), junk, timeout=3)
     if raw.startswith(b"HTTP/"):
-        status = int(raw.split(b" ", 2)[1])
-        assert 400 <= status < 500, raw[:300]
         assert b"Traceback" not in raw
+        r = _parse_response(raw)
+        xtype = r.headers.get("x-road-error", "")
+        if xtype:  # a refusal by the gateway's own renderer
+            assert r.status_code == xroad_status(xtype), raw[:300]
+            body = r.json()
+            assert body["type"] == xtype and body["code"] and 400 <= body["status"] < 500, body
+        else:  # the HTTP layer's own answer, before any request existed
+            assert 400 <= r.status_code < 500, raw[:300]
     still_serving(cm, "hanoi")
 
 
@@ -526,4 +573,3 @@ def test_the_gateway_serves_others_while_attacked(cm: ChaosMesh) -> None:
         for s in socks:
             s.close()
     assert statuses and set(statuses) == {200}, statuses
-

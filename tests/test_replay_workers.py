@@ -3,7 +3,8 @@
 A live hosting gateway with `--workers 2` (the kernel hands each new connection to either worker) and the same
 assertion, signed as the issuing gateway and sent over the hop's mutual TLS as that gateway, on many fresh
 connections: exactly one call is accepted, every other one is 401 invalid-assertion naming the replay. A fresh
-assertion afterwards is accepted again (the shared set refuses replays, not calls).
+assertion afterwards is accepted again (the shared set refuses replays, not calls). The mesh hop always gets
+problem+json at lienthong's precise status; X-Road-Error is the X-Road type (PR-REST 1.0.4 §4.3).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.mesh_support import Mesh
 SERVICE = "VN/GOV/BCA/population/echo"
 CLIENT = "VN/PROV/HANOI/portal"  # homed at hanoi, which signs the assertion
 CONNECTIONS = 24  # fresh connections: with two workers accepting, both get some (each 1/2, all to one: 2^-23)
+REFUSED = "Server.ServerProxy.AuthenticationFailed"  # invalid-assertion's X-Road type
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +53,22 @@ def _assertion(mesh: Mesh) -> str:
 
 
 def _send_on_fresh_connections(mesh: Mesh, assertion: str, times: int) -> list[tuple[int, str]]:
+    """(status, lienthong code) of each answer, "" for a success; a refusal's X-Road-Error is checked here."""
     url = f"{mesh.gateways['national'].url}/r1/{SERVICE}/items/1"
     answers = []
     for _ in range(times):
         with mesh.gateways["hanoi"].hop_client(timeout=60) as hop:  # a new client: a new TLS connection
             r = hop.get(url, headers={"X-Lienthong-Assertion": assertion})
-        answers.append((r.status_code, r.headers.get("x-road-error", "")))
+        xtype = r.headers.get("x-road-error", "")
+        if r.status_code == 200:
+            assert not xtype, r.headers
+            answers.append((200, ""))
+        else:
+            body = r.json()
+            assert xtype == body["xroad_type"] and (body["code"] != "invalid-assertion" or xtype == REFUSED), body
+            if body["code"] == "invalid-assertion":
+                assert "replay" in body["detail"].lower(), body  # it names the replay, not some other fault
+            answers.append((r.status_code, body["code"]))
     return answers
 
 
