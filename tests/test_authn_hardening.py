@@ -31,9 +31,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.xroad_errors import XROAD_TYPES
 from lienthong import keys, tokens
 from lienthong.redis_connection import EmbeddedRedis, free_port
-from tests.mesh_support import MESH_TLS, Mesh, call_headers, client_token
+from tests.mesh_support import LIENTHONG_ACCEPT, MESH_TLS, Mesh, call_headers, client_token
 from tests.procs import Proc, lienthong
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,8 +89,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis) 
                 m.add_grant(f"g-{client}-{service}", client, service, [PURPOSE])
         m.publish()
         m.gateway_cert("national")  # the connector answers its hosting gateway's certificate only
-        connector.wait_http(f"{m.connector_url}/healthz", timeout=60,  # type: ignore[attr-defined]
-                            verify=m.gateways["national"].hop_verify)
+        connector.wait_http(
+            f"{m.connector_url}/healthz",  # type: ignore[attr-defined]
+            timeout=60,
+            verify=m.gateways["national"].hop_verify,
+        )
         m.start_gateways({"national": {}, "hanoi": {}, "nghean": {}})
         yield m
     finally:
@@ -110,10 +114,13 @@ def call(mesh: Mesh, gateway: str, client: str, path: str, *, aud: str | None = 
 
 
 def refused(r: httpx.Response, status: int, code: str, field: str | None = None) -> dict[str, Any]:
+    """A refusal as lienthong's own clients (Accept: problem+json) and the mesh hop see it: the precise status and
+    code, and X-Road-Error the X-Road type of that code (PR-REST §4.3, docs/protocol.md §6)."""
     assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json;charset=utf-8", r.headers
     body: dict[str, Any] = r.json()
-    assert r.headers["x-road-error"] == code and body["code"] == code, body
-    assert r.headers["content-type"] == "application/problem+json"
+    assert body["code"] == code and body["status"] == status, body
+    assert r.headers["x-road-error"] == body["xroad_type"] == XROAD_TYPES[code], body
     if field is not None:
         assert body.get("field") == field, body
     return body
@@ -221,7 +228,8 @@ def test_a_client_token_over_4_kib_is_refused(mesh: Mesh, pad: int) -> None:
     token = client_token(mesh.clients[HN], HN, "hanoi", pad="x" * pad)
     assert len(token) > 4096
     r = HTTP.get(f"{mesh.gateways['hanoi'].url}{person_path(mesh)}",
-                 headers={"Authorization": f"Bearer {token}", "X-Road-Client": HN, "X-Purpose": PURPOSE})  # fmt: skip
+                 headers={"Authorization": f"Bearer {token}", "X-Road-Client": HN, "X-Purpose": PURPOSE,
+                          "Accept": LIENTHONG_ACCEPT})  # fmt: skip
     body = refused(r, 401, "invalid-token", field="Authorization")
     assert "4096" in body["detail"]
 
@@ -238,7 +246,8 @@ def test_a_real_client_token_is_far_below_the_limit(algorithm: keys.Algorithm) -
 def test_a_client_token_with_a_list_audience_is_refused(mesh: Mesh, aud: list[str]) -> None:
     token = client_token(mesh.clients[HN], HN, aud)  # type: ignore[arg-type]
     r = HTTP.get(f"{mesh.gateways['hanoi'].url}{person_path(mesh)}",
-                 headers={"Authorization": f"Bearer {token}", "X-Road-Client": HN, "X-Purpose": PURPOSE})  # fmt: skip
+                 headers={"Authorization": f"Bearer {token}", "X-Road-Client": HN, "X-Purpose": PURPOSE,
+                          "Accept": LIENTHONG_ACCEPT})  # fmt: skip
     assert "one audience" in refused(r, 401, "invalid-token", field="Authorization")["detail"]
 
 
@@ -249,8 +258,10 @@ def test_an_assertion_with_a_list_audience_is_refused(mesh: Mesh) -> None:
     assert "one audience" in refused(r, 401, "invalid-assertion")["detail"]
     connector = _gateway_assertion(mesh, "national", [f"connector:{POP}"])  # type: ignore[arg-type]
     with mesh.gateways["national"].hop_client(timeout=30) as national:
-        r = national.get(f"{mesh.connector_url}/persons/{mesh.person}",  # type: ignore[attr-defined]
-                         headers={"X-Lienthong-Assertion": connector})
+        r = national.get(
+            f"{mesh.connector_url}/persons/{mesh.person}",  # type: ignore[attr-defined]
+            headers={"X-Lienthong-Assertion": connector},
+        )
     assert r.status_code == 401 and "one audience" in r.json()["detail"], r.text
 
 
@@ -302,10 +313,15 @@ CASES = ["none", "garbage-token", "expired-token", "another-gateways-token", "no
 
 
 def _answer(r: httpx.Response) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
-    """Everything the caller sees but the per-call X-Road-Id, request id, request hash and date."""
+    """Everything the caller sees but the per-call X-Road-Id, request id, request hash and date; in X-Road's body
+    (PR-REST §4.6) the `detail` is that request id, so it is checked against the header and left out too."""
     per_call = ("x-road-id", "x-road-request-id", "x-road-request-hash", "date")
     headers = sorted((k, v) for k, v in r.headers.items() if k not in per_call)
-    return r.status_code, tuple(headers), r.content
+    if not r.headers.get("content-type", "").startswith("application/json"):
+        return r.status_code, tuple(headers), r.content
+    body = r.json()
+    assert body.pop("detail") == r.headers["x-road-request-id"], r.text
+    return r.status_code, tuple(headers), orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def _same_for_generated_paths(base: str, headers: dict[str, str], expected: set[Any]) -> None:
@@ -320,10 +336,15 @@ def _same_for_generated_paths(base: str, headers: dict[str, str], expected: set[
     generated()
 
 
+@pytest.mark.parametrize("accept", [None, LIENTHONG_ACCEPT], ids=["xroad", "problem"])
 @pytest.mark.parametrize("case", CASES)
-def test_without_valid_credentials_every_path_gets_the_same_answer(mesh: Mesh, case: str) -> None:
-    """Existing and missing services, endpoints, methods, subsystems and metaservices: one answer, a 401/403."""
+def test_without_valid_credentials_every_path_gets_the_same_answer(mesh: Mesh, case: str, accept: str | None) -> None:
+    """Existing and missing services, endpoints, methods, subsystems and metaservices: one answer, a 401/403 (as
+    X-Road's 500 + X-Road-Error, PR-REST §4.6, to a client that does not ask for problem+json)."""
     headers, gateways = _credentials(mesh, case)
+    headers = {k: v for k, v in headers.items() if k.lower() != "accept"}
+    if accept is not None:
+        headers["Accept"] = accept
     for gateway in gateways:
         base = mesh.gateways[gateway].url
         answers = {}
@@ -332,5 +353,13 @@ def test_without_valid_credentials_every_path_gets_the_same_answer(mesh: Mesh, c
                 answers[(method, path)] = _answer(HTTP.request(method, base + path, headers=headers))
         distinct = set(answers.values())
         assert len(distinct) == 1, {k: (v[0], v[2][:120]) for k, v in answers.items()}
-        assert next(iter(distinct))[0] in (401, 403)
+        status, fields, content = next(iter(distinct))
+        precise = orjson.loads(content)["status"]
+        assert precise in (401, 403), content
+        # problem+json when asked for, and always on the mesh hop (an assertion); otherwise X-Road's shape, where
+        # authentication and home-gateway refusals, Server.* types, are a 500
+        problem = accept is not None or "X-Lienthong-Assertion" in headers
+        assert dict(fields)["content-type"].startswith("application/problem+json" if problem else "application/json")
+        assert status == (precise if problem else 500), (status, content)
+        assert dict(fields)["x-road-error"].startswith("Server."), fields
         _same_for_generated_paths(base, headers, distinct)

@@ -24,10 +24,12 @@ import pytest
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis, free_port
-from tests.mesh_support import MESH_TLS, Mesh, call_headers, client_token
+from tests.mesh_support import LIENTHONG_ACCEPT, MESH_TLS, Mesh, call_headers, client_token
 from tests.procs import lienthong
 
-HTTP = httpx.Client(timeout=10, verify=MESH_TLS)  # one client: a new httpx client per call costs ~40 ms of TLS set-up
+# one client: a new httpx client per call costs ~40 ms of TLS set-up; it asks for problem+json like lienthong's own
+# clients, so refusals come at lienthong's precise status (X-Road's 400/500 shape: tests/test_xroad_errors.py)
+HTTP = httpx.Client(timeout=10, verify=MESH_TLS, headers={"accept": LIENTHONG_ACCEPT})
 NA_CLIENT = "VN/PROV/NGHEAN/civil-status"
 HN_CLIENT = "VN/PROV/HANOI/justice"
 GOV_CLIENT = "VN/GOV/BHXH/insurance"
@@ -91,6 +93,17 @@ def assert_mesh_error(response: httpx.Response, status: int, code: str) -> dict[
     # X-Road-Error carries the X-Road type (tests/test_xroad_errors.py checks which), the body lienthong's code
     xroad_type = str(body["xroad_type"])
     assert response.headers["x-road-error"] == xroad_type and xroad_type.startswith(("Client.", "Server."))
+    assert body["code"] == code and body["status"] == status
+    return body
+
+
+def assert_plain_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    """A refusal outside /r1 (/readyz, a path the gateway has no route for): docs/protocol.md §6 scopes X-Road's
+    shape to /r1, so it is still plain problem+json with lienthong's code in X-Road-Error, whatever the Accept."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["x-road-error"] == code
+    body: dict[str, object] = response.json()
     assert body["code"] == code and body["status"] == status
     return body
 
@@ -159,7 +172,7 @@ def test_a_second_hop_is_refused(mesh: Mesh) -> None:
 def test_unknown_service_and_endpoint(mesh: Mesh) -> None:
     assert_mesh_error(get(mesh, "nghean", NA_CLIENT, "/r1/VN/GOV/BCA/population/nope/x"), 404, "unknown-service")
     assert_mesh_error(get(mesh, "nghean", NA_CLIENT, f"/r1/{PERSONS}/people/1"), 404, "unknown-endpoint")
-    assert_mesh_error(HTTP.get(url(mesh, "nghean", "/elsewhere")), 404, "unknown-service")
+    assert_plain_problem(HTTP.get(url(mesh, "nghean", "/elsewhere")), 404, "unknown-service")
 
 
 def test_grant_and_token_checks_run_on_the_path(mesh: Mesh) -> None:
@@ -370,7 +383,7 @@ def test_start_from_cache_with_the_registry_down_then_go_stale(mesh: Mesh, tmp_p
         body = assert_mesh_error(r, 503, "snapshot-expired")
         assert "maximum age of 6 s" in str(body["detail"]) and "last confirmed" in str(body["detail"])
         ready = HTTP.get(url(mesh, "quangninh", "/readyz"))
-        assert_mesh_error(ready, 503, "snapshot-expired")
+        assert_plain_problem(ready, 503, "snapshot-expired")
         mesh.registry_down(False)
         deadline = time.monotonic() + 8
         while HTTP.get(url(mesh, "quangninh", "/readyz")).status_code != 200:
@@ -394,7 +407,7 @@ def test_a_token_for_another_gateway_is_refused(mesh: Mesh) -> None:
 def test_call_command_exit_codes(mesh: Mesh) -> None:
     pair = mesh.clients[NA_CLIENT]
     base = ["--as", NA_CLIENT, "--key", str(pair.path), "--kid", pair.kid, "--gateway", mesh.gateways["nghean"].url,
-            "--ca", str(mesh.ca_path)]
+            "--ca", str(mesh.ca_path)]  # fmt: skip
     ok = subprocess.run(lienthong("call", f"{PERSONS}/persons/77", *base, "--purpose", "birth-registration",
                                   "--user-id", "off-1", "--json"), capture_output=True, text=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
@@ -402,7 +415,9 @@ def test_call_command_exit_codes(mesh: Mesh) -> None:
     assert out["status"] == 200 and out["body"]["echo"]["assertion"]["uid"] == "off-1"
     denied = subprocess.run(lienthong("call", f"{PERSONS}/persons/77", *base, "--purpose", "marketing", "--json"),
                             capture_output=True, text=True)  # fmt: skip
-    assert denied.returncode == 1 and json.loads(denied.stdout)["x_road_error"] == "access-denied"
+    refusal = json.loads(denied.stdout)  # mesh_client asks for problem+json: the precise status and lienthong's code
+    assert denied.returncode == 1 and refusal["status"] == 403 and refusal["body"]["code"] == "access-denied"
+    assert refusal["x_road_error"] == refusal["body"]["xroad_type"] == "Server.ServerProxy.AccessDenied"
     usage = subprocess.run(lienthong("call", "not/a/service", *base, "--purpose", "x"), capture_output=True, text=True)
     assert usage.returncode == 2 and "target" in usage.stderr
 

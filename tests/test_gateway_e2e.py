@@ -25,10 +25,11 @@ import pytest
 import redis
 import yaml
 
+from gateway.xroad_errors import XROAD_TYPES
 from lienthong import keys, tokens
 from lienthong.redis_connection import EmbeddedRedis, free_port, sync_client
 from policies.meter_query import transactions
-from tests.mesh_support import MESH_TLS, Mesh, call_headers, client_token
+from tests.mesh_support import LIENTHONG_ACCEPT, MESH_TLS, Mesh, call_headers, client_token
 from tests.ops_support import gateway_operator_headers
 from tests.procs import Proc, lienthong
 
@@ -130,9 +131,25 @@ def call(m: Mesh, home: str, client: str, name: str, **headers: str) -> httpx.Re
 
 
 def refused(r: httpx.Response, status: int, code: str) -> None:
+    """A refusal in problem+json (asked for, or the mesh hop): lienthong's precise status and code, and X-Road-Error
+    the X-Road type of that code (PR-REST §4.3, docs/protocol.md §6)."""
     assert r.status_code == status, r.text
-    assert r.headers["x-road-error"] == code
-    assert r.json()["code"] == code
+    assert r.headers["content-type"] == "application/problem+json;charset=utf-8", r.headers
+    body = r.json()
+    assert body["code"] == code and body["status"] == status, body
+    assert r.headers["x-road-error"] == body["xroad_type"] == XROAD_TYPES[code], body
+
+
+def refused_xroad(r: httpx.Response, status: int, code: str) -> None:
+    """The same refusal to a client that does not ask for problem+json: X-Road's shape, 400 for a Client.* type and
+    500 for a Server.* one, with lienthong's code and precise status in the body (PR-REST §4.6)."""
+    xtype = XROAD_TYPES[code]
+    assert r.status_code == (400 if xtype.startswith("Client.") else 500), r.text
+    assert r.headers["content-type"] == "application/json;charset=utf-8", r.headers
+    body = r.json()
+    assert r.headers["x-road-error"] == body["type"] == xtype, body
+    assert body["code"] == code and body["status"] == status, body
+    assert body["detail"] == r.headers["x-road-request-id"], body
 
 
 # -- calls ------------------------------------------------------------------------------------------------------
@@ -210,9 +227,13 @@ def test_client_token_attacks_are_refused_with_401(e2e: Mesh) -> None:
     url = f"{e2e.gateways['nghean'].url}/r1/{CONNECTORS['population'][0]}/persons/{e2e.ids['population']}"  # type: ignore[attr-defined]
     failures = []
     for name, (token, client) in _attack_tokens(e2e).items():
-        r = HTTP.get(url, headers={"Authorization": f"Bearer {token}", "X-Road-Client": client, "X-Purpose": PURPOSE})
-        if r.status_code != 401 or r.headers.get("x-road-error") != "invalid-token":
-            failures.append(f"{name}: {r.status_code} {r.text[:200]}")
+        headers = {"Authorization": f"Bearer {token}", "X-Road-Client": client, "X-Purpose": PURPOSE}
+        for check, accept in ((refused, {"Accept": LIENTHONG_ACCEPT}), (refused_xroad, {})):
+            r = HTTP.get(url, headers={**headers, **accept})
+            try:
+                check(r, 401, "invalid-token")
+            except AssertionError:
+                failures.append(f"{name} ({check.__name__}): {r.status_code} {r.headers} {r.text[:200]}")
     assert not failures, failures
 
 
@@ -221,7 +242,12 @@ def test_a_revoked_client_key_stops_working(e2e: Mesh) -> None:
     e2e.wait_version(e2e.publish())
     token = client_token(pair, HN, "hanoi")
     url = f"{e2e.gateways['hanoi'].url}/r1/{CONNECTORS['civil-status'][0]}/births/{e2e.ids['civil-status']}"  # type: ignore[attr-defined]
-    headers = {"Authorization": f"Bearer {token}", "X-Road-Client": HN, "X-Purpose": PURPOSE}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "X-Road-Client": HN,
+        "X-Purpose": PURPOSE,
+        "Accept": LIENTHONG_ACCEPT,
+    }
     assert HTTP.get(url, headers=headers).status_code == 200
     e2e._admin().revoke_client_key(HN, pair.kid)
     code = next(iter(e2e.gateways))
