@@ -166,7 +166,9 @@ class CallHandler:
         try:
             txid = transaction_id(headers)
         except Problem as problem:
-            return refusal_reply(problem, accept, request_id), None
+            reply = refusal_reply(problem, accept, request_id)
+            reply.headers.append(("x-road-request-id", request_id))  # the body's `detail` names it
+            return reply, None
         rhash = request_hash(method, request_target(raw_path, query), headers.items(), body)
         ctx: CallContext | None = None
         try:

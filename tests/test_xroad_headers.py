@@ -19,6 +19,8 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lienthong import pki
 from lienthong.redis_connection import EmbeddedRedis, free_port
@@ -184,6 +186,41 @@ def test_repeated_response_headers_all_reach_the_client(mesh: Mesh) -> None:
     assert r.headers["x-provider-note"] == "kept"
 
 
+# PR-REST §4.3 "Filtered headers", and what lienthong adds to them (docs/protocol.md §3), written from the texts
+NEVER_PASSED = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade", "user-agent",
+    "server", "forwarded", "via", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
+    "x-http-method-override", "x-http-method", "x-method-override", "accept-encoding", "x-road-request-hash",
+    "x-road-security-server", "x-road-service", "x-road-error", "x-road-request-id",
+}  # fmt: skip
+# standard fields whose value would change the request itself (framing, routing, identity): left out of the sample
+SHAPING = {"host", "content-length", "transfer-encoding", "expect", "authorization", "x-road-client", "x-purpose",
+           "x-road-id", "traceparent", "accept"}  # fmt: skip
+HEADER_NAMES = st.one_of(
+    st.from_regex(r"x-[a-z0-9][a-z0-9-]{0,14}", fullmatch=True),
+    st.sampled_from(sorted(NEVER_PASSED - {"connection", "upgrade", "te", "trailer"})),
+    st.sampled_from(["cache-control", "pragma", "if-match", "if-none-match", "if-modified-since", "range", "cookie",
+                     "content-language", "accept-language", "x-road-userid", "x-road-issue", "x-road-represented-party",
+                     "dnt", "prefer", "origin", "referer", "x-lienthong-trace", "x-lienthong-assertion-copy"]),
+)  # fmt: skip
+HEADER_VALUES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(fields=st.dictionaries(HEADER_NAMES.filter(lambda n: n not in SHAPING), HEADER_VALUES, min_size=1, max_size=6))
+def test_every_header_is_passed_on_or_filtered_as_pr_rest_says(mesh: Mesh, fields: dict[str, str]) -> None:
+    """PR-REST §4.3, as a property over two gateways: a header the client sends reaches the provider unmodified
+    ("User defined headers ... MUST be passed to recipient unmodified", "Cache headers MUST be passed as-is") unless
+    it is one PR-REST filters or the mesh keeps for itself, which never arrives with the client's value."""
+    echoed = _echoed(_get(mesh, f"{PERSONS}/persons/{PERSON}", call_headers(mesh, CLIENT, "nghean", **fields)))
+    for name, value in fields.items():
+        if name in NEVER_PASSED or name.startswith("x-lienthong-"):
+            assert echoed.get(name) != value, name
+        else:
+            assert echoed.get(name) == value, name
+
+
 # -- X-Road-Request-Hash (PR-REST §4.3 "Request hash header") ------------------------------------------------------
 
 HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade",
@@ -262,6 +299,14 @@ def test_a_request_that_breaks_the_protocol_is_400_client_bad_request() -> None:
     Message Protocol for REST" -> "400 - Bad Request", type `Client.*` (example 3: Client.BadRequest)."""
     body = _xroad_error(_xroad(f"{PERSONS}/persons/%2e%2e"), 400, "Client.BadRequest", "invalid-path")
     assert body["status"] == 400 and body["field"] == "path"
+
+
+def test_a_bad_x_road_id_is_400_client_bad_request() -> None:
+    """PR-REST §4.3 X-Road-Id and §4.6 category 3: a message id the gateway cannot keep (over 128 printable ASCII
+    characters) is the client's error, refused before anything else, still with the id of this answer."""
+    body = _xroad_error(_xroad(f"{PERSONS}/persons/{PERSON}", {"X-Road-Id": "x" * 200}), 400, "Client.BadRequest",
+                        "invalid-parameter")  # fmt: skip
+    assert body["field"] == "X-Road-Id"
 
 
 def test_a_refusal_by_the_security_server_is_500_with_its_type() -> None:
