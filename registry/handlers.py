@@ -575,11 +575,8 @@ async def create_grant(body: dict[str, Any]) -> Response:
     async def change(tx: Tx) -> dict[str, Any]:
         await _must_ref(tx, "subsystems", consumer, "consumer", "subsystem")
         service = await _must_ref(tx, "services", service_id, "service", "service")
-        if endpoints != "*":
-            known = {(e["method"], e["path"]) for e in service["endpoints"]}
-            for i, e in enumerate(endpoints):
-                if (e["method"], e["path"]) not in known:
-                    raise bad_request(f"endpoints.{i}", f"{service_id} has no endpoint {e['method']} {e['path']}")
+        # endpoints, purposes and fields against the service's document, each refusal naming the request's entry
+        service_rules.check_grant(service, endpoints, body.get("fields"), list(body["purposes"]))
         key = _grant_key(grant)
         for other in await tx.all("grants"):
             if not other["revoked"] and _grant_key(other) == key:

@@ -125,3 +125,119 @@ def grant_visible(who: Principal, grant: dict[str, Any]) -> bool:
         return True
     prefix = f"{who.member}/"
     return str(grant["consumer"]).startswith(prefix) or str(grant["service"]).startswith(prefix)
+
+
+# ---- grants checked against the service's OpenAPI document (issue 16) -----------------------------------------------
+
+PURPOSES_EXTENSION = "x-lienthong-purposes"  # top level of a service's document: the purposes it may be granted for
+MAX_FIELD_NODES = 2000  # schema objects visited per grant when looking up its fields
+
+
+def declared_purposes(doc: Any) -> list[str] | None:
+    """The purpose codes a service's document registers (`x-lienthong-purposes`: codes, or objects with a `code`);
+    None when it registers none, and then any purpose may be granted (documents written before issue 16)."""
+    raw = doc.get(PURPOSES_EXTENSION) if isinstance(doc, dict) else None
+    if not isinstance(raw, list):
+        return None
+    codes = [p.get("code") if isinstance(p, dict) else p for p in raw]
+    return [c for c in codes if isinstance(c, str)]
+
+
+def check_grant(service: dict[str, Any], endpoints: Any, fields: Any, purposes: list[str]) -> None:
+    """400 naming the first grant entry the service's document does not have, the way the API's request validation
+    names body members (`endpoints.0`): an endpoint not in the service, a purpose it does not register, or a field
+    that is a property of no success response of the granted endpoints."""
+    known = {(e["method"], e["path"]) for e in service["endpoints"]}
+    if endpoints != "*":
+        for i, e in enumerate(endpoints):
+            if (e["method"], e["path"]) not in known:
+                raise Problem(400, "invalid-body", f"{service['id']} has no endpoint {e['method']} {e['path']}",
+                              field=f"endpoints.{i}")  # fmt: skip
+    doc = service.get("openapi")
+    allowed = declared_purposes(doc)
+    if allowed is not None:
+        for i, purpose in enumerate(purposes):
+            if purpose not in allowed:
+                listed = ", ".join(allowed) or "none"
+                raise Problem(400, "invalid-body", f"purpose {purpose!r} is not registered by {service['id']} "
+                              f"({PURPOSES_EXTENSION}: {listed})", field=f"purposes.{i}")  # fmt: skip
+    if not fields or not isinstance(doc, dict):
+        return
+    granted = sorted(known) if endpoints == "*" else [(e["method"], e["path"]) for e in endpoints]
+    schemas = _success_schemas(doc, granted)
+    if schemas is None:  # a granted answer the document does not describe: nothing to check its fields against
+        return
+    budget = [MAX_FIELD_NODES]
+    for i, name in enumerate(fields):
+        parts = name.split(".") if isinstance(name, str) else [""]
+        if not any(_has_path(doc, s, parts, budget) for s in schemas):
+            where = ", ".join(f"{m} {p}" for m, p in granted)
+            raise Problem(400, "invalid-body", f"field {name!r} is not a property of any response of {where} in "
+                          f"{service['id']}'s OpenAPI document", field=f"fields.{i}")  # fmt: skip
+
+
+def _success_schemas(doc: dict[str, Any], granted: list[tuple[str, str]]) -> list[Any] | None:
+    """The schemas of the 2xx answers of the granted operations (field limits apply to what a provider answers;
+    problem documents are not data); None when one of them has no schema."""
+    from registry.openapi_doc import RefError, resolve
+
+    out: list[Any] = []
+    raw_paths = doc.get("paths")
+    paths: dict[str, Any] = raw_paths if isinstance(raw_paths, dict) else {}
+    try:
+        for method, path in granted:
+            item = resolve(doc, paths.get(path))
+            op = item.get(method.lower()) if isinstance(item, dict) else None
+            responses = op.get("responses") if isinstance(op, dict) else None
+            if not isinstance(responses, dict):
+                return None
+            for status, raw in responses.items():
+                if not str(status).startswith("2"):
+                    continue
+                response = resolve(doc, raw)
+                content = response.get("content") if isinstance(response, dict) else None
+                if not isinstance(content, dict):
+                    continue  # 204 and the like: no body, no fields
+                for media in content.values():
+                    if not isinstance(media, dict) or "schema" not in media:
+                        return None
+                    out.append(media["schema"])
+    except RefError:
+        return None  # the document was accepted at registration; a ref it cannot resolve checks nothing
+    return out or None
+
+
+def _has_path(doc: dict[str, Any], node: Any, parts: list[str], budget: list[int]) -> bool:
+    """Whether the dotted field `parts` names a property under schema `node`: arrays are looked through (a grant's
+    `members.id` is every member's id), allOf/anyOf/oneOf are each tried, and a schema that leaves its properties open
+    (no `properties`, no `type` but object) accepts any name."""
+    from registry.openapi_doc import RefError, resolve
+
+    budget[0] -= 1
+    if budget[0] < 0:
+        return True  # too large to check: accept rather than refuse a grant the document may well allow
+    try:
+        node = resolve(doc, node)
+    except RefError:
+        return True
+    if not parts:
+        return True
+    if node is True or node == {}:
+        return True
+    if not isinstance(node, dict):
+        return False
+    for key in ("allOf", "anyOf", "oneOf"):
+        subs = node.get(key)
+        if isinstance(subs, list) and any(_has_path(doc, s, parts, budget) for s in subs):
+            return True
+    if "items" in node:
+        return _has_path(doc, node["items"], parts, budget)
+    props = node.get("properties")
+    if isinstance(props, dict) and parts[0] in props:
+        return _has_path(doc, props[parts[0]], parts[1:], budget)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        return _has_path(doc, extra, parts[1:], budget)
+    composed = any(k in node for k in ("allOf", "anyOf", "oneOf"))
+    open_object = node.get("type") in (None, "object") and not isinstance(props, dict) and not composed
+    return open_object and extra is not False
