@@ -31,8 +31,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The registry every pod talks to: this release's own in national mode; in province mode the national registry
+at registry.url (verified with the mesh CA of pki.caConfigMap, which the national operator hands out). */}}
 {{- define "lienthong.registryUrl" -}}
+{{- if eq .Values.mode "province" -}}
+{{ required "registry.url: a province installs against the national registry: give its https:// URL" .Values.registry.url }}
+{{- else -}}
 https://{{ include "lienthong.fullname" . }}-registry:{{ .Values.registry.port }}
+{{- end -}}
+{{- end -}}
+
+{{/* The base URL a gateway is registered with, which other gateways forward calls to: gateways[].baseUrl, or its
+Service inside the cluster. Called with (list $ $gw). */}}
+{{- define "lienthong.gatewayUrl" -}}
+{{- $root := index . 0 }}{{ $gw := index . 1 -}}
+{{ $gw.baseUrl | default (printf "https://%s-gateway-%s.%s.svc:%v" (include "lienthong.fullname" $root) $gw.code $root.Release.Namespace $root.Values.gatewayDefaults.port) }}
 {{- end -}}
 
 {{/* Where every pod keeps its TLS files (tls.key, tls.crt, ca.crt: the --tls-dir of every lienthong command) and
