@@ -55,10 +55,21 @@ def metering_group() -> None:
 @click.option("--by", "by", default="service,consumer", show_default=True,
               help="Comma-separated: service, consumer, gateway, consumer_gateway, provider_gateway, endpoint, "
                    "outcome, role, hour, day.")  # fmt: skip
-@click.option("--redis", "redis_url", default=None, help="Redis URL (default: REDIS_URL, else the embedded one).")
+@click.option("--redis", "redis_url", default=None,
+              help="Redis URL [default: REDIS_URL, else the running Redis of --home].")  # fmt: skip
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var"),
+    show_default=True,
+    envvar="LIENTHONG_HOME",
+    help="The mesh's folder; its Redis port file is <home>/redis/redis.port.",
+)
 @click.option("--all-roles", is_flag=True, help="Count every gateway's own record, not mesh transactions.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def metering_report(start: str, end: str, by: str, redis_url: str | None, all_roles: bool, as_json: bool) -> None:
+def metering_report(
+    start: str, end: str, by: str, redis_url: str | None, home: Path, all_roles: bool, as_json: bool
+) -> None:
     """How many transactions, grouped by the given dimensions, between --from and --to."""
     from rich.console import Console
     from rich.table import Table
@@ -69,7 +80,7 @@ def metering_report(start: str, end: str, by: str, redis_url: str | None, all_ro
     try:
         group_by = parse_group_by(by, "--by")
         t0, t1 = parse_time(start, "--from"), parse_time(end, "--to")
-        url = redis_url or _default_redis()
+        url = redis_url or _home_redis(home)
         result = transactions(sync_client(url), t0, t1, group_by, None if all_roles else MESH_ROLES)
     except Problem as problem:
         click.echo(f"metering report: {problem.field}: {problem.detail}", err=True)
@@ -87,14 +98,33 @@ def metering_report(start: str, end: str, by: str, redis_url: str | None, all_ro
     Console().print(table)
 
 
-def _default_redis() -> str:
+def _home_redis(home: Path) -> str:
+    """REDIS_URL, else the Redis the home's port file names, if it answers and keeps its data in this very home (a
+    port file left by a stopped mesh may name a port another mesh's Redis now holds)."""
     import os
 
-    from lienthong.redis_connection import embedded_url_if_running
+    import redis
 
-    url = os.environ.get("REDIS_URL") or embedded_url_if_running("var/redis")
-    if not url:
-        raise Problem(400, "invalid-parameter", "no Redis: pass --redis or set REDIS_URL", field="--redis")
+    from lienthong.redis_connection import sync_client
+
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    data_dir = home / "redis"
+    port_file = data_dir / "redis.port"
+    if not port_file.is_file():
+        raise Problem(400, "invalid-parameter", f"the mesh at {home} has no running Redis: no port file {port_file}; "
+                      "start it (lienthong up --home) or pass --redis", field="--home")  # fmt: skip
+    url = f"redis://127.0.0.1:{port_file.read_text().strip()}/0"
+    try:
+        served = sync_client(url).config_get("dir").get("dir")
+    except (redis.RedisError, ValueError) as exc:
+        why = f"{url} (from {port_file}) does not answer: {exc}"
+        raise Problem(400, "invalid-parameter", f"the Redis of the mesh at {home} is not running: {why}; start it "
+                      "or pass --redis", field="--home") from None  # fmt: skip
+    if served is None or Path(str(served)).resolve() != data_dir.resolve():
+        why = f"{port_file} is stale: {url} keeps its data in {served}, another mesh's"
+        raise Problem(400, "invalid-parameter", f"the Redis of the mesh at {home} is not running: {why}; start it "
+                      "or pass --redis", field="--home")  # fmt: skip
     return url
 
 

@@ -86,8 +86,8 @@ class Session:
     key: Path
     home: Path
 
-    def __enter__(self) -> Any:
-        return self.api
+    def __enter__(self) -> Session:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.api.close()

@@ -200,13 +200,13 @@ def keys_list(
 
 
 @keys_group.command("show")
-@click.argument("kid")
+@click.argument("key_id", metavar="KID")
 @click.option("--subsystem", default=None, help="look only at this subsystem's keys")
 @api_options
-def keys_show(kid: str, subsystem: str | None, **api: Any) -> None:
+def keys_show(key_id: str, subsystem: str | None, **api: Any) -> None:
     """Print key KID with its owner (exit 1 when no subsystem or gateway holds it)."""
     with session(**api) as s:
-        found = [k for k in s.run(lambda c: _all_keys(c, subsystem, None, None, None)) if k.get("kid") == kid]
+        found = [k for k in s.run(lambda c: _all_keys(c, subsystem, None, None, None)) if k.get("kid") == key_id]
     if not found:
-        raise click.ClickException(f"no subsystem or gateway holds key {kid} at {s.url} (asked with {s.key})")
+        raise click.ClickException(f"no subsystem or gateway holds key {key_id} at {s.url} (asked with {s.key})")
     echo_json(found[0] if len(found) == 1 else found)
