@@ -221,7 +221,7 @@ class SnapshotClient:
                 return False
             self._swap(built)
         await asyncio.to_thread(write_atomically, self.cache_path, response.content)
-        log.info("gateway %s: snapshot version %s installed", self.code, built.version)
+        log.debug("gateway %s: snapshot version %s installed", self.code, built.version)
         return True
 
     async def _poll_forever(self) -> None:

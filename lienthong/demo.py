@@ -75,7 +75,7 @@ class Demo:
         self.burst_size = burst
         self.report = DemoReport()
         self.started = dt.datetime.now(dt.UTC)
-        self.earlier = 0  # calls metered in this hour before the run began
+        self.earlier = 0  # calls metered in this hour before the run began: not this run's
 
     def client(self, subsystem: str, gateway: str) -> MeshClient:
         certificate = self.mesh.ca is not None and subsystem in BY_CERTIFICATE
@@ -260,8 +260,9 @@ class Demo:
 
     # ---- metering ------------------------------------------------------------------------------------------------
 
-    def transactions(self) -> dict[str, Any]:
-        """The metering API's counts from the hour the demo started on, by service, consumer and gateway."""
+    def transactions(self, timeout: float = 20.0) -> dict[str, Any]:
+        """The metering API's counts from the hour the demo started on, by service, consumer and gateway. An answer
+        that is not 200 is retried, then raised: a failed read taken as 0 would count an earlier run's calls."""
         url = f"{self.mesh.gateway_urls['national']}/ops/v1/transactions"
         # the demo runs the mesh, so it is its operator: a token signed with the gateway's own key
         token = operator_token_from(self.mesh.config.paths.gateway("national"), "national")
@@ -269,22 +270,44 @@ class Demo:
         params = {"from": self.started.strftime("%Y-%m-%dT%H:00:00Z"), "to": to.strftime("%Y-%m-%dT%H:00:00Z"),
                   "group_by": "service,consumer,gateway"}  # fmt: skip
         headers = {"Authorization": f"Bearer {token}"}
-        body: dict[str, Any] = httpx.get(
-            url, params=params, timeout=10, headers=headers, verify=self.mesh.verify
-        ).json()
-        return body
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                r = httpx.get(url, params=params, timeout=10, headers=headers, verify=self.mesh.verify)
+                if r.status_code == 200 and "total" in r.json():
+                    body: dict[str, Any] = r.json()
+                    return body
+                problem = f"HTTP {r.status_code}: {r.text[:200]}"
+            except (httpx.HTTPError, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the metering API at {url} did not answer: {problem}")
+            time.sleep(0.25)
+
+    def baseline(self, quiet: float = 0.5, timeout: float = 10.0) -> int:
+        """The count before this run's first call: the calls of earlier runs on this --home in the same hour. Taken
+        once the count stops moving, so that an earlier run's spool still being replayed is not counted as ours."""
+        deadline = time.monotonic() + timeout
+        total = int(self.transactions()["total"])
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = int(self.transactions()["total"])
+            if again == total:
+                break
+            total = again
+        return total
 
     def metering(self, timeout: float = 20.0) -> None:
-        """Read the counts back from the operations API, waiting for the meter's spool to reach Redis; calls of an
-        earlier run on the same --home in the same hour (counted before this one began) are not this run's."""
+        """Read this run's count back from the operations API (the total less the baseline taken before the run's
+        first call), waiting for the meter's spool to reach Redis, then a moment more so a count too high shows."""
         deadline = time.monotonic() + timeout
-        body: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            body = self.transactions()
-            if body.get("total", 0) - self.earlier >= self.report.calls_sent:
-                break
+        body = self.transactions()
+        while body["total"] - self.earlier < self.report.calls_sent and time.monotonic() < deadline:
             time.sleep(0.25)
-        self.report.metered = int(body.get("total", 0)) - self.earlier
+            body = self.transactions()
+        time.sleep(0.3)  # the meter flushes every 50 ms: a call counted twice would have arrived by now
+        body = self.transactions()
+        self.report.metered = int(body["total"]) - self.earlier
         table = Table(title="Transactions metered across the mesh (from the operations API)")
         for column in ("service", "consumer", "gateway", "count"):
             table.add_column(column, justify="right" if column == "count" else "left")
@@ -297,7 +320,7 @@ class Demo:
 
     def run(self) -> DemoReport:
         section: Callable[[str], None] = lambda text: self.console.rule(f"[bold]{text}")  # noqa: E731
-        self.earlier = int(self.transactions().get("total", 0))
+        self.earlier = self.baseline()
         if self.mesh.ca is not None:
             section("TLS on every link: plain HTTP is refused")
             self.plaintext_refused()

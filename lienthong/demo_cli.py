@@ -16,7 +16,6 @@ from types import FrameType
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from lienthong.mesh_layout import CONNECTORS, HANOI_PORTAL, POPULATION, VERIFY
 from lienthong.mesh_up import Mesh, MeshConfig, start
@@ -50,20 +49,22 @@ def _config(home: Path, people: int, registry_port: int, gateway_port: int, conn
 
 
 def _urls(console: Console, mesh: Mesh) -> None:
-    table = Table(title="lienthong is up", show_header=True)
-    table.add_column("what")
-    table.add_column("URL")
+    """Each URL on a line of its own, printed whole: a terminal of 80 columns may wrap it but never cuts it."""
     national = mesh.gateway_urls["national"]
-    table.add_row("operations dashboard", f"{national}/ops/v1/dashboard")
-    table.add_row("  its login link (15 min)", f"lienthong ops login --home {mesh.config.root} --gateway national")
-    table.add_row("registry API (Swagger UI)", f"{mesh.registry_url}/v1/ui/")
+    rows = [
+        ("operations dashboard (log in with the next line's link)", f"{national}/ops/v1/dashboard"),
+        ("its login link (15 min)", f"lienthong ops login --home {mesh.config.root} --gateway national"),
+        ("registry API (Swagger UI)", f"{mesh.registry_url}/v1/ui/"),
+    ]
     for code, url in mesh.gateway_urls.items():
-        table.add_row(f"gateway {code}: operations API (Swagger UI)", f"{url}/ops/v1/ui/")
-        table.add_row(f"gateway {code}: Prometheus metrics", f"{url}/metrics")
-    for name, url in mesh.connector_urls.items():
-        what = "Swagger UI" if mesh.ca is None else "Swagger UI, for its gateway's certificate only"
-        table.add_row(f"connector {name} ({what})", f"{url}/ui/")
-    console.print(table)
+        rows.append((f"gateway {code}: operations API (Swagger UI)", f"{url}/ops/v1/ui/"))
+        rows.append((f"gateway {code}: Prometheus metrics", f"{url}/metrics"))
+    # no connector link: a connector answers only its gateway's certificate, so a browser gets 401; its OpenAPI
+    # document is the gateway's getOpenAPI metaservice (PR-MREST), called like any service
+    console.rule("[bold]lienthong is up")
+    for what, url in rows:
+        console.print(f"{what}:", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"  {url}", markup=False, highlight=False, soft_wrap=True)
     for line in how_to_call(mesh):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -123,6 +124,8 @@ def _key_pin(tls_dir: Path) -> str:
 
 
 def _wait_for_ctrl_c(console: Console, mesh: Mesh) -> int:
+    """Keep the mesh up until Ctrl-C: a component that dies is restarted with backoff while the rest keeps serving,
+    and each change of what is down is printed. Then stop in dependency order."""
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -131,16 +134,18 @@ def _wait_for_ctrl_c(console: Console, mesh: Mesh) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    mesh.supervisor.keep_alive()
     console.print("Press Ctrl-C to stop every process.")
+    shown: list[str] = []
     while not stopping:
-        dead = mesh.supervisor.check_alive()
-        if dead is not None:
-            console.print(f"[red]{dead.name} stopped unexpectedly; stopping the mesh. Last lines:")
-            console.print("\n".join(list(dead.tail)[-20:]))
-            mesh.stop()
-            return 1
-        time.sleep(0.5)
-    console.print("stopping…")
+        down = [c.name for c in mesh.supervisor.down()]
+        if down != shown:
+            up = len(mesh.supervisor.components) - len(down)
+            state = f"down: {', '.join(down)}" if down else "none down"
+            mesh.supervisor.say(f"lienthong status: {up} of {len(mesh.supervisor.components)} components up, {state}")
+            shown = down
+        time.sleep(0.2)
+    mesh.supervisor.say("lienthong stopping: gateways and connectors, then the registry, then Redis")
     mesh.stop()
     return 0
 
@@ -151,6 +156,9 @@ def _start(console: Console, config: MeshConfig) -> Mesh:
     except StartFailed as exc:
         console.print(f"[red]the mesh could not start:[/] {exc}")
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C while starting: what had started is stopped already
+        console.print("stopped before the mesh was up")
+        sys.exit(130)
 
 
 @click.command("up")

@@ -22,17 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from cryptography import x509
 
 from gateway.settings import KEY_FILE
 from lienthong import keys, pki
 from lienthong.mesh_client import MeshClient, tls_http
 from lienthong.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS, MeshPaths
-from lienthong.redis_connection import EmbeddedRedis, free_port
+from lienthong.redis_connection import free_port, redis_executable
 from lienthong.subjects import subject_key_env
 from lienthong.supervisor import Component, StartFailed, Supervisor
 
 Say = Callable[[str], None]
+TIER_REDIS, TIER_REGISTRY, TIER_EDGE = 0, 1, 2  # stopped highest first: what serves calls, then what it needs
 
 
 @dataclass
@@ -66,7 +68,6 @@ class Mesh:
 
     config: MeshConfig
     supervisor: Supervisor
-    redis: EmbeddedRedis | None
     redis_url: str
     registry_url: str
     gateway_urls: dict[str, str]
@@ -97,9 +98,8 @@ class Mesh:
         return MeshClient(url, gateway, subsystem, key, self.kids.get(subsystem), http=http)
 
     def stop(self) -> None:
+        """Gateways and connectors first, then the registry, Redis last (the supervisor's tiers)."""
         self.supervisor.stop_all()
-        if self.redis is not None:
-            self.redis.stop()
 
 
 def port_free(host: str, port: int) -> bool:
@@ -171,30 +171,46 @@ def start(config: MeshConfig, say: Say = print) -> Mesh:
     paths = config.paths
     paths.root.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(paths.logs, echo=config.echo_logs)
-    redis: EmbeddedRedis | None = None
     try:
         if config.redis_url:
             redis_url = config.redis_url
             say(f"redis: using REDIS_URL {redis_url}")
         else:
             port = pick_port(config.host, config.redis_port, "embedded redis", say)
-            redis = EmbeddedRedis(paths.redis, port)
-            redis_url = redis.start()
+            redis_url = start_redis(supervisor, paths.redis, config.host, port)
             say(f"redis: embedded server on {redis_url}, data in {paths.redis}")
         ensure_data(config, say)
-        mesh = _start_processes(config, supervisor, redis, redis_url, say)
+        mesh = _start_processes(config, supervisor, redis_url, say)
         _configure(mesh, say)
         return mesh
     except BaseException:
         supervisor.stop_all()
-        if redis is not None:
-            redis.stop()
         raise
 
 
-def _start_processes(
-    config: MeshConfig, supervisor: Supervisor, redis: EmbeddedRedis | None, redis_url: str, say: Say
-) -> Mesh:
+def start_redis(supervisor: Supervisor, directory: Path, host: str, port: int) -> str:
+    """The embedded Redis as the supervisor's lowest tier: in its own session, so a terminal's Ctrl-C does not stop
+    it before what uses it, stopped last, restarted if it dies. Its append-only file keeps the data across runs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    url = f"redis://{host}:{port}/0"
+    argv = [
+        redis_executable(), "--port", str(port), "--bind", host, "--dir", str(directory.resolve()), "--save", "",
+        "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes", "--loglevel", "warning",
+    ]  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    supervisor.start(Component("redis", argv, tier=TIER_REDIS, ready=ready), timeout=20)
+    (directory / "redis.port").write_text(str(port))  # where other commands on this home find it
+    return url
+
+
+def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str, say: Say) -> Mesh:
     from registry import keyfiles
 
     paths, host, scheme = config.paths, config.host, config.scheme
@@ -209,8 +225,8 @@ def _start_processes(
     allow = ",".join([*(f"{host}:{port}" for port in connector_ports.values()), *config.upstream_allow])
     serve = ["registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)]
     argv = _lienthong(*serve, "--upstream-allow", allow, *_insecure(config))
-    supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env, ca))
-    mesh = Mesh(config, supervisor, redis, redis_url, registry_url, {}, {}, {}, ca)
+    supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env, ca, tier=TIER_REGISTRY))
+    mesh = Mesh(config, supervisor, redis_url, registry_url, {}, {}, {}, ca)
     with mesh.admin() as admin:
         for gw in GATEWAYS:
             port = pick_port(host, config.gateway_ports[gw.code], f"gateway {gw.code}", say)
@@ -239,7 +255,7 @@ def _start_processes(
             "--workers", str(config.gateway_workers), "--redis-url", redis_url, "--trace-sample-ratio", "0.01",
             *_insecure(config, "--tls-dir", str(paths.gateway_tls(gw.code))),
         )  # fmt: skip
-        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env, ca))
+        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env, ca, tier=TIER_EDGE))
     for spec in CONNECTORS:
         port = connector_ports[spec.name]
         url = f"{scheme}://{host}:{port}"  # registered as the service's upstream URL by the connector itself
@@ -253,7 +269,7 @@ def _start_processes(
         )  # fmt: skip
         # a connector takes only its hosting gateway's client certificate, so its health is probed with that one
         client_tls = None if ca is None else paths.gateway_tls(spec.gateway)
-        supervisor.start(Component(spec.name, argv, f"{url}/healthz", env, ca, client_tls))
+        supervisor.start(Component(spec.name, argv, f"{url}/healthz", env, ca, client_tls, tier=TIER_EDGE))
     return mesh
 
 

@@ -32,6 +32,8 @@ def test_demo_once_runs_the_procedure_end_to_end(tmp_path: Path) -> None:
     assert "insurance issues the TE health insurance card: HTTP 201" in out
     assert "HTTP 403 not-permitted" in out
     assert "demo: every step gave the expected answer" in out
+    sent = 6 + 40  # the two procedures' calls and the burst
+    assert f"calls sent {sent}, metered {sent}: equal" in out, out[-3000:]
     # over TLS: plain HTTP refused, client certificates and JWTs both used, the way to call printed
     assert "✔ plain HTTP to http://127.0.0.1:" in out and "tls-required" in out, out[-5000:]
     flat = " ".join(out.split())  # rich wraps long lines at the terminal's width
@@ -52,6 +54,8 @@ def test_demo_once_runs_the_procedure_end_to_end(tmp_path: Path) -> None:
     # a second run on the same home keeps the CA and the certificates still good, and meters only its own calls
     again = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
     assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    # the first run's calls, in the same hour on the same Redis, are not counted again (issue 16)
+    assert f"calls sent {sent}, metered {sent}: equal" in again.stdout, again.stdout[-3000:]
     reused = pki.load_cert(pki.CertFiles(MeshPaths(home).gateway_tls("national")).cert)
     assert reused.serial_number == gateway_cert.serial_number
 

@@ -1,6 +1,8 @@
 """`lienthong up`: a taken port is replaced and named, Ctrl-C stops every process of the mesh (issue 5), and the mesh
 runs TLS on every link with certificates it issued itself through the registry, printing how to call it with a
-client certificate in lines that fit 80 columns (issue 14)."""
+client certificate in lines that fit 80 columns (issue 14). A killed connector is shown down and restarted while the
+rest keeps serving; Ctrl-C stops in dependency order without tracebacks; printed links are whole and answer (issue 16).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +21,19 @@ import httpx
 import orjson
 
 from lienthong import pki
-from lienthong.mesh_layout import CONNECTORS, GATEWAYS, MEMBERS, MeshPaths
+from lienthong.mesh_client import MeshClient, tls_http
+from lienthong.mesh_layout import (
+    BIRTH,
+    CONNECTORS,
+    GATEWAYS,
+    INSURANCE,
+    MEMBERS,
+    MOJ,
+    NGHEAN_CIVIL,
+    POPULATION,
+    VERIFY,
+    MeshPaths,
+)
 from lienthong.redis_connection import free_port
 from tests.procs import VENV_BIN, lienthong
 
@@ -84,45 +100,112 @@ def _check_tls_mesh(home: Path, out: str) -> None:
     assert jwt.returncode == 0 and orjson.loads(jwt.stdout)["status"] == 200, jwt.stdout + jwt.stderr
 
 
-def test_up_takes_another_port_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def _client(home: Path, out: str, subsystem: str, gateway: str) -> MeshClient:
+    """A client system calling its home gateway (as printed by `up`) with its TLS client certificate."""
+    index = [g.code for g in GATEWAYS].index(gateway)
+    url = re.findall(r"https://127\.0\.0\.1:\d+(?=/ops/v1/ui/)", out)[index]
+    paths = MeshPaths(home)
+    return MeshClient(url, gateway, subsystem, http=tls_http(paths.ca_cert, paths.client_tls(subsystem)))
+
+
+def _check_links(home: Path, out: str) -> None:
+    """Every printed URL is whole on a line of its own at 80 columns, and none answers 401 (no connector link is
+    printed: a connector answers only its gateway's certificate)."""
+    assert "Swagger UI, for its gateway" not in out and "/ui/\n" not in out.replace("/v1/ui/\n", "")
+    lines = out.splitlines()
+    dashboard = [line.strip() for line in lines if line.strip().endswith("/ops/v1/dashboard")]
+    assert dashboard and re.fullmatch(r"https://127\.0\.0\.1:\d+/ops/v1/dashboard", dashboard[0]), dashboard
+    verify = pki.client_context(MeshPaths(home).ca_cert)
+    for url in {line.strip() for line in lines if re.fullmatch(r"\s*https://\S+", line)}:
+        status = httpx.get(url, verify=verify, timeout=10).status_code
+        assert status != 401 and status < 500, (url, status)
+
+
+def _check_connector_outage(home: Path, out: str, seen: list[str]) -> None:
+    """kill -9 one connector: the rest keeps serving while it is down, `up` shows it down, and it comes back."""
+    population = _client(home, out, MOJ, "national")
+    insurance = _client(home, out, NGHEAN_CIVIL, "nghean")
+    with sqlite3.connect(MeshPaths(home).data / "insurance.sqlite") as db:
+        insured = db.execute("SELECT si_number FROM insured ORDER BY si_number LIMIT 1").fetchone()[0]
+    with sqlite3.connect(MeshPaths(home).data / "population.sqlite") as db:
+        person = db.execute("SELECT id FROM persons WHERE restricted = 0 ORDER BY id LIMIT 1").fetchone()[0]
+    assert insurance.call("GET", f"{INSURANCE}/insured/{insured}", BIRTH).status_code == 200
+    pid = subprocess.run(["pgrep", "-o", "-f", f"connector serve insurance .*{home}"], capture_output=True,
+                         text=True).stdout.split()  # fmt: skip
+    assert pid, "no insurance connector process"
+    os.kill(int(pid[0]), signal.SIGKILL)
+    deadline = time.monotonic() + 120  # only to catch a hang
+    while not any("insurance is DOWN" in line for line in seen):
+        assert time.monotonic() < deadline, "".join(seen[-50:])
+        time.sleep(0.05)
+    # while it is down (status line printed), the other services answer
+    assert population.call("GET", f"{POPULATION}/persons/{person}", VERIFY).status_code == 200
+    while not any("insurance is UP again" in line for line in seen):
+        assert time.monotonic() < deadline, "".join(seen[-50:])
+        time.sleep(0.05)
+    assert insurance.call("GET", f"{INSURANCE}/insured/{insured}", BIRTH).status_code == 200
+    assert population.call("GET", f"{POPULATION}/persons/{person}", VERIFY).status_code == 200
+    assert any("down: insurance" in line for line in seen), "".join(seen[-50:])
+    for client in (population, insurance):
+        client.close()
+
+
+def test_up_takes_another_port_keeps_serving_through_a_crash_and_ctrl_c_stops_in_order(tmp_path: Path) -> None:
     home = tmp_path / "mesh"
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     taken = busy.getsockname()[1]
     args = lienthong(
-        "up", "--home", str(home), "--people", "300", "--quiet-logs", "--registry-port", str(taken),
+        "up", "--home", str(home), "--people", "300", "--registry-port", str(taken),
         "--gateway-port", str(free_port()), "--connector-port", str(free_port()),
     )  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "COLUMNS": "200"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    lines: list[str] = []
-    try:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "COLUMNS": "80"}
+    # its own session, so that the Ctrl-C below reaches every process of the group as a terminal's would
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            start_new_session=True)  # fmt: skip
+    seen: list[str] = []
+
+    def read() -> None:
         assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Press Ctrl-C" in line:
-                break
-        out = "".join(lines)
-        assert "Press Ctrl-C" in out, out[-4000:]
+        while not any("Press Ctrl-C" in line for line in seen):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-4000:]
+            time.sleep(0.05)
+        out = "".join(seen)
         assert f"port {taken} is taken; the registry uses port" in out
         assert "/ops/v1/dashboard" in out and "/metrics" in out and "/v1/ui/" in out
+        assert len(re.findall(r"snapshot version \d+ installed", out)) <= 3, "start-up noise is back"
         _check_tls_mesh(home, out)
+        _check_links(home, out)
         running = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
-        assert len(running) >= 8  # redis, registry, 3 gateways, 4 connectors (gateway workers may add more)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        assert len(running) >= 9  # redis, registry, 3 gateways, 4 connectors (gateway workers may add more)
+        _check_connector_outage(home, out, seen)
+        stopped_at = len(seen)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        assert proc.wait(60) == 0
+        reader.join(10)
+        stop = "".join(seen[stopped_at:])
+        assert "Traceback" not in stop and "CancelledError" not in stop, stop[-4000:]
+        assert "lost Redis" not in stop, stop[-4000:]
+        # dependency order: the edge (gateways, connectors) stops before the registry, Redis last
+        order = [name for line in seen[stopped_at:] if (name := line.split("|", 1)[0].strip())]
+        assert "redis" not in order or order.index("redis") > max(
+            (i for i, n in enumerate(order) if n != "redis"), default=-1
+        ), order
     finally:
         if proc.poll() is None:  # a failed assertion: let `up` stop its children before it goes
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
         busy.close()
     leftover = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.strip()
     assert leftover == "", f"processes left running after Ctrl-C: {leftover}"
