@@ -1,36 +1,69 @@
-"""`lienthong connector serve NAME`: run one connector (population, business-registry, insurance, civil-status).
+"""`lienthong connector serve NAME` (or `--module MODULE:ATTR`): run one connector; `lienthong connector list`: the
+connectors installed.
+
+Connectors are plugins (connectors.sdk.discovery): NAME is an entry point of the `lienthong.connectors` group, which
+lienthong's own four connectors (population, business-registry, insurance, civil-status) and any installed connector
+package declare; `--module my_province.land:CONNECTOR` serves a ConnectorDefinition that is importable but not
+installed. A connector that cannot serve (an invalid OpenAPI document, an operationId without a handler, a handler
+without an operationId) stops at start with every such piece named (connectors.sdk.validation.check_connector).
 
 It serves HTTPS with the certificate in --tls-dir (default var/connectors/NAME/tls: tls.key, tls.crt, ca.crt) and
 accepts only the hosting gateway's client certificate (connectors.sdk.tls); --insecure-http serves plain HTTP for
-local development, with a warning at every start."""
+local development, with a warning at every start. With --registry/--key/--kid it registers its own service
+(connectors.sdk.registration)."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
 import click
 
+from connectors.sdk import discovery
 from connectors.sdk.definition import ConnectorDefinition
 
 DEFAULT_HOME = Path("var")
 DEFAULT_REGISTRY_CA = DEFAULT_HOME / "registry" / "ca.crt"  # where `lienthong registry init` writes the mesh CA
 
-# NAME -> module holding CONNECTOR, imported only when served so `lienthong --help` stays fast
-CONNECTORS: dict[str, str] = {
-    "population": "connectors.population",
-    "business-registry": "connectors.business_registry",
-    "insurance": "connectors.insurance",
-    "civil-status": "connectors.civil_status",
-}
+
+def available() -> list[str]:
+    """The names of the installed connectors (entry points of the `lienthong.connectors` group)."""
+    return discovery.available()
 
 
 def definition(name: str) -> ConnectorDefinition:
-    module = importlib.import_module(CONNECTORS[name])
-    found = module.CONNECTOR
-    assert isinstance(found, ConnectorDefinition)
-    return found
+    """The installed connector NAME."""
+    return discovery.load(name)
+
+
+def _target(name: str | None, module: str | None) -> str:
+    """MODULE:ATTR of the connector to serve, from exactly one of NAME and --module."""
+    if name is not None and module is not None:
+        raise click.UsageError("give NAME or --module MODULE:ATTR, not both")
+    if name is None and module is None:
+        installed = ", ".join(available()) or "none"
+        raise click.UsageError(f"name the connector to serve: NAME (installed: {installed}) or --module MODULE:ATTR")
+    if module is not None:
+        return module
+    try:
+        return discovery.find(str(name)).target
+    except discovery.DiscoveryError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+
+
+def _load_checked(target: str, name: str | None) -> ConnectorDefinition:
+    """The connector at `target`, refused with every missing piece named when it cannot serve."""
+    from connectors.sdk.validation import ConnectorUnusable, check_connector
+
+    try:
+        served = discovery.load(name) if name is not None else discovery.load_target(target)
+    except discovery.DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        check_connector(served)
+    except ConnectorUnusable as exc:
+        raise click.ClickException(str(exc)) from None
+    return served
 
 
 def register(group: click.Group) -> None:
@@ -43,8 +76,35 @@ def connector() -> None:
     """Connectors: the national databases' and provinces' APIs behind their hosting gateway."""
 
 
+@connector.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
+def list_connectors(as_json: bool) -> None:
+    """The installed connectors: NAME, the MODULE:ATTR of its definition and the package (and folder) declaring it."""
+    found = discovery.sources()
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps([s.as_dict() for s in found], option=orjson.OPT_INDENT_2).decode())
+        return
+    if not found:
+        click.echo(f"no connector installed (entry point group {discovery.GROUP})")
+        return
+    rows = [("NAME", "MODULE", "FROM"), *((s.name, s.target, f"{s.distribution} ({s.location})") for s in found)]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for r in rows:
+        click.echo(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}")
+
+
 @connector.command("serve")
-@click.argument("name", type=click.Choice(sorted(CONNECTORS)))
+@click.argument("name", required=False)
+@click.option(
+    "--module",
+    "module",
+    default=None,
+    metavar="MODULE:ATTR",
+    help="serve the ConnectorDefinition at this import path instead of an installed NAME, "
+    "e.g. my_province.land:CONNECTOR (its folder on PYTHONPATH)",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8801, show_default=True, type=int)
 @click.option(
@@ -96,7 +156,8 @@ def connector() -> None:
 @click.option("--workers", default=1, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
-    name: str,
+    name: str | None,
+    module: str | None,
     host: str,
     port: int,
     database_url: str | None,
@@ -112,12 +173,17 @@ def serve(
     workers: int,
     log_level: str,
 ) -> None:
-    """Serve connector NAME with uvicorn; it registers its service in the registry when --registry/--key/--kid are
-    given, and accepts only assertions signed by --gateway (keys from the registry or --gateway-keys)."""
+    """Serve connector NAME (see `lienthong connector list`), or the one at --module, with uvicorn. It registers its
+    own service in the registry when --registry/--key/--kid are given, and accepts only assertions signed by
+    --gateway (keys from the registry or --gateway-keys)."""
     import uvicorn
 
     from connectors.sdk.config import ConnectorConfig, default_database_url
     from lienthong import ids
+
+    target = _target(name, module)
+    served = _load_checked(target, name)
+    name = served.name
 
     try:
         ids.validate("gateway", gateway, "--gateway")
@@ -126,7 +192,6 @@ def serve(
     if gateway_keys is None and not (registry_url and key_path and kid):
         raise click.UsageError("give --gateway-keys FILE, or --registry with --key and --kid to fetch the gateway keys")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    served = definition(name)
     tls = None if insecure_http else _tls_dir(name, tls_dir, served.subsystem)
     if tls is None:
         logging.getLogger("lienthong.connector").warning(
@@ -161,7 +226,7 @@ def serve(
         # uvicorn's workers need an import string: hand the config over through the environment
         import os
 
-        os.environ["LIENTHONG_CONNECTOR"] = name
+        os.environ["LIENTHONG_CONNECTOR"] = target
         os.environ["LIENTHONG_CONNECTOR_CONFIG"] = _config_json(config)
         uvicorn.run(
             "connectors.cli:app_from_env",
@@ -219,4 +284,4 @@ def app_from_env() -> object:
     for key in ("key_path", "gateway_keys_path", "tls_dir", "registry_ca"):
         if raw.get(key):
             raw[key] = Path(raw[key])
-    return build_app(definition(os.environ["LIENTHONG_CONNECTOR"]), ConnectorConfig(**raw))
+    return build_app(discovery.load_target(os.environ["LIENTHONG_CONNECTOR"]), ConnectorConfig(**raw))

@@ -1,7 +1,9 @@
 """build_app: a connector as an ASGI app. connexion serves the OpenAPI document's operations; a thin pure-ASGI layer
 in front answers /healthz and /readyz, refuses any other request without a valid gateway assertion (401) and hands
-the verified claims to handlers (CallInfo). Served over TLS (config.tls_dir, connectors.sdk.tls), every request,
-the probes included, must come on a connection whose client certificate is the hosting gateway's."""
+the verified claims to handlers (CallInfo). A connector whose document and handlers disagree, or whose document is
+invalid, is refused when it is built (validation.check_connector: ConnectorUnusable). Served over TLS
+(config.tls_dir, connectors.sdk.tls), every request, the probes included, must come on a connection whose client
+certificate is the hosting gateway's."""
 
 from __future__ import annotations
 
@@ -9,12 +11,10 @@ import asyncio
 import functools
 import importlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
-import yaml
 from connexion import AsyncApp
 from connexion.exceptions import ProblemException
 from connexion.middleware.context import ContextMiddleware
@@ -44,7 +44,7 @@ from connectors.sdk.registration import register_forever
 from connectors.sdk.registry_access import RegistryAccess
 from connectors.sdk.runtime import Runtime
 from connectors.sdk.tls import live_contexts, peer_refusal
-from connectors.sdk.validation import VALIDATOR_MAP
+from connectors.sdk.validation import VALIDATOR_MAP, check_connector
 from lienthong import pki
 from lienthong.background import stop_task
 from lienthong.cert_renewal import CertificateRenewer
@@ -57,13 +57,6 @@ log = logging.getLogger("lienthong.connector")
 _HEADER_BYTES = HEADER.encode()
 _JSONIFIER = OrjsonJsonifier()
 _PUBLIC = {"/healthz", "/readyz", "/openapi.json"}
-
-
-def load_spec(path: Path) -> dict[str, Any]:
-    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not an OpenAPI document")
-    return doc
 
 
 def _declares_security(spec: dict[str, Any]) -> bool:
@@ -129,7 +122,7 @@ class ConnectorApp:
     def __init__(self, definition: ConnectorDefinition, config: ConnectorConfig) -> None:
         self.definition = definition
         self.config = config
-        self.spec = load_spec(definition.spec_path)
+        self.spec = check_connector(definition)  # before anything is opened: a connector that cannot serve stops here
         self._spec_json = orjson.dumps(self.spec)
         registry = None
         if config.registry_url and config.key_path and config.kid:
