@@ -130,12 +130,14 @@ def echo_json(value: Any) -> None:
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> None:
-    """A plain table within WIDTH columns: the last column takes what the others leave and long cells are cut."""
+    """A plain table within WIDTH columns: long cells are cut (marked …), the first column last of all."""
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     room = WIDTH - 2 * (len(columns) - 1)
-    while sum(widths) > room:  # shrink the widest column one step at a time
-        widest = widths.index(max(widths))
+    while sum(widths) > room:  # shrink the widest column but the first (an id the reader copies) one step at a time
+        widest = max(range(1, len(widths)), key=lambda i: widths[i]) if len(widths) > 1 else 0
+        if widths[widest] <= 4:
+            widest = 0
         widths[widest] -= 1
     click.echo(title)
     for row in [list(columns), ["-" * w for w in widths], *cells]:

@@ -152,6 +152,7 @@ def test_tables_fit_80_columns(registry: RegistryHandle, world: dict[str, str]) 
         assert result.exit_code == 0, result.output
         lines = result.stdout.splitlines()
         assert len(lines) >= 3 and max(len(line) for line in lines) <= 80, result.stdout
+    assert world["grant"] in cli(registry, "grants", "list").stdout  # ids stay whole: the reader copies them
 
 
 def test_grants_are_checked_against_the_document(registry: RegistryHandle, world: dict[str, str]) -> None:
