@@ -92,8 +92,9 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.api.close()
 
-    def run(self, call: Callable[[Any], Any]) -> Any:
-        """Run one API call; a refusal prints the problem, the URL and the key file, and exits 1."""
+    def run(self, call: Callable[[Any], Any], hints: dict[int, str] | None = None) -> Any:
+        """Run one API call; a refusal prints the problem, the URL and the key file (and the hint for its status),
+        and exits 1."""
         from registry.client import RegistryError
 
         try:
@@ -101,6 +102,9 @@ class Session:
         except RegistryError as exc:
             click.echo(f"error: {exc}\n  registry: {self.url}\n  signed with: {self.key} (kid {self.api.kid}, "
                        f"as {self.api.iss})", err=True)  # fmt: skip
+            hint = (hints or {}).get(exc.status)
+            if hint:
+                click.echo(f"  hint: {hint}", err=True)
             raise SystemExit(1) from exc
 
 

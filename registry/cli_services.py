@@ -44,7 +44,10 @@ def services_register(
     service_id: str, openapi_file: Path, gateway: str, upstream: str, name: str | None, description: str | None,
     version_label: str, timeout_ms: int, **api: Any,
 ) -> None:  # fmt: skip
-    """Register SERVICE_ID (VN/CLASS/MEMBER/SUBSYSTEM/SERVICE); it stays disabled until an admin approves it."""
+    """Register SERVICE_ID (VN/CLASS/MEMBER/SUBSYSTEM/SERVICE); it stays disabled until an admin approves it.
+
+    For an upstream API that is not a lienthong connector: a lienthong connector registers its own service when it
+    starts (`lienthong connector serve --registry ...`), so it needs no `services register`."""
     from lienthong import ids
 
     try:
@@ -58,7 +61,10 @@ def services_register(
     with session(**api) as s:
         result = s.run(
             lambda c: c.register_service(service_id, openapi=doc, gateway=gateway, upstream_url=upstream, name=title,
-                                         description=text, version_label=version_label, timeout_ms=timeout_ms)
+                                         description=text, version_label=version_label, timeout_ms=timeout_ms),
+            hints={409: f"{service_id} is registered already. A lienthong connector registers (and updates) its own "
+                        "service when it starts (`lienthong connector serve --registry ...`); `services register` is "
+                        "for upstreams that are not lienthong connectors. `lienthong services show` shows it."},
         )  # fmt: skip
     echo_json(result)
 

@@ -214,3 +214,16 @@ def test_metering_report_reads_only_its_homes_redis(registry: RegistryHandle, tm
     assert down.exit_code == 2 and "not running" in down.output and url in down.output and str(port_file) in down.output
     none = CliRunner().invoke(main, [*report, "--home", str(tmp_path / "nothing")], env=env)
     assert none.exit_code == 2 and str(tmp_path / "nothing" / "redis" / "redis.port") in none.output
+
+
+def test_registering_a_registered_service_explains_the_connector_flow(
+    registry: RegistryHandle, world: dict[str, str], tmp_path: Path
+) -> None:
+    """Issue 16: one registration flow (a connector registers its own service); `services register` of a service
+    that exists says so instead of a bare 409."""
+    doc = tmp_path / "parcels.json"
+    doc.write_text(json.dumps(DOC))
+    again = cli(registry, "services", "register", world["service"], "--openapi", str(doc), "--gateway",
+                world["gateway"], "--upstream", "http://127.0.0.1:9")  # fmt: skip
+    assert again.exit_code == 1 and "409" in again.output
+    assert "hint:" in again.output and "lienthong connector serve --registry" in again.output

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from registry.client import RegistryClient, RegistryError
+from registry.client import RegistryClient
 
 log = logging.getLogger("lienthong.connector.registry")
 
@@ -30,26 +30,6 @@ class RegistryAccess:
         if not isinstance(found, list):
             raise ValueError(f"the registry answered gateway {gateway} without a key list")
         return [k for k in found if isinstance(k, dict)]
-
-    async def register_service(self, service: dict[str, Any]) -> str:
-        """Create the service, or replace its registration when it exists. Returns what was done."""
-        return await anyio.to_thread.run_sync(self._register, service)
-
-    def _register(self, service: dict[str, Any]) -> str:
-        sid = service["id"]
-        fields = {
-            k: service[k]
-            for k in ("version_label", "name", "description", "gateway", "upstream_url", "timeout_ms", "openapi")
-        }
-        try:
-            self.client.register_service(sid, **fields)
-            return "registered"
-        except RegistryError as exc:
-            if exc.status != 409:
-                raise
-        current = self.client.get_service(sid)
-        self.client.update_service(sid, fields, if_match=current.get("version"))
-        return "updated"
 
     def close(self) -> None:
         self.client.close()
