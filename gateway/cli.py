@@ -231,19 +231,22 @@ def gateway_keygen(code: str, data_dir: str | None, force: bool) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the private key (PEM).")
 @click.option("--algorithm", type=click.Choice(["EdDSA", "ES256"]), default="EdDSA", show_default=True)
 @click.option("--register", is_flag=True, help="Also add the public key to the registry.")
-@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default="https://127.0.0.1:8600",
-              show_default=True, help="Registry URL for --register.")  # fmt: skip
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="LIENTHONG_HOME", default=Path("var"),
+              show_default=True, help="The mesh's folder: its admin key, CA and registry URL are under "
+                                      "<home>/registry (env LIENTHONG_HOME).")  # fmt: skip
+@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default=None,
+              help="Registry URL for --register [default: <home>/registry/url, else https://127.0.0.1:8600].")
 @click.option("--registry-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="LIENTHONG_REGISTRY_CA",
-              help="The mesh CA an https registry is verified with [default: var/registry/ca.crt].")  # fmt: skip
-@click.option("--key", "auth_key", type=click.Path(dir_okay=False), default=None,
-              help="Key (PEM) to sign the registry call with [default: var/registry/admin.key].")  # fmt: skip
+              help="The mesh CA an https registry is verified with [default: <home>/registry/ca.crt].")  # fmt: skip
+@click.option("--key", "auth_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Key (PEM) to sign the registry call with [default: <home>/registry/admin.key].")  # fmt: skip
 @click.option("--kid", "auth_kid", default=None, help="Key id registered for --key [default: its thumbprint].")
 @click.option("--as", "issuer", default="admin", show_default=True,
               help="Who signs: admin, or a subsystem of the same member (integrator).")  # fmt: skip
 def client_keygen(
-    subsystem: str, out: str, algorithm: str, register: bool, registry_url: str, registry_ca: Path | None,
-    auth_key: str | None, auth_kid: str | None, issuer: str,
+    subsystem: str, out: str, algorithm: str, register: bool, home: Path, registry_url: str | None,
+    registry_ca: Path | None, auth_key: Path | None, auth_kid: str | None, issuer: str,
 ) -> None:  # fmt: skip
     """Make a client key pair for a subsystem; prints the public JWK (with its kid)."""
     try:
@@ -255,19 +258,10 @@ def client_keygen(
     jwk = keys.public_jwk(key)
     Path(out).with_suffix(".jwk").write_bytes(orjson.dumps(jwk, option=orjson.OPT_INDENT_2))
     if register:
-        from registry import keyfiles
-        from registry.cli import CA_FILE, registry_ca_file
-        from registry.client import RegistryClient, RegistryError  # the registry part's client
+        from registry.cli_common import session  # the registry part's admin session: --home, key, CA, URL
 
-        path = Path(auth_key) if auth_key else Path("var/registry") / keyfiles.ADMIN_KEY
-        if not path.exists():
-            raise click.ClickException(f"no key file {path} to sign the registry call; pass --key")
-        ca = registry_ca_file(registry_url, registry_ca, Path("var/registry") / CA_FILE)
-        try:
-            with RegistryClient(registry_url, path, auth_kid, issuer, ca=ca) as client:
-                client.add_client_key(subsystem, jwk)
-        except RegistryError as exc:
-            raise click.ClickException(f"the registry refused the key: {exc}") from exc
+        with session(home, registry_url, auth_key, auth_kid, issuer, registry_ca) as s:
+            s.run(lambda c: c.add_client_key(subsystem, jwk))
     click.echo(orjson.dumps(jwk).decode())
 
 

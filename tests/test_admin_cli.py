@@ -87,14 +87,16 @@ def world(registry: RegistryHandle) -> dict[str, str]:
 
 def test_subsystems_add_then_keygen_register(registry: RegistryHandle, world: dict[str, str], tmp_path: Path) -> None:
     subsystem = f"{world['member']}/cadastre"
+    # the admin key, its kid and the CA come from the mesh home (LIENTHONG_HOME), as for every admin command
     keygen = ["keygen", "--subsystem", subsystem, "--out", str(tmp_path / "c.key"), "--register",
-              "--registry", registry.url, "--registry-ca", str(registry.ca_path),
-              "--key", str(registry.admin_key_path), "--kid", registry.admin_kid]  # fmt: skip
-    before = CliRunner().invoke(main, keygen)
+              "--registry", registry.url]  # fmt: skip
+    env = {"LIENTHONG_HOME": str(home_of(registry))}
+    before = CliRunner().invoke(main, keygen, env=env)
     assert before.exit_code == 1 and "404" in before.output
+    assert registry.url in before.output and str(home_of(registry) / "registry" / "admin.key") in before.output
     added = ok(registry, "subsystems", "add", subsystem, "--name", "Cadastre")
     assert added["id"] == subsystem and added["member"] == world["member"]
-    after = CliRunner().invoke(main, keygen)
+    after = CliRunner().invoke(main, keygen, env=env)
     assert after.exit_code == 0, after.output
     kid = json.loads(after.stdout)["kid"]
     held = ok(registry, "keys", "list", "--subsystem", subsystem, "--json")
