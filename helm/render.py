@@ -124,7 +124,9 @@ def _printf(fmt: str, *args: Any) -> str:
 
 
 def _to_yaml(value: Any) -> str:
-    return "" if value in (None, {}, []) else yaml.safe_dump(value, default_flow_style=False, allow_unicode=True).rstrip()
+    return (
+        "" if value in (None, {}, []) else yaml.safe_dump(value, default_flow_style=False, allow_unicode=True).rstrip()
+    )
 
 
 def _required(message: str, value: Any) -> Any:
@@ -290,32 +292,32 @@ class Renderer:
             raise RenderError(f"no template {name!r}")
         return self._run(self.defines[name], dot, {"$": self.root})
 
-    def _operand(self, token: str, dot: Any, scope: dict[str, Any]) -> Any:
-        if token[0] in "\"`":
-            return json.loads(token) if token[0] == '"' else token[1:-1]
-        if re.fullmatch(r"-?\d+", token):
-            return int(token)
-        if re.fullmatch(r"-?\d+\.\d+", token):
-            return float(token)
-        if token in ("true", "false", "nil"):
-            return {"true": True, "false": False, "nil": None}[token]
-        if token == ".":
+    def _operand(self, word: str, dot: Any, scope: dict[str, Any]) -> Any:
+        if word[0] in '"`':
+            return json.loads(word) if word[0] == '"' else word[1:-1]
+        if re.fullmatch(r"-?\d+", word):
+            return int(word)
+        if re.fullmatch(r"-?\d+\.\d+", word):
+            return float(word)
+        if word in ("true", "false", "nil"):
+            return {"true": True, "false": False, "nil": None}[word]
+        if word == ".":
             return dot
-        if token.startswith("$"):
-            name, _, path = token[1:].partition(".")
+        if word.startswith("$"):
+            name, _, path = word[1:].partition(".")
             if (name or "$") not in scope:
                 raise RenderError(f"undefined variable ${name}")
             return _field(scope[name or "$"], path)
-        if token.startswith("."):
-            return _field(dot, token[1:])
-        raise RenderError(f"unknown word {token!r}")
+        if word.startswith("."):
+            return _field(dot, word[1:])
+        raise RenderError(f"unknown word {word!r}")
 
 
 class _Files:
     def __init__(self, chart: Path) -> None:
         self.chart = chart
 
-    def Get(self, name: str) -> str:  # noqa: N802 - helm's name
+    def Get(self, name: str) -> str:  # helm's name for it
         return (self.chart / name).read_text()
 
 
@@ -350,7 +352,9 @@ def values_for(value_files: list[Path], chart: Path = CHART) -> dict[str, Any]:
     return values
 
 
-def render(values: dict[str, Any], release: str = "lienthong", namespace: str = "lienthong", chart: Path = CHART) -> dict[str, str]:
+def render(
+    values: dict[str, Any], release: str = "lienthong", namespace: str = "lienthong", chart: Path = CHART
+) -> dict[str, str]:
     """Each template's output by file name, partials (_*.tpl) and NOTES.txt left out, as `helm template` gives."""
     renderer = Renderer(chart, values, release, namespace)
     return {n: renderer.render(n) for n in renderer.templates if not n.startswith("_") and n.endswith(".yaml")}

@@ -10,10 +10,12 @@ Secrets or issued at start by init containers); and the registry starts the way 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +41,16 @@ from registry.client import RegistryClient
 from tests.procs import Proc, lienthong
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "lienthong"
+PROFILES = {"national": CHART / "values-national.yaml", "province": CHART / "values-province.yaml"}
 TEMPLATES = sorted(p for p in (CHART / "templates").iterdir() if p.suffix in (".yaml", ".tpl", ".txt"))
 DASHBOARD = CHART / "dashboards" / "lienthong-mesh.json"
+
+# helm/render.py: the chart rendered as `helm template` would, without helm (helm/ is not a package)
+_spec = importlib.util.spec_from_file_location("lienthong_helm_render", CHART.parent / "render.py")
+assert _spec is not None and _spec.loader is not None
+_render = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _render
+_spec.loader.exec_module(_render)
 
 # Labels Prometheus adds to every scraped series; lienthong_gateway comes from the gateway pods' label
 # lienthong-gateway (annotation scraping with the usual labelmap, or the chart's PodMonitor podTargetLabels).
@@ -231,23 +241,13 @@ def test_chart_and_values_parse() -> None:
         codes.append(ids.validate("gateway", gw["code"], "gateways[].code"))
         assert {"requests", "limits"} <= gw["resources"].keys()
     assert len(codes) == len(set(codes))
-    connector_names = _click_choices("connector")
+    from connectors.cli import definition
+
     for connector in values["connectors"]:
-        assert connector["name"] in connector_names
+        assert definition(connector["name"]) is not None  # a connector `lienthong connector serve` knows
         assert connector["gateway"] in codes, f"{connector['name']} names an unknown gateway"
         assert {"name", "key"} <= connector["databaseSecret"].keys()
     assert values["redis"]["embedded"]["enabled"] or values["redis"]["url"]
-
-
-def _click_choices(group: str) -> list[str]:
-    from lienthong.cli import main
-
-    assert isinstance(main, click.Group)
-    command = main.commands[group]
-    assert isinstance(command, click.Group)
-    argument = next(p for p in command.commands["serve"].params if isinstance(p, click.Argument))
-    assert isinstance(argument.type, click.Choice)
-    return [str(c) for c in argument.type.choices]
 
 
 def test_files_the_templates_read_exist() -> None:
@@ -407,9 +407,7 @@ def exported_series() -> dict[str, set[str]]:
     """
     registry = CollectorRegistry()
     # pre-bound label children (UPSTREAM.labels("connector")) are the same series as their parent: skip them
-    collectors = [
-        v for v in vars(gateway_metrics).values() if isinstance(v, MetricWrapperBase) and not v._labelvalues
-    ]
+    collectors = [v for v in vars(gateway_metrics).values() if isinstance(v, MetricWrapperBase) and not v._labelvalues]
     assert len(collectors) >= 5
     for collector in collectors:
         name = next(iter(collector.describe())).name
@@ -589,7 +587,8 @@ def test_every_url_the_chart_gives_is_https() -> None:
         text = path.read_text()
         assert "http://" not in text, f"{path.name} has a plain http:// URL"
         assert "--insecure-http" not in text or path.name == "README.md", path.name
-    assert _define("lienthong.registryUrl").strip().startswith("https://")
+    national, province = _define("lienthong.registryUrl").split("{{- else -}}")
+    assert national.strip().endswith(".Values.registry.url }}") and province.strip().startswith("https://")
     calls = lienthong_calls()
     registry_flags = [c.value("--registry") for c in calls if "--registry" in c.items]
     assert len(registry_flags) == 4  # gateway serve and cert, connector serve and cert
@@ -1050,15 +1049,14 @@ def shape(text: str, helpers: dict[str, str]) -> str:
 
 
 def manifests() -> list[dict[str, Any]]:
-    helpers = _helpers()
+    """The documents helm/render.py renders for the default values, both profiles, and the default values with every
+    certificate from a Secret (the other branch of each tlsSecret)."""
     docs = []
-    for template in TEMPLATES:
-        if template.suffix != ".yaml":
-            continue
-        for doc in yaml.safe_load_all(shape(template.read_text(), helpers)):
-            if doc:
-                assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{template.name}: {doc}"
-                docs.append(doc)
+    with_secrets = _render.values_for([])
+    for entry in [*with_secrets["gateways"], *with_secrets["connectors"]]:
+        entry["tlsSecret"] = "tls-" + entry.get("code", entry.get("name", ""))
+    for values in (_render.values_for([]), *(_render.values_for([p]) for p in PROFILES.values()), with_secrets):
+        docs += _documents(_render.render(values))
     return docs
 
 
@@ -1077,7 +1075,8 @@ def test_every_volume_a_container_mounts_is_in_its_pod() -> None:
     """Parsed from the templates' shape: each container and init container mounts only volumes its pod defines, and
     each pod defines no volume twice; the init containers write into the very volume the process serves from."""
     pods = [d for d in manifests() if d["kind"] in ("Deployment", "StatefulSet")]
-    assert {p["metadata"]["name"] for p in pods} >= {"X-registry", "X", "X-redis"}
+    names = {p["metadata"]["name"] for p in pods}
+    assert names >= {"lienthong-registry", "lienthong-gateway-nghean", "lienthong-redis"}
     checked = 0
     for pod in pods:
         spec = pod["spec"]["template"]["spec"]
@@ -1093,3 +1092,165 @@ def test_every_volume_a_container_mounts_is_in_its_pod() -> None:
             served = [m["mountPath"] for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == "tls"]
             assert tls and tls == served, pod["metadata"]["name"]
     assert checked > 20
+
+
+# ------------------------------------------------------------------ rendered: a nation, one province (issue 16)
+
+
+def _documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    return [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.fixture(scope="module")
+def profiles() -> dict[str, list[dict[str, Any]]]:
+    return {name: _documents(_render.render(_render.values_for([path]))) for name, path in PROFILES.items()}
+
+
+def _named(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _args(doc: dict[str, Any]) -> list[str]:
+    return [a for c in doc["spec"]["template"]["spec"]["containers"] for a in c.get("args", [])]
+
+
+def test_a_province_installs_no_registry_and_points_at_the_national_one(profiles: dict[str, Any]) -> None:
+    """values-province.yaml: one gateway and its connectors; no registry Deployment, Service or NetworkPolicy; every
+    --registry (serve and cert, gateway and connector) is the remote registry.url, verified with the mesh CA."""
+    remote = yaml.safe_load(PROFILES["province"].read_text())["registry"]["url"]
+    assert remote.startswith("https://")
+    docs = profiles["province"]
+    assert not any(d["metadata"]["name"].endswith("-registry") for d in docs)
+    assert list(_named(docs, "StatefulSet")) == ["lienthong-gateway-nghean", "lienthong-redis"]
+    assert list(_named(docs, "Deployment")) == ["lienthong-connector-civil-status"]
+    pods = [*_named(docs, "StatefulSet").values(), *_named(docs, "Deployment").values()]
+    registries = []
+    for pod in pods:
+        spec = pod["spec"]["template"]["spec"]
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            args = container.get("args", [])
+            registries += [args[k + 1] for k, a in enumerate(args) if a == "--registry"]
+    assert registries == [remote] * 4
+    job = _args(_named(docs, "Job")["lienthong-bootstrap"])[0]
+    assert f"--registry {remote} --registry-ca /etc/lienthong/mesh-ca/ca.crt" in job
+    national = profiles["national"]
+    assert "lienthong-registry" in _named(national, "Deployment")
+    assert "lienthong-registry" in _named(national, "Service")
+    (gateway,) = [d for n, d in _named(national, "StatefulSet").items() if "gateway" in n]
+    assert "https://lienthong-registry:8600" in _args(gateway)
+
+
+def test_a_province_without_the_registry_url_is_refused() -> None:
+    """Both helm's schema check and the template itself refuse province mode with no registry.url."""
+    values = _render.values_for([PROFILES["province"]])
+    values["registry"]["url"] = ""
+    assert any(e.startswith("registry.url:") for e in _schema_errors(values))
+    with pytest.raises(_render.Fail, match=r"registry\.url"):
+        _render.render(values)
+
+
+def test_network_policies_deny_by_default_and_allow_the_mesh_links(profiles: dict[str, Any]) -> None:
+    for name, docs in profiles.items():
+        policies = _named(docs, "NetworkPolicy")
+        deny = policies["lienthong-default-deny"]["spec"]
+        assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny
+        assert deny["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "lienthong"
+        gateways = [g["code"] for g in yaml.safe_load(PROFILES[name].read_text())["gateways"]]
+        for code in gateways:
+            gw = policies[f"lienthong-gateway-{code}"]["spec"]
+            mesh, scrape = gw["ingress"]
+            assert [p["port"] for p in mesh["ports"]] == [8700] and [p["port"] for p in scrape["ports"]] == [8701]
+            assert mesh["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+            hosted = [r for r in gw["egress"] if "to" in r and "lienthong-hosted-by" in str(r["to"])]
+            assert hosted[0]["to"][0]["podSelector"]["matchLabels"]["lienthong-hosted-by"] == code
+            to_registry = [r for r in gw["egress"] if "component': 'registry'" in str(r.get("to"))]
+            assert (to_registry != []) == (name == "national")  # a province reaches it through meshPeers
+            assert gw["egress"][-1]["to"] == yaml.safe_load(PROFILES[name].read_text())["networkPolicy"]["meshPeers"]
+        for connector in [d for n, d in _named(docs, "Deployment").items() if "-connector-" in n]:
+            labels = connector["spec"]["template"]["metadata"]["labels"]
+            policy = policies[connector["metadata"]["name"]]["spec"]
+            (ingress,) = policy["ingress"]
+            hosting = ingress["from"][0]["podSelector"]["matchLabels"]["lienthong-gateway"]
+            assert hosting == labels["lienthong-hosted-by"]
+
+
+def test_gateways_have_a_disruption_budget_and_tolerate_a_failed_readiness_probe(profiles: dict[str, Any]) -> None:
+    for docs in profiles.values():
+        budgets = _named(docs, "PodDisruptionBudget")
+        for name, gateway in _named(docs, "StatefulSet").items():
+            if "gateway" not in name:
+                continue
+            assert budgets[name]["spec"]["selector"] == gateway["spec"]["selector"]
+            assert budgets[name]["spec"]["maxUnavailable"] == 1
+            (container,) = gateway["spec"]["template"]["spec"]["containers"]
+            assert container["readinessProbe"]["failureThreshold"] > 1
+
+
+def test_the_bootstrap_job_runs_commands_the_real_cli_has(profiles: dict[str, Any]) -> None:
+    """A post-install hook; each `lienthong GROUP COMMAND` its script runs exists, with the options it passes."""
+    script = _args(_named(profiles["national"], "Job")["lienthong-bootstrap"])[0]
+    job = _named(profiles["province"], "Job")["lienthong-bootstrap"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    script += _args(job)[0]
+    assert 'lienthong gateways add "national" --base-url "https://national.' in script
+    assert "--key-file /etc/lienthong/clients/civil-status/client.key" in script
+    assert '--purpose "birth-registration" --purpose "identity-verification"' in script
+    calls = re.findall(r"\blienthong ([a-z-]+) ([a-z-]+) (.*?)(?: \$A|\"\$1\" \$A)", script)
+    commands = sorted({(g, c) for g, c, _ in calls})
+    assert ("subsystems", "add") in commands and ("grants", "add") in commands and ("services", "approve") in commands
+    from lienthong.cli import main
+
+    assert isinstance(main, click.Group)
+    groups = {name: g for name, g in main.commands.items() if isinstance(g, click.Group)}
+    present = [c for c in commands if c[0] in groups and c[1] in groups[c[0]].commands]
+    missing = sorted(set(commands) - set(present))
+    # `subsystems add` is being added to the CLI in issue 16; every other command must exist now
+    assert set(missing) <= {("subsystems", "add")}, missing
+    for group, command, rest in calls:
+        if (group, command) in present:
+            cli = groups[group].commands[command]
+            known = {o for p in cli.params for o in p.opts}
+            flags = {f for f in re.findall(r"(--[a-z-]+)", rest)} | {"--registry", "--registry-ca", "--key"}
+            assert flags <= known, (group, command, flags - known)
+
+
+def test_bad_values_fail_the_schema() -> None:
+    """values.schema.json is strict: an unknown key, a wrong mode, a plain-http registry.url are refused."""
+    for change, where in [
+        (lambda v: v.update(mod="province"), ""),
+        (lambda v: v.update(mode="regional"), "mode"),
+        (lambda v: v["registry"].update(url="http://registry:8600"), "registry.url"),
+        (lambda v: v["networkPolicy"].update(meshPeer=[]), "networkPolicy"),
+        (lambda v: v["bootstrap"]["grants"].append({"consumer": "VN/GOV/A/b", "service": "x"}), "bootstrap.grants.1"),
+    ]:
+        values = _render.values_for([PROFILES["province"]])
+        change(values)
+        errors = _schema_errors(values)
+        assert errors and all(e.startswith(where) for e in errors), (where, errors)
+
+
+def test_both_profiles_pass_kubectl_and_the_kubernetes_schemas(tmp_path: Path, profiles: dict[str, Any]) -> None:
+    """`kubectl apply --dry-run=client` needs an API server even so (it downloads the OpenAPI document), so the
+    rendered manifests go through `kubectl kustomize` (parsed as Kubernetes resources, names unique per kind) and
+    each through the Kubernetes 1.30 JSON schemas, strict: an unknown or misplaced field fails."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"prots": []}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.30", strict=True)  # the check below can fail
+    for name, path in PROFILES.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        files = []
+        for template, text in _render.render(_render.values_for([path])).items():
+            if text.strip():
+                (directory / template).write_text(text)
+                files.append(template)
+        (directory / "kustomization.yaml").write_text(yaml.safe_dump({"resources": files}))
+        done = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        built = [d for d in yaml.safe_load_all(done.stdout) if d]
+        assert len(built) == len(profiles[name]) > 10
+        for doc in built:
+            kubernetes_validate.validate(doc, "1.30", strict=True)
+    for path in PROFILES.values():
+        assert _schema_errors(_render.values_for([path])) == []
