@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from connectors.scaffold import register_new
 from connectors.sdk import discovery
 from connectors.sdk.definition import ConnectorDefinition
 
@@ -69,6 +70,7 @@ def _load_checked(target: str, name: str | None) -> ConnectorDefinition:
 def register(group: click.Group) -> None:
     """Add this part's commands to the top-level group."""
     group.add_command(connector)
+    register_new(connector)  # `connector new`: the scaffold of a province's own connector package
 
 
 @click.group()
