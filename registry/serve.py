@@ -4,6 +4,7 @@ plain HTTP with --insecure-http, for local development only."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -73,8 +74,24 @@ def serve(
         # Long polls park for up to 60 s; a stop must not wait for them (gateways simply ask again).
         own = dataclasses.replace(settings or RegistrySettings(), listen=(host, port))  # refused as an upstream
         app = create_app(data_dir, redis_url, own, issuer=issuer, renewer=renewer)
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=2, **tls)  # fmt: skip
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=2, **tls)  # fmt: skip
+        _Server(config).run()
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+class _Server(uvicorn.Server):
+    """On SIGTERM/SIGINT, wakes the parked long polls so they answer before the graceful timeout cancels them."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        from registry import runtime
+
+        try:
+            watch = runtime.current().watch
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet: nothing is parked
+            return
+        loop.call_soon_threadsafe(watch.release)

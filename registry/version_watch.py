@@ -24,6 +24,7 @@ class VersionWatch:
         self.version = 0
         self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="registry-version-watch")
@@ -57,11 +58,17 @@ class VersionWatch:
                 log.warning("version watch lost Redis (%s); retrying", exc)
                 await asyncio.sleep(FALLBACK_POLL_SECONDS)
 
+    def release(self) -> None:
+        """Wake every parked long poll and park no new one: the process is stopping (a gateway simply asks again),
+        so no request is left for the server to cancel."""
+        self._closing = True
+        self._moved.set()
+
     async def wait_past(self, version: int, timeout: float) -> None:
-        """Return as soon as the version is above `version`, or after `timeout` seconds."""
+        """Return as soon as the version is above `version`, or after `timeout` seconds, or once released."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.version <= version:
+        while self.version <= version and not self._closing:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
