@@ -32,7 +32,7 @@ import orjson
 from bench.chaos_load import CLIENT_TIMEOUT, Load, Recorder, Seen, Target, successes
 from bench.chaos_mesh import PROXIED, PROXIED_TIMEOUT_MS, ChaosMesh, start_chaos_mesh
 from gateway.ops_auth import operator_token_from
-from lienthong.mesh_layout import GATEWAYS
+from lienthong.cli.mesh_layout import GATEWAYS
 from policies.audit_log import iter_records
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,4 +1,4 @@
-"""The mesh the chaos run (and the attack and fuzz tests) work on: the demo mesh of lienthong.mesh_up as real
+"""The mesh the chaos run (and the attack and fuzz tests) work on: the demo mesh of lienthong.cli.mesh_up as real
 processes with TLS on every link, on a durable Redis this module owns (so it can be stopped and started again), with
 a fault proxy put between the national gateway and the insurance connector (its registered upstream URL points at the
 proxy, a TCP proxy: the gateway's TLS handshake goes through it to the connector unchanged).
@@ -18,8 +18,8 @@ from typing import Any
 
 from bench.chaos_load import Caller, Target
 from bench.chaos_proxy import FaultProxy
-from lienthong import mesh_layout as layout
-from lienthong.mesh_up import Mesh, MeshConfig, start, wait_for_snapshot
+from lienthong.cli import mesh_layout as layout
+from lienthong.cli.mesh_up import Mesh, MeshConfig, start, wait_for_snapshot
 from lienthong.redis_connection import EmbeddedRedis, free_port
 
 PROXIED = layout.INSURANCE  # the service whose upstream goes through the fault proxy

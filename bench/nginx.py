@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import machine
 from bench.tls import wait_https
 from lienthong import pki
-from lienthong.supervisor import Component, Supervisor
+from lienthong.cli.supervisor import Component, Supervisor
 
 # A small record, shaped like what the mesh carries; the connector case uses real generated data instead.
 RECORD = '{"id":"001203004567","full_name":"NGUYEN VAN A","birth_date":"2003-04-05","status":"ok"}'

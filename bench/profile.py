@@ -20,8 +20,8 @@ from pathlib import Path
 
 from bench import machine, mesh, nginx, wrk
 from bench.loadgen import run_sync
+from lienthong.cli.supervisor import Supervisor
 from lienthong.redis_connection import EmbeddedRedis, free_port
-from lienthong.supervisor import Supervisor
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 # Frames every worker stack starts with (process start-up, the CLI, the worker's loop): not where time goes.

@@ -24,8 +24,8 @@ from bench.measure import Case, Plan, run_rounds
 from bench.results import CASES, RESULTS_DIR, Results, print_table
 from bench.tls import UPSTREAM_NAME, BenchPKI
 from lienthong import pki
+from lienthong.cli.supervisor import Component, StartFailed, Supervisor
 from lienthong.redis_connection import free_port
-from lienthong.supervisor import Component, StartFailed, Supervisor
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "nginx": ("nginx_upstream", "nginx_proxy"),

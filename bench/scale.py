@@ -1,7 +1,7 @@
 """The scale cases: snapshot build and delivery, revocation reaching 35 gateways, data generation, lookup, metering,
 and the hot path's instructions per call (bench/instructions.py, full run only).
 
-Most are other parts' `run()` functions (registry/bench_snapshot.py, bench/datagen_bench.py, bench/meter_bench.py);
+Most are other parts' `run()` functions (bench/registry_snapshot.py, bench/datagen_bench.py, bench/meter_bench.py);
 each runs in its own process (`python -m bench.scale CASE`) with a time limit, so one that crashes or hangs costs
 only its own figure. The revocation case is bench/revocation.py.
 """
@@ -29,7 +29,7 @@ MARKER = "SCALEJSON "
 
 # case -> (module, full-run arguments, quick-run arguments or None (full run only), time limit in s for full / quick)
 CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None, tuple[float, float]]] = {
-    "snapshot": ("registry.bench_snapshot", {"services": 10_000, "grants": 100_000},
+    "snapshot": ("bench.registry_snapshot", {"services": 10_000, "grants": 100_000},
                  {"services": 10_000, "grants": 100_000}, (240, 120)),
     "revocation": ("bench.revocation", {"gateways": 35}, {"gateways": 35}, (120, 60)),
     "datagen": ("bench.datagen_bench", {"people": 10_000_000}, {"people": 30_000}, (1500, 60)),

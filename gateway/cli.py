@@ -313,8 +313,8 @@ def call(
     signed JWT."""
     import httpx
 
+    from lienthong.home import MeshPaths
     from lienthong.mesh_client import TIMEOUT, MeshClient, tls_http
-    from lienthong.mesh_layout import MeshPaths
 
     try:
         ids.validate("subsystem", subsystem, "--as")

@@ -1,4 +1,6 @@
-"""lienthong: the shared kernel every part of the mesh stands on (identifiers, problems, keys, Redis, the CLI)."""
+"""lienthong: the shared kernel every part of the mesh stands on (identifiers, problems, keys, tokens, PKI, the
+snapshot reader, subjects, Redis, the mesh home). It imports nothing above it: the command line, `up`, `demo` and the
+supervisor live in `lienthong.cli`, on top of the parts (tests/test_layering.py holds both rules)."""
 
 import warnings
 

@@ -13,7 +13,7 @@ import click
 from registry import keyfiles
 from registry.cli_common import CA_FILE, registry_ca_file
 
-__all__ = ["CA_FILE", "register", "registry_ca_file"]  # the CA helpers: gateway/cli.py and lienthong/cert_cli.py
+__all__ = ["CA_FILE", "register", "registry_ca_file"]  # the CA helpers: gateway/cli.py and lienthong/cli/cert_cli.py
 
 DEFAULT_DATA_DIR = "var/registry"
 

@@ -1,7 +1,7 @@
 """What every admin command shares: which mesh home, registry, key and CA it uses (`api_options`, `client`), how a
 refusal is printed (naming the key file and the URL), and how lists print (`--json`, or a table within 80 columns).
 
-The mesh home (`--home`, env LIENTHONG_HOME, default ./var) is lienthong.mesh_layout.MeshPaths: the admin key, the
+The mesh home (`--home`, env LIENTHONG_HOME, default ./var) is lienthong.home.MeshPaths: the admin key, the
 mesh CA and the registry's public key are in <home>/registry, and <home>/registry/url names the registry when
 neither --registry nor LIENTHONG_REGISTRY_URL does.
 """
@@ -28,7 +28,7 @@ WIDTH = 80  # tables fit a default terminal
 
 
 def home_registry_dir(home: Path) -> Path:
-    return home / "registry"  # MeshPaths(home).registry, without importing the mesh layout for --help
+    return home / "registry"  # MeshPaths(home).registry (lienthong.home), not imported so --help stays fast
 
 
 def api_options(fn: F) -> F:

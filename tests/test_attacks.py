@@ -39,7 +39,7 @@ import pytest
 from bench.chaos_mesh import ChaosMesh, shared
 from gateway.xroad_errors import XROAD_TYPES, xroad_status
 from lienthong import keys, pki, tokens
-from lienthong.mesh_layout import HANOI_PORTAL, INSURANCE, MOJ, NGHEAN_CIVIL, POPULATION
+from lienthong.cli.mesh_layout import HANOI_PORTAL, INSURANCE, MOJ, NGHEAN_CIVIL, POPULATION
 from policies.audit_log import iter_records
 from tests.mesh_support import LIENTHONG_ACCEPT
 

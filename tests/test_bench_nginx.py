@@ -18,9 +18,9 @@ import pytest
 
 from bench import cpu, nginx
 from bench.tls import NGINX_PROXY, UPSTREAM_NAME, BenchPKI
+from lienthong.cli.supervisor import Supervisor
 from lienthong.pki import CertFiles
 from lienthong.redis_connection import free_port
-from lienthong.supervisor import Supervisor
 from tests.procs import Proc
 
 pytestmark = pytest.mark.skipif(nginx.executable() is None, reason="nginx is not installed (make bench installs it)")

@@ -13,8 +13,8 @@ import pytest
 from bench import measure, mesh, nginx
 from bench.results import Results
 from bench.tls import BenchPKI
+from lienthong.cli.supervisor import Supervisor
 from lienthong.redis_connection import free_port
-from lienthong.supervisor import Supervisor
 
 pytestmark = pytest.mark.skipif(nginx.executable() is None, reason="nginx is not installed (make bench installs it)")
 

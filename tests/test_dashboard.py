@@ -27,9 +27,18 @@ import sqlalchemy as sa
 
 from gateway.ops_auth import mint_member_token, operator_token_from
 from lienthong import keys, tokens
+from lienthong.cli.mesh_layout import (
+    BUSINESS,
+    HANOI_PORTAL,
+    INSURANCE,
+    LICENSING,
+    MOJ,
+    NGHEAN_CIVIL,
+    POPULATION,
+    VERIFY,
+)
+from lienthong.cli.mesh_up import Mesh, MeshConfig, start
 from lienthong.mesh_client import MeshClient
-from lienthong.mesh_layout import BUSINESS, HANOI_PORTAL, INSURANCE, LICENSING, MOJ, NGHEAN_CIVIL, POPULATION, VERIFY
-from lienthong.mesh_up import Mesh, MeshConfig, start
 from lienthong.redis_connection import free_port
 
 BIRTH = "birth-registration"

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 from lienthong import pki
-from lienthong.mesh_layout import MOJ, NGHEAN_CIVIL, MeshPaths
+from lienthong.cli.mesh_layout import MOJ, NGHEAN_CIVIL
+from lienthong.home import MeshPaths
 from lienthong.redis_connection import free_port
 from tests.procs import lienthong
 

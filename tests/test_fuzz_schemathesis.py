@@ -26,7 +26,7 @@ from bench.chaos_mesh import ChaosMesh, shared
 from gateway.ops_api import SPEC as OPS_SPEC
 from gateway.ops_auth import operator_token_from
 from lienthong import keys, tokens
-from lienthong.mesh_layout import (
+from lienthong.cli.mesh_layout import (
     BIRTH,
     BUSINESS,
     CIVIL_STATUS,

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bench import registry_snapshot
 from lienthong import keys
 from lienthong.redis_connection import EmbeddedRedis
 from lienthong.snapshot import Snapshot, SnapshotError, verify_jws
-from registry import bench_snapshot
 from registry.client import RegistryClient, RegistryError
 from tests.registry_support import RegistryHandle, start_registry
 
@@ -151,7 +151,7 @@ def test_long_poll_wakes_on_a_change_and_times_out_with_304(seeded: dict[str, An
 
 
 def test_snapshot_build_at_a_test_sized_scale(redis_url: str) -> None:
-    result = bench_snapshot.run(services=500, grants=5000, redis_url=redis_url)
+    result = registry_snapshot.run(services=500, grants=5000, redis_url=redis_url)
     assert result["services"] == 500 and result["grants"] == 5000
     assert result["jws_mb"] > result["body_mb"] > 0.1
     assert result["build_s"] > 0 and result["total_s"] >= result["build_s"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from lienthong.cli.supervisor import Component, Supervisor
 from lienthong.redis_connection import free_port
-from lienthong.supervisor import Component, Supervisor
 
 # a process that notes when SIGTERM reached it and when it left, slowly, as a server finishing its requests would
 SLOW_STOP = """

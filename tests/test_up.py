@@ -21,8 +21,7 @@ import httpx
 import orjson
 
 from lienthong import pki
-from lienthong.mesh_client import MeshClient, tls_http
-from lienthong.mesh_layout import (
+from lienthong.cli.mesh_layout import (
     BIRTH,
     CONNECTORS,
     GATEWAYS,
@@ -32,8 +31,9 @@ from lienthong.mesh_layout import (
     NGHEAN_CIVIL,
     POPULATION,
     VERIFY,
-    MeshPaths,
 )
+from lienthong.home import MeshPaths
+from lienthong.mesh_client import MeshClient, tls_http
 from lienthong.redis_connection import free_port
 from tests.procs import VENV_BIN, lienthong
 
@@ -98,6 +98,11 @@ def _check_tls_mesh(home: Path, out: str) -> None:
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert jwt.returncode == 0 and orjson.loads(jwt.stdout)["status"] == 200, jwt.stdout + jwt.stderr
+    # admin commands find the mesh by its home alone (LIENTHONG_HOME): key, CA and the registry's port are there
+    listed = subprocess.run(lienthong("gateways", "list", "--json"), capture_output=True, text=True, timeout=60,
+                            env={**env, "LIENTHONG_HOME": str(home)})  # fmt: skip
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert {g["code"] for g in orjson.loads(listed.stdout)} == {"national", "hanoi", "nghean"}
 
 
 def _client(home: Path, out: str, subsystem: str, gateway: str) -> MeshClient:

@@ -28,7 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lienthong.mesh_layout import BUSINESS, CIVIL_STATUS, INSURANCE, NGHEAN_CIVIL, POPULATION, MeshPaths
+from lienthong.cli.mesh_layout import BUSINESS, CIVIL_STATUS, INSURANCE, NGHEAN_CIVIL, POPULATION
+from lienthong.home import MeshPaths
 from lienthong.redis_connection import free_port
 from tests.procs import lienthong
 from tests.xroad_client import XRoadClient, XRoadError, raise_for_xroad
@@ -64,7 +65,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpMesh]:
         while "Press Ctrl-C" not in out.read_text(errors="replace"):
             assert proc.poll() is None and time.monotonic() < deadline, out.read_text(errors="replace")[-4000:]
             time.sleep(0.2)
-        found = re.findall(r"gateway (\w+): operations API.*?(https://127\.0\.0\.1:\d+)/ops/", out.read_text())
+        # `up` prints each URL on the line after its label
+        found = re.findall(r"gateway (\w+): operations API.*?(https://127\.0\.0\.1:\d+)/ops/", out.read_text(), re.S)
         yield UpMesh(home, dict(found))
     finally:
         proc.send_signal(signal.SIGINT)  # `up` stops every process it started

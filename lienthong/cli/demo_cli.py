@@ -17,9 +17,9 @@ from types import FrameType
 import click
 from rich.console import Console
 
-from lienthong.mesh_layout import CONNECTORS, HANOI_PORTAL, POPULATION, VERIFY
-from lienthong.mesh_up import Mesh, MeshConfig, start
-from lienthong.supervisor import StartFailed
+from lienthong.cli.mesh_layout import CONNECTORS, HANOI_PORTAL, POPULATION, VERIFY
+from lienthong.cli.mesh_up import Mesh, MeshConfig, start
+from lienthong.cli.supervisor import StartFailed
 
 
 def _options(f: click.decorators.FC) -> click.decorators.FC:
@@ -178,7 +178,7 @@ def up(home: Path, people: int, registry_port: int, gateway_port: int, connector
 def demo(home: Path, people: int, registry_port: int, gateway_port: int, connector_port: int, quiet_logs: bool,
          once: bool, burst: int) -> None:  # fmt: skip
     """Start the mesh and run the birth-to-health-card procedure, a refused one, a burst of traffic and metering."""
-    from lienthong.demo import Demo
+    from lienthong.cli.demo import Demo
 
     console = Console()
     config = _config(home, people, registry_port, gateway_port, connector_port, quiet_logs or once)

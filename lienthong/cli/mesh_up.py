@@ -27,11 +27,13 @@ from cryptography import x509
 
 from gateway.settings import KEY_FILE
 from lienthong import keys, pki
+from lienthong.cli.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS
+from lienthong.cli.supervisor import Component, StartFailed, Supervisor
+from lienthong.home import MeshPaths
 from lienthong.mesh_client import MeshClient, tls_http
-from lienthong.mesh_layout import CONNECTORS, GATEWAYS, GRANTS, MEMBERS, MeshPaths
 from lienthong.redis_connection import free_port, redis_executable
 from lienthong.subjects import subject_key_env
-from lienthong.supervisor import Component, StartFailed, Supervisor
+from registry.cli_common import URL_FILE
 
 Say = Callable[[str], None]
 TIER_REDIS, TIER_REGISTRY, TIER_EDGE = 0, 1, 2  # stopped highest first: what serves calls, then what it needs
@@ -226,6 +228,8 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
     serve = ["registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)]
     argv = _lienthong(*serve, "--upstream-allow", allow, *_insecure(config))
     supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env, ca, tier=TIER_REGISTRY))
+    # admin commands run with --home (or LIENTHONG_HOME) find this registry, whatever port it took
+    (config.paths.registry / URL_FILE).write_text(registry_url + "\n")
     mesh = Mesh(config, supervisor, redis_url, registry_url, {}, {}, {}, ca)
     with mesh.admin() as admin:
         for gw in GATEWAYS:

@@ -1,4 +1,6 @@
-"""The `lienthong` command: one entry point; each part of the mesh adds its own commands."""
+"""The top of the house: the `lienthong` command (one entry point; each part of the mesh adds its own commands),
+`up` and `demo` (the whole mesh on one machine), its supervisor, and the commands that span parts (`cert`, `ops`).
+It stands on the parts (registry, gateway, policies, connectors) and the kernel; nothing below imports it."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ COMMAND_MODULES = (
     "connectors.cli",
     "connectors.data_cli",
     "gateway.cli",
-    "lienthong.cert_cli",  # after gateway.cli and connectors.cli: it adds `cert` to their groups
-    "lienthong.ops_cli",
+    "lienthong.cli.cert_cli",  # after gateway.cli and connectors.cli: it adds `cert` to their groups
+    "lienthong.cli.ops_cli",
     "policies.cli",
-    "lienthong.demo_cli",
+    "lienthong.cli.demo_cli",
 )
 
 

@@ -2,7 +2,7 @@
 CSR, send it to the registry signed with the key the registry already holds for the identity, and write the
 certificate and the mesh CA into a CertFiles dir (tls.key, tls.crt, ca.crt).
 
-Registered into the `gateway` and `connector` groups of their parts and a `client` group by lienthong/cli.py.
+Registered into the `gateway` and `connector` groups of their parts and a `client` group by lienthong/cli/__init__.py.
 """
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from gateway.ops_auth import operator_token_from
-from lienthong.mesh_client import MeshClient
-from lienthong.mesh_layout import (
+from lienthong.cli.mesh_layout import (
     BIRTH,
     BUSINESS,
     CIVIL_STATUS,
@@ -38,7 +37,8 @@ from lienthong.mesh_layout import (
     POPULATION,
     VERIFY,
 )
-from lienthong.mesh_up import Mesh
+from lienthong.cli.mesh_up import Mesh
+from lienthong.mesh_client import MeshClient
 
 NGHEAN_PROVINCE = "040"
 HANOI_PROVINCE = "001"

@@ -19,7 +19,7 @@ from gateway.cli import OPS_URL_FILE
 from gateway.ops_auth import DEFAULT_OPERATOR_LIFETIME, OPERATOR_MAX_LIFETIME, mint_member_token, mint_operator_token
 from gateway.settings import KEY_FILE
 from lienthong import ids, keys
-from lienthong.mesh_layout import MeshPaths
+from lienthong.home import MeshPaths
 from lienthong.tokens import MAX_CLIENT_TOKEN_LIFETIME
 
 

@@ -5,8 +5,7 @@ Plain data, so `lienthong up`, the tests and the benchmark all build the same me
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -102,55 +101,3 @@ GRANTS = (
     GrantSpec(MOJ, POPULATION, (VERIFY, BIRTH), default_purpose=VERIFY),
     GrantSpec(MOJ, BUSINESS, (LICENSING,)),
 )
-
-
-@dataclass
-class MeshPaths:
-    """Where the mesh keeps its state; everything under one folder (default ./var)."""
-
-    root: Path = field(default_factory=lambda: Path("var"))
-
-    @property
-    def redis(self) -> Path:
-        return self.root / "redis"
-
-    @property
-    def registry(self) -> Path:
-        return self.root / "registry"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def clients(self) -> Path:
-        return self.root / "clients"
-
-    @property
-    def ca_cert(self) -> Path:
-        """The mesh CA certificate `lienthong registry init` writes; every process verifies its peers with it."""
-        return self.registry / "ca.crt"
-
-    def gateway(self, code: str) -> Path:
-        return self.root / "gateways" / code
-
-    def gateway_tls(self, code: str) -> Path:
-        return self.gateway(code) / "tls"
-
-    def connector_tls(self, name: str) -> Path:
-        return self.root / "connectors" / name / "tls"
-
-    def client_key(self, subsystem: str) -> Path:
-        return self.clients / (_slug(subsystem) + ".key")
-
-    def client_tls(self, subsystem: str) -> Path:
-        """The client system's certificate (`lienthong client cert --out`), what `lienthong call` presents."""
-        return self.clients / _slug(subsystem) / "tls"
-
-
-def _slug(subsystem: str) -> str:
-    return subsystem.replace("/", "_")
