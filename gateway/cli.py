@@ -24,6 +24,7 @@ from gateway.settings import (
 )
 from gateway.workers import serve as serve_workers
 from lienthong import ids, keys
+from lienthong.home import home_option
 
 OPS_URL_FILE = "ops-url"  # in the data dir: the base URL of the operations API, written by `gateway serve`
 INSECURE_WARNING = ("--insecure-http: this gateway serves PLAIN HTTP, with no TLS and no client certificates; "
@@ -231,9 +232,7 @@ def gateway_keygen(code: str, data_dir: str | None, force: bool) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the private key (PEM).")
 @click.option("--algorithm", type=click.Choice(["EdDSA", "ES256"]), default="EdDSA", show_default=True)
 @click.option("--register", is_flag=True, help="Also add the public key to the registry.")
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="LIENTHONG_HOME", default=Path("var"),
-              show_default=True, help="The mesh's folder: its admin key, CA and registry URL are under "
-                                      "<home>/registry (env LIENTHONG_HOME).")  # fmt: skip
+@home_option("The mesh's folder: its admin key, CA and registry URL are under <home>/registry.")
 @click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default=None,
               help="Registry URL for --register [default: <home>/registry/url, else https://127.0.0.1:8600].")
 @click.option("--registry-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -268,8 +267,7 @@ def client_keygen(
 @click.command("call")
 @click.argument("target")
 @click.option("--as", "subsystem", required=True, help="The calling subsystem (X-Road-Client).")
-@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path("var"), show_default=True,
-              envvar="LIENTHONG_HOME", help="The mesh's folder, where the default --tls-dir and CA are.")  # fmt: skip
+@home_option("The mesh's folder, where the default --tls-dir and CA are.")
 @click.option("--tls-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The client certificate to authenticate with (tls.key, tls.crt, ca.crt; `lienthong client cert` "
                    "writes them) [default: <home>/clients/<subsystem with _ for />/tls].")  # fmt: skip

@@ -5,15 +5,29 @@ systems' keys, data and logs. Every part and command that reads or writes such a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+HOME_ENV = "LIENTHONG_HOME"
+DEFAULT_HOME = Path("var")
+
+
+def home_option(help: str) -> Callable[[F], F]:
+    """The `--home` option of every command that works on a mesh home (env LIENTHONG_HOME, default ./var)."""
+    return click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar=HOME_ENV,
+                        default=DEFAULT_HOME, show_default=True, help=f"{help} (env {HOME_ENV})")  # fmt: skip
 
 
 @dataclass
 class MeshPaths:
     """Where the mesh keeps its state; everything under one folder (default ./var)."""
 
-    root: Path = field(default_factory=lambda: Path("var"))
+    root: Path = field(default_factory=lambda: DEFAULT_HOME)
 
     @property
     def redis(self) -> Path:

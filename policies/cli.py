@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
+from lienthong.home import home_option
 from lienthong.problem import Problem
 
 
@@ -57,14 +58,7 @@ def metering_group() -> None:
                    "outcome, role, hour, day.")  # fmt: skip
 @click.option("--redis", "redis_url", default=None,
               help="Redis URL [default: REDIS_URL, else the running Redis of --home].")  # fmt: skip
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("var"),
-    show_default=True,
-    envvar="LIENTHONG_HOME",
-    help="The mesh's folder; its Redis port file is <home>/redis/redis.port.",
-)
+@home_option("The mesh's folder; its Redis port file is <home>/redis/redis.port.")
 @click.option("--all-roles", is_flag=True, help="Count every gateway's own record, not mesh transactions.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def metering_report(

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import click
 
+from lienthong.home import MeshPaths, home_option
 from registry import keyfiles
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_HOME = "var"
 DEFAULT_REGISTRY = "https://127.0.0.1:8600"
 CA_FILE = "ca.crt"  # registry.mesh_ca.CA_CERT, named here so --help does not import the PKI
 URL_FILE = "url"  # <home>/registry/url: the registry's base URL, for a mesh whose registry is not on the default
@@ -28,16 +28,13 @@ WIDTH = 80  # tables fit a default terminal
 
 
 def home_registry_dir(home: Path) -> Path:
-    return home / "registry"  # MeshPaths(home).registry (lienthong.home), not imported so --help stays fast
+    return MeshPaths(home).registry
 
 
 def api_options(fn: F) -> F:
     """--home, --registry, --key, --kid, --as and --registry-ca: who talks to which registry."""
     opts = [
-        click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="LIENTHONG_HOME",
-                     default=Path(DEFAULT_HOME), show_default=True,
-                     help="the mesh's folder: its admin key, CA and registry URL are under <home>/registry "
-                          "(env LIENTHONG_HOME)"),
+        home_option("the mesh's folder: its admin key, CA and registry URL are under <home>/registry"),
         click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default=None,
                      help=f"registry base URL (env LIENTHONG_REGISTRY_URL) [default: <home>/registry/{URL_FILE}, "
                           f"else {DEFAULT_REGISTRY}]"),

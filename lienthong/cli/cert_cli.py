@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway.settings import KEY_FILE
+from lienthong.home import home_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,8 +24,7 @@ DEFAULT_REGISTRY = "https://127.0.0.1:8600"
 def common_options(fn: F) -> F:
     """--home, --registry, --registry-ca and --force: where things live and which registry signs."""
     opts = [
-        click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path("var"), show_default=True,
-                     envvar="LIENTHONG_HOME", help="Folder for data, keys and logs (env LIENTHONG_HOME)."),
+        home_option("Folder for data, keys and logs."),
         click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", default=DEFAULT_REGISTRY,
                      show_default=True, help="Registry base URL (env LIENTHONG_REGISTRY_URL)."),
         click.option("--registry-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -20,12 +20,12 @@ from rich.console import Console
 from lienthong.cli.mesh_layout import CONNECTORS, HANOI_PORTAL, POPULATION, VERIFY
 from lienthong.cli.mesh_up import Mesh, MeshConfig, start
 from lienthong.cli.supervisor import StartFailed
+from lienthong.home import home_option
 
 
 def _options(f: click.decorators.FC) -> click.decorators.FC:
     decorators = [
-        click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
-                     show_default=True, envvar="LIENTHONG_HOME", help="Folder for data, keys, logs and Redis."),
+        home_option("Folder for data, keys, logs and Redis."),
         click.option("--people", type=click.IntRange(min=100), default=100_000, show_default=True,
                      help="People to generate when no data exists yet."),
         click.option("--registry-port", type=click.IntRange(1, 65535), default=8600, show_default=True),

@@ -19,7 +19,7 @@ from gateway.cli import OPS_URL_FILE
 from gateway.ops_auth import DEFAULT_OPERATOR_LIFETIME, OPERATOR_MAX_LIFETIME, mint_member_token, mint_operator_token
 from gateway.settings import KEY_FILE
 from lienthong import ids, keys
-from lienthong.home import MeshPaths
+from lienthong.home import MeshPaths, home_option
 from lienthong.tokens import MAX_CLIENT_TOKEN_LIFETIME
 
 
@@ -30,14 +30,7 @@ def ops_group() -> None:
 
 @ops_group.command("login")
 @click.option("--gateway", "code", required=True, help="The gateway's code, e.g. national.")
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("var"),
-    show_default=True,
-    envvar="LIENTHONG_HOME",
-    help="The mesh's folder (as `lienthong up`); the data dir is HOME/gateways/CODE.",
-)
+@home_option("The mesh's folder (as `lienthong up`); the data dir is HOME/gateways/CODE.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The gateway's data dir, when it is not under --home.")  # fmt: skip
 @click.option("--url", default=None, help="The gateway's operations URL; default the one it wrote in its data dir.")
