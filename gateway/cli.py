@@ -21,6 +21,7 @@ from gateway.settings import (
     GatewaySettings,
     parse_listen,
     parse_policies,
+    parse_registry_urls,
 )
 from gateway.workers import serve as serve_workers
 from lienthong import ids, keys
@@ -66,7 +67,9 @@ def gateway_group() -> None:
 @click.option("--code", envvar="LIENTHONG_GATEWAY_CODE", required=True, help="This gateway's code, e.g. national.")
 @click.option("--host", envvar="LIENTHONG_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="LIENTHONG_PORT", type=int, default=8700, show_default=True)
-@click.option("--registry", "registry_url", envvar="LIENTHONG_REGISTRY_URL", required=True, help="Registry base URL.")
+@click.option("--registry", "registry_urls", envvar="LIENTHONG_REGISTRY_URL", required=True, multiple=True,
+              help="Registry base URL; repeat it or separate by commas for several registries on one Redis, the "
+                   "snapshot poll moving to the next when one fails.")  # fmt: skip
 @click.option(
     "--registry-key",
     envvar="LIENTHONG_REGISTRY_KEY",
@@ -135,7 +138,7 @@ def serve(
     code: str,
     host: str,
     port: int,
-    registry_url: str,
+    registry_urls: tuple[str, ...],
     registry_key: str,
     key_file: str | None,
     kid: str | None,
@@ -161,6 +164,8 @@ def serve(
     try:
         ids.validate("gateway", code, "code")
         enabled = parse_policies(policies)
+        if not parse_registry_urls(*registry_urls):
+            raise ValueError("--registry: no registry URL given")
         ops_address = parse_listen(ops_listen) if ops_listen else None
         HostNames.build([], ops_hosts)  # refuse a malformed name now, not in every worker
         load_operator_keys(Path(k) for k in ops_operator_keys)
@@ -177,8 +182,9 @@ def serve(
 
         redis_url, embedded = resolve_url(Path("var/redis"))
     settings = GatewaySettings(
-        code=code, registry_url=registry_url.rstrip("/"), registry_key_file=Path(registry_key).resolve(),
-        key_file=key_path, kid=kid or keys.public_jwk(private)["kid"], data_dir=data, host=host, port=port,
+        code=code, registry_url=",".join(parse_registry_urls(*registry_urls)),
+        registry_key_file=Path(registry_key).resolve(), key_file=key_path, kid=kid or keys.public_jwk(private)["kid"],
+        data_dir=data, host=host, port=port,
         workers=workers, max_snapshot_age=max_snapshot_age, body_limit=body_limit, policies=enabled,
         redis_url=redis_url, trace_sample_ratio=trace_sample_ratio, breaker_failures=breaker_failures,
         breaker_open_seconds=breaker_open_seconds, snapshot_wait=snapshot_wait, ops_listen=ops_listen,

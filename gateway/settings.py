@@ -37,6 +37,18 @@ def parse_policies(value: str) -> frozenset[str]:
     return names
 
 
+def parse_registry_urls(*values: str) -> tuple[str, ...]:
+    """Registry base URLs from repeated options and comma lists (issue 17: any of several registries serves),
+    in the order given, without trailing slashes or repeats."""
+    urls: list[str] = []
+    for value in values:
+        for part in value.replace(",", " ").split():
+            url = part.rstrip("/")
+            if url and url not in urls:
+                urls.append(url)
+    return tuple(urls)
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """'HOST:PORT' or '[V6]:PORT' -> (host, port); ValueError naming the value otherwise."""
     host, sep, port = value.strip().rpartition(":")
@@ -49,7 +61,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     code: str
-    registry_url: str
+    registry_url: str  # one base URL, or several comma-separated: the snapshot poll moves to the next on failure
     registry_key_file: Path  # the registry's public JWK, given at install
     key_file: Path  # this gateway's private key (PEM)
     kid: str
@@ -74,12 +86,18 @@ class GatewaySettings:
 
     def __post_init__(self) -> None:
         ids.validate("gateway", self.code, "code")
+        if not self.registry_urls:
+            raise ValueError("no registry URL given")
         if self.max_snapshot_age <= 0:
             raise ValueError("max_snapshot_age must be positive")
         if self.body_limit <= 0:
             raise ValueError("body_limit must be positive")
         if self.ops_listen:
             parse_listen(self.ops_listen)
+
+    @property
+    def registry_urls(self) -> tuple[str, ...]:
+        return parse_registry_urls(self.registry_url)
 
     @property
     def ops_address(self) -> tuple[str, int] | None:
@@ -104,7 +122,7 @@ class GatewaySettings:
     def to_env(self) -> dict[str, str]:
         return {
             "LIENTHONG_GATEWAY_CODE": self.code,
-            "LIENTHONG_REGISTRY_URL": self.registry_url,
+            "LIENTHONG_REGISTRY_URL": ",".join(self.registry_urls),
             "LIENTHONG_REGISTRY_KEY": str(self.registry_key_file),
             "LIENTHONG_GATEWAY_KEY": str(self.key_file),
             "LIENTHONG_GATEWAY_KID": self.kid,
@@ -140,7 +158,7 @@ class GatewaySettings:
 
         return cls(
             code=need("LIENTHONG_GATEWAY_CODE"),
-            registry_url=need("LIENTHONG_REGISTRY_URL").rstrip("/"),
+            registry_url=",".join(parse_registry_urls(need("LIENTHONG_REGISTRY_URL"))),
             registry_key_file=Path(need("LIENTHONG_REGISTRY_KEY")),
             key_file=Path(need("LIENTHONG_GATEWAY_KEY")),
             kid=need("LIENTHONG_GATEWAY_KID"),

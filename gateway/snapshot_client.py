@@ -8,6 +8,9 @@ Nothing a snapshot holds may stop the poll (issue 13): verifying and building a 
 runs in a worker thread, so the event loop keeps answering calls meanwhile; an entry that cannot be built is
 quarantined by lienthong.snapshot and logged here once per version; and any error the loop did not expect is logged
 with its traceback and retried with a jittered backoff, never left to end the task.
+
+Several registries may serve the same Redis (issue 17): given several URLs, the poll keeps to the one that answers
+and moves to the next when it is unreachable, times out or answers 5xx; a refused or bad snapshot does not move it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import httpx
 import orjson
 
 from gateway import metrics
+from gateway.settings import parse_registry_urls
 from lienthong import pki, tokens
 from lienthong.background import stop_task
 from lienthong.keys import PrivateKey, PublicKey, public_key_from_jwk
@@ -39,6 +43,10 @@ FIRST_BACKOFF = 0.5
 LOGGED_QUARANTINES = 20  # per version: a snapshot full of garbage gives a summary, not thousands of lines
 # what a registry outage or a refused snapshot raises; anything else is a fault, logged with its traceback
 EXPECTED_ERRORS = (httpx.HTTPError, SnapshotError, ValueError, KeyError)
+
+
+class RegistryUnavailable(SnapshotError):
+    """The registry answered 5xx: another registry on the same Redis may serve."""
 
 
 def load_registry_key(path: Path) -> PublicKey:
@@ -85,7 +93,10 @@ class SnapshotClient:
         ca: Path | None = None,
     ) -> None:
         self.code = code
-        self.registry_url = registry_url.rstrip("/")
+        self.registry_urls = parse_registry_urls(registry_url)  # one URL or a comma list of registries
+        if not self.registry_urls:
+            raise ValueError("no registry URL given")
+        self._at = 0  # which of registry_urls the poll uses: it stays on one that answers
         self.registry_key = registry_key
         self.key = key
         self.kid = kid
@@ -98,6 +109,19 @@ class SnapshotClient:
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._installing = asyncio.Lock()  # one build at a time: each builds on the one before
+
+    @property
+    def registry_url(self) -> str:
+        return self.registry_urls[self._at]
+
+    def _move_on(self, exc: Exception) -> None:
+        """After an outage of the registry in use, use the next one (logged: operators see which serves whom)."""
+        if len(self.registry_urls) < 2 or not isinstance(exc, httpx.TransportError | RegistryUnavailable):
+            return
+        failed = self.registry_url
+        self._at = (self._at + 1) % len(self.registry_urls)
+        log.warning("gateway %s: registry %s failed (%s); the snapshot poll now uses %s",
+                    self.code, failed, exc.__class__.__name__, self.registry_url)  # fmt: skip
 
     # -- state -------------------------------------------------------------------------------------------------
 
@@ -189,7 +213,8 @@ class SnapshotClient:
     def _verify(self) -> ssl.SSLContext | bool:
         """The mesh CA for an https registry (host names unchecked: the certificate names the registry by URI SAN, as
         every mesh certificate does); the system's CAs when this gateway holds no mesh CA file."""
-        if self.ca is not None and self.registry_url.lower().startswith("https:") and self.ca.is_file():
+        https = any(url.lower().startswith("https:") for url in self.registry_urls)
+        if self.ca is not None and https and self.ca.is_file():
             return pki.client_context(self.ca)
         return True
 
@@ -210,6 +235,8 @@ class SnapshotClient:
             with contextlib.suppress(OSError):
                 os.utime(self.cache_path, (now, now))
             return False
+        if response.status_code >= 500:
+            raise RegistryUnavailable(f"registry {self.registry_url} answered {response.status_code}")
         if response.status_code != 200:
             raise SnapshotError(f"registry answered {response.status_code}: {response.text[:200]}")
         async with self._installing:
@@ -237,7 +264,8 @@ class SnapshotClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # nothing may end the poll: it is what brings the next version
-                cap = self._report(exc, "snapshot fetch failed", backoff)
+                cap = self._report(exc, f"snapshot fetch from {self.registry_url} failed", backoff)
+                self._move_on(exc)
             recovering = True
             await asyncio.sleep(random.uniform(backoff / 2, backoff))  # jittered: workers and gateways spread out
             backoff = min(backoff * 2, cap)
@@ -259,10 +287,17 @@ class SnapshotClient:
     async def start(self) -> None:
         """Cache first, one quick fetch so a fresh start serves current data, then the long poll in the background."""
         await asyncio.to_thread(self.load_cache)
-        try:
-            await self.fetch(wait=0, timeout=3.0)
-        except Exception as exc:  # a start must never fail on what the registry sent: the poll tries again
-            self._report(exc, "the first snapshot fetch failed", None)
+        for _ in self.registry_urls:  # each registry once, until one answers
+            try:
+                await self.fetch(wait=0, timeout=3.0)
+                break
+            except Exception as exc:  # a start must never fail on what the registry sent: the poll tries again
+                self._report(exc, f"the first snapshot fetch from {self.registry_url} failed", None)
+                moved = self._at
+                self._move_on(exc)
+                if self._at == moved:
+                    break
+        log.info("gateway %s: snapshot poll uses registry %s", self.code, self.registry_url)
         self._task = asyncio.create_task(self._poll_forever(), name=f"snapshot-poll-{self.code}")
         self._task.add_done_callback(self._poll_ended)
 

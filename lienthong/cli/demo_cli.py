@@ -28,7 +28,10 @@ def _options(f: click.decorators.FC) -> click.decorators.FC:
         home_option("Folder for data, keys, logs and Redis."),
         click.option("--people", type=click.IntRange(min=100), default=100_000, show_default=True,
                      help="People to generate when no data exists yet."),
-        click.option("--registry-port", type=click.IntRange(1, 65535), default=8600, show_default=True),
+        click.option("--registry-port", type=click.IntRange(1, 65535), default=8600, show_default=True,
+                     help="Port of the first registry; more registries take the next ones."),
+        click.option("--registries", type=click.IntRange(1, 9), default=1, show_default=True,
+                     help="Registry processes on the same Redis, any of which serves (gateways move between them)."),
         click.option("--gateway-port", type=click.IntRange(1, 65535), default=8700, show_default=True,
                      help="Port of the national gateway; Ha Noi and Nghe An take the next two."),
         click.option("--connector-port", type=click.IntRange(1, 65535), default=8801, show_default=True,
@@ -41,8 +44,9 @@ def _options(f: click.decorators.FC) -> click.decorators.FC:
 
 
 def _config(home: Path, people: int, registry_port: int, gateway_port: int, connector_port: int,
-            quiet_logs: bool) -> MeshConfig:  # fmt: skip
-    config = MeshConfig(root=home, people=people, registry_port=registry_port, echo_logs=not quiet_logs)
+            quiet_logs: bool, registries: int = 1) -> MeshConfig:  # fmt: skip
+    config = MeshConfig(root=home, people=people, registry_port=registry_port, echo_logs=not quiet_logs,
+                        registries=registries)  # fmt: skip
     config.gateway_ports = {code: gateway_port + i for i, code in enumerate(("national", "hanoi", "nghean"))}
     config.connector_ports = {spec.name: connector_port + i for i, spec in enumerate(CONNECTORS)}
     return config
@@ -54,8 +58,10 @@ def _urls(console: Console, mesh: Mesh) -> None:
     rows = [
         ("operations dashboard (log in with the next line's link)", f"{national}/ops/v1/dashboard"),
         ("its login link (15 min)", f"lienthong ops login --home {mesh.config.root} --gateway national"),
-        ("registry API (Swagger UI)", f"{mesh.registry_url}/v1/ui/"),
     ]
+    for i, url in enumerate(mesh.registry_urls or [mesh.registry_url]):
+        rows.append((f"registry {i + 1} API (Swagger UI)" if len(mesh.registry_urls) > 1
+                     else "registry API (Swagger UI)", f"{url}/v1/ui/"))  # fmt: skip
     for code, url in mesh.gateway_urls.items():
         rows.append((f"gateway {code}: operations API (Swagger UI)", f"{url}/ops/v1/ui/"))
         rows.append((f"gateway {code}: Prometheus metrics", f"{url}/metrics"))
@@ -163,10 +169,11 @@ def _start(console: Console, config: MeshConfig) -> Mesh:
 
 @click.command("up")
 @_options
-def up(home: Path, people: int, registry_port: int, gateway_port: int, connector_port: int, quiet_logs: bool) -> None:
+def up(home: Path, people: int, registry_port: int, registries: int, gateway_port: int, connector_port: int,
+       quiet_logs: bool) -> None:  # fmt: skip
     """Start the whole mesh on this machine (Redis, registry, 3 gateways, 4 connectors) and keep it up."""
     console = Console()
-    mesh = _start(console, _config(home, people, registry_port, gateway_port, connector_port, quiet_logs))
+    mesh = _start(console, _config(home, people, registry_port, gateway_port, connector_port, quiet_logs, registries))
     _urls(console, mesh)
     sys.exit(_wait_for_ctrl_c(console, mesh))
 
@@ -175,13 +182,13 @@ def up(home: Path, people: int, registry_port: int, gateway_port: int, connector
 @_options
 @click.option("--once", is_flag=True, help="Run the demo, stop the mesh and exit 0 only if every step was as expected.")
 @click.option("--burst", type=click.IntRange(min=1), default=300, show_default=True, help="Calls in the traffic burst.")
-def demo(home: Path, people: int, registry_port: int, gateway_port: int, connector_port: int, quiet_logs: bool,
-         once: bool, burst: int) -> None:  # fmt: skip
+def demo(home: Path, people: int, registry_port: int, registries: int, gateway_port: int, connector_port: int,
+         quiet_logs: bool, once: bool, burst: int) -> None:  # fmt: skip
     """Start the mesh and run the birth-to-health-card procedure, a refused one, a burst of traffic and metering."""
     from lienthong.cli.demo import Demo
 
     console = Console()
-    config = _config(home, people, registry_port, gateway_port, connector_port, quiet_logs or once)
+    config = _config(home, people, registry_port, gateway_port, connector_port, quiet_logs or once, registries)
     mesh = _start(console, config)
     try:
         report = Demo(mesh, console, burst=burst).run()

@@ -43,7 +43,8 @@ TIER_REDIS, TIER_REGISTRY, TIER_EDGE = 0, 1, 2  # stopped highest first: what se
 class MeshConfig:
     root: Path = field(default_factory=lambda: Path(os.environ.get("LIENTHONG_HOME", "var")))
     host: str = "127.0.0.1"
-    registry_port: int = 8600
+    registry_port: int = 8600  # the first registry's; more registries (issue 17) take the next ports
+    registries: int = 1  # registry processes on the same Redis and data dir, any of which serves
     gateway_ports: dict[str, int] = field(default_factory=lambda: {g.code: g.port for g in GATEWAYS})
     connector_ports: dict[str, int] = field(default_factory=lambda: {c.name: c.port for c in CONNECTORS})
     redis_port: int = 8679
@@ -76,6 +77,12 @@ class Mesh:
     connector_urls: dict[str, str]
     kids: dict[str, str]  # subsystem -> kid of its client key
     ca: Path | None = None  # the mesh CA every https URL above is verified with (None: plain HTTP)
+    registry_urls: list[str] = field(default_factory=list)  # every registry; registry_url is the first
+
+    @property
+    def registries(self) -> str:
+        """Every registry's URL, comma-separated, as gateways and connectors take them."""
+        return ",".join(self.registry_urls or [self.registry_url])
 
     def admin(self) -> Any:
         from registry.client import RegistryClient
@@ -218,19 +225,23 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
     paths, host, scheme = config.paths, config.host, config.scheme
     _init_registry(paths.registry, say)
     ca = None if config.insecure_http else paths.ca_cert
-    rport = pick_port(host, config.registry_port, "the registry", say)
-    registry_url = f"{scheme}://{host}:{rport}"
     env = {"REDIS_URL": redis_url}
     # the connectors' ports are chosen first: they are the only loopback upstreams the registry allows
     connector_ports = {c.name: pick_port(host, config.connector_ports[c.name], f"connector {c.name}", say)
                        for c in CONNECTORS}  # fmt: skip
     allow = ",".join([*(f"{host}:{port}" for port in connector_ports.values()), *config.upstream_allow])
-    serve = ["registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)]
-    argv = _lienthong(*serve, "--upstream-allow", allow, *_insecure(config))
-    supervisor.start(Component("registry", argv, f"{registry_url}/healthz", env, ca, tier=TIER_REGISTRY))
+    registry_urls: list[str] = []
+    for i in range(config.registries):  # one after the other: the first makes the TLS files the others reuse
+        rport = pick_port(host, config.registry_port + i, "the registry", say)
+        registry_urls.append(f"{scheme}://{host}:{rport}")
+        serve = ["registry", "serve", "--host", host, "--port", str(rport), "--data-dir", str(paths.registry)]
+        argv = _lienthong(*serve, "--upstream-allow", allow, *_insecure(config))
+        name = "registry" if i == 0 else f"registry-{i + 1}"
+        supervisor.start(Component(name, argv, f"{registry_urls[-1]}/healthz", env, ca, tier=TIER_REGISTRY))
+    registry_url = registry_urls[0]
     # admin commands run with --home (or LIENTHONG_HOME) find this registry, whatever port it took
     (config.paths.registry / URL_FILE).write_text(registry_url + "\n")
-    mesh = Mesh(config, supervisor, redis_url, registry_url, {}, {}, {}, ca)
+    mesh = Mesh(config, supervisor, redis_url, registry_url, {}, {}, {}, ca, registry_urls)
     with mesh.admin() as admin:
         for gw in GATEWAYS:
             port = pick_port(host, config.gateway_ports[gw.code], f"gateway {gw.code}", say)
@@ -255,7 +266,7 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
         data_dir = paths.gateway(gw.code)
         argv = _lienthong(
             "gateway", "serve", "--code", gw.code, "--host", host, "--port", url.rsplit(":", 1)[1],
-            "--registry", registry_url, "--registry-key", str(registry_pub), "--data-dir", str(data_dir),
+            "--registry", mesh.registries, "--registry-key", str(registry_pub), "--data-dir", str(data_dir),
             "--workers", str(config.gateway_workers), "--redis-url", redis_url, "--trace-sample-ratio", "0.01",
             *_insecure(config, "--tls-dir", str(paths.gateway_tls(gw.code))),
         )  # fmt: skip
@@ -267,7 +278,7 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
         tls = ("--tls-dir", str(paths.connector_tls(spec.name)), "--registry-ca", str(paths.ca_cert))
         argv = _lienthong(
             "connector", "serve", spec.name, *_insecure(config, *tls), "--host", host, "--port", str(port),
-            "--database-url", database_url(config, spec.name), "--registry", registry_url,
+            "--database-url", database_url(config, spec.name), "--registry", mesh.registries,
             "--gateway", spec.gateway, "--key", str(paths.client_key(spec.subsystem)),
             "--kid", mesh.kids[spec.subsystem],
         )  # fmt: skip
