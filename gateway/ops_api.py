@@ -36,7 +36,7 @@ from gateway.ops_auth import OpsGate, Principal
 from gateway.ops_heartbeat import Heartbeat, gateway_health
 from lienthong.api_problems import add_problem_handlers, validator_map
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem, bad_request
-from lienthong.redis_connection import sync_client
+from lienthong.redis_connection import sync_single_client
 from lienthong.snapshot import Snapshot
 from policies.audit_log import AuditIndex, SortKey, sort_key
 from policies.chain import ChainConfig
@@ -117,7 +117,7 @@ class OpsHandlers:
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = sync_client(self.cfg.redis_url)
+            self._redis = sync_single_client(self.cfg.redis_url, who="the gateway's operations API")
         return self._redis
 
     async def _query(self, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:

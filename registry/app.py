@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from lienthong.api_problems import add_problem_handlers, problem_response, validator_map
 from lienthong.cert_renewal import CertificateRenewer
 from lienthong.problem import Problem
-from lienthong.redis_connection import async_client
+from lienthong.redis_connection import async_single_client
 from registry import keyfiles, mesh_ca, runtime, service_rules
 from registry.settings import RegistrySettings
 from registry.snapshot_builder import SnapshotBuilder
@@ -64,7 +64,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        redis = async_client(redis_url)
+        redis = async_single_client(redis_url, who="the registry")  # MULTI over many keys, streams: one primary
         store = Store(redis)
         watch = VersionWatch(redis)
         builder = SnapshotBuilder(redis, signing, kid, upstream_policy=published, ca_pems=(issuer.ca_pem,))
