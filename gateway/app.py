@@ -128,18 +128,25 @@ class GatewayApp:
 
     def _request_certificate(self, csr: bytes) -> dict[str, Any]:
         """POST /v1/certificates, signed with the gateway's key, the one the registry holds for it (§9)."""
-        from registry.client import RegistryClient
+        from registry.client import RegistryClient, RegistryError
 
-        url = self.settings.registry_url
-        ca = self.settings.cert_files.ca if url.lower().startswith("https:") else None
-        with RegistryClient(url, key=self._private_key, kid=self.settings.kid, iss=f"gateway:{self.settings.code}",
-                            ca=ca) as client:  # fmt: skip
-            return client.request_certificate(csr)
+        failure: Exception | None = None
+        for url in self.settings.registry_urls:  # any registry of the mesh signs; the next one when one is down
+            ca = self.settings.cert_files.ca if url.lower().startswith("https:") else None
+            try:
+                with RegistryClient(url, key=self._private_key, kid=self.settings.kid,
+                                    iss=f"gateway:{self.settings.code}", ca=ca) as client:  # fmt: skip
+                    return client.request_certificate(csr)
+            except (RegistryError, OSError) as exc:
+                if isinstance(exc, RegistryError) and 0 < exc.status < 500:
+                    raise  # a refusal, not an outage (0: unreachable): another registry would refuse it too
+                failure = exc
+        raise failure or RuntimeError("no registry URL")
 
     def upstream(self) -> UpstreamClient:
         if self._upstream is None:  # made lazily, inside the worker's event loop
             own = endpoints_of([f"http://{self.settings.host}:{self.settings.port}", self.settings.redis_url,
-                                self.settings.registry_url])  # refused as connectors  # fmt: skip
+                                *self.settings.registry_urls])  # refused as connectors  # fmt: skip
             self._upstream = UpstreamClient(self.breakers, own, client_tls(self.settings.cert_files))
         return self._upstream
 
