@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from lienthong.problem import Problem
+from lienthong.redis_connection import wait_replicated
 
 PREFIX = "lienthong:registry:"
 K_VERSION = PREFIX + "version"
@@ -176,10 +177,18 @@ class Store:
                     pipe.multi()
                     self._queue(pipe, tx, new_version)
                     await pipe.execute()
+                    await self._durable()
                     return result
                 except WatchError:
                     continue
         raise Problem(503, "busy", "the registry is busy with other changes; retry", headers={"Retry-After": "1"})
+
+    async def _durable(self) -> None:
+        """A change is acknowledged only once a replica holds it, when the primary has one (docs/policies.md): a
+        failover right after the answer must not lose what the client was told is done."""
+        if await wait_replicated(self.redis) == 0:
+            raise Problem(503, "storage-unavailable", "the change was written, but no Redis replica confirmed it "
+                          "within 1 s; read it back before retrying", headers={"Retry-After": "1"})  # fmt: skip
 
     @staticmethod
     def _queue(pipe: Any, tx: Tx, new_version: int) -> None:

@@ -6,6 +6,8 @@ and the same client must go on writing to the promoted replica. A registry proce
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -26,6 +28,7 @@ from lienthong.redis_connection import (
     sync_client,
     wait_replicated,
 )
+from registry.client import RegistryError
 from tests.registry_support import start_registry
 
 MASTER = "mymaster"
@@ -214,3 +217,34 @@ def test_sentinel_environment_and_bad_urls(monkeypatch: pytest.MonkeyPatch, tmp_
                 "redis+cluster://127.0.0.1:7000/3", "redis+sentinel://127.0.0.1:1/m/x"):  # fmt: skip
         with pytest.raises(ValueError, match="Redis URL"):
             sync_client(bad)
+
+
+def test_a_registry_write_is_acknowledged_only_once_a_replica_holds_it(tmp_path: Path) -> None:
+    """docs/policies.md: with a replica, the registry answers a change only after WAIT saw a replica take it; a
+    replica that cannot confirm (stopped here with SIGSTOP, so it stays connected) makes the change a 503 to retry,
+    never a silent success a failover could lose."""
+    primary = EmbeddedRedis(tmp_path / "p", extra_args=["--repl-diskless-sync-delay", "0"])
+    primary.start()
+    replica = EmbeddedRedis(tmp_path / "r", extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+    replica.start()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    registry = start_registry(tmp_path, primary.url, logs)
+    try:
+        on_primary = redis.Redis(port=primary.port, decode_responses=True)
+        _until("the replica to sync", lambda: on_primary.info("replication").get("slave0", {}).get("state") == "online")
+        admin = registry.admin_client()
+        admin.add_gateway("durable-gw", "http://127.0.0.1:8700")  # acknowledged: the replica holds it
+        assert redis.Redis(port=replica.port).hexists("lienthong:registry:obj:gateways", "durable-gw")
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RegistryError) as refused:
+                admin.add_member("VN/GOV/DURABLE", "Not confirmed", "durable-gw")
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        assert refused.value.status == 503 and refused.value.problem["code"] == "storage-unavailable"
+    finally:
+        registry.stop()
+        replica.stop()
+        primary.stop()
