@@ -259,9 +259,9 @@ def async_single_client(url: str, *, who: str) -> aioredis.Redis:
     return client
 
 
-def sync_single_client(url: str, *, who: str) -> redis.Redis:
+def sync_single_client(url: str, *, who: str, connect_timeout: float = 2, timeout: float = 5) -> redis.Redis:
     """sync_client for a part that needs one primary: refuses a cluster."""
-    client = sync_client(url)
+    client = sync_client(url, connect_timeout=connect_timeout, timeout=timeout)
     if isinstance(client, redis.RedisCluster):
         raise ValueError(f"{who} needs one Redis primary (redis:// or redis+sentinel://), not the cluster {url!r}")
     return client

@@ -35,6 +35,7 @@ import redis
 
 from lienthong.background import stop_task
 from lienthong.problem import Problem
+from lienthong.redis_connection import sync_single_client
 from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 from policies.worker_slot import WorkerSlot, claim_slot, orphan_slots
@@ -209,7 +210,8 @@ class Meter(PolicyBase):
     def __init__(self, gateway: str, data_dir: Path, redis_url: str) -> None:
         self.gateway = gateway
         self.dir = data_dir / "meter"
-        self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=5)
+        # Sentinel too; a cluster is refused until the meter's keys carry hash tags (issue 17)
+        self.redis = sync_single_client(redis_url, who="the meter", connect_timeout=1, timeout=5)
         self.applier = SpoolApplier(self.redis)
         self.slot: WorkerSlot | None = None
         self._fd = -1

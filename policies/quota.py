@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from lienthong.problem import Problem
+from lienthong.redis_connection import sync_single_client
 from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 
@@ -96,7 +97,8 @@ class Quota(PolicyBase):
     priority = 300
 
     def __init__(self, redis_url: str) -> None:
-        self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=0.25, socket_timeout=0.25)
+        # Sentinel too; a cluster is refused until the quota's keys are checked for one slot per script (issue 17)
+        self._redis = sync_single_client(redis_url, who="the quota", connect_timeout=0.25, timeout=0.25)
         self._lease = self._redis.register_script(LEASE_SCRIPT)
         self._buckets: dict[str, _Bucket] = {}
         self._redis_down_until = 0.0

@@ -248,3 +248,20 @@ def test_a_registry_write_is_acknowledged_only_once_a_replica_holds_it(tmp_path:
         registry.stop()
         replica.stop()
         primary.stop()
+
+
+def test_meter_counts_reach_the_primary_sentinel_names(ha: Cluster, tmp_path: Path) -> None:
+    """The meter takes a Sentinel URL like the registry (issue 17): its flushed counts land on the primary."""
+    from policies.meter import Meter
+    from tests.test_policy_fixtures import CONSUMER, World, context
+
+    meter = Meter("sentinel-gw", tmp_path, ha.url)
+    meter.open()
+    ctx = context(World().snapshot(), role="home", gateway="sentinel-gw")
+    ctx.client, ctx.status, ctx.consumer_gateway = CONSUMER, 200, "sentinel-gw"
+    for _ in range(7):
+        meter.log(ctx)
+    meter.flush_once()
+    primary = redis.Redis(port=ha.master_port())
+    counted = sum(int(v) for key in primary.keys("meter:h:*") for v in primary.hvals(key))
+    assert counted == 7
