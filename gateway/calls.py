@@ -27,7 +27,7 @@ from gateway.assertions import ASSERTION_HEADER, AssertionSigner
 from gateway.paths import R1Path, parse_r1
 from gateway.request_hash import request_hash
 from gateway.snapshot_client import SnapshotClient
-from gateway.upstream import UpstreamClient, UpstreamResponse
+from gateway.upstream import HOP_BY_HOP, UpstreamClient, UpstreamResponse
 from lienthong import pki
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem
 from lienthong.upstream_policy import UpstreamPolicy
@@ -41,10 +41,9 @@ from policies.chain import Chain
 # headers", "Cache headers"). X-Road-Client, X-Road-Id, traceparent and the assertion are set by the gateway;
 # Authorization only when it is the end user's (policies/authn.py); Accept-Encoding is dropped because the mesh
 # reads the answer (minimization, subjects in the response) and so needs it uncompressed.
-NOT_FORWARDED = frozenset(
+NOT_FORWARDED = HOP_BY_HOP | frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
-        "transfer-encoding", "upgrade", "host", "user-agent", "server", "content-length", "expect", "accept-encoding",
+        "user-agent", "server", "expect", "accept-encoding",
         "forwarded", "via", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
         "x-real-ip", "x-http-method-override", "x-http-method", "x-method-override", "authorization",
         "x-road-client", "x-road-id", "x-road-request-hash", "x-road-request-id", "x-road-service", "x-road-error",
