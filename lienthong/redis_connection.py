@@ -10,6 +10,7 @@ that a restart of the process loses nothing. Tests use the same class on a free 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -249,6 +250,33 @@ def async_client(url: str, *, connect_timeout: float = 2, timeout: float = 5) ->
     return sentinel.master_for(
         parsed.master, db=int(parsed.db), username=parsed.username, password=parsed.password, health_check_interval=30
     )
+
+
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException)
+"""What a call may raise when the store cannot be reached: redis-py's cluster client raises RedisClusterException,
+which is no RedisError, when no node answers."""
+
+
+class DeferredClient:
+    """sync_client, made on first use when it cannot be made now: redis-py's cluster client reads the slot map when
+    it is made, and a part that must start while the store is down (the meter spools, the quota fails open) should
+    not fail its start for that. A malformed URL still fails here and now (ValueError)."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 2, timeout: float = 5) -> None:
+        self._url, self._timeouts = url, {"connect_timeout": connect_timeout, "timeout": timeout}
+        self._client: redis.Redis | redis.RedisCluster | None = None
+        with contextlib.suppress(redis.exceptions.RedisClusterException):
+            self._client = sync_client(url, **self._timeouts)
+
+    def get(self) -> redis.Redis | redis.RedisCluster:
+        """The client; raises one of STORE_ERRORS while a cluster cannot be reached yet."""
+        if self._client is None:
+            self._client = sync_client(self._url, **self._timeouts)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def async_single_client(url: str, *, who: str) -> aioredis.Redis:

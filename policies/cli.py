@@ -68,19 +68,19 @@ def metering_report(
     from rich.console import Console
     from rich.table import Table
 
-    from lienthong.redis_connection import sync_single_client
+    from lienthong.redis_connection import sync_client
     from policies.meter_query import MESH_ROLES, parse_group_by, parse_time, transactions
 
     try:
         group_by = parse_group_by(by, "--by")
         t0, t1 = parse_time(start, "--from"), parse_time(end, "--to")
         url = redis_url or _home_redis(home)
-        client = sync_single_client(url, who="metering report")
+        client = sync_client(url)  # plain, Sentinel or cluster: the counts carry per-gateway hash tags
         result = transactions(client, t0, t1, group_by, None if all_roles else MESH_ROLES)
     except Problem as problem:
         click.echo(f"metering report: {problem.field}: {problem.detail}", err=True)
         sys.exit(2)
-    except ValueError as exc:  # a Redis URL it cannot use (malformed, or a cluster)
+    except ValueError as exc:  # a Redis URL it cannot use
         click.echo(f"metering report: --redis: {exc}", err=True)
         sys.exit(2)
     if as_json:

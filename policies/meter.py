@@ -8,12 +8,20 @@ only if the watermark has not passed its start. A crash between "Redis applied" 
 count twice, and Redis being down only makes the spool grow. Spools of dead workers (free slot lock) and of this
 slot's previous life are replayed on start and every ADOPT_INTERVAL.
 
-Redis layout: meter:h:{YYYYMMDDHH} hash, field consumer|service|endpoint|consumer_gw|provider_gw|role|outcome -> n;
-meter:l:{YYYYMMDDHH} hash, field service|endpoint|role|le -> n (le: bucket upper bound in ms, "inf" last).
+Redis layout, every key tagged with the gateway that counted (`{<gateway>}`, a Redis Cluster hash tag):
+meter:h:{<gateway>}:<YYYYMMDDHH> hash, field consumer|service|endpoint|consumer_gw|provider_gw|role|outcome -> n;
+meter:l:{<gateway>}:<YYYYMMDDHH> hash, field service|endpoint|role|le -> n (le: bucket upper bound in ms, "inf" last).
 The counts count items: an answered (2xx) batch call (its endpoint declares `x-lienthong-batch`) counts its item
 count (spool field "n", absent for 1), as its quota did; any other outcome counts 1. Histograms count calls.
-The same two per UTC minute for the dashboard's last hour, meter:m:{YYYYMMDDHHMM} and meter:lm:{YYYYMMDDHHMM}, expire
-MINUTE_TTL after their last write (the batch that writes them sets the expiry in the same atomic step).
+The same two per UTC minute for the dashboard's last hour, meter:m:{<gateway>}:<YYYYMMDDHHMM> and
+meter:lm:{<gateway>}:<YYYYMMDDHHMM>, expire MINUTE_TTL after their last write (the batch that writes them sets the
+expiry in the same atomic step). meter:wm:{<gateway>}:<spool file id> is a spool's watermark.
+
+One tag per gateway keeps a batch's watermark and every hash it increments on one cluster slot, so the apply script
+(watermark check, increments, new watermark) stays one atomic step and metering stays exactly-once on a cluster too.
+A gateway's spools (its workers' and the dead ones it adopts) all live in its own folder, so they share its tag.
+Readers (policies.meter_query) add the hashes of every gateway named in the set meter:gateways (GATEWAYS_KEY), which
+a gateway joins before it applies its first batch.
 """
 
 from __future__ import annotations
@@ -31,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
+from redis.commands.core import Script
 
 from lienthong.background import stop_task
 from lienthong.problem import Problem
-from lienthong.redis_connection import sync_single_client
+from lienthong.redis_connection import STORE_ERRORS, DeferredClient
 from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 from policies.worker_slot import WorkerSlot, claim_slot, orphan_slots
@@ -52,19 +60,28 @@ LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1000
 DIMENSIONS = ("consumer", "service", "endpoint", "consumer_gateway", "provider_gateway", "role", "outcome")
 OUTCOMES = ("2xx", "4xx", "5xx", "refused", "platform-error")
 
-# ARGV: start, end, watermark ttl, minute-key ttl, then (key, field, delta) triples; keys named meter:m:* or
-# meter:lm:* (per-minute counts) get the minute ttl.
+GATEWAYS_KEY = "meter:gateways"
+ANNOUNCE_INTERVAL = 60.0  # a gateway names itself in GATEWAYS_KEY again this often (a restored Redis may lack it)
+MAX_BACKOFF = 1.0  # between flushes while Redis is unreachable
+MAX_FAULT_BACKOFF = 5.0  # between flushes after an unexpected fault (logged with its traceback every time)
+FLUSH_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)  # Redis or the disk: expected, kept quiet
+
+
+def counts_key(kind: str, gateway: str, label: str) -> str:
+    """meter:<kind>:{<gateway>}:<label>; kind h, l (hour), m, lm (minute), wm (watermark, label: spool file id)."""
+    return f"meter:{kind}:{{{gateway}}}:{label}"
+
+
+# KEYS[1]: the spool's watermark, KEYS[2..]: the hashes the batch increments, per-minute ones first; all of them carry
+# one gateway's tag (one cluster slot). ARGV: start, end, watermark ttl, minute-key ttl, how many per-minute hashes
+# lead KEYS[2..], then (index into KEYS, field, delta) triples.
 APPLY_SCRIPT = """
 local wm = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if wm > tonumber(ARGV[1]) then return wm end
-local expiring = {}
-for i = 5, #ARGV, 3 do
-  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  if string.sub(ARGV[i], 1, 8) == 'meter:m:' or string.sub(ARGV[i], 1, 9) == 'meter:lm:' then
-    expiring[ARGV[i]] = true
-  end
+for i = 6, #ARGV, 3 do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
 end
-for key in pairs(expiring) do redis.call('EXPIRE', key, tonumber(ARGV[4])) end
+for k = 2, 1 + tonumber(ARGV[5]) do redis.call('EXPIRE', KEYS[k], tonumber(ARGV[4])) end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 return tonumber(ARGV[2])
 """
@@ -139,17 +156,23 @@ def _items(ctx: CallContext) -> int:
     return ctx.items
 
 
-def fold(lines: Iterable[bytes]) -> Counter[tuple[str, str]]:
-    """Spool lines -> {(redis hash key, field): delta}."""
+def fold(lines: Iterable[bytes], gateway: str) -> Counter[tuple[str, str]]:
+    """Spool lines of `gateway` -> {(redis hash key, field): delta}. A line that is no record (a damaged disk) is
+    logged and skipped: it can never be counted, and failing on it would stop every count behind it."""
     # A batch holds thousands of calls of the same few shapes: count the shapes, then build keys once per shape.
     shapes: Counter[tuple[Any, ...]] = Counter()
     items: Counter[tuple[Any, ...]] = Counter()
     for line in lines:
-        rec = orjson.loads(line)
-        shape = (int(rec["t"] // 60), rec["c"], rec["s"], rec["e"], rec["cg"], rec["pg"], rec["r"], rec["o"],
-                 bucket(rec["ms"]))  # fmt: skip
+        try:
+            rec = orjson.loads(line)
+            shape = (int(rec["t"] // 60), str(rec["c"]), str(rec["s"]), str(rec["e"]), str(rec["cg"]),
+                     str(rec["pg"]), str(rec["r"]), str(rec["o"]), bucket(float(rec["ms"])))  # fmt: skip
+            n = int(rec.get("n", 1))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.error("meter: skipping a spool line that is no record (%r): %.200r", exc, line)
+            continue
         shapes[shape] += 1
-        items[shape] += rec.get("n", 1)
+        items[shape] += n
     deltas: Counter[tuple[str, str]] = Counter()
     for (minute_number, c, s, e, cg, pg, r, o, le), calls in shapes.items():
         n = items[(minute_number, c, s, e, cg, pg, r, o, le)]
@@ -157,18 +180,30 @@ def fold(lines: Iterable[bytes]) -> Counter[tuple[str, str]]:
         hour = minute[:10]
         dims = "|".join((c, s, e, cg, pg, r, o))
         histogram = f"{s}|{e}|{r}|{le}"
-        deltas[(f"meter:h:{hour}", dims)] += n
-        deltas[(f"meter:l:{hour}", histogram)] += calls
-        deltas[(f"meter:m:{minute}", dims)] += n
-        deltas[(f"meter:lm:{minute}", histogram)] += calls
+        deltas[(counts_key("h", gateway, hour), dims)] += n
+        deltas[(counts_key("l", gateway, hour), histogram)] += calls
+        deltas[(counts_key("m", gateway, minute), dims)] += n
+        deltas[(counts_key("lm", gateway, minute), histogram)] += calls
     return deltas
 
 
 class SpoolApplier:
-    """Replays spool files into Redis, batch by batch, each batch at most once."""
+    """Replays one gateway's spool files into Redis, batch by batch, each batch at most once."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._apply = client.register_script(APPLY_SCRIPT)
+    def __init__(self, store: DeferredClient, gateway: str) -> None:
+        self._store = store
+        self.gateway = gateway
+        self._apply: Script | None = None
+        self._announce_at = 0.0
+
+    def watermark(self, path: Path) -> int:
+        """How far Redis has applied the spool file at path (0: nothing yet)."""
+        value = self._store.get().get(counts_key("wm", self.gateway, path.stem))
+        return max(0, int(value)) if value is not None else 0
+
+    def replay(self, path: Path) -> int:
+        """Apply what Redis has not yet applied of a spool nobody writes any more; return the offset reached."""
+        return self.apply_from(path, self.watermark(path))
 
     def apply_from(self, path: Path, start: int, end: int | None = None) -> int:
         """Apply complete lines of path from offset start (up to end); return the new applied offset."""
@@ -196,11 +231,21 @@ class SpoolApplier:
                 f.seek(start)
 
     def _apply_batch(self, file_id: str, start: int, end: int, lines: list[bytes]) -> int:
-        args: list[Any] = [start, end, WATERMARK_TTL, MINUTE_TTL]
-        for (key, field), delta in fold(lines).items():
-            args += [key, field, delta]
-        applied = int(self._apply(keys=[f"meter:wm:{file_id}"], args=args))
-        return applied
+        client = self._store.get()
+        if time.monotonic() >= self._announce_at:  # readers must know the tag before it holds a count
+            client.sadd(GATEWAYS_KEY, self.gateway)
+            self._announce_at = time.monotonic() + ANNOUNCE_INTERVAL
+        if self._apply is None:
+            self._apply = client.register_script(APPLY_SCRIPT)
+        deltas = fold(lines, self.gateway)
+        per_minute = [k for k in dict.fromkeys(key for key, _ in deltas) if k.startswith(("meter:m:", "meter:lm:"))]
+        hashes = per_minute + [k for k in dict.fromkeys(key for key, _ in deltas) if k not in per_minute]
+        index = {key: i for i, key in enumerate(hashes, start=2)}
+        args: list[Any] = [start, end, WATERMARK_TTL, MINUTE_TTL, len(per_minute)]
+        for (key, field), delta in deltas.items():
+            args += [index[key], field, delta]
+        keys = [counts_key("wm", self.gateway, file_id), *hashes]
+        return int(self._apply(keys=keys, args=args))
 
 
 class Meter(PolicyBase):
@@ -210,9 +255,8 @@ class Meter(PolicyBase):
     def __init__(self, gateway: str, data_dir: Path, redis_url: str) -> None:
         self.gateway = gateway
         self.dir = data_dir / "meter"
-        # Sentinel too; a cluster is refused until the meter's keys carry hash tags (issue 17)
-        self.redis = sync_single_client(redis_url, who="the meter", connect_timeout=1, timeout=5)
-        self.applier = SpoolApplier(self.redis)
+        self.store = DeferredClient(redis_url, connect_timeout=1, timeout=5)  # plain, Sentinel or cluster
+        self.applier = SpoolApplier(self.store, gateway)
         self.slot: WorkerSlot | None = None
         self._fd = -1
         self._path: Path | None = None
@@ -245,25 +289,36 @@ class Meter(PolicyBase):
     async def start(self) -> None:
         self.open()
         self._task = asyncio.create_task(self._run(), name="meter-flush")
+        self._task.add_done_callback(_flush_ended)
 
     async def _run(self) -> None:
         backoff = FLUSH_INTERVAL
         while True:
             await asyncio.sleep(backoff)
             try:
-                await asyncio.to_thread(self.sync_and_apply)
-                retired = self.maybe_rotate()  # on the loop thread, where log() writes, so no write is cut off
-                if retired is not None:
-                    await asyncio.to_thread(self.retire, *retired)
-                if time.monotonic() >= self._next_adopt:
-                    await asyncio.to_thread(self.adopt_orphans)
-                backoff = FLUSH_INTERVAL
-                self.redis_ok = True
-            except (redis.RedisError, OSError) as exc:
+                await self._cycle()
+            except asyncio.CancelledError:
+                raise
+            except FLUSH_ERRORS as exc:
                 if self.redis_ok:
                     log.warning("meter flush failed, keeping counts in the spool: %s", exc)
                 self.redis_ok = False
-                backoff = min(1.0, backoff * 2)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+            except Exception as exc:  # nothing may end the flush: the spool would grow and nothing be counted
+                backoff = min(MAX_FAULT_BACKOFF, backoff * 2)
+                log.error("meter flush failed unexpectedly; counts stay in the spool, retrying in %.1fs", backoff,
+                          exc_info=exc)  # fmt: skip
+            else:
+                backoff = FLUSH_INTERVAL
+                self.redis_ok = True
+
+    async def _cycle(self) -> None:
+        await asyncio.to_thread(self.sync_and_apply)
+        retired = self.maybe_rotate()  # on the loop thread, where log() writes, so no write is cut off
+        if retired is not None:
+            await asyncio.to_thread(self.retire, *retired)
+        if time.monotonic() >= self._next_adopt:
+            await asyncio.to_thread(self.adopt_orphans)
 
     def flush_once(self) -> None:
         """One full cycle, for callers without an event loop (scripts, stop())."""
@@ -296,12 +351,8 @@ class Meter(PolicyBase):
 
     def retire(self, fd: int, path: Path) -> None:
         os.close(fd)
-        self.applier.apply_from(path, self._watermark(path))
+        self.applier.replay(path)
         path.unlink(missing_ok=True)
-
-    def _watermark(self, path: Path) -> int:
-        value = self.redis.get(f"meter:wm:{path.stem}")
-        return max(0, int(value)) if value is not None else 0
 
     def adopt_orphans(self) -> int:
         """Replay and remove spools nobody writes: this slot's earlier files and files of slots whose lock is free."""
@@ -312,7 +363,7 @@ class Meter(PolicyBase):
             for path in candidates:
                 if path == self._path:
                     continue
-                self.applier.apply_from(path, self._watermark(path))
+                self.applier.replay(path)
                 path.unlink(missing_ok=True)
                 adopted += 1
         self._next_adopt = time.monotonic() + ADOPT_INTERVAL
@@ -324,14 +375,20 @@ class Meter(PolicyBase):
         if self._fd >= 0:
             try:
                 await asyncio.to_thread(self.flush_once)
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # the spool stays on disk either way
                 log.warning("meter could not flush at stop; the spool replays on next start: %s", exc)
             os.close(self._fd)
             self._fd = -1
         if self.slot is not None:
             self.slot.release()
             self.slot = None
-        self.redis.close()
+        self.store.close()
+
+
+def _flush_ended(task: asyncio.Task[None]) -> None:
+    """The flush ends only when stopped; should anything else end it, say so loudly rather than go quiet."""
+    if not task.cancelled():
+        log.critical("the meter's flush loop ended: %r", task.exception())
 
 
 def build(cfg: ChainConfig) -> Meter:

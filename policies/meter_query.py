@@ -4,6 +4,10 @@ percentiles. Shared by the operations API and `lienthong metering report`.
 "Mesh transactions" are the counts taken at the consumer's home gateway (role home or local), so a call that
 crossed two gateways counts once; pass roles=None to see every gateway's own count. Resolution is one hour:
 `from` is rounded down and `to` up to whole UTC hours.
+
+The counts are kept per gateway (policies.meter: meter:<kind>:{<gateway>}:<label>, one cluster slot per gateway), so
+every question reads the hashes of each gateway named in meter:gateways and adds them up, in one pipeline (which
+redis-py splits per node on a cluster).
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis
 
 from lienthong.problem import bad_request
-from policies.meter import DIMENSIONS, LATENCY_BUCKETS_MS
+from policies.meter import DIMENSIONS, GATEWAYS_KEY, LATENCY_BUCKETS_MS, counts_key
 
 GROUPS = ("service", "consumer", "gateway", "consumer_gateway", "provider_gateway", "endpoint", "outcome", "role",
           "hour", "day")  # fmt: skip
@@ -28,6 +32,32 @@ MAX_HOURS = 366 * 24
 # latency histograms (which have no consumer). None: everything (the operator); the ops API passes a member's.
 Keep = Callable[[Sequence[str]], bool]
 KeepService = Callable[[str], bool]
+Client = redis.Redis | redis.RedisCluster
+
+
+def gateways(client: Client) -> list[str]:
+    """The gateways that have counted something (each one's counts carry its tag)."""
+    return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in client.smembers(GATEWAYS_KEY))
+
+
+def _read(client: Client, kind: str, labels: Sequence[str]) -> list[list[dict[Any, Any]]]:
+    """Per label, the hashes meter:<kind>:{<gateway>}:<label> of every gateway, read in one pipeline."""
+    names = gateways(client)
+    if not names or not labels:
+        return [[] for _ in labels]
+    pipe = client.pipeline(transaction=False)
+    for label in labels:
+        for gateway in names:
+            pipe.hgetall(counts_key(kind, gateway, label))
+    replies = pipe.execute()
+    return [replies[i * len(names) : (i + 1) * len(names)] for i in range(len(labels))]
+
+
+def _fields(hashes: list[dict[Any, Any]]) -> Iterator[tuple[list[str], int]]:
+    """(field split on |, count) over the same hash of several gateways."""
+    for fields in hashes:
+        for raw, value in fields.items():
+            yield (raw.decode() if isinstance(raw, bytes) else raw).split("|"), int(value)
 
 
 def parse_time(value: str, field: str) -> datetime:
@@ -78,7 +108,7 @@ def _group_key(dims: dict[str, str], hour: str, group_by: list[str]) -> tuple[st
 
 
 def transactions(
-    client: redis.Redis,
+    client: Client,
     start: datetime,
     end: datetime,
     group_by: list[str],
@@ -87,36 +117,28 @@ def transactions(
 ) -> dict[str, Any]:
     """{"total": n, "groups": [{<dim>: value, ..., "count": n}]} sorted by count, largest first."""
     window = hours(start, end)
-    pipe = client.pipeline(transaction=False)
-    for hour in window:
-        pipe.hgetall(f"meter:h:{hour}")
     sums: Counter[tuple[str, ...]] = Counter()
-    for hour, fields in zip(window, pipe.execute(), strict=True):
-        for raw, value in fields.items():
-            parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+    for hour, hashes in zip(window, _read(client, "h", window), strict=True):
+        for parts, value in _fields(hashes):
             if len(parts) != len(DIMENSIONS):
                 continue
             dims = dict(zip(DIMENSIONS, parts, strict=True))
             if (roles is not None and dims["role"] not in roles) or (keep is not None and not keep(parts)):
                 continue
-            sums[_group_key(dims, hour, group_by)] += int(value)
+            sums[_group_key(dims, hour, group_by)] += value
     groups = [{**dict(zip(group_by, key, strict=True)), "count": n} for key, n in sums.most_common()]
     return {"total": sum(sums.values()), "groups": groups}
 
 
 def latency(
-    client: redis.Redis, start: datetime, end: datetime, service: str | None, roles: frozenset[str] | None = MESH_ROLES,
+    client: Client, start: datetime, end: datetime, service: str | None, roles: frozenset[str] | None = MESH_ROLES,
     keep_service: KeepService | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Percentiles (bucket upper bounds, ms) from the histograms, per service and endpoint."""
     window = hours(start, end)
-    pipe = client.pipeline(transaction=False)
-    for hour in window:
-        pipe.hgetall(f"meter:l:{hour}")
     hist: dict[tuple[str, str], Counter[str]] = {}
-    for fields in pipe.execute():
-        for raw, value in fields.items():
-            parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+    for hashes in _read(client, "l", window):
+        for parts, value in _fields(hashes):
             if len(parts) != 4:
                 continue
             svc, endpoint, role, le = parts
@@ -124,7 +146,7 @@ def latency(
                 continue
             if keep_service is not None and not keep_service(svc):
                 continue
-            hist.setdefault((svc, endpoint), Counter())[le] += int(value)
+            hist.setdefault((svc, endpoint), Counter())[le] += value
     order = [str(b) for b in LATENCY_BUCKETS_MS] + ["inf"]
     items = []
     for (svc, endpoint), counts in sorted(hist.items()):
@@ -208,20 +230,15 @@ class DayCache:
                 del self._days[old]
 
 
-def _window_counts(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None,
+def _window_counts(client: Client, window: str, now: datetime, cache: DayCache | None = None,
                    keep: Keep | None = None) -> tuple[list[str], list[Counts]]:  # fmt: skip
     """Per bucket of the window: Counter of the full dimension tuple (DIMENSIONS order) -> mesh transactions."""
     labels, ids = window_buckets(window, now)
-    prefix = "meter:m:" if window == "hour" else "meter:h:"
     cached: list[Counts | None] = [None] * len(ids)
     if cache is not None and window == "month":
         cached[:-1] = [cache.get(label) for label in labels[:-1]]  # today is still being counted: never cached
-    pipe = client.pipeline(transaction=False)
-    for group, hit in zip(ids, cached, strict=True):
-        if hit is None:
-            for key_id in group:
-                pipe.hgetall(prefix + key_id)
-    replies = iter(pipe.execute())
+    wanted = [key_id for group, hit in zip(ids, cached, strict=True) if hit is None for key_id in group]
+    replies = iter(_read(client, "m" if window == "hour" else "h", wanted))
     buckets: list[Counts] = []
     for i, (group, hit) in enumerate(zip(ids, cached, strict=True)):
         if hit is not None:
@@ -229,11 +246,10 @@ def _window_counts(client: redis.Redis, window: str, now: datetime, cache: DayCa
             continue
         counts: Counts = Counter()
         for _ in group:
-            for raw, value in next(replies).items():
-                parts = tuple((raw.decode() if isinstance(raw, bytes) else raw).split("|"))
+            for parts, value in _fields(next(replies)):
                 if len(parts) != len(DIMENSIONS) or parts[5] not in MESH_ROLES:
                     continue
-                counts[parts] += int(value)
+                counts[tuple(parts)] += value
         if cache is not None and window == "month" and i < len(ids) - 1:
             cache.put(labels[i], counts)
         buckets.append(counts)
@@ -247,7 +263,7 @@ def _dimension(name: str) -> int:
 
 
 def timeseries(
-    client: redis.Redis, window: str, group_by: str, now: datetime, cache: DayCache | None = None,
+    client: Client, window: str, group_by: str, now: datetime, cache: DayCache | None = None,
     keep: Keep | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Mesh transactions per bucket of the window, one series per value of group_by, largest series first."""
@@ -269,7 +285,7 @@ def timeseries(
 
 
 def top_consumers(
-    client: redis.Redis, window: str, limit: int, now: datetime, cache: DayCache | None = None,
+    client: Client, window: str, limit: int, now: datetime, cache: DayCache | None = None,
     keep: Keep | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The consumers with the most mesh transactions in the window, with their outcomes."""
@@ -303,7 +319,7 @@ def _error_split(outcomes: Counter[str]) -> dict[str, Any]:
     }
 
 
-def error_rates(client: redis.Redis, window: str, now: datetime, cache: DayCache | None = None,
+def error_rates(client: Client, window: str, now: datetime, cache: DayCache | None = None,
                 keep: Keep | None = None) -> dict[str, Any]:  # fmt: skip
     """Platform errors (the mesh failed) and provider errors (4xx/5xx answers, the meter's outcome) over the window,
     for the whole mesh and per service."""
@@ -320,24 +336,18 @@ def error_rates(client: redis.Redis, window: str, now: datetime, cache: DayCache
             "services": services}  # fmt: skip
 
 
-def service_latency(client: redis.Redis, window: str, now: datetime, keep_service: KeepService | None = None
+def service_latency(client: Client, window: str, now: datetime, keep_service: KeepService | None = None
                     ) -> dict[str, Any]:  # fmt: skip
     """p50/p95/p99 per service over the window (all its endpoints), from the minute or hour histograms."""
     _, ids = window_buckets(window, now)
-    prefix = "meter:lm:" if window == "hour" else "meter:l:"
-    pipe = client.pipeline(transaction=False)
-    for group in ids:
-        for key_id in group:
-            pipe.hgetall(prefix + key_id)
     hist: dict[str, Counter[str]] = {}
-    for fields in pipe.execute():
-        for raw, value in fields.items():
-            parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+    for hashes in _read(client, "lm" if window == "hour" else "l", [key_id for group in ids for key_id in group]):
+        for parts, value in _fields(hashes):
             if len(parts) != 4 or parts[2] not in MESH_ROLES:
                 continue
             if keep_service is not None and not keep_service(parts[0]):
                 continue
-            hist.setdefault(parts[0], Counter())[parts[3]] += int(value)
+            hist.setdefault(parts[0], Counter())[parts[3]] += value
     order = [str(b) for b in LATENCY_BUCKETS_MS] + ["inf"]
     items = []
     for svc, counts in sorted(hist.items()):

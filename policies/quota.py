@@ -11,6 +11,11 @@ when it turns, so a lease never spills into the next window. Over the limit: 429
 Redis unreachable (documented rule, docs/policies.md): fail open within a bound. A worker keeps spending the tokens
 it holds, then admits at most max(1, per_minute // 10) further calls per grant and minute window, then refuses with
 429. Calls admitted that way are charged to Redis (without a limit check) on the first lease after it is back.
+
+Redis keys (quota_keys): `quota:{<grant id>}:m:<minute number>` and `quota:{<grant id>}:d:<day number>` (minutes and
+days since the epoch, UTC). The braces are a hash tag: on a Redis Cluster both keys of a grant hash to one slot, so
+the lease script that checks and takes both windows runs on one node, atomically. A grant id is unique in the mesh
+and belongs to one consumer, so the tag needs nothing more. Plain redis://, Sentinel and cluster URLs all work.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ import math
 import time
 from dataclasses import dataclass
 
-import redis
+from redis.commands.core import Script
 
 from lienthong.problem import Problem
-from lienthong.redis_connection import sync_single_client
+from lienthong.redis_connection import STORE_ERRORS, DeferredClient
 from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 
@@ -69,6 +74,11 @@ return {grant, which, short}
 """
 
 
+def quota_keys(grant_id: str, minute: int, day: int) -> tuple[str, str]:
+    """The minute and day counters of a grant, tagged with the grant id so both are on one cluster slot."""
+    return f"quota:{{{grant_id}}}:m:{minute}", f"quota:{{{grant_id}}}:d:{day}"
+
+
 @dataclass
 class _Bucket:
     minute: int = -1
@@ -97,9 +107,8 @@ class Quota(PolicyBase):
     priority = 300
 
     def __init__(self, redis_url: str) -> None:
-        # Sentinel too; a cluster is refused until the quota's keys are checked for one slot per script (issue 17)
-        self._redis = sync_single_client(redis_url, who="the quota", connect_timeout=0.25, timeout=0.25)
-        self._lease = self._redis.register_script(LEASE_SCRIPT)
+        self._redis = DeferredClient(redis_url, connect_timeout=0.25, timeout=0.25)
+        self._lease: Script | None = None
         self._buckets: dict[str, _Bucket] = {}
         self._redis_down_until = 0.0
         self.leases = 0  # Redis round trips taken, for tests and metrics
@@ -145,7 +154,7 @@ class Quota(PolicyBase):
             # about a second of this worker's calls; doubled when the last lease ran out within a second (a burst)
             quick = now - b.lease_at < 1.0
             want = max(need, min(MAX_LEASE, max(b.last_rate, b.last_lease * 2 if quick else 1)))
-            keys = [f"quota:{{{grant_id}}}:m:{b.minute}", f"quota:{{{grant_id}}}:d:{b.day}"]
+            keys = list(quota_keys(grant_id, b.minute, b.day))
             args = [
                 NO_LIMIT if per_minute is None else per_minute,
                 NO_LIMIT if per_day is None else per_day,
@@ -156,8 +165,10 @@ class Quota(PolicyBase):
                 need,
             ]
             try:
+                if self._lease is None:
+                    self._lease = self._redis.get().register_script(LEASE_SCRIPT)
                 granted, which, left = self._lease(keys=keys, args=args)
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 log.warning("quota store unreachable, admitting within the outage allowance: %s", exc)
                 self._redis_down_until = now + REDIS_BACKOFF
             else:
@@ -190,14 +201,14 @@ class Quota(PolicyBase):
         now = time.time()
         minute, day = int(now // 60), int(now // 86400)
         try:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.get().pipeline(transaction=False)  # on a cluster, split per node by redis-py
             for grant_id, b in self._buckets.items():
                 if b.tokens > 0 and b.minute == minute and b.day == day:
-                    pipe.decrby(f"quota:{{{grant_id}}}:m:{minute}", b.tokens)
-                    pipe.decrby(f"quota:{{{grant_id}}}:d:{day}", b.tokens)
+                    for key in quota_keys(grant_id, minute, day):
+                        pipe.decrby(key, b.tokens)
                     b.tokens = 0
             pipe.execute()
-        except redis.RedisError:
+        except STORE_ERRORS:
             log.warning("could not return unused quota leases; they expire with their window")
         self._redis.close()
 

@@ -282,7 +282,7 @@ def test_the_meter_counts_a_forwarded_batch_by_items_and_a_refused_one_once() ->
     refused.status, refused.error_code = 429, "quota-exceeded"
     single = call(snap, "GET", f"/persons/{PERSON_ID}", None)
     single.status = 200
-    deltas = fold([record_of(c, time.time()) for c in (ok, refused, single)])
+    deltas = fold([record_of(c, time.time()) for c in (ok, refused, single)], "nghean")
     counts = {field: n for (key, field), n in deltas.items() if key.startswith("meter:h:")}
     histogram = sum(n for (key, _), n in deltas.items() if key.startswith("meter:l:"))
     assert sum(n for f, n in counts.items() if "|POST /persons/batch|" in f and f.endswith("|2xx")) == 4

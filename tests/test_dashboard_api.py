@@ -31,7 +31,7 @@ from gateway.ops_api import SPEC, build_ops_app
 from gateway.ops_heartbeat import HEARTBEAT_TTL, KNOWN_KEY, Heartbeat
 from lienthong.redis_connection import EmbeddedRedis
 from policies.chain import ChainConfig
-from policies.meter import MINUTE_TTL, Meter, minute_key
+from policies.meter import GATEWAYS_KEY, MINUTE_TTL, Meter, counts_key, minute_key
 from policies.meter_query import DayCache, timeseries
 from tests.ops_support import schemathesis_headers, standalone_gate, write_operator_key
 from tests.procs import ops_api
@@ -133,10 +133,10 @@ def test_last_30_days_by_day(ops: str) -> None:
 
 def test_minute_counts_expire_and_hour_counts_stay(ops: str, db_url: str) -> None:
     client = redis.Redis.from_url(db_url)
-    minute_ttl = client.ttl(f"meter:m:{minute_key(NOW - 90)}")
+    minute_ttl = client.ttl(counts_key("m", "nghean", minute_key(NOW - 90)))
     assert 0 < minute_ttl <= MINUTE_TTL
-    assert 0 < client.ttl(f"meter:lm:{minute_key(NOW - 90)}") <= MINUTE_TTL
-    assert client.ttl(f"meter:h:{minute_key(NOW - 90)[:10]}") == -1
+    assert 0 < client.ttl(counts_key("lm", "nghean", minute_key(NOW - 90))) <= MINUTE_TTL
+    assert client.ttl(counts_key("h", "nghean", minute_key(NOW - 90)[:10])) == -1
 
 
 def test_top_consumers_with_their_errors(ops: str) -> None:
@@ -272,11 +272,12 @@ def test_month_reads_past_days_once_and_today_every_time(redis_url: str) -> None
     now = datetime.now(UTC)
     field = f"{CONSUMER}|{SERVICE}|GET /persons/{{id}}|nghean|national|home|2xx"
     two_days_ago = datetime.fromtimestamp(now.timestamp() - 2 * 86400, UTC)
-    client.hset(f"meter:h:{two_days_ago:%Y%m%d%H}", field, 3)
-    client.hset(f"meter:h:{now:%Y%m%d%H}", field, 1)
+    client.sadd(GATEWAYS_KEY, "nghean")
+    client.hset(counts_key("h", "nghean", f"{two_days_ago:%Y%m%d%H}"), field, 3)
+    client.hset(counts_key("h", "nghean", f"{now:%Y%m%d%H}"), field, 1)
     cache = DayCache(ttl=60)
     assert timeseries(client, "month", "consumer", now, cache)["total"] == 4
-    client.hincrby(f"meter:h:{two_days_ago:%Y%m%d%H}", field, 10)  # a late spool replay into a past day
-    client.hincrby(f"meter:h:{now:%Y%m%d%H}", field, 5)
+    client.hincrby(counts_key("h", "nghean", f"{two_days_ago:%Y%m%d%H}"), field, 10)  # a late replay, a past day
+    client.hincrby(counts_key("h", "nghean", f"{now:%Y%m%d%H}"), field, 5)
     assert timeseries(client, "month", "consumer", now, cache)["total"] == 9  # today fresh, the past day from cache
     assert timeseries(client, "month", "consumer", now, DayCache(ttl=0))["total"] == 19  # past the ttl: read again

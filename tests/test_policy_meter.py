@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis
@@ -136,6 +139,44 @@ def test_redis_down_for_a_while_then_back_loses_no_count(tmp_path: Path) -> None
         server.stop()
 
 
+def test_an_unexpected_fault_does_not_end_the_flush_loop(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault nobody foresaw is logged with its traceback and the loop flushes on; a damaged spool line is skipped."""
+    faults: list[str] = []
+
+    async def scenario() -> None:
+        meter = Meter("nghean", tmp_path, redis_url)
+        await meter.start()
+        real = meter.sync_and_apply
+
+        def fails_once() -> None:
+            if not faults:
+                faults.append("raised")
+                raise RuntimeError("injected fault")
+            real()
+
+        meter.sync_and_apply = fails_once  # type: ignore[method-assign]
+        ctx = context(World().snapshot(), role="home", gateway="nghean")
+        ctx.client, ctx.status = CONSUMER, 200
+        for _ in range(100):
+            meter.log(ctx)
+        assert await asyncio.to_thread(wait_total, redis_url, 100) == 100
+        os.write(meter._fd, b"\x00damaged\n")  # as a bad disk block would leave it
+        meter._written += len(b"\x00damaged\n")
+        for _ in range(50):
+            meter.log(ctx)
+        assert await asyncio.to_thread(wait_total, redis_url, 150) == 150
+        assert meter._task is not None and not meter._task.done()
+        await meter.stop()
+
+    with caplog.at_level(logging.ERROR, logger="lienthong.policies.meter"):
+        asyncio.run(scenario())
+    assert faults == ["raised"]
+    assert any(r.exc_info and "injected fault" in str(r.exc_info[1]) for r in caplog.records)  # with its traceback
+    assert "no record" in caplog.text
+
+
 def test_counts_carry_every_dimension_and_a_latency_histogram(redis_url: str, tmp_path: Path) -> None:
     meter = Meter("nghean", tmp_path, redis_url)
     meter.open()
@@ -167,15 +208,18 @@ def test_fold_counts_each_call_once_per_redis_field() -> None:
     t0 = 1_764_576_000.0  # 2025-12-01 08:00:00 UTC
     lines = [line(t0 + 1, "A", "2xx", 0.4), line(t0 + 2, "A", "2xx", 0.9), line(t0 + 3, "A", "2xx", 3.0),
              line(t0 + 61, "A", "2xx", 0.5), line(t0 + 5, "B", "refused", 0.2)]  # fmt: skip
-    deltas = fold(lines)
+    deltas = fold(lines, "hanoi")
     a = "A|S|GET /p|hanoi|national|home|2xx"
-    assert deltas[("meter:h:2025120108", a)] == 4
-    assert deltas[("meter:h:2025120108", "B|S|GET /p|hanoi|national|home|refused")] == 1
-    assert deltas[("meter:m:202512010800", a)] == 3 and deltas[("meter:m:202512010801", a)] == 1
-    assert deltas[("meter:l:2025120108", "S|GET /p|home|1")] == 4  # 0.4, 0.9, 0.5 (A) and 0.2 (B)
-    assert deltas[("meter:l:2025120108", "S|GET /p|home|5")] == 1
-    assert deltas[("meter:lm:202512010801", "S|GET /p|home|1")] == 1
+    assert deltas[("meter:h:{hanoi}:2025120108", a)] == 4
+    assert deltas[("meter:h:{hanoi}:2025120108", "B|S|GET /p|hanoi|national|home|refused")] == 1
+    assert deltas[("meter:m:{hanoi}:202512010800", a)] == 3 and deltas[("meter:m:{hanoi}:202512010801", a)] == 1
+    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|1")] == 4  # 0.4, 0.9, 0.5 (A) and 0.2 (B)
+    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|5")] == 1
+    assert deltas[("meter:lm:{hanoi}:202512010801", "S|GET /p|home|1")] == 1
     assert sum(n for (key, _), n in deltas.items() if key.startswith("meter:h:")) == len(lines)
+    # a line that is no record (a damaged disk) is skipped, not fatal: the records around it still count
+    damaged = fold([lines[0], b"\x00\x00{not json\n", b'{"t": "x"}\n', lines[1]], "hanoi")
+    assert damaged[("meter:h:{hanoi}:2025120108", a)] == 2
 
 
 if __name__ == "__main__":
