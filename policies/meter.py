@@ -237,15 +237,20 @@ class SpoolApplier:
             self._announce_at = time.monotonic() + ANNOUNCE_INTERVAL
         if self._apply is None:
             self._apply = client.register_script(APPLY_SCRIPT)
+        keys, args = self.script_call(file_id, start, end, lines)
+        return int(self._apply(keys=keys, args=args))
+
+    def script_call(self, file_id: str, start: int, end: int, lines: list[bytes]) -> tuple[list[str], list[Any]]:
+        """APPLY_SCRIPT's KEYS and ARGV for one batch: the spool's watermark, then every hash it increments."""
         deltas = fold(lines, self.gateway)
-        per_minute = [k for k in dict.fromkeys(key for key, _ in deltas) if k.startswith(("meter:m:", "meter:lm:"))]
-        hashes = per_minute + [k for k in dict.fromkeys(key for key, _ in deltas) if k not in per_minute]
+        hashes = list(dict.fromkeys(key for key, _ in deltas))
+        per_minute = [k for k in hashes if k.startswith(("meter:m:", "meter:lm:"))]
+        hashes = per_minute + [k for k in hashes if k not in per_minute]
         index = {key: i for i, key in enumerate(hashes, start=2)}
         args: list[Any] = [start, end, WATERMARK_TTL, MINUTE_TTL, len(per_minute)]
         for (key, field), delta in deltas.items():
             args += [index[key], field, delta]
-        keys = [counts_key("wm", self.gateway, file_id), *hashes]
-        return int(self._apply(keys=keys, args=args))
+        return [counts_key("wm", self.gateway, file_id), *hashes], args
 
 
 class Meter(PolicyBase):

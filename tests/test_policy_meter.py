@@ -231,4 +231,3 @@ if __name__ == "__main__":
     ns = parser.parse_args()
     forever = ns.n == "forever"
     asyncio.run(_child(Path(ns.dir), ns.redis, 0 if forever else int(ns.n), forever))
-
