@@ -3,6 +3,9 @@ call` authenticates by the client certificate by default and says how to get one
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -43,6 +46,34 @@ def test_every_command_has_help_text(path: tuple[str, ...]) -> None:
         assert isinstance(command, click.Group)
         command = command.commands[name]
     assert (command.help or "").strip(), f"`lienthong {' '.join(path)}` has no help text"
+
+
+# Run in a fresh interpreter: an admin command's modules, then every module into an empty group, noting the top-level
+# commands each adds or adds to (cert_cli adds `cert` to the gateway's and connector's groups, which are shared).
+LAZY_PROBE = """
+import importlib, json, sys, click
+from lienthong.cli import COMMAND_MODULES, main
+main(["grants", "add", "--help"], standalone_mode=False)
+heavy = sorted(m for m in ("connexion", "sqlalchemy", "redis") if m in sys.modules)
+group, added = click.Group(), {}
+for module in COMMAND_MODULES:
+    before = {n: set(getattr(c, "commands", ())) for n, c in group.commands.items()}
+    importlib.import_module(module).register(group)
+    added[module] = sorted(n for n, c in group.commands.items() if before.get(n) != set(getattr(c, "commands", ())))
+print(json.dumps({"heavy": heavy, "added": added}))
+"""
+
+
+def test_a_command_imports_only_the_modules_the_lazy_table_names() -> None:
+    """`lienthong grants add` starts without connexion, SQLAlchemy and Redis (a second of start-up together), and
+    COMMAND_MODULES says which top-level commands each module adds, as `lienthong X` imports only X's modules."""
+    from lienthong.cli import COMMAND_MODULES
+
+    done = subprocess.run([sys.executable, "-c", LAZY_PROBE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["heavy"] == [], seen
+    assert seen["added"] == {module: sorted(names) for module, names in COMMAND_MODULES.items()}
 
 
 def test_an_unknown_option_is_a_usage_error() -> None:
