@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from lienthong.problem import bad_request
-from policies.meter import DIMENSIONS, GATEWAYS_KEY, LATENCY_BUCKETS_MS, counts_key
+from policies.meter_store import DIMENSIONS, GATEWAYS_KEY, LATENCY_BUCKETS_MS, counts_key
 
 GROUPS = ("service", "consumer", "gateway", "consumer_gateway", "provider_gateway", "endpoint", "outcome", "role",
           "hour", "day")  # fmt: skip

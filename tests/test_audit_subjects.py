@@ -33,7 +33,8 @@ from lienthong.subjects import (
 )
 from policies.audit import Audit, subject_key
 from policies.base import CallContext
-from policies.meter import fold, record_of
+from policies.meter import record_of
+from policies.meter_store import fold
 from policies.quota import Quota
 from registry.openapi_endpoints import derive
 from tests.test_policy_fixtures import PERSON_ID, SERVICE, World

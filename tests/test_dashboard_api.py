@@ -31,8 +31,9 @@ from gateway.ops_api import SPEC, build_ops_app
 from gateway.ops_heartbeat import HEARTBEAT_TTL, KNOWN_KEY, Heartbeat
 from lienthong.redis_connection import EmbeddedRedis
 from policies.chain import ChainConfig
-from policies.meter import GATEWAYS_KEY, MINUTE_TTL, Meter, counts_key, minute_key
+from policies.meter import Meter
 from policies.meter_query import DayCache, timeseries
+from policies.meter_store import GATEWAYS_KEY, MINUTE_TTL, counts_key, minute_key
 from tests.ops_support import schemathesis_headers, standalone_gate, write_operator_key
 from tests.procs import ops_api
 from tests.test_policy_fixtures import CONSUMER, OTHER_CONSUMER, SERVICE, World, context

@@ -19,8 +19,9 @@ import redis
 
 from lienthong.problem import Problem
 from lienthong.redis_connection import DeferredClient, free_port, redis_executable, sync_client
-from policies.meter import Meter, SpoolApplier
+from policies.meter import Meter
 from policies.meter_query import MESH_ROLES, timeseries, transactions
+from policies.meter_store import SpoolApplier
 from policies.quota import Quota, quota_keys
 from tests.test_policy_fixtures import CONSUMER, World, context
 from tests.test_policy_quota import away_from_a_minute_edge  # noqa: F401  (autouse: a fixture in this module too)
