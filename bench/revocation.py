@@ -1,162 +1,350 @@
-"""Revocation reaching 35 gateways: the delay from a grant's revocation in the registry to the moment every gateway
-holds a verified snapshot without it.
+"""One grant revocation at national scale (issue 17): what it costs the registry, how big the delta is, and how soon
+100 long-polling gateways hold it, verified and applied; and a gateway's cold start at that size.
 
-A real registry process on a real Redis, over HTTPS verified with the mesh CA; 35 gateways registered with keys of
-their own. The gateways are asyncio long-poll clients in this one process (35 processes would measure the machine's
-scheduler more than the registry): each asks with its own gateway token over TLS, waits on `?wait=30` with
-If-None-Match, and verifies the JWS against the registry key before it counts a version as held, as a gateway does.
+For each size (services, ten grants per service) a real registry process runs on its own Redis over HTTPS; every
+gateway is registered through the API with a key of its own, the rest of the world is bulk-loaded
+(bench/registry_snapshot.py's). Then:
+
+- cold start: one gateway fetches the full snapshot over HTTPS, verifies it (open_envelope) and builds its Snapshot,
+  alone on the machine (wall seconds);
+- (a) the change and its delta, with no gateway waiting: a grant revoked through the API, then one delta from the
+  version before, signed for one gateway; the registry process's CPU for each (its threads' schedstat), three times;
+- (b) per number of gateways G: G long polls are parked (their own CPU is `park_cpu_ms`), a grant is revoked through
+  the API, and the registry's CPU is read from before the revocation until every gateway has its delta: the change,
+  the delta, and G answers over TLS. Each gateway's delay runs from the start of the revoke call to its delta
+  verified, plus the apply time its process measured (bench/revocation_clients.py: one real Snapshot per process).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
+import itertools
+import math
+import multiprocessing as mp
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from lienthong import keys, pki, tokens
-from lienthong.keys import PublicKey
+from bench import registry_snapshot
+from bench.revocation_clients import Setup, cold_start, key_path
+from lienthong import keys, pki
 from lienthong.redis_connection import EmbeddedRedis, free_port
-from lienthong.snapshot import verify_jws
+from registry.client import RegistryClient
+from registry.keyfiles import signing_public_jwk
+
+GRANTS_PER_SERVICE = 10
+REPEATS = 3  # of the change-and-delta measurement (a)
 
 
-class Poller:
-    """One gateway's long poll: holds the newest verified version and when it arrived."""
+@dataclass
+class Registry:
+    base: str
+    work: Path
+    pid: int
+    redis_pid: int
+    redis_url: str
+    admin: RegistryClient
 
-    def __init__(self, base: str, code: str, key: keys.PrivateKey, registry_key: PublicKey) -> None:
-        self.base, self.code, self.key, self.registry_key = base, code, key, registry_key
-        self.kid = keys.public_jwk(key)["kid"]
-        self.version = 0
-        self.grants_revoked: set[str] = set()
-        self.arrived: dict[int, float] = {}
+    @property
+    def ca(self) -> Path:
+        return self.work / "registry" / "ca.crt"
 
-    async def loop(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            claims = {"iss": f"gateway:{self.code}", "sub": f"gateway:{self.code}", "aud": "registry"}
-            token = tokens.sign(self.key, self.kid, claims, lifetime=120)
-            headers = {"Authorization": f"Bearer {token}"}
-            if self.version:
-                headers["If-None-Match"] = f'"{self.version}"'
-            try:
-                r = await http.get(f"{self.base}/v1/snapshot", params={"wait": 30}, headers=headers, timeout=40)
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
-                continue
-            if r.status_code == 200:
-                doc = verify_jws(r.content, self.registry_key)
-                self.version = int(doc["version"])
-                self.grants_revoked = {g["id"] for g in doc.get("grants", []) if g.get("revoked")}
-                self.arrived[self.version] = time.perf_counter()
+    def cpu_ms(self) -> float:
+        return cpu_seconds(self.pid) * 1000
+
+    def version(self, gateway: str) -> int:
+        r = self.admin.snapshot(gateway=gateway, held=2**62)  # 304 with the current version as ETag
+        return int(r.headers["etag"].strip('"'))
 
 
-def _ca(work: Path) -> Path:
-    """The mesh CA `lienthong registry init` made: the registry's HTTPS certificate is verified with it."""
-    return work / "registry" / "ca.crt"
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live threads in ns precision (schedstat); /proc/<pid>/stat ticks (10 ms) without it."""
+    total, found = 0, False
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+            found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    if found:
+        return total / 1e9
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
 
 
-def _verify(work: Path) -> ssl.SSLContext:
-    return pki.client_context(_ca(work))
-
-
-def _start_registry(work: Path, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+@contextmanager
+def registry_up(work: Path) -> Iterator[Registry]:
+    """`lienthong registry init` + `serve` on a throw-away Redis, with its admin client."""
     exe = Path(sys.executable).parent / "lienthong"
-    subprocess.run([str(exe), "registry", "init", "--data-dir", str(work / "registry")], check=True,
-                   capture_output=True)  # fmt: skip
-    port = free_port()
+    data = work / "registry"
+    subprocess.run([str(exe), "registry", "init", "--data-dir", str(data)], check=True, capture_output=True)
+    redis = EmbeddedRedis(work / "redis", durable=False)
+    url, port = redis.start(), free_port()
     proc = subprocess.Popen(
-        [str(exe), "registry", "serve", "--port", str(port), "--data-dir", str(work / "registry"),
-         "--redis-url", redis_url, "--upstream-allow", "127.0.0.1:9"],  # the service's never-called upstream
+        [str(exe), "registry", "serve", "--port", str(port), "--data-dir", str(data), "--redis-url", url,
+         "--upstream-allow", "10.0.0.0/8:8080"],  # the world's upstreams, never called
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"https://127.0.0.1:{port}"
-    verify = _verify(work)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1, verify=verify).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the registry did not start")
-
-
-async def _measure(base: str, work: Path, gateways: int) -> dict[str, Any]:
-    from registry.client import RegistryClient
-    from registry.keyfiles import signing_public_jwk
-
-    registry_key = keys.public_key_from_jwk(signing_public_jwk(work / "registry"))
-    admin = RegistryClient(base, work / "registry" / "admin.key", ca=_ca(work))
-    pollers = []
-    for i in range(gateways):
-        key = keys.generate()
-        code = f"gw{i:02d}"
-        admin.add_gateway(code, f"https://127.0.0.1:{20000 + i}", [keys.public_jwk(key)])
-        pollers.append(Poller(base, code, key, registry_key))
-    admin.add_member("VN/GOV/BENCH", "Benchmark ministry", "gw00")
-    admin.add_subsystem("VN/GOV/BENCH/data", "Benchmark data")
-    doc = {"openapi": "3.0.3", "info": {"title": "bench", "version": "v1"},
-           "paths": {"/x": {"get": {"responses": {"200": {"description": "ok"}}}}}}  # fmt: skip
-    admin.register_service("VN/GOV/BENCH/data/x", openapi=doc, gateway="gw00", upstream_url="https://127.0.0.1:9",
-                           name="x")  # fmt: skip
-    admin.approve_service("VN/GOV/BENCH/data/x")
-    grant = admin.add_grant("VN/GOV/BENCH/data", "VN/GOV/BENCH/data/x", ["bench"])
-    current = int(admin.snapshot(gateway="gw00").headers["etag"].strip('"'))
-    stop = asyncio.Event()
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=gateways + 5), verify=_verify(work)) as http:
-        tasks = [asyncio.create_task(p.loop(http, stop)) for p in pollers]
+    admin = RegistryClient(base, data / "admin.key", ca=data / "ca.crt")
+    try:
         deadline = time.monotonic() + 60
-        while min(p.version for p in pollers) < current:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateways never all held the starting snapshot")
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # every poller is parked in its long poll again
-        started = time.perf_counter()
-        await asyncio.to_thread(admin.revoke_grant, grant["id"])
-        revoked_at = time.perf_counter()
-        while not all(grant["id"] in p.grants_revoked for p in pollers):
-            if time.perf_counter() - started > 30:
-                raise RuntimeError("the revocation did not reach every gateway within 30 s")
-            await asyncio.sleep(0.005)
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    admin.close()
-    delays = sorted((max(p.arrived.values()) - started) * 1000 for p in pollers)
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1, verify=pki.client_context(data / "ca.crt")).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the registry did not start")
+            time.sleep(0.1)
+        assert redis.process is not None
+        yield Registry(base, work, proc.pid, redis.process.pid, url, admin)
+    finally:
+        admin.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        redis.stop()
+
+
+def populate(reg: Registry, services: int, gateways: int) -> list[str]:
+    """Gateways through the API (their keys are what their tokens are checked against), the rest bulk-loaded."""
+    key_dir = reg.work / "gateway-keys"
+    key_dir.mkdir()
+    codes = [registry_snapshot.gateway_code(g) for g in range(gateways)]
+    for g, code in enumerate(codes):
+        key = keys.generate()
+        keys.save_private(key, key_path(key_dir, code))
+        reg.admin.add_gateway(code, f"https://10.0.{g // 250}.{g % 250}:8700", [keys.public_jwk(key)])
+    asyncio.run(registry_snapshot.seed(reg.redis_url, services, services * GRANTS_PER_SERVICE, gateways, ("gateways",)))
+    return codes
+
+
+def measure_cold_start(reg: Registry, code: str) -> dict[str, float]:
+    key = keys.load_private(key_path(reg.work / "gateway-keys", code))
+    registry_key = keys.public_key_from_jwk(signing_public_jwk(reg.work / "registry"))
+
+    async def once() -> dict[str, float]:
+        async with httpx.AsyncClient(verify=pki.client_context(reg.ca)) as http:
+            _snapshot, figures = await cold_start(http, reg.base, code, key, registry_key)
+            return figures
+
+    return asyncio.run(once())
+
+
+def measure_change(reg: Registry, gateway: str, grants: Iterator[str]) -> dict[str, float]:
+    """(a): the registry's CPU for a revocation through the API, then for the first delta it makes (one gateway)."""
+    idle = reg.cpu_ms()
+    time.sleep(1.0)
+    idle = reg.cpu_ms() - idle
+    out: dict[str, list[float]] = {"change_cpu_ms": [], "delta_cpu_ms": [], "change_wall_ms": [], "delta_bytes": []}
+    for _ in range(REPEATS):
+        held = reg.version(gateway)
+        before, wall = reg.cpu_ms(), time.perf_counter()
+        reg.admin.revoke_grant(next(grants))
+        changed, wall = reg.cpu_ms(), time.perf_counter() - wall
+        r = reg.admin.snapshot(gateway=gateway, held=held)
+        if r.headers.get("x-snapshot-kind") != "delta":
+            raise RuntimeError(f"the registry answered a {r.headers.get('x-snapshot-kind')} snapshot, not a delta")
+        out["change_cpu_ms"].append(changed - before)
+        out["delta_cpu_ms"].append(reg.cpu_ms() - changed)
+        out["change_wall_ms"].append(wall * 1000)
+        out["delta_bytes"].append(len(r.content))
+    figures = {k: round(statistics.median(v), 3) for k, v in out.items()}
+    figures["idle_cpu_ms_per_s"] = round(idle, 3)  # the registry's background work, for scale
+    return figures
+
+
+class Clients:
+    """The gateways' client processes (bench/revocation_clients.py), each with its share of the gateways."""
+
+    def __init__(self, reg: Registry, codes: list[str], processes: int) -> None:
+        self.ctx = mp.get_context("spawn")  # a fresh interpreter: no Redis or HTTP state of the parent's
+        self.out: Any = self.ctx.Queue()
+        self.inboxes: list[Any] = []
+        self.procs: list[Any] = []
+        jwk = signing_public_jwk(reg.work / "registry")
+        from bench import revocation_clients
+
+        for p in range(min(processes, len(codes))):
+            setup = Setup(reg.base, str(reg.ca), jwk, str(reg.work / "gateway-keys"), tuple(codes[p::processes]))
+            inbox = self.ctx.Queue()
+            proc = self.ctx.Process(target=revocation_clients.main, args=(setup, inbox, self.out), daemon=True)
+            proc.start()
+            self.inboxes.append(inbox)
+            self.procs.append(proc)
+
+    def take(self, kind: str, count: int, timeout: float) -> list[Any]:
+        """The next `count` messages of `kind`; a client's error or the time limit raises."""
+        got: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{len(got)} of {count} gateways reported '{kind}' within {timeout:g} s")
+            message = self.out.get(timeout=remaining)
+            if message[0] == "error":
+                raise RuntimeError(f"a client process failed: {message[1]}")
+            if message[0] == kind and (kind != "sent" or message[1] is not None):
+                got.append(message[1])
+        return got
+
+    def start_round(self, codes: list[str], held: int) -> None:
+        for inbox in self.inboxes:
+            inbox.put(("round", codes, held))
+
+    def close(self) -> None:
+        for inbox in self.inboxes:
+            inbox.put(("stop",))
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: of 100 values, p99 is the 99th."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(len(ordered) * q / 100) - 1))]
+
+
+def measure_round(
+    reg: Registry, clients: Clients, codes: list[str], held: int, grant: str, idle_ms_per_s: float
+) -> dict[str, float]:
+    """(b): len(codes) parked long polls, one revocation, and every gateway's delta verified (and applied once per
+    client process); the registry's CPU from before the revoke call until the last gateway holds the delta."""
+    started, wall = reg.cpu_ms(), time.monotonic()
+    clients.start_round(codes, held)
+    clients.take("sent", len(codes), 120)
+    time.sleep(1.5)  # each request is authenticated and parked by now
+    parked, redis_before = reg.cpu_ms(), cpu_seconds(reg.redis_pid)
+    park_ms = parked - started - idle_ms_per_s * (time.monotonic() - wall)  # less what it spends idle meanwhile
+    t0 = time.monotonic()
+    reg.admin.revoke_grant(grant)
+    revoke_ms = (time.monotonic() - t0) * 1000
+    got: list[dict[str, Any]] = clients.take("got", len(codes), 120)
+    total = reg.cpu_ms() - parked
+    redis_ms = (cpu_seconds(reg.redis_pid) - redis_before) * 1000
+    if any(g["kind"] != "delta" or g["revoked"] != [grant] for g in got):
+        raise RuntimeError(f"a gateway did not get the delta revoking {grant} alone: {got[0]}")
+    applies = [g for g in got if "apply_s" in g]
+    if not applies or not all(g["gone"] for g in applies):
+        raise RuntimeError("a client process's Snapshot still holds the revoked grant after applying the delta")
+    apply_s = statistics.median(g["apply_s"] for g in applies)
+    ms = [(g["received"] - t0) * 1000 for g in got]
+    verified = [(g["verified"] - t0) * 1000 for g in got]
+    delays = [v + apply_s * 1000 for v in verified]  # as if each gateway applied on its own CPU
+    g_count = len(codes)
     return {
-        "gateways": gateways,
-        "revoke_call_ms": round((revoked_at - started) * 1000, 2),
-        "delay_p50_ms": round(statistics.median(delays), 2),
-        "delay_max_ms": round(delays[-1], 2),
-        "delay_mean_ms": round(statistics.fmean(delays), 2),
+        "gateways": g_count,
+        "park_cpu_ms_per_gateway": round(park_ms / g_count, 3),  # with a TLS handshake where a connection is new
+        "total_cpu_ms": round(total, 2),
+        "redis_cpu_ms": round(redis_ms, 2),
+        "revoke_call_ms": round(revoke_ms, 2),
+        "delta_bytes": max(g["bytes"] for g in got),
+        "apply_ms": round(apply_s * 1000, 2),
+        "received_p50_ms": round(_pct(ms, 50), 2),
+        "received_p99_ms": round(_pct(ms, 99), 2),
+        "delay_p50_ms": round(_pct(delays, 50), 2),
+        "delay_p99_ms": round(_pct(delays, 99), 2),
+        "delay_max_ms": round(max(delays), 2),
+        "applied_max_ms": round(max((g["applied"] - t0) * 1000 for g in applies), 2),  # observed, the holders
+        "version": max(g["version"] for g in got),
     }
 
 
-def run(gateways: int = 35) -> dict[str, Any]:
-    """Figures in ms, measured from the start of the revoke call."""
-    with tempfile.TemporaryDirectory(prefix="revocation-") as tmp:
-        work = Path(tmp)
-        redis = EmbeddedRedis(work / "redis", durable=False)
-        proc, base = _start_registry(work, redis.start())
+def measure_size(services: int, gateway_counts: list[int], processes: int, work: Path) -> dict[str, Any]:
+    """Every figure at one size: cold start, (a), then (b) for each number of gateways."""
+    out: dict[str, Any] = {"grants": services * GRANTS_PER_SERVICE}
+    with registry_up(work) as reg:
+        codes = populate(reg, services, max(gateway_counts))
+        grants = (registry_snapshot.grant_id(n) for n in itertools.count())
+        out["cold_start"] = measure_cold_start(reg, codes[0])
+        out["change"] = measure_change(reg, codes[0], grants)
+        clients = Clients(reg, codes, processes)
         try:
-            return asyncio.run(_measure(base, work, gateways))
+            ready = clients.take("ready", len(clients.procs), 900)
+            held = reg.version(codes[0])
+            if any(r["version"] != held for r in ready):
+                raise RuntimeError(f"a client process holds another version than {held}: {ready}")
+            out["clients"] = {
+                "processes": len(clients.procs),
+                "cold_start_max_s": round(max(r["total_s"] for r in ready), 3),  # all at once, sharing the cores
+                "rss_max_mb": round(max(r["rss_mb"] for r in ready), 1),
+            }
+            for count in sorted(gateway_counts):
+                idle = out["change"]["idle_cpu_ms_per_s"]
+                figures = measure_round(reg, clients, codes[:count], held, next(grants), idle)
+                held = int(figures.pop("version"))
+                out[f"g{count}"] = figures
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            redis.stop()
+            clients.close()
+    return out
+
+
+# the headline figures and their targets (None: no target)
+TARGETS: dict[str, float | None] = {
+    "change_delta_cpu_ms": 50.0, "total_cpu_ms": 50.0, "serve_cpu_ms_per_gateway": None, "delta_bytes": 2048.0,
+    "delay_p99_ms": 1000.0, "cold_start_s": 5.0,
+}  # fmt: skip
+
+
+def headline(size: dict[str, Any], count: int, fewer: int | None) -> dict[str, float]:
+    """The headline figures of one size at `count` gateways (and the per-gateway slope against `fewer`)."""
+    at = size[f"g{count}"]
+    out = {
+        "change_delta_cpu_ms": round(size["change"]["change_cpu_ms"] + size["change"]["delta_cpu_ms"], 3),
+        "total_cpu_ms": at["total_cpu_ms"],
+        "serve_cpu_ms_per_gateway": round(at["total_cpu_ms"] / count, 3),
+        "delta_bytes": at["delta_bytes"],
+        "delay_p99_ms": at["delay_p99_ms"],
+        "cold_start_s": round(size["cold_start"]["total_s"], 3),
+    }
+    if fewer is not None and fewer < count:  # what each further gateway costs, from the two rounds
+        out["serve_cpu_ms_per_gateway"] = round(
+            (at["total_cpu_ms"] - size[f"g{fewer}"]["total_cpu_ms"]) / (count - fewer), 3
+        )
+    return out
+
+
+def run(services: int = 10_000, gateways: int = 100, steps: int = 2, processes: int = 4) -> dict[str, Any]:
+    """Measure at `services` services (ten grants each) and `gateways` gateways, and at a tenth, a hundredth, ...
+    of each for `steps` > 1; `processes` client processes share the gateways."""
+    sizes = [services // 10**k for k in reversed(range(steps))]
+    counts = [gateways // 10**k for k in reversed(range(steps))]
+    if min(sizes) < 1 or min(counts) < 1:
+        raise ValueError("steps too many for these sizes")
+    out: dict[str, Any] = {"services": services, "grants": services * GRANTS_PER_SERVICE, "gateways": gateways,
+                           "processes": min(processes, gateways)}  # fmt: skip
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="revocation-") as tmp:
+            out[f"s{size}"] = measure_size(size, counts, processes, Path(tmp))
+    fewer = counts[-2] if len(counts) > 1 else None
+    top = headline(out[f"s{services}"], gateways, fewer)
+    out.update(top)
+    out["meets"] = {k: top[k] < t for k, t in TARGETS.items() if t is not None}
+    if steps > 1:  # how each figure grows with ten times the services, and with ten times the gateways
+        smaller = headline(out[f"s{sizes[-2]}"], gateways, fewer)
+        less = headline(out[f"s{services}"], counts[-2], None)
+        out["x10_services"] = {k: round(v / smaller[k], 2) if smaller[k] else None for k, v in top.items()}
+        out["x10_gateways"] = {k: round(v / less[k], 2) if less[k] else None for k, v in top.items()
+                               if k != "serve_cpu_ms_per_gateway"}  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":
-    print(run())
+    import json
+
+    print(json.dumps(run(**{k: int(v) for k, v in (a.split("=") for a in sys.argv[1:])}), indent=2))

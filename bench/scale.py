@@ -1,5 +1,6 @@
-"""The scale cases: snapshot build and delivery, revocation reaching 35 gateways, data generation, lookup, metering,
-and the hot path's instructions per call (bench/instructions.py, full run only).
+"""The scale cases: snapshot build and delivery, a revocation at national scale (registry CPU, delta size, 100
+gateways, cold start), data generation, lookup, metering, and the hot path's instructions per call
+(bench/instructions.py, full run only).
 
 Most are other parts' `run()` functions (bench/registry_snapshot.py, bench/datagen_bench.py, bench/meter_bench.py);
 each runs in its own process (`python -m bench.scale CASE`) with a time limit, so one that crashes or hangs costs
@@ -29,9 +30,19 @@ MARKER = "SCALEJSON "
 
 # case -> (module, full-run arguments, quick-run arguments or None (full run only), time limit in s for full / quick)
 CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None, tuple[float, float]]] = {
-    "snapshot": ("bench.registry_snapshot", {"services": 10_000, "grants": 100_000},
-                 {"services": 10_000, "grants": 100_000}, (240, 120)),
-    "revocation": ("bench.revocation", {"gateways": 35}, {"gateways": 35}, (120, 60)),
+    "snapshot": (
+        "bench.registry_snapshot",
+        {"services": 10_000, "grants": 100_000},
+        {"services": 10_000, "grants": 100_000},
+        (240, 120),
+    ),
+    # 1,000 and 10,000 services (ten grants each) x 10 and 100 gateways; quick: 1,000 services, 10 gateways
+    "revocation": (
+        "bench.revocation",
+        {"services": 10_000, "gateways": 100, "steps": 2},
+        {"services": 1_000, "gateways": 10, "steps": 1},
+        (1500, 120),
+    ),
     "datagen": ("bench.datagen_bench", {"people": 10_000_000}, {"people": 30_000}, (1500, 60)),
     "meter": ("bench.meter_bench", {}, {}, (180, 60)),
     "instructions": ("bench.instructions", {"calls": 1000}, None, (900, 0)),
