@@ -5,222 +5,140 @@ snapshot may stop a gateway from taking it (issue 13): an entry this reader cann
 template does not compile, a grant or client key of the wrong shape, a section that is not a list) is left out and
 listed in `Snapshot.quarantined`, and the rest installs. Leaving an entry out always fails closed: a quarantined
 service answers 503 `service-quarantined`, a quarantined grant grants nothing, a quarantined key verifies nothing.
+
+A Snapshot is built from a full document, or from the one before it and a delta (`apply`, protocol §7.2): a full
+document is applied as the delta from nothing, so both take one path. `apply` copies the indexes, then rebuilds only
+the entries the delta names; a service whose entry did not change keeps its compiled routes.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import jwt
 import orjson
 
-from lienthong.keys import PublicKey, public_key_from_jwk
-from lienthong.subjects import SubjectSpec, parse_declaration
+from lienthong.keys import PublicKey
+from lienthong.snapshot_entries import (
+    MAX_ENDPOINTS,
+    MAX_TEMPLATE_LENGTH,
+    QUARANTINE_KINDS,
+    Endpoint,
+    EntryError,
+    Grant,
+    Quarantined,
+    Service,
+    SnapshotError,
+    build_grant,
+    build_service,
+    check_template,
+    clip,
+    entry_keys,
+    ident,
+    parse_pki,
+    show,
+    template_names,
+    template_pattern,
+    why,
+)
 from lienthong.upstream_policy import UpstreamPolicy
 
-# A gateway's own bounds on one service, whatever the registry let through: a larger service is quarantined rather
-# than compiled (the registry's per-service limits are lower; these only stop a snapshot from a buggy registry).
-MAX_ENDPOINTS = 2000
-MAX_TEMPLATE_LENGTH = 1024
-METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"})
-DEFAULT_TIMEOUT_MS = 5000
-MAX_TIMEOUT_MS = 600_000
+__all__ = [
+    "MAX_ENDPOINTS", "MAX_TEMPLATE_LENGTH", "QUARANTINE_KINDS", "SECTIONS", "Endpoint", "EntryError", "Grant",
+    "Quarantined", "Service", "Snapshot", "SnapshotError", "check_template", "template_names", "template_pattern",
+    "verify_jws",
+]  # fmt: skip
 
+# section -> (the field that identifies an entry, the quarantine kind of an entry), in the order they are applied
+SECTIONS: dict[str, tuple[str, str]] = {
+    "members": ("id", "member"),
+    "subsystems": ("id", "subsystem"),
+    "gateways": ("code", "gateway"),
+    "clients": ("subsystem", "client"),
+    "services": ("id", "service"),
+    "grants": ("id", "grant"),
+}
+HEADER = ("version", "instance", "gateway", "generated_at", "config")
 
-class SnapshotError(Exception):
-    """The snapshot failed its signature or shape check."""
-
-
-class EntryError(ValueError):
-    """One entry of a snapshot cannot be built; it is quarantined, the rest of the snapshot installs."""
-
-
-QUARANTINE_KINDS = ("service", "grant", "client", "key", "gateway", "member", "subsystem", "upstream", "section")
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    """An entry left out of the snapshot in use: `kind` is one of QUARANTINE_KINDS (a `key` is a kid two owners
-    claim); `id` its id (or `services[3]` when it has none usable); `reason` why."""
-
-    kind: str
-    id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    method: str
-    path: str
-    enabled: bool
-    operation_id: str | None = None
-    summary: str | None = None
-    subject_param: str | None = None
-    subjects: SubjectSpec | None = None  # where its data subjects sit, parsed once (lienthong/subjects.py)
-    pattern: re.Pattern[str] | None = None
-    static: bool = True
-
-
-@dataclass(slots=True)
-class Service:
-    id: str
-    provider: str
-    code: str
-    gateway: str
-    approved: bool
-    timeout_ms: int
-    endpoints: list[Endpoint]
-    doc: dict[str, Any]
-    static_routes: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
-    templated: list[Endpoint] = field(default_factory=list)
-    # templates by (method, number of '/'): a call scans only those of its own shape, however many the service has
-    templated_index: dict[tuple[str, int], list[Endpoint]] = field(default_factory=dict)
-
-    def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
-        """Find the endpoint for a request path: a dict hit for static paths, else the templates of its shape."""
-        hit = self.static_routes.get((method, path))
-        if hit is not None:
-            return hit, {}
-        for ep in self.templated_index.get((method, path.count("/")), ()):
-            if ep.pattern is not None:
-                m = ep.pattern.match(path)
-                if m:
-                    return ep, m.groupdict()
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    id: str
-    consumer: str
-    service: str
-    endpoints: frozenset[tuple[str, str]] | None  # None: every endpoint
-    purposes: frozenset[str]
-    fields: tuple[str, ...] | None  # None: every field
-    per_minute: int | None
-    per_day: int | None
-    revoked: bool
-    default_purpose: str | None = None  # one of purposes, named by the registry; see implied_purpose
-    # The purpose a call without X-Purpose gets under this grant (X-Road clients send none): the default purpose,
-    # else the only purpose; None when the grant names several and no default. Computed once per snapshot.
-    implied_purpose: str | None = None
-
-    def covers(self, method: str, path_template: str) -> bool:
-        return not self.revoked and (self.endpoints is None or (method, path_template) in self.endpoints)
-
-    def allows(self, method: str, path_template: str, purpose: str | None) -> bool:
-        return purpose is not None and purpose in self.purposes and self.covers(method, path_template)
-
-
-# -- path templates (protocol §2) -------------------------------------------------------------------------------
-# The one template grammar: the registry refuses at registration exactly what a gateway would quarantine here
-# (registry/path_templates.py calls template_names), so the two can never disagree about a template.
-
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_BRACED = re.compile(r"\{[^{}]*\}")  # shaped like a parameter, whatever its name
-# A segment is literal RFC 3986 pchar text (no '%': templates are matched against decoded paths) or one {param}.
-_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
-
-
-def template_names(path: object) -> list[str]:
-    """Check a template's syntax and return its parameter names in order; raise EntryError naming the flaw.
-
-    '/' alone, or '/'-separated segments, each literal text or exactly one {name}; no empty, '.' or '..' segment
-    (a call could step out of its endpoint after decoding); a parameter name at most once (it names a regex group).
-    Segments are matched whole (fullmatch): a trailing newline is no more allowed than anything else.
-    """
-    if not isinstance(path, str):
-        raise EntryError(f"path {_show(path)} is not a string")
-    if not path.startswith("/"):
-        raise EntryError(f"path {_show(path)} does not start with '/'")
-    if len(path) > MAX_TEMPLATE_LENGTH:
-        raise EntryError(f"path {_show(path)} is longer than {MAX_TEMPLATE_LENGTH} characters")
-    if path == "/":
-        return []
-    names: list[str] = []
-    for segment in path[1:].split("/"):
-        param = _PARAM.fullmatch(segment)
-        if param is not None:
-            if param.group(1) in names:
-                raise EntryError(f"path {_show(path)} names the parameter {param.group(1)!r} twice")
-            names.append(param.group(1))
-        elif segment in ("", ".", ".."):
-            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}: none is empty, '.' or '..'")
-        elif _BRACED.fullmatch(segment):
-            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}: a parameter name is an "
-                             "identifier ([A-Za-z_][A-Za-z0-9_]*)")  # fmt: skip
-        elif not _LITERAL_SEGMENT.fullmatch(segment):
-            raise EntryError(f"path {_show(path)} has an invalid segment {_show(segment)}: neither literal path text "
-                             "(no '%', '{', '}', spaces or non-ASCII) nor exactly one {name}")  # fmt: skip
-    return names
-
-
-def check_template(path: object) -> str:
-    """The template itself, once template_names found nothing wrong with it (a snapshot endpoint's path)."""
-    template_names(path)
-    return cast(str, path)  # template_names refuses anything but a str
-
-
-def template_pattern(path: str) -> re.Pattern[str]:
-    """/persons/{id} -> ^/persons/(?P<id>[^/]+)$ ; a parameter never spans a '/'."""
-    out, pos = ["^"], 0
-    for m in _PARAM.finditer(path):
-        out.append(re.escape(path[pos : m.start()]))
-        out.append(f"(?P<{m.group(1)}>[^/]+)")
-        pos = m.end()
-    out.append(re.escape(path[pos:]) + "$")
-    return re.compile("".join(out))
-
-
-# -- the snapshot -----------------------------------------------------------------------------------------------
+Owner = tuple[Any, dict[str, PublicKey | None]]  # (entry, its keys: None for a revoked one)
 
 
 class Snapshot:
-    """An indexed, read-only view of one snapshot document; swap whole objects, never mutate one.
+    """An indexed, read-only view of one snapshot version; `apply` returns a new one, never mutates this one.
 
-    `previous` is the snapshot this one replaces: a service whose entry is unchanged keeps its compiled Service (or
-    its quarantine) instead of being built again, so a new version costs what changed in it, not its size.
+    `previous` is the snapshot a full document replaces: a service whose entry is unchanged keeps its compiled Service
+    (or its quarantine) instead of being built again, so a new version costs what changed in it, not its size.
     """
 
     def __init__(
         self, doc: dict[str, Any], *, received_at: float | None = None, previous: Snapshot | None = None
     ) -> None:
-        self.doc = doc
-        self.version: int = int(doc["version"])
-        self.gateway: str | None = doc.get("gateway")
-        self.received_at = received_at if received_at is not None else time.time()
-        self.quarantined: list[Quarantined] = []
+        self._head(doc, received_at)
+        self._quarantine_map: dict[tuple[str, str], Quarantined] = {}
         self.quarantined_services: dict[str, str] = {}  # service id -> the detail its calls' 503 carries
         self.members: dict[str, dict[str, Any]] = {}
         self.subsystems: dict[str, dict[str, Any]] = {}
         self.gateways: dict[str, dict[str, Any]] = {}
         self.gateway_keys: dict[str, tuple[str, PublicKey]] = {}
-        self.upstreams: dict[str, str] = {}
         self.client_keys: dict[str, tuple[str, PublicKey]] = {}
+        self.upstreams: dict[str, str] = {}
         self.services: dict[str, Service] = {}
         self.grants: dict[tuple[str, str], list[Grant]] = {}
+        self._grant_at: dict[str, Grant] = {}  # grant id -> its indexed Grant, to take it out again
         self._built: dict[str, tuple[Any, Service | str]] = {}  # service id -> (its entry, Service or why not)
-        self._kid_owners: dict[str, str] = {}  # kid -> "client <subsystem>" or "gateway <code>"
-        self._contested: set[str] = set()
-        self._each("members", "member", "id", self._add_member)
-        self._each("subsystems", "subsystem", "id", self._add_subsystem)
-        self._each("gateways", "gateway", "code", self._add_gateway)
-        for sid, url in self._section("upstreams", dict):
-            if isinstance(url, str):
-                self.upstreams[sid] = url
-            else:
-                self._quarantine("upstream", sid, f"upstream {_show(url)} is not a URL string")
-        self._each("clients", "client", "subsystem", self._add_client)
-        self._each("services", "service", "id", lambda s: self._add_service(s, previous))
-        self._each("grants", "grant", "id", self._add_grant)
-        self.upstream_policy = UpstreamPolicy.from_snapshot(doc)  # where connectors may point; never raises
+        self._owners: dict[str, dict[str, Owner]] = {"gateways": {}, "clients": {}}  # key owners, by section
+        self._policy = doc.get("upstream_policy")
         self.ca_pems: tuple[str, ...] = ()  # the mesh CA certificates (protocol §9)
         self.revoked_serials: frozenset[int] = frozenset()
-        self._add_pki(doc.get("pki"))
+        self.upstream_policy = UpstreamPolicy.from_snapshot({})
+        changes: dict[str, dict[str, Any]] = {}
+        for section, (id_key, kind) in SECTIONS.items():
+            entries = changes[section] = {}
+            for index, entry in self._section(doc, section, list):
+                try:
+                    entries[ident(entry, id_key)] = entry  # a later entry with the same id wins, bad or good
+                except EntryError as exc:
+                    self._quarantine(kind, f"{section}[{index}]", why(exc))
+        if previous is not None:  # reused by entry equality only: nothing else carries over from it
+            self._built = dict(previous._built)
+        self._apply(changes, dict(self._section(doc, "upstreams", dict)), doc.get("pki", {}), full=True)
+        if previous is not None:
+            self._built = {sid: self._built[sid] for sid in changes["services"] if sid in self._built}
+
+    def _head(self, doc: dict[str, Any], received_at: float | None) -> None:
+        self.doc = {k: doc[k] for k in HEADER if k in doc}  # the header only: the entries are in the indexes
+        self.version: int = int(doc["version"])
+        self.gateway: str | None = doc.get("gateway")
+        self.received_at = received_at if received_at is not None else time.time()
+
+    def apply(self, delta: dict[str, Any], *, received_at: float | None = None) -> Snapshot:
+        """The next version: this one with a verified delta applied (protocol §7.2). Raises SnapshotError, and
+        changes nothing, when the delta does not start at this version or its shape is wrong: the gateway then asks
+        for a full snapshot. An entry the delta brings that cannot be built is quarantined like any other."""
+        if delta.get("from") != self.version or not isinstance(delta.get("version"), int):
+            raise SnapshotError(f"the delta goes from version {delta.get('from')!r}, this gateway holds {self.version}")
+        if delta["version"] <= self.version:
+            raise SnapshotError(f"the delta ends at version {delta['version']}, not past {self.version}")
+        if delta.get("gateway") != self.gateway:
+            raise SnapshotError(f"the delta is for gateway {delta.get('gateway')!r}, not {self.gateway!r}")
+        if delta.get("config") != self.doc.get("config"):
+            raise SnapshotError("the registry's configuration changed since the snapshot held; a full one is needed")
+        changes, upstreams = delta.get("changes"), delta.get("upstreams", {})
+        if not isinstance(changes, dict) or not isinstance(upstreams, dict):
+            raise SnapshotError("the delta's changes and upstreams must be JSON objects")
+        for section in SECTIONS:
+            if not isinstance(changes.get(section, {}), dict):
+                raise SnapshotError(f"the delta's changes.{section} is not a JSON object")
+        new = Snapshot.__new__(Snapshot)
+        new.__dict__.update(self.__dict__)  # then every index the delta may touch is copied before it is changed
+        for name in ("_quarantine_map", "quarantined_services", "members", "subsystems", "gateways", "gateway_keys",
+                     "client_keys", "upstreams", "services", "grants", "_grant_at", "_built"):  # fmt: skip
+            setattr(new, name, dict(getattr(self, name)))
+        new._owners = {section: dict(owners) for section, owners in self._owners.items()}
+        new._head({**self.doc, **{k: delta[k] for k in HEADER if k in delta}}, received_at)
+        new._apply({s: changes.get(s, {}) for s in SECTIONS}, upstreams, delta.get("pki"), full=False)
+        return new
 
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.received_at
@@ -236,11 +154,137 @@ class Snapshot:
                 return grant
         return None
 
-    # -- building, one entry at a time ----------------------------------------------------------------------------
+    @property
+    def quarantined(self) -> list[Quarantined]:
+        return list(self._quarantine_map.values())
 
-    def _section(self, section: str, kind: type) -> list[tuple[Any, Any]]:
+    # -- applying changes, one entry at a time --------------------------------------------------------------------
+
+    def _apply(self, changes: dict[str, dict[str, Any]], upstreams: dict[str, Any], pki: Any, full: bool) -> None:
+        """Set or (None) remove each named entry; each failure quarantines that entry alone."""
+        for section, (id_key, kind) in SECTIONS.items():
+            for ident_, entry in changes[section].items():
+                self._unquarantine(kind, ident_)
+                self._remove(section, ident_)
+                if entry is None:
+                    if section == "services":
+                        self._built.pop(ident_, None)
+                    continue
+                try:
+                    if ident(entry, id_key) != ident_:
+                        raise EntryError(f"{id_key} {show(entry[id_key])} is not the id it is listed under")
+                    self._add(section, ident_, entry)
+                except Exception as exc:  # any failure, ours or a library's, quarantines only the entry
+                    self._quarantine(kind, ident_, why(exc))
+        if full or changes["gateways"] or changes["clients"]:
+            self._index_keys()
+        if full or changes["gateways"]:
+            self.upstream_policy = UpstreamPolicy.from_snapshot(  # where connectors may point; never raises
+                {"upstream_policy": self._policy, "gateways": list(self.gateways.values())}
+            )
+        for sid, url in upstreams.items():
+            self._unquarantine("upstream", sid)
+            self.upstreams.pop(sid, None)
+            if isinstance(url, str):
+                self.upstreams[sid] = url
+            elif url is not None:
+                self._quarantine("upstream", sid, f"upstream {show(url)} is not a URL string")
+        if pki is not None:  # {} in a full document without the section: no CA, nothing revoked
+            self._unquarantine("section", "pki")
+            try:
+                self.ca_pems, self.revoked_serials = parse_pki(pki) if pki != {} else ((), frozenset())
+            except EntryError as exc:  # no CA and no revocation list: this gateway trusts no peer, not a revoked one
+                self.ca_pems, self.revoked_serials = (), frozenset()
+                self._quarantine("section", "pki", str(exc))
+
+    def _remove(self, section: str, ident_: str) -> None:
+        if section == "grants":
+            old = self._grant_at.pop(ident_, None)
+            if old is not None:
+                key = (old.consumer, old.service)
+                rest = [g for g in self.grants.get(key, ()) if g.id != ident_]  # a new list: readers hold the old
+                if rest:
+                    self.grants[key] = rest
+                else:
+                    self.grants.pop(key, None)
+        elif section == "services":
+            self.services.pop(ident_, None)
+        elif section in self._owners:
+            self._owners[section].pop(ident_, None)
+            if section == "gateways":
+                self.gateways.pop(ident_, None)
+        else:
+            getattr(self, section).pop(ident_, None)
+
+    def _add(self, section: str, ident_: str, entry: dict[str, Any]) -> None:
+        if section == "grants":
+            grant = build_grant(entry)
+            if not grant.revoked:
+                key = (grant.consumer, grant.service)
+                self.grants[key] = [*self.grants.get(key, ()), grant]
+                self._grant_at[ident_] = grant
+        elif section == "services":
+            self._add_service(ident_, entry)
+        elif section in self._owners:
+            if section == "gateways" and not isinstance(entry.get("base_url", ""), str):
+                raise EntryError(f"base_url {show(entry['base_url'])} is not a string")
+            self._owners[section][ident_] = (entry, entry_keys(entry))  # a malformed key refuses the entry
+            if section == "gateways":
+                self.gateways[ident_] = entry
+        else:
+            if section == "members" and entry.get("home_gateway") is not None:
+                if not isinstance(entry["home_gateway"], str):
+                    raise EntryError(f"home_gateway {show(entry['home_gateway'])} is not a string")
+            getattr(self, section)[ident_] = entry
+
+    def _add_service(self, sid: str, entry: dict[str, Any]) -> None:
+        before = self._built.get(sid)
+        if before is not None and before[0] == entry:
+            built = before[1]  # unchanged since the version before: neither compiled nor refused again
+        else:
+            try:
+                built = build_service(entry)
+            except Exception as exc:  # remembered, so that an unchanged bad entry is not rebuilt
+                built = why(exc)
+        self._built[sid] = (entry, built)
+        if isinstance(built, str):
+            raise EntryError(built)
+        self.services[sid] = built
+
+    def _index_keys(self) -> None:
+        """Every owner's live keys, gateways first; a kid that two owners claim (revoked or not) verifies for
+        neither. Rebuilt from the owners' parsed keys whenever one of them changes (a few thousand at most)."""
+        for q in [q for q in self._quarantine_map if q[0] == "key"]:
+            del self._quarantine_map[q]
+        self.gateway_keys, self.client_keys = {}, {}
+        claims: dict[str, str] = {}
+        contested: set[str] = set()
+        for section, into in (("gateways", self.gateway_keys), ("clients", self.client_keys)):
+            for owner, (_entry, keys) in self._owners[section].items():
+                claim = f"{section[:-1]} {owner}"
+                for kid, key in keys.items():
+                    claimed = claims.setdefault(kid, claim)
+                    if claimed != claim or kid in contested:
+                        contested.add(kid)
+                        self.client_keys.pop(kid, None)
+                        self.gateway_keys.pop(kid, None)
+                        self._quarantine("key", kid, f"key {show(kid)} is claimed by {claimed} and by {claim}")
+                    elif key is not None:
+                        into[kid] = (owner, key)
+
+    def _quarantine(self, kind: str, ident_: str, reason: str) -> None:
+        reason = clip(reason)
+        self._quarantine_map[(kind, ident_)] = Quarantined(kind, clip(ident_), reason)
+        if kind == "service":
+            self.quarantined_services[ident_] = f"service {clip(ident_)} is quarantined on this gateway: {reason}"
+
+    def _unquarantine(self, kind: str, ident_: str) -> None:
+        if self._quarantine_map.pop((kind, ident_), None) is not None and kind == "service":
+            self.quarantined_services.pop(ident_, None)
+
+    def _section(self, doc: dict[str, Any], section: str, kind: type) -> list[tuple[Any, Any]]:
         """(index, entry) of a list section or (key, value) of a dict one; a section of another type is empty."""
-        value = self.doc.get(section)
+        value = doc.get(section)
         if value is None:
             return []
         if kind is dict and isinstance(value, dict):
@@ -250,269 +294,9 @@ class Snapshot:
         self._quarantine("section", section, f"section {section!r} is not a JSON {kind.__name__}")
         return []
 
-    def _each(self, section: str, kind: str, id_key: str, build: Callable[[Any], None]) -> None:
-        """Build every entry of a section; whatever one raises quarantines that entry alone."""
-        for index, entry in self._section(section, list):
-            try:
-                build(entry)
-            except Exception as exc:  # any failure, ours or a library's, quarantines only the entry
-                ident = entry.get(id_key) if isinstance(entry, dict) else None
-                self._quarantine(kind, ident if isinstance(ident, str) and ident else f"{section}[{index}]", _why(exc))
-
-    def _quarantine(self, kind: str, ident: str, reason: str) -> None:
-        reason = _clip(reason)
-        self.quarantined.append(Quarantined(kind, _clip(ident), reason))
-        if kind == "service":
-            self.quarantined_services[ident] = f"service {_clip(ident)} is quarantined on this gateway: {reason}"
-            self.services.pop(ident, None)  # a later entry with the same id wins, bad or good
-
-    def _add_pki(self, value: Any) -> None:
-        """`pki`: {"ca": [PEM, ...], "revoked": [lowercase hex serial, ...]}. Malformed anywhere, the whole section
-        is quarantined: no CA and no revocation list from this snapshot (a gateway then trusts no peer rather than a
-        revoked one)."""
-        if value is None:
-            return
-        try:
-            self.ca_pems, self.revoked_serials = parse_pki(value)
-        except EntryError as exc:
-            self._quarantine("section", "pki", str(exc))
-
-    def _add_member(self, m: Any) -> None:
-        ident = _ident(m, "id")
-        if m.get("home_gateway") is not None and not isinstance(m["home_gateway"], str):
-            raise EntryError(f"home_gateway {_show(m['home_gateway'])} is not a string")
-        self.members[ident] = m
-
-    def _add_subsystem(self, s: Any) -> None:
-        self.subsystems[_ident(s, "id")] = s
-
-    def _add_gateway(self, g: Any) -> None:
-        code = _ident(g, "code")
-        if not isinstance(g.get("base_url", ""), str):
-            raise EntryError(f"base_url {_show(g['base_url'])} is not a string")
-        keys = _keys(g)
-        self.gateways[code] = g
-        self._add_keys(self.gateway_keys, keys, code, f"gateway {code}")
-
-    def _add_client(self, c: Any) -> None:
-        subsystem = _ident(c, "subsystem")
-        self._add_keys(self.client_keys, _keys(c), subsystem, f"client {subsystem}")
-
-    def _add_keys(
-        self, into: dict[str, tuple[str, PublicKey]], keys: dict[str, PublicKey | None], owner: str, claim: str
-    ) -> None:
-        """An entry's live keys; a kid that two owners claim (revoked or not) verifies for neither."""
-        for kid, key in keys.items():
-            claimed = self._kid_owners.setdefault(kid, claim)
-            if claimed != claim or kid in self._contested:
-                self._contested.add(kid)
-                self.client_keys.pop(kid, None)
-                self.gateway_keys.pop(kid, None)
-                self._quarantine("key", kid, f"key {_show(kid)} is claimed by {claimed} and by {claim}")
-            elif key is not None:
-                into[kid] = (owner, key)
-
-    def _add_service(self, s: Any, previous: Snapshot | None) -> None:
-        sid = _ident(s, "id")
-        before = previous._built.get(sid) if previous is not None else None
-        if before is not None and before[0] == s:
-            built = before[1]  # unchanged since the version before: neither compiled nor refused again
-        else:
-            try:
-                built = _service(s)
-            except Exception as exc:  # remembered, so that an unchanged bad entry is not rebuilt
-                built = _why(exc)
-        self._built[sid] = (s, built)
-        if isinstance(built, str):
-            raise EntryError(built)
-        self.services[sid] = built
-        self.quarantined_services.pop(sid, None)
-
-    def _add_grant(self, g: Any) -> None:
-        grant = _grant(g)
-        if not grant.revoked:
-            self.grants.setdefault((grant.consumer, grant.service), []).append(grant)
-
-
-def _service(s: dict[str, Any]) -> Service:
-    endpoints = _list(s, "endpoints")
-    if len(endpoints) > MAX_ENDPOINTS:
-        raise EntryError(f"{len(endpoints)} endpoints, more than a gateway compiles for one service ({MAX_ENDPOINTS})")
-    built = [_endpoint(e) for e in endpoints]
-    timeout_ms = s.get("timeout_ms")
-    if timeout_ms is None:
-        timeout_ms = DEFAULT_TIMEOUT_MS
-    elif not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
-        raise EntryError(f"timeout_ms {_show(timeout_ms)} is not an integer from 1 to {MAX_TIMEOUT_MS}")
-    service = Service(
-        id=_ident(s, "id"),
-        provider=_ident(s, "provider"),
-        code=_ident(s, "code"),
-        gateway=_ident(s, "gateway"),
-        approved=_flag(s, "approved", False),
-        timeout_ms=timeout_ms,
-        endpoints=built,
-        doc=s,
-    )
-    service.static_routes = {(e.method, e.path): e for e in built if e.static}
-    service.templated = [e for e in built if not e.static]
-    for e in service.templated:
-        service.templated_index.setdefault((e.method, e.path.count("/")), []).append(e)
-    return service
-
-
-def _endpoint(e: Any) -> Endpoint:
-    if not isinstance(e, dict):
-        raise EntryError(f"endpoint {_show(e)} is not an object")
-    method = e.get("method")
-    if not isinstance(method, str) or method.upper() not in METHODS:
-        raise EntryError(f"endpoint method {_show(method)} is not an HTTP method")
-    path = check_template(e.get("path"))
-    static = "{" not in path
-    return Endpoint(
-        method=method.upper(),
-        path=path,
-        enabled=_flag(e, "enabled", True),
-        operation_id=_text(e, "operation_id"),
-        summary=_text(e, "summary"),
-        subject_param=_text(e, "subject_param"),
-        subjects=parse_declaration(e),  # a malformed declaration quarantines the service
-        pattern=None if static else template_pattern(path),
-        static=static,
-    )
-
-
-def _grant(g: Any) -> Grant:
-    ident = _ident(g, "id")
-    eps = g.get("endpoints", "*")
-    endpoints: frozenset[tuple[str, str]] | None = None
-    if eps != "*":
-        pairs = []
-        for e in _list(g, "endpoints"):
-            if not isinstance(e, dict) or not isinstance(e.get("method"), str) or not isinstance(e.get("path"), str):
-                raise EntryError(f"grant endpoint {_show(e)} is not a method and path")
-            pairs.append((e["method"].upper(), e["path"]))
-        endpoints = frozenset(pairs)
-    quota = g.get("quota") or {}
-    if not isinstance(quota, dict):
-        raise EntryError(f"quota {_show(quota)} is not an object")
-    fields = g.get("fields")
-    purposes = frozenset(_strings(g, "purposes"))
-    default = _text(g, "default_purpose")
-    if default is not None and default not in purposes:
-        raise EntryError(f"default_purpose {_show(default)} is not one of the grant's purposes")
-    return Grant(
-        id=ident,
-        consumer=_ident(g, "consumer"),
-        service=_ident(g, "service"),
-        endpoints=endpoints,
-        purposes=purposes,
-        fields=None if fields is None else tuple(_strings(g, "fields")),
-        per_minute=_count(quota, "per_minute"),
-        per_day=_count(quota, "per_day"),
-        revoked=_flag(g, "revoked", False),
-        default_purpose=default,
-        implied_purpose=default if default is not None else next(iter(purposes)) if len(purposes) == 1 else None,
-    )
-
-
-# -- field checks: each raises EntryError naming the field ---------------------------------------------------------
-
-
-def _ident(entry: Any, key: str) -> str:
-    if not isinstance(entry, dict):
-        raise EntryError(f"entry {_show(entry)} is not an object")
-    value = entry.get(key)
-    if not isinstance(value, str) or not value:
-        raise EntryError(f"{key} {_show(value)} is not a non-empty string")
-    return value
-
-
-def _list(entry: dict[str, Any], key: str) -> list[Any]:
-    value = entry.get(key, [])
-    if not isinstance(value, list):
-        raise EntryError(f"{key} {_show(value)} is not a list")
-    return value
-
-
-def _strings(entry: dict[str, Any], key: str) -> list[str]:
-    values = _list(entry, key)
-    if not all(isinstance(v, str) for v in values):
-        raise EntryError(f"{key} {_show(values)} is not a list of strings")
-    return values
-
-
-def _flag(entry: dict[str, Any], key: str, default: bool) -> bool:
-    value = entry.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise EntryError(f"{key} {_show(value)} is not true or false")
-    return value
-
-
-def _text(entry: dict[str, Any], key: str) -> str | None:
-    value = entry.get(key)
-    if value is not None and not isinstance(value, str):
-        raise EntryError(f"{key} {_show(value)} is not a string")
-    return value
-
-
-def _count(entry: dict[str, Any], key: str) -> int | None:
-    value = entry.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise EntryError(f"{key} {_show(value)} is not a count")
-    return value
-
-
-def _keys(entry: dict[str, Any]) -> dict[str, PublicKey | None]:
-    """kid -> key for each of the entry's keys, None for a revoked one; any malformed key refuses the entry."""
-    out: dict[str, PublicKey | None] = {}
-    for jwk in _list(entry, "keys"):
-        if not isinstance(jwk, dict):
-            raise EntryError(f"key {_show(jwk)} is not a JWK object")
-        out[_ident(jwk, "kid")] = None if _flag(jwk, "revoked", False) else public_key_from_jwk(jwk)
-    return out
-
-
-_SERIAL = re.compile(r"[0-9a-f]{1,40}")  # a certificate serial is at most 20 octets (RFC 5280 §4.1.2.2)
-
-
-def parse_pki(value: Any) -> tuple[tuple[str, ...], frozenset[int]]:
-    """The snapshot's `pki` section as (CA PEMs, revoked serials); EntryError naming the first flaw."""
-    from cryptography import x509  # imported here: only a snapshot with a pki section pays for it
-
-    if not isinstance(value, dict):
-        raise EntryError(f"pki {_show(value)} is not an object")
-    cas, revoked = value.get("ca", []), value.get("revoked", [])
-    if not isinstance(cas, list) or not isinstance(revoked, list):
-        raise EntryError("pki.ca and pki.revoked must be lists")
-    for i, pem in enumerate(cas):
-        try:
-            x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else b"")
-        except ValueError:
-            raise EntryError(f"pki.ca[{i}] {_show(pem)} is not a PEM certificate") from None
-    for i, serial in enumerate(revoked):
-        if not isinstance(serial, str) or not _SERIAL.fullmatch(serial):
-            raise EntryError(f"pki.revoked[{i}] {_show(serial)} is not a lowercase hex serial")
-    return tuple(cas), frozenset(int(s, 16) for s in revoked)
-
-
-def _why(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, EntryError) else f"{type(exc).__name__}: {exc}"
-
-
-def _show(value: Any) -> str:
-    """A bounded repr for log lines and problem details: garbage can be megabytes long."""
-    return _clip(repr(value), 80)
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 def verify_jws(token: bytes | str, registry_key: PublicKey) -> dict[str, Any]:
-    """Check the registry's signature on a snapshot and return its document."""
+    """Check the registry's signature on one part of a snapshot (protocol §7.1) and return its payload."""
     try:
         payload = jwt.api_jws.decode(token, registry_key, algorithms=["EdDSA", "ES256"])
     except jwt.PyJWTError as exc:
