@@ -113,7 +113,7 @@ class GatewaySettings:
 
     @property
     def snapshot_cache(self) -> Path:
-        return self.data_dir / "snapshot.jws"
+        return self.data_dir / "snapshot.jsonl"
 
     @property
     def metrics_dir(self) -> Path:

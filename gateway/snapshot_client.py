@@ -9,6 +9,10 @@ runs in a worker thread, so the event loop keeps answering calls meanwhile; an e
 quarantined by lienthong.snapshot and logged here once per version; and any error the loop did not expect is logged
 with its traceback and retried with a jittered backoff, never left to end the task.
 
+After the first snapshot the registry answers deltas (protocol §7.2), applied to the snapshot held, off the loop too.
+A delta that does not follow the version held, or cannot be applied, is dropped and a full snapshot asked for at
+once; the on-disk cache (gateway/snapshot_cache.py) keeps the last full envelope and the deltas since.
+
 Several registries may serve the same Redis (issue 17): given several URLs, the poll keeps to the one that answers
 and moves to the next when it is unreachable, times out or answers 5xx; a refused or bad snapshot does not move it.
 """
@@ -16,9 +20,7 @@ and moves to the next when it is unreachable, times out or answers 5xx; a refuse
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import random
 import ssl
 import time
@@ -30,10 +32,12 @@ import orjson
 
 from gateway import metrics
 from gateway.settings import parse_registry_urls
+from gateway.snapshot_cache import SnapshotCache
 from lienthong import pki, tokens
 from lienthong.background import stop_task
 from lienthong.keys import PrivateKey, PublicKey, public_key_from_jwk
-from lienthong.snapshot import Snapshot, SnapshotError, verify_jws
+from lienthong.snapshot import Snapshot, SnapshotError
+from lienthong.snapshot_wire import Opened, open_envelope
 
 log = logging.getLogger("lienthong.gateway.snapshot")
 
@@ -55,17 +59,6 @@ def load_registry_key(path: Path) -> PublicKey:
         return public_key_from_jwk(orjson.loads(path.read_bytes()))
     except (OSError, orjson.JSONDecodeError, ValueError) as exc:
         raise ValueError(f"{path}: not a registry public JWK ({exc})") from exc
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """temp file + fsync + rename, so a crash never leaves a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +94,8 @@ class SnapshotClient:
         self.key = key
         self.kid = kid
         self.cache_path = cache_path
+        self.cache = SnapshotCache(cache_path)
+        self._want_full = False  # the next fetch asks for a full snapshot (a delta failed, or the cache grew long)
         self.max_age = max_age
         self.wait = wait
         self.ca = ca  # the mesh CA an https registry is verified with (its serving certificate is the mesh's)
@@ -147,20 +142,17 @@ class SnapshotClient:
             raise SnapshotError(f"snapshot version {version} is lower than the held {self.current.version}")
         return self.current is None or version > self.current.version
 
-    def _install(self, doc: dict[str, object], confirmed_at: float) -> bool:
-        """Swap in a verified document; refuse one older than what we hold or meant for another gateway."""
-        if not self._accept(doc):
-            self._confirm(confirmed_at)
-            return False
-        self._swap(Snapshot(doc, received_at=confirmed_at, previous=self.current))
-        return True
-
-    def _build(self, raw: bytes, confirmed_at: float) -> Snapshot | None:
-        """Verify and index a fetched snapshot, in a worker thread; None when it is the version we hold."""
-        doc = verify_jws(raw, self.registry_key)
-        if not self._accept(doc):
-            return None
-        return Snapshot(doc, received_at=confirmed_at, previous=self.current)
+    def _build(self, raw: bytes, confirmed_at: float) -> tuple[Opened, Snapshot | None]:
+        """Verify a fetched envelope and build the snapshot it brings, in a worker thread; None when it is the
+        version we hold. A delta is applied to the snapshot held (SnapshotError when it does not follow it)."""
+        opened = open_envelope(raw, self.registry_key, self.code)
+        if opened.kind == "delta":
+            if self.current is None:
+                raise SnapshotError("a delta came, but this gateway holds no snapshot to apply it to")
+            return opened, self.current.apply(opened.doc, received_at=confirmed_at)
+        if not self._accept(opened.doc):
+            return opened, None
+        return opened, Snapshot(opened.doc, received_at=confirmed_at, previous=self.current)
 
     def _confirm(self, confirmed_at: float) -> None:
         self.confirmed_at = confirmed_at
@@ -188,20 +180,34 @@ class SnapshotClient:
         )  # fmt: skip
 
     def load_cache(self) -> bool:
-        """Start from the on-disk cache; its mtime is when the registry last confirmed it."""
-        try:
-            raw = self.cache_path.read_bytes()
-            confirmed = self.cache_path.stat().st_mtime
-        except OSError:
+        """Start from the on-disk cache: its full snapshot, then its deltas in order, as far as they verify."""
+        cached = self.cache.read()
+        if cached is None:
             return False
+        envelopes, confirmed = cached
         try:
-            self._install(verify_jws(raw, self.registry_key), confirmed)
+            opened = open_envelope(envelopes[0], self.registry_key, self.code) if envelopes else None
+            if opened is None or opened.kind != "full":
+                raise SnapshotError("the cache does not start with a full snapshot")
+            snapshot = Snapshot(opened.doc, received_at=confirmed)
         except EXPECTED_ERRORS as exc:
             log.warning("ignoring snapshot cache %s: %s", self.cache_path, exc)
             return False
         except Exception:
             log.exception("ignoring snapshot cache %s: it could not be installed", self.cache_path)
             return False
+        for line in envelopes[1:]:
+            try:
+                snapshot = snapshot.apply(open_envelope(line, self.registry_key, self.code).doc, received_at=confirmed)
+            except Exception as exc:  # a torn last append, say: the poll brings the rest again
+                log.warning(
+                    "snapshot cache %s: replay stopped at version %s: %s", self.cache_path, snapshot.version, exc
+                )
+                self._want_full = True  # the file holds deltas past what was installed: rewrite it from a full one
+                break
+        if self.current is not None and snapshot.version <= self.current.version:
+            return False
+        self._swap(snapshot)
         return True
 
     # -- fetching ----------------------------------------------------------------------------------------------
@@ -219,36 +225,51 @@ class SnapshotClient:
         return True
 
     async def fetch(self, wait: int = 0, timeout: float = 5.0) -> bool:
-        """One GET of the snapshot; True when a newer version was installed. Raises on transport or check errors."""
+        """One GET of the snapshot; True when a newer version was installed. Raises on transport or check errors.
+        A delta that cannot be applied is followed at once by a request for a full snapshot."""
+        full = self._want_full or self.cache.wants_full
+        try:
+            return await self._fetch(wait, timeout, full)
+        except SnapshotError as exc:
+            if full or isinstance(exc, RegistryUnavailable):
+                raise
+            log.warning("gateway %s: a snapshot delta was refused (%s); asking for a full snapshot", self.code, exc)
+            self._want_full = True
+            return await self._fetch(0, timeout, True)
+
+    async def _fetch(self, wait: int, timeout: float, full: bool) -> bool:
         if self._http is None:
             self._http = httpx.AsyncClient(verify=self._verify())
-        headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/jose"}
+        headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
         if self.current is not None:
             headers["If-None-Match"] = f'"{self.current.version}"'
-        params = {"wait": str(wait)} if wait else None
+        params = {"wait": str(wait)} if wait else {}
+        if full:
+            params["full"] = "true"
         response = await self._http.get(
             f"{self.registry_url}/v1/snapshot", headers=headers, params=params, timeout=timeout + wait
         )
         now = time.time()
         if response.status_code == 304 and self.current is not None:
             self._confirm(now)
-            with contextlib.suppress(OSError):
-                os.utime(self.cache_path, (now, now))
+            self.cache.confirm(now)
             return False
         if response.status_code >= 500:
             raise RegistryUnavailable(f"registry {self.registry_url} answered {response.status_code}")
         if response.status_code != 200:
             raise SnapshotError(f"registry answered {response.status_code}: {response.text[:200]}")
         async with self._installing:
-            built = await asyncio.to_thread(self._build, response.content, now)  # off the loop: it may be large
+            opened, built = await asyncio.to_thread(self._build, response.content, now)  # off the loop
             if built is None or (self.current is not None and built.version <= self.current.version):
                 self._confirm(now)
-                with contextlib.suppress(OSError):
-                    os.utime(self.cache_path, (now, now))
+                self.cache.confirm(now)
                 return False
             self._swap(built)
-        await asyncio.to_thread(write_atomically, self.cache_path, response.content)
-        log.debug("gateway %s: snapshot version %s installed", self.code, built.version)
+        write = self.cache.replace if opened.kind == "full" else self.cache.append
+        await asyncio.to_thread(write, response.content)
+        if opened.kind == "full":
+            self._want_full = False
+        log.debug("gateway %s: snapshot version %s installed (%s)", self.code, built.version, opened.kind)
         return True
 
     async def _poll_forever(self) -> None:

@@ -196,12 +196,13 @@ def snapshot_group() -> None:
 @click.option("--gateway", default=None, help="whose snapshot (required for admins)")
 @click.option("--registry-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help=f"registry public JWK to verify with [default: <home>/registry/{keyfiles.SIGNING_PUB}]")  # fmt: skip
-@click.option("--raw", is_flag=True, help="print the JWS itself")
+@click.option("--raw", is_flag=True, help="print the envelope itself (protocol §7.1: two compact JWS)")
 @api_options
 def snapshot_show(gateway: str | None, registry_key: Path | None, raw: bool, **api: Any) -> None:
     """Fetch the snapshot, check its signature and print its document."""
     from lienthong.keys import public_key_from_jwk
-    from lienthong.snapshot import SnapshotError, verify_jws
+    from lienthong.snapshot import SnapshotError
+    from lienthong.snapshot_wire import read_full
 
     with session(**api) as s:
         resp = s.run(lambda c: c.snapshot(gateway=gateway))
@@ -213,7 +214,7 @@ def snapshot_show(gateway: str | None, registry_key: Path | None, raw: bool, **a
         raise click.ClickException(f"no registry public key at {key_path} to verify the snapshot of {s.url} with; "
                                    "pass --registry-key or --home")  # fmt: skip
     try:
-        doc = verify_jws(resp.content, public_key_from_jwk(json.loads(key_path.read_text())))
+        doc = read_full(resp.content, public_key_from_jwk(json.loads(key_path.read_text())), gateway)
     except SnapshotError as exc:
         raise click.ClickException(f"the snapshot of {s.url} does not verify with {key_path}: {exc}") from exc
     echo_json(doc)

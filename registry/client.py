@@ -258,13 +258,18 @@ class RegistryClient:
     def changes(self, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         return self._call("GET", "/changes", params={"since": since, "limit": limit})["items"]
 
-    def snapshot(self, gateway: str | None = None, held: int | None = None, wait: int = 0) -> httpx.Response:
-        """The raw response: 200 with the JWS as its body, or 304 when `held` is still current."""
+    def snapshot(
+        self, gateway: str | None = None, held: int | None = None, wait: int = 0, full: bool = False
+    ) -> httpx.Response:
+        """The raw response: 200 with the envelope of protocol §7.1 (a delta from `held` unless `full`), or 304
+        when `held` is still current."""
         params: dict[str, Any] = {}
         if gateway:
             params["gateway"] = gateway
         if wait:
             params["wait"] = wait
+        if full:
+            params["full"] = "true"
         headers = {"If-None-Match": f'"{held}"'} if held is not None else None
         return self.request("GET", "/snapshot", params=params, headers=headers, timeout=wait + 10.0)
 

@@ -672,7 +672,9 @@ def _held_version() -> int | None:
         return None
 
 
-async def get_snapshot(gateway: str | None = None, wait: int = 0) -> Response:
+async def get_snapshot(gateway: str | None = None, wait: int = 0, full: bool = False) -> Response:
+    """A gateway's snapshot (protocol §7.1): after If-None-Match N, a delta from N when the log reaches back to N
+    (§7.2), else a full one; `full=true` asks for a full one whatever the gateway holds."""
     who = await _principal()
     rt = current()
     if who.role == "gateway":
@@ -688,6 +690,7 @@ async def get_snapshot(gateway: str | None = None, wait: int = 0) -> Response:
     else:
         raise Problem(403, "access-denied", "only gateways and admins read the snapshot")
     held = _held_version()
+    built = None
     if held is not None:
         version = await rt.store.version()
         if version <= held and wait > 0:
@@ -695,7 +698,9 @@ async def get_snapshot(gateway: str | None = None, wait: int = 0) -> Response:
             version = await rt.store.version()
         if version <= held:
             return Response(status_code=304, headers={"ETag": f'"{version}"'})
-    signed = await rt.builder.build(code)
-    return Response(
-        signed.jws, media_type="application/jose", headers={"ETag": f'"{signed.version}"', "Cache-Control": "no-cache"}
-    )
+        if not full and held > 0:
+            built = await rt.builder.delta(code, held)
+    if built is None:
+        built = await rt.builder.full(code)
+    headers = {"ETag": f'"{built.version}"', "Cache-Control": "no-cache", "X-Snapshot-Kind": built.kind}
+    return Response(built.body, media_type="application/json", headers=headers)

@@ -1,16 +1,21 @@
-"""Assemble and sign the snapshot (protocol §7) from the stored JSON strings, without parsing the objects.
+"""Assemble and sign snapshots (protocol §7) from the stored JSON strings, without parsing the objects.
 
-The part every gateway shares is built once per version; each gateway's document only adds its header and its
-own upstream URLs, then is signed as a compact JWS and cached for that version.
+What one change costs does not grow with the number of gateways: the common part every gateway shares is signed once
+per version (a full snapshot) or once per (from, to) pair (a delta); each gateway's own part, its upstream URLs, is
+small and signed for it alone. Each is built by the first request that needs it while the others wait for the same
+result, and kept for the next requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -18,7 +23,11 @@ from jwt.algorithms import get_default_algorithms
 
 from lienthong.ids import INSTANCE
 from lienthong.keys import PrivateKey, algorithm_of
+from registry.snapshot_delta import DeltaRead, read_delta
 from registry.store import K_PKI_REVOKED, K_SNAP_SERVICES, K_VERSION, SNAPSHOT_KINDS, obj_key, upstreams_key
+
+T = TypeVar("T")
+FULL_ATTEMPTS = 5  # the version moved under a full build this many times: build one for this request alone
 
 
 def _b64(data: bytes) -> bytes:
@@ -29,20 +38,24 @@ def _array(items: list[bytes]) -> bytes:
     return b"[" + b",".join(items) + b"]"
 
 
+def _decoded(raw: dict[bytes, bytes]) -> dict[str, str | None]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass(frozen=True, slots=True)
-class SignedSnapshot:
+class Envelope:
+    """A response body (protocol §7.1) and the version it brings the gateway to."""
+
     version: int
-    gateway: str
-    jws: bytes
+    kind: str
+    body: bytes
 
 
 class SnapshotBuilder:
-    """Builds per-version shared bodies and per-gateway signed documents, keeping a few recent ones.
-
-    base64url is position-aligned every 3 bytes, so the shared body is encoded once per version and each gateway's
-    small header (padded with JSON whitespace to a multiple of 3 bytes) is encoded in front of it.
-    """
-
     def __init__(
         self, redis: aioredis.Redis, key: PrivateKey, kid: str, cache_size: int = 64,
         upstream_policy: dict[str, Any] | None = None, ca_pems: tuple[str, ...] = (),
@@ -51,85 +64,145 @@ class SnapshotBuilder:
         self._ca = list(ca_pems)  # the mesh CA certificates, for the `pki` section
         # the mesh's upstream allowlist and the registry's own endpoints: gateways check connectors against it
         self._policy = b',"upstream_policy":' + orjson.dumps(upstream_policy or {"allow": [], "mesh": []})
+        # what a delta cannot carry: a gateway whose full snapshot had another one needs a full one (§7.2)
+        self.config = hashlib.sha256(self._policy + orjson.dumps(self._ca)).hexdigest()[:32]
         self.key = key
-        self.kid = kid
         self.algorithm = algorithm_of(key)
         self._signer = get_default_algorithms()[self.algorithm]
         self._protected = _b64(orjson.dumps({"alg": self.algorithm, "kid": kid, "typ": "JOSE"}))
-        self._body: tuple[int, bytes] | None = None  # version, base64url of (shared body + "}")
-        self._signed: OrderedDict[tuple[int, str], SignedSnapshot] = OrderedDict()
+        self._common: tuple[int, bytes] | None = None  # the last full common part: version, JWS
+        self._deltas: OrderedDict[int, tuple[DeltaRead, bytes] | None] = OrderedDict()  # since -> read, common JWS
+        self._parts: OrderedDict[tuple[str, int, int, str], bytes] = OrderedDict()  # gateways' signed parts
         self._cache_size = cache_size
+        self._flights: dict[Any, asyncio.Future[Any]] = {}
 
-    async def _read(self, gateway: str, with_body: bool) -> tuple[int, dict[bytes, bytes], list[list[bytes]]]:
-        """Version, the gateway's upstreams and (if asked) every object, read in one MULTI so they agree."""
+    # -- full snapshots ------------------------------------------------------------------------------------------
+
+    async def full(self, gateway: str) -> Envelope:
+        """A full snapshot for `gateway` at the current version."""
+        for _ in range(FULL_ATTEMPTS):
+            version, upstreams = await self._version_and_upstreams(gateway)
+            common = self._common
+            if common is None or common[0] < version:
+                common = await self._once(("full",), self._build_common)
+            if common[0] == version:
+                return self._envelope("full", 0, version, gateway, common[1], upstreams)
+        version, upstreams, parts = await self._read_all(gateway)  # the version keeps moving: one of our own
+        return self._envelope("full", 0, version, gateway, self._sign_common(version, parts), upstreams)
+
+    async def _version_and_upstreams(self, gateway: str) -> tuple[int, dict[str, str | None]]:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(K_VERSION)
             pipe.hgetall(upstreams_key(gateway))
-            if with_body:
-                for kind in SNAPSHOT_KINDS:
-                    pipe.hvals(obj_key(kind))
-                pipe.hvals(K_SNAP_SERVICES)
-                pipe.hgetall(K_PKI_REVOKED)
+            raw_version, upstreams = await pipe.execute()
+        return int(raw_version or 0), _decoded(upstreams)
+
+    async def _read_all(self, gateway: str) -> tuple[int, dict[str, str | None], list[Any]]:
+        """Version, the gateway's upstreams and every shared section, read in one MULTI so they agree."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(K_VERSION)
+            pipe.hgetall(upstreams_key(gateway))
+            for kind in SNAPSHOT_KINDS:
+                pipe.hvals(obj_key(kind))
+            pipe.hvals(K_SNAP_SERVICES)
+            pipe.hgetall(K_PKI_REVOKED)
             results = await pipe.execute()
-        return int(results[0] or 0), results[1], results[2:]
+        return int(results[0] or 0), _decoded(results[1]), results[2:]
 
-    def pki_section(self, revoked: dict[bytes, bytes]) -> bytes:
-        """The mesh CA and the serials of revoked certificates that have not expired yet (an expired one is refused
-        by every handshake anyway, so the list stays as short as the certificates' lifetime allows)."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        serials = sorted(s.decode() for s, not_after in revoked.items() if not_after.decode() > now)
-        return b',"pki":' + orjson.dumps({"ca": self._ca, "revoked": serials})
+    async def _build_common(self) -> tuple[int, bytes]:
+        version, _upstreams, parts = await self._read_all("")
+        common = (version, await asyncio.to_thread(self._sign_common, version, parts))  # off the loop: megabytes
+        if self._common is None or self._common[0] < version:
+            self._common = common
+        return common
 
-    def shared_body(self, parts: list[Any]) -> bytes:
-        """Every gateway's part; `services` holds live (approved) revisions only (registry.store)."""
+    def _sign_common(self, version: int, parts: list[Any]) -> bytes:
         members, subsystems, gateways, clients, grants, services, revoked = parts
-        return (
-            b'"members":' + _array(members)
+        head = {"part": "common", "kind": "full", "version": version, "instance": INSTANCE, "generated_at": _now(),
+                "config": self.config}  # fmt: skip
+        return self.sign(
+            orjson.dumps(head)[:-1]
+            + b',"members":' + _array(members)
             + b',"subsystems":' + _array(subsystems)
             + b',"gateways":' + _array(gateways)
-            + b',"services":' + _array(services)
+            + b',"services":' + _array(services)  # live (approved) revisions only (registry.store)
             + b',"clients":' + _array(clients)
             + b',"grants":' + _array(grants)
             + self._policy
             + self.pki_section(revoked)
+            + b"}"
         )  # fmt: skip
 
-    async def build(self, gateway: str) -> SignedSnapshot:
-        """The signed snapshot for `gateway` at the current version."""
-        cached_body = self._body
-        version, upstreams, parts = await self._read(gateway, with_body=False)
-        hit = self._signed.get((version, gateway))
-        if hit is not None:
-            return hit
-        if cached_body is None or cached_body[0] != version:
-            version, upstreams, parts = await self._read(gateway, with_body=True)
-            cached_body = (version, self.encode_body(self.shared_body(parts)))
-            self._body = cached_body
-        signed = SignedSnapshot(version, gateway, self.sign(self.header(version, gateway, upstreams), cached_body[1]))
-        self._signed[(version, gateway)] = signed
-        while len(self._signed) > self._cache_size:
-            self._signed.popitem(last=False)
-        return signed
+    def pki_section(self, revoked: dict[bytes, bytes]) -> bytes:
+        """The mesh CA and the serials of revoked certificates that have not expired yet (an expired one is refused
+        by every handshake anyway, so the list stays as short as the certificates' lifetime allows)."""
+        now = _now()
+        serials = sorted(s.decode() for s, not_after in revoked.items() if not_after.decode() > now)
+        return b',"pki":' + orjson.dumps({"ca": self._ca, "revoked": serials})
 
-    @staticmethod
-    def encode_body(body: bytes) -> bytes:
-        return _b64(body + b"}")
+    # -- deltas ----------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def header(version: int, gateway: str, upstreams: dict[bytes, bytes]) -> bytes:
-        """The gateway's part of the document: `{...,` padded with spaces to a multiple of 3 bytes."""
-        head: dict[str, Any] = {
-            "version": version,
-            "instance": INSTANCE,
-            "gateway": gateway,
-            "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "upstreams": {k.decode(): v.decode() for k, v in upstreams.items()},
-        }
-        prefix = orjson.dumps(head)[:-1]
-        return prefix + b" " * (-(len(prefix) + 1) % 3) + b","
+    async def delta(self, gateway: str, since: int) -> Envelope | None:
+        """The changes since `since` for `gateway`, or None when only a full snapshot will do (§7.2)."""
+        cached = self._deltas.get(since)
+        if cached is None or cached[0].version < int(await self.redis.get(K_VERSION) or 0):
+            cached = await self._once(("delta", since), lambda: self._build_delta(since))
+        if cached is None:
+            return None
+        read, common = cached
+        return self._envelope("delta", since, read.version, gateway, common, read.upstreams.get(gateway, {}))
 
-    def sign(self, header: bytes, encoded_body: bytes) -> bytes:
-        """Compact JWS over header + body, reusing the body's base64url."""
-        signing_input = self._protected + b"." + _b64(header) + encoded_body
-        signature = self._signer.sign(signing_input, self.key)
-        return signing_input + b"." + _b64(signature)
+    async def _build_delta(self, since: int) -> tuple[DeltaRead, bytes] | None:
+        read = await read_delta(self.redis, since)
+        built = (read, self._sign_delta(read)) if read is not None else None
+        self._deltas[since] = built
+        self._deltas.move_to_end(since)
+        while len(self._deltas) > self._cache_size:
+            self._deltas.popitem(last=False)
+        return built
+
+    def _sign_delta(self, read: DeltaRead) -> bytes:
+        head = {"part": "common", "kind": "delta", "from": read.since, "version": read.version, "instance": INSTANCE,
+                "generated_at": _now(), "config": self.config}  # fmt: skip
+        sections = [
+            orjson.dumps(section)
+            + b":{"
+            + b",".join(orjson.dumps(i) + b":" + (v or b"null") for i, v in entries)
+            + b"}"
+            for section, entries in read.sections.items()
+        ]
+        pki = self.pki_section(read.revoked) if read.revoked is not None else b""
+        return self.sign(orjson.dumps(head)[:-1] + b',"changes":{' + b",".join(sections) + b"}" + pki + b"}")
+
+    # -- the gateway's part and the envelope -----------------------------------------------------------------------
+
+    def _envelope(
+        self, kind: str, since: int, version: int, gateway: str, common: bytes, upstreams: dict[str, str | None]
+    ) -> Envelope:
+        key = (kind, since, version, gateway)
+        part = self._parts.get(key)
+        if part is None:
+            head: dict[str, Any] = {"part": "gateway", "kind": kind, "version": version, "gateway": gateway}
+            if kind == "delta":
+                head["from"] = since
+            head["upstreams"] = upstreams
+            part = self._parts[key] = self.sign(orjson.dumps(head))
+            while len(self._parts) > self._cache_size * 4:
+                self._parts.popitem(last=False)
+        body = b'{"kind":"%s","version":%d,"common":"%s","gateway":"%s"}' % (kind.encode(), version, common, part)
+        return Envelope(version, kind, body)
+
+    def sign(self, payload: bytes) -> bytes:
+        """A compact JWS of the payload under the registry key."""
+        signing_input = self._protected + b"." + _b64(payload)
+        return signing_input + b"." + _b64(self._signer.sign(signing_input, self.key))
+
+    async def _once(self, key: Any, build: Callable[[], Awaitable[T]]) -> T:
+        """Run `build` once for every caller that asks for the same thing while it runs."""
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(build())
+            self._flights[key] = flight
+            flight.add_done_callback(lambda _f: self._flights.pop(key, None))
+        result: T = await asyncio.shield(flight)
+        return result

@@ -12,6 +12,10 @@ Layout (prefix `lienthong:registry:`):
                         under (kind `certificates` keeps every issued one); the snapshot's `pki.revoked`
 - `version`             the global version; +1 per change; it is the snapshot version
 - `changes`             stream: the append-only change log
+- `snaplog`             stream: one entry per version (id `<version>-1`), `touched` = the JSON list of the snapshot
+                        entries that version changed, as [section, id] (sections: members, subsystems, gateways,
+                        clients, grants, services, `upstreams:<gateway>`, and `pki`), or "*" when it changed too much
+                        to say (a bulk load); the last SNAPLOG_LENGTH versions, from which deltas are built
 - channel `events`      the new version, published in the same transaction as the change
 
 Objects are stored as the JSON the snapshot needs, so a snapshot is a concatenation of stored strings.
@@ -37,6 +41,8 @@ K_CHANGES = PREFIX + "changes"
 K_KIDS = PREFIX + "kids"
 K_SNAP_SERVICES = PREFIX + "snap:services"
 K_PKI_REVOKED = PREFIX + "pki:revoked"
+K_SNAPLOG = PREFIX + "snaplog"
+SNAPLOG_LENGTH = 10_000  # versions a delta can start from; a gateway further behind gets a full snapshot
 CHANNEL = PREFIX + "events"
 
 Kind = Literal["members", "subsystems", "gateways", "services", "clients", "grants", "admins", "certificates"]
@@ -119,6 +125,16 @@ class Tx:
             self._upstream_moves.append((old_gw, new_gw, ident, url))
         self.log.append({"action": action, "kind": kind, "id": ident, "before": before, "after": stamped})
         return stamped
+
+    def touched(self) -> list[tuple[str, str]]:
+        """The snapshot entries this change touches, as [section, id] (the `snaplog` stream)."""
+        out: set[tuple[str, str]] = {(kind, ident) for kind, ident, _ in self.writes if kind in SNAPSHOT_KINDS}
+        out.update(("services", ident) for ident in self._live)
+        for old_gw, new_gw, ident, _url in self._upstream_moves:
+            out.update((f"upstreams:{gw}", ident) for gw in (old_gw, new_gw) if gw)
+        if self.revoked_serials:
+            out.add(("pki", ""))
+        return sorted(out)
 
     async def ids(self, kind: Kind) -> list[str]:
         """The ids of every object of a kind, without reading the objects."""
@@ -209,6 +225,7 @@ class Store:
         for serial, not_after in tx.revoked_serials.items():
             pipe.hset(K_PKI_REVOKED, serial, not_after)
         pipe.set(K_VERSION, new_version)
+        log_version(pipe, new_version, orjson.dumps(tx.touched()))
         at = now_iso()
         for entry in tx.log:
             pipe.xadd(
@@ -270,5 +287,21 @@ class Store:
                         if live.get("upstream_url"):
                             pipe.hset(upstreams_key(live["gateway"]), ident, live["upstream_url"])
                 await pipe.execute()
-        await self.redis.incr(K_VERSION)
-        await self.redis.publish(CHANNEL, str(await self.version()))
+        while True:  # a new version that no delta can describe
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(K_VERSION)
+                    version = int(await pipe.get(K_VERSION) or 0) + 1
+                    pipe.multi()
+                    pipe.set(K_VERSION, version)
+                    log_version(pipe, version, b'"*"')
+                    pipe.publish(CHANNEL, str(version))
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+
+def log_version(pipe: Any, version: int, touched: bytes) -> None:
+    """Queue the snaplog entry of a new version; every version has one, so a gap in the log is a trimmed past."""
+    pipe.xadd(K_SNAPLOG, {"touched": touched}, id=f"{version}-1", maxlen=SNAPLOG_LENGTH, approximate=True)

@@ -68,7 +68,8 @@ LIENTHONG_ACCEPT = PROBLEM_ACCEPT
 
 
 def _standin_registry(directory: Path) -> Any:
-    """ASGI app serving <directory>/<gateway>.jws to the gateway named in the bearer token (not verified: stand-in)."""
+    """ASGI app serving <directory>/<gateway>.jws (a full envelope, protocol §7.1) to the gateway named in the bearer
+    token (not verified: stand-in). It never answers a delta: a full snapshot every time is what the protocol allows."""
 
     def current(code: str) -> tuple[int, bytes] | None:
         path = directory / f"{code}.jws"
@@ -76,8 +77,7 @@ def _standin_registry(directory: Path) -> Any:
             data = path.read_bytes()
         except OSError:
             return None
-        payload = orjson.loads(jwt.api_jws.decode(data, options={"verify_signature": False}))
-        return int(payload["version"]), data
+        return int(orjson.loads(data)["version"]), data
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -106,10 +106,10 @@ def _standin_registry(directory: Path) -> Any:
                 return
             version, data = found
             if str(version) != held:
-                await _send(send, 200, data, "application/jose", [("etag", f'"{version}"')])
+                await _send(send, 200, data, "application/json", [("etag", f'"{version}"')])
                 return
             if time.monotonic() >= deadline:
-                await _send(send, 304, b"", "application/jose", [("etag", f'"{version}"')])
+                await _send(send, 304, b"", "application/json", [("etag", f'"{version}"')])
                 return
             await asyncio.sleep(0.05)
 
@@ -191,10 +191,21 @@ def make_key(path: Path, algorithm: keys.Algorithm = "EdDSA", kid: str | None = 
     return KeyPair(key, kid or keys.public_jwk(key)["kid"], path)
 
 
-def sign_snapshot(doc: dict[str, Any], registry: KeyPair) -> bytes:
+def sign_jws(payload: dict[str, Any], registry: KeyPair) -> str:
     return jwt.api_jws.encode(
-        orjson.dumps(doc), registry.key, algorithm=keys.algorithm_of(registry.key), headers={"kid": registry.kid}
-    ).encode()
+        orjson.dumps(payload), registry.key, algorithm=keys.algorithm_of(registry.key), headers={"kid": registry.kid}
+    )
+
+
+def sign_snapshot(doc: dict[str, Any], registry: KeyPair) -> bytes:
+    """A full snapshot envelope (protocol §7.1) of `doc`: its `gateway` and `upstreams` go in the gateway's part."""
+    common = {k: v for k, v in doc.items() if k not in ("gateway", "upstreams")}
+    own = {"version": doc["version"], "gateway": doc.get("gateway"), "upstreams": doc.get("upstreams", {})}
+    return orjson.dumps({
+        "kind": "full", "version": doc["version"],
+        "common": sign_jws({**common, "part": "common", "kind": "full"}, registry),
+        "gateway": sign_jws({**own, "part": "gateway", "kind": "full"}, registry),
+    })  # fmt: skip
 
 
 def client_token(client: KeyPair, subsystem: str, audience: str, lifetime: int = 60, **extra: Any) -> str:

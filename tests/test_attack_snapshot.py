@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from lienthong.redis_connection import EmbeddedRedis
@@ -70,13 +71,22 @@ def test_a_snapshot_signed_by_another_key_is_refused(mesh: Mesh, tmp_path: Path)
     assert proc is not None and "signature" in proc.log_tail().lower()
 
 
-def test_a_snapshot_with_one_byte_changed_is_refused(mesh: Mesh) -> None:
+@pytest.mark.parametrize("part", ["common", "gateway"])
+def test_a_snapshot_with_one_byte_changed_is_refused(mesh: Mesh, part: str) -> None:
     version = held(mesh)
-    good = sign_snapshot(doc_at(mesh, version + 20), mesh.registry_key)
-    header, payload, signature = good.split(b".")
-    tampered = bytearray(payload)
+    envelope = orjson.loads(sign_snapshot(doc_at(mesh, version + 20), mesh.registry_key))
+    header, payload, signature = envelope[part].split(".")
+    tampered = bytearray(payload.encode())
     tampered[len(tampered) // 2] ^= 0x01
-    serve(mesh, b".".join([header, bytes(tampered), signature]))
+    envelope[part] = ".".join([header, tampered.decode(), signature])
+    serve(mesh, orjson.dumps(envelope))
+    still_holds(mesh, version)
+
+
+def test_another_gateways_part_is_refused(mesh: Mesh) -> None:
+    """Validly signed, but the gateway part (its upstream URLs) names another gateway: never installed."""
+    version = held(mesh)
+    serve(mesh, sign_snapshot({**doc_at(mesh, version + 30), "gateway": "hanoi"}, mesh.registry_key))
     still_holds(mesh, version)
 
 

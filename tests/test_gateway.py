@@ -367,7 +367,7 @@ def test_start_from_cache_with_the_registry_down_then_go_stale(mesh: Mesh, tmp_p
     mesh.add_grant("g-qn", "VN/PROV/QUANGNINH/civil", PERSONS, ["birth-registration"])
     mesh.publish()
     mesh.start_gateway("quangninh", {"--max-snapshot-age": "6"})
-    assert (gw.data_dir / "snapshot.jws").exists()
+    assert (gw.data_dir / "snapshot.jsonl").exists()
     mesh.stop_gateway("quangninh")
     mesh.registry_down(True)
     try:

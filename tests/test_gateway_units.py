@@ -125,13 +125,13 @@ def _doc(version: int, gateway: str = "nghean") -> dict[str, object]:
 def _client(tmp_path: Path, registry: KeyPair, max_age: float = 60) -> SnapshotClient:
     gateway = make_key(tmp_path / "gw.key")
     return SnapshotClient(code="nghean", registry_url="http://127.0.0.1:1", registry_key=registry.key.public_key(),
-                          key=gateway.key, kid=gateway.kid, cache_path=tmp_path / "snapshot.jws",
+                          key=gateway.key, kid=gateway.kid, cache_path=tmp_path / "snapshot.jsonl",
                           max_age=max_age)  # fmt: skip
 
 
 def test_cache_start_verifies_the_signature_and_keeps_the_confirmation_time(tmp_path: Path) -> None:
     registry = make_key(tmp_path / "registry.key")
-    cache = tmp_path / "snapshot.jws"
+    cache = tmp_path / "snapshot.jsonl"
     cache.write_bytes(sign_snapshot(_doc(7), registry))
     confirmed = time.time() - 100
     os.utime(cache, (confirmed, confirmed))
@@ -150,15 +150,15 @@ def test_cache_start_verifies_the_signature_and_keeps_the_confirmation_time(tmp_
 def test_install_refuses_an_older_version_or_another_gateways_snapshot(tmp_path: Path) -> None:
     registry = make_key(tmp_path / "registry.key")
     client = _client(tmp_path, registry)
-    assert client._install(_doc(5), time.time())
-    held = client.current
-    assert not client._install(_doc(5), time.time())  # same version: a confirmation, not a swap
-    assert client.current is held
+    _opened, built = client._build(sign_snapshot(_doc(5), registry), time.time())
+    assert built is not None
+    client._swap(built)
+    assert client._build(sign_snapshot(_doc(5), registry), time.time())[1] is None  # a confirmation, not a swap
     with pytest.raises(SnapshotError, match="lower"):
-        client._install(_doc(4), time.time())
+        client._build(sign_snapshot(_doc(4), registry), time.time())
     with pytest.raises(SnapshotError, match="for gateway"):
-        client._install(_doc(6, gateway="hanoi"), time.time())
-    assert client.current is held and not client.staleness().stale
+        client._build(sign_snapshot(_doc(6, gateway="hanoi"), registry), time.time())
+    assert client.current is built and not client.staleness().stale
 
 
 def _sample(name: str, labels: dict[str, str]) -> float:

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from lienthong import keys
 from lienthong.redis_connection import EmbeddedRedis
-from lienthong.snapshot import Snapshot, template_pattern, verify_jws
+from lienthong.snapshot import Snapshot, template_pattern
+from lienthong.snapshot_wire import read_full
 from registry.client import RegistryClient, RegistryError
 from tests.registry_support import RegistryHandle, start_registry
 
@@ -86,7 +87,7 @@ class World:
         return {**{k: current[k] for k in keep}, **change}
 
     def snapshot(self) -> dict[str, Any]:
-        return verify_jws(self.admin.snapshot(gateway="national").content, self.reg.registry_public_key)
+        return read_full(self.admin.snapshot(gateway="national").content, self.reg.registry_public_key)
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +380,7 @@ def test_moving_or_reshaping_an_approved_service_needs_approval_and_the_old_one_
     assert approved["approved"] is True and "live" not in approved
     url, paths = _live(strict, sid)
     if "gateway" in change:
-        other = verify_jws(strict.admin.snapshot(gateway="other").content, strict.reg.registry_public_key)
+        other = read_full(strict.admin.snapshot(gateway="other").content, strict.reg.registry_public_key)
         assert url is None and other["upstreams"][sid] == FAR
     else:
         assert url == change.get("upstream_url", FAR)

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from bench import registry_snapshot
 from lienthong import keys
 from lienthong.redis_connection import EmbeddedRedis
 from lienthong.snapshot import Snapshot, SnapshotError, verify_jws
+from lienthong.snapshot_wire import read_full
 from registry.client import RegistryClient, RegistryError
 from tests.registry_support import RegistryHandle, start_registry
 
@@ -69,8 +71,9 @@ def test_snapshot_holds_everything_and_upstreams_only_for_hosted_services(
     registry: RegistryHandle, seeded: dict[str, Any]
 ) -> None:
     r = seeded["national_client"].snapshot()
-    assert r.status_code == 200 and r.headers["content-type"] == "application/jose"
-    doc = verify_jws(r.content, registry.registry_public_key)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.headers["x-snapshot-kind"] == "full"
+    doc = read_full(r.content, registry.registry_public_key)
     assert r.headers["etag"] == f'"{doc["version"]}"'
     assert doc["instance"] == "VN" and doc["gateway"] == "national"
     assert doc["upstreams"] == {"VN/GOV/BCA/population/persons": "http://10.0.0.1:8801"}
@@ -87,9 +90,9 @@ def test_snapshot_holds_everything_and_upstreams_only_for_hosted_services(
     assert snap.find_grant(
         "VN/PROV/NGHEAN/civil-status", "VN/GOV/BCA/population/persons", "GET", "/persons/{id}", "birth-registration"
     )
-    other = verify_jws(seeded["nghean_client"].snapshot().content, registry.registry_public_key)
+    other = read_full(seeded["nghean_client"].snapshot().content, registry.registry_public_key)
     assert other["upstreams"] == {}
-    as_admin = verify_jws(seeded["admin"].snapshot(gateway="nghean").content, registry.registry_public_key)
+    as_admin = read_full(seeded["admin"].snapshot(gateway="nghean").content, registry.registry_public_key)
     assert as_admin["gateway"] == "nghean"
     with pytest.raises(RegistryError) as info:
         seeded["admin"].snapshot()
@@ -100,7 +103,7 @@ def test_snapshot_holds_everything_and_upstreams_only_for_hosted_services(
 
 
 def test_one_changed_byte_fails_the_signature(registry: RegistryHandle, seeded: dict[str, Any]) -> None:
-    jws = seeded["national_client"].snapshot().content
+    jws = orjson.loads(seeded["national_client"].snapshot().content)["common"].encode()
     verify_jws(jws, registry.registry_public_key)
     header, payload, signature = jws.split(b".")
     raw = bytearray(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
@@ -166,14 +169,14 @@ def test_restart_of_registry_and_redis_loses_nothing(tmp_path: Path, log_dir: Pa
         admin = handle.admin_client()
         world = _seed(admin)
         admin.revoke_grant(world["grant"]["id"])
-        before = verify_jws(admin.snapshot(gateway="national").content, handle.registry_public_key)
+        before = read_full(admin.snapshot(gateway="national").content, handle.registry_public_key)
         changes_before = admin.changes(limit=1000)
         handle.proc.stop()
         time.sleep(1.1)  # appendfsync everysec: let the last second reach the disk, then stop as an outage would
         server.kill()
         server.start()
         handle.restart()
-        after = verify_jws(admin.snapshot(gateway="national").content, handle.registry_public_key)
+        after = read_full(admin.snapshot(gateway="national").content, handle.registry_public_key)
         assert after["version"] == before["version"]
         for kind in ("members", "subsystems", "gateways", "services", "clients", "grants"):
             assert sorted(after[kind], key=repr) == sorted(before[kind], key=repr), kind

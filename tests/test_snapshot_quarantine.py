@@ -201,7 +201,7 @@ def test_a_new_gateway_starts_on_a_poisoned_snapshot(mesh: Mesh) -> None:
 
 def test_an_error_the_poll_did_not_expect_does_not_stop_it(mesh: Mesh) -> None:
     gw = mesh.gateways["hanoi"]
-    cache = gw.data_dir / "snapshot.jws"
+    cache = gw.data_dir / "snapshot.jsonl"
     cache.unlink()
     cache.mkdir()  # the cache can no longer be written: an OSError the poll loop never planned for
     try:
