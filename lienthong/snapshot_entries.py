@@ -49,6 +49,7 @@ class Endpoint:
     summary: str | None = None
     subject_param: str | None = None
     subjects: SubjectSpec | None = None  # where its data subjects sit, parsed once (lienthong/subjects.py)
+    no_data: frozenset[int] = frozenset()  # the provider's statuses that mean "no data" (x-lienthong-no-data)
     pattern: re.Pattern[str] | None = None
     static: bool = True
 
@@ -197,6 +198,16 @@ def build_service(s: dict[str, Any]) -> Service:
     return service
 
 
+def no_data_statuses(value: object) -> frozenset[int]:
+    """An endpoint's `no_data` (its `x-lienthong-no-data`): HTTP statuses 400-499, else ValueError. The registry
+    checks a document with this same rule, so a gateway quarantines only what a buggy registry let through."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(type(s) is int and 400 <= s <= 499 for s in value):  # no bool
+        raise ValueError(f"no_data {show(value)} is not a list of HTTP statuses 400-499")
+    return frozenset(value)
+
+
 def build_endpoint(e: Any) -> Endpoint:
     if not isinstance(e, dict):
         raise EntryError(f"endpoint {show(e)} is not an object")
@@ -213,6 +224,7 @@ def build_endpoint(e: Any) -> Endpoint:
         summary=_text(e, "summary"),
         subject_param=_text(e, "subject_param"),
         subjects=parse_declaration(e),  # a malformed declaration quarantines the service
+        no_data=no_data_statuses(e.get("no_data")),
         pattern=None if static else template_pattern(path),
         static=static,
     )

@@ -9,11 +9,15 @@ import orjson
 from lienthong import subjects
 from lienthong.problem import Problem
 from lienthong.snapshot import template_names
+from lienthong.snapshot_entries import no_data_statuses
 from registry.openapi_doc import METHODS, RefError, resolve
 
 SUBJECT_EXTENSION = "x-lienthong-subject"  # on a parameter or a request-body schema property: it holds a subject
 SUBJECTS_EXTENSION = "x-lienthong-subjects"  # on an operation: [{in: path|query|header, name}, {in: body, pointer}]
 BATCH_EXTENSION = "x-lienthong-batch"  # on an operation: {items: /pointer/to/the/array} (quota and meter count items)
+# on an operation or the document root (the operation's wins): the provider's statuses that mean "no data", an answer
+# rather than an error (policies.outcome)
+NO_DATA_EXTENSION = "x-lienthong-no-data"
 MAX_SCHEMA_NODES = 2000  # schema objects visited per request body when looking for subject properties
 
 
@@ -118,6 +122,16 @@ def _declared(doc: dict[str, Any], path: str, method: str, op: dict[str, Any], i
     return unique, batch
 
 
+def _no_data(declared: object, field: str) -> list[int]:
+    """An `x-lienthong-no-data` value, checked by the gateways' own rule; 400 naming `field` when it fails."""
+    try:
+        if declared is None:  # the snapshot's "none declared"; in a document, a mistake
+            raise ValueError
+        return sorted(no_data_statuses(declared))
+    except ValueError:
+        raise _bad(field, "must be a list of HTTP statuses 400-499 that mean no data, e.g. [404]") from None
+
+
 def check_document(doc: object) -> dict[str, Any]:
     """The document must be an OpenAPI 3 object with at least one path; return it unchanged."""
     if not isinstance(doc, dict):
@@ -138,6 +152,7 @@ def derive(doc: object, previous: list[dict[str, Any]] | None = None) -> list[di
     """
     checked = check_document(doc)
     kept = {(e["method"], e["path"]): bool(e.get("enabled", True)) for e in previous or []}
+    default_no_data = _no_data(checked.get(NO_DATA_EXTENSION, []), f"openapi.{NO_DATA_EXTENSION}")
     endpoints: list[dict[str, Any]] = []
     for path, item in checked["paths"].items():
         if not isinstance(item, dict):
@@ -150,6 +165,8 @@ def derive(doc: object, previous: list[dict[str, Any]] | None = None) -> list[di
                 raise _bad("openapi.paths", f"operation {method.upper()} {path} must be an object")
             key = (method.upper(), path)
             located, batch = _declared(checked, path, method, op, item)
+            field = f"openapi.paths.{path}.{method}.{NO_DATA_EXTENSION}"
+            no_data = _no_data(op[NO_DATA_EXTENSION], field) if NO_DATA_EXTENSION in op else default_no_data
             # the first path or query subject, for readers of the older single-parameter field
             first = next((loc["name"] for loc in located if loc["in"] in ("path", "query")), None)
             endpoints.append(
@@ -162,6 +179,7 @@ def derive(doc: object, previous: list[dict[str, Any]] | None = None) -> list[di
                     "subject_param": first,
                     "subjects": located,
                     "batch": batch,
+                    "no_data": no_data,
                 }
             )
     if not endpoints:
