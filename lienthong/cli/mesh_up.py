@@ -3,8 +3,9 @@
 Order: embedded Redis, data, registry keys and the mesh CA, registry (HTTPS), gateways' keys, members, subsystems and
 client keys, then every certificate through the registry API as `lienthong gateway cert`, `connector cert` and
 `client cert` do (a CSR signed with the key the registry holds for the identity), gateways (HTTPS, mutual TLS between
-them), connectors (HTTPS, they register their own services at their https URL), approval and grants by the registry
-admin, then a wait until every gateway holds the snapshot that carries it all. Nothing is written around the API.
+them) and connectors (HTTPS, they register their own services at their https URL) all started at once, approval and
+grants by the registry admin, then a wait until every gateway holds the snapshot that carries it all. Nothing is
+written around the API.
 `MeshConfig.insecure_http` runs it all in plain HTTP, for development only.
 """
 
@@ -33,6 +34,7 @@ from lienthong.home import MeshPaths
 from lienthong.mesh_client import MeshClient, tls_http
 from lienthong.redis_connection import free_port, redis_executable
 from lienthong.subjects import subject_key_env
+from policies.txlog_store import default_url
 from registry.cli_common import URL_FILE
 
 Say = Callable[[str], None]
@@ -261,6 +263,9 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
         issue_certificates(mesh, say)
     registry_pub = paths.registry / keyfiles.SIGNING_PUB
     gateway_env = {**env, **subject_key_env(paths.root / "subject.key")}  # one subject key for every gateway
+    # one transaction log for the whole local mesh (<home>/txlog.sqlite3) unless TRANSACTION_LOG_URL names a store
+    gateway_env["TRANSACTION_LOG_URL"] = os.environ.get("TRANSACTION_LOG_URL") or default_url(paths.root)
+    edge: list[Component] = []  # gateways and connectors need the registry only, not each other: started together
     for gw in GATEWAYS:
         url = mesh.gateway_urls[gw.code]
         data_dir = paths.gateway(gw.code)
@@ -270,7 +275,7 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
             "--workers", str(config.gateway_workers), "--redis-url", redis_url, "--trace-sample-ratio", "0.01",
             *_insecure(config, "--tls-dir", str(paths.gateway_tls(gw.code))),
         )  # fmt: skip
-        supervisor.start(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env, ca, tier=TIER_EDGE))
+        edge.append(Component(f"gw-{gw.code}", argv, f"{url}/healthz", gateway_env, ca, tier=TIER_EDGE))
     for spec in CONNECTORS:
         port = connector_ports[spec.name]
         url = f"{scheme}://{host}:{port}"  # registered as the service's upstream URL by the connector itself
@@ -284,7 +289,8 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
         )  # fmt: skip
         # a connector takes only its hosting gateway's client certificate, so its health is probed with that one
         client_tls = None if ca is None else paths.gateway_tls(spec.gateway)
-        supervisor.start(Component(spec.name, argv, f"{url}/healthz", env, ca, client_tls, tier=TIER_EDGE))
+        edge.append(Component(spec.name, argv, f"{url}/healthz", env, ca, client_tls, tier=TIER_EDGE))
+    supervisor.start_all(edge)
     return mesh
 
 
