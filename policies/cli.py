@@ -55,7 +55,8 @@ def metering_group() -> None:
 @click.option("--to", "end", required=True, help="End (exclusive), same forms as --from.")
 @click.option("--by", "by", default="service,consumer", show_default=True,
               help="Comma-separated: service, consumer, gateway, consumer_gateway, provider_gateway, endpoint, "
-                   "outcome, role, hour, day.")  # fmt: skip
+                   "outcome (found, no-data, not-permitted, client-error, provider-failure, platform-failure), "
+                   "role, hour, day.")  # fmt: skip
 @click.option("--redis", "redis_url", default=None,
               help="Redis URL [default: REDIS_URL, else the running Redis of --home].")  # fmt: skip
 @home_option("The mesh's folder; its Redis port file is <home>/redis/redis.port.")
@@ -64,12 +65,15 @@ def metering_group() -> None:
 def metering_report(
     start: str, end: str, by: str, redis_url: str | None, home: Path, all_roles: bool, as_json: bool
 ) -> None:
-    """How many transactions, grouped by the given dimensions, between --from and --to."""
+    """How many transactions, grouped by the given dimensions, between --from and --to, and how they split: answers
+    (found, no data, not permitted: not errors), client errors, provider failures and platform failures. A call
+    refused before its client was known counts under the consumer "(unidentified)"."""
     from rich.console import Console
     from rich.table import Table
 
     from lienthong.redis_connection import sync_client
     from policies.meter_query import MESH_ROLES, parse_group_by, parse_time, transactions
+    from policies.meter_stats import SPLIT
 
     try:
         group_by = parse_group_by(by, "--by")
@@ -86,7 +90,10 @@ def metering_report(
     if as_json:
         click.echo(orjson.dumps({"from": t0.isoformat(), "to": t1.isoformat(), "group_by": group_by, **result}))
         return
-    table = Table(title=f"transactions {t0:%Y-%m-%d %H:%M} to {t1:%Y-%m-%d %H:%M} UTC")
+    # the three answers are not errors; the failures apart by whose they are (policies/outcome.py)
+    caption = "; ".join(f"{field.replace('_', ' ')} {result[field]} ({100 * result[f'{rate}_rate']:.2f}%)"
+                        for field, rate in SPLIT)  # fmt: skip
+    table = Table(title=f"transactions {t0:%Y-%m-%d %H:%M} to {t1:%Y-%m-%d %H:%M} UTC", caption=caption)
     for name in group_by:
         table.add_column(name)
     table.add_column("count", justify="right")

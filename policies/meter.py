@@ -29,6 +29,7 @@ from lienthong.redis_connection import STORE_ERRORS, DeferredClient
 from policies.base import CallContext, PolicyBase, read_subjects
 from policies.chain import ChainConfig
 from policies.meter_store import SpoolApplier
+from policies.outcome import classify
 from policies.worker_slot import WorkerSlot, claim_slot, orphan_slots
 
 log = logging.getLogger("lienthong.policies.meter")
@@ -36,52 +37,40 @@ log = logging.getLogger("lienthong.policies.meter")
 FLUSH_INTERVAL = 0.05
 ROTATE_BYTES = 8 * 1024 * 1024
 ADOPT_INTERVAL = 30.0
-OUTCOMES = ("2xx", "4xx", "5xx", "refused", "platform-error")
+# the consumer of a call refused before its client was known (no token, an invalid one, a bad certificate)
+UNIDENTIFIED = "(unidentified)"
 MAX_BACKOFF = 1.0  # between flushes while Redis is unreachable
 MAX_FAULT_BACKOFF = 5.0  # between flushes after an unexpected fault (logged with its traceback every time)
 FLUSH_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)  # Redis or the disk: expected, kept quiet
 
 
-def outcome(status: int, error_code: str | None) -> str:
-    """2xx (any success, 1xx-3xx), 4xx, 5xx from the provider; refused when the mesh said no (its own 4xx: token,
-    grant, purpose, quota, path); platform-error when the mesh itself failed (5xx)."""
-    if error_code is not None and (status >= 500 or status == 0):
-        return "platform-error"
-    if error_code is not None:
-        return "refused"
-    if status >= 500 or status == 0:
-        return "5xx"
-    return "4xx" if status >= 400 else "2xx"
-
-
 def record_of(ctx: CallContext, now: float) -> bytes:
     endpoint = f"{ctx.endpoint.method} {ctx.endpoint.path}" if ctx.endpoint is not None else "-"
+    outcome = classify(ctx.status, ctx.error_code, ctx.endpoint.no_data if ctx.endpoint is not None else frozenset())
     service = ctx.service.id if ctx.service is not None else (ctx.service_id or "-")
     provider_gw = ctx.provider_gateway or (ctx.service.gateway if ctx.service is not None else "-")
     end = ctx.response_out or now
     record: dict[str, Any] = {
         "t": ctx.request_in,
-        "c": ctx.client or "-",
+        "c": ctx.client or UNIDENTIFIED,
         "s": service,
         "e": endpoint,
         "cg": ctx.consumer_gateway or "-",
         "pg": provider_gw,
         "r": ctx.role,
-        "o": outcome(ctx.status, ctx.error_code),
+        "o": outcome,
         "ms": round(max(0.0, end - ctx.request_in) * 1000, 3),
     }
-    items = _items(ctx)
+    items = _items(ctx) if outcome == "found" else 1
     if items != 1:
         record["n"] = items
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _items(ctx: CallContext) -> int:
-    """The items the call counts: a batch's item count when it was answered (2xx), else 1."""
+    """The items a found (2xx) call counts: a batch's item count, else 1."""
     endpoint = ctx.endpoint
     if endpoint is None or endpoint.subjects is None or endpoint.subjects.batch is None:
-        return 1
-    if outcome(ctx.status, ctx.error_code) != "2xx":
         return 1
     try:
         read_subjects(ctx)  # already read in access when quota or audit ran; cached on ctx

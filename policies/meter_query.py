@@ -22,11 +22,13 @@ from typing import Any
 import redis
 
 from lienthong.problem import bad_request
+from policies.meter_stats import outcome_class, outcome_split, percentile
 from policies.meter_store import DIMENSIONS, GATEWAYS_KEY, LATENCY_BUCKETS_MS, counts_key
 
 GROUPS = ("service", "consumer", "gateway", "consumer_gateway", "provider_gateway", "endpoint", "outcome", "role",
           "hour", "day")  # fmt: skip
 MESH_ROLES = frozenset({"home", "local"})
+OUTCOME = DIMENSIONS.index("outcome")
 MAX_HOURS = 366 * 24
 # Who may see a count: keep(dimensions in DIMENSIONS order) for the call counts, keep_service(service id) for the
 # latency histograms (which have no consumer). None: everything (the operator); the ops API passes a member's.
@@ -58,6 +60,14 @@ def _fields(hashes: list[dict[Any, Any]]) -> Iterator[tuple[list[str], int]]:
     for fields in hashes:
         for raw, value in fields.items():
             yield (raw.decode() if isinstance(raw, bytes) else raw).split("|"), int(value)
+
+
+def _counts(hashes: list[dict[Any, Any]]) -> Iterator[tuple[list[str], int]]:
+    """(dimensions in DIMENSIONS order, count) of call-count hashes, an old outcome label read as its class."""
+    for parts, value in _fields(hashes):
+        if len(parts) == len(DIMENSIONS):
+            parts[OUTCOME] = outcome_class(parts[OUTCOME])
+            yield parts, value
 
 
 def parse_time(value: str, field: str) -> datetime:
@@ -115,26 +125,26 @@ def transactions(
     roles: frozenset[str] | None = MESH_ROLES,
     keep: Keep | None = None,
 ) -> dict[str, Any]:
-    """{"total": n, "groups": [{<dim>: value, ..., "count": n}]} sorted by count, largest first."""
+    """{"total": n, "groups": [{<dim>: value, ..., "count": n}], <outcome_split>}, groups by count, largest first."""
     window = hours(start, end)
     sums: Counter[tuple[str, ...]] = Counter()
+    outcomes: Counter[str] = Counter()
     for hour, hashes in zip(window, _read(client, "h", window), strict=True):
-        for parts, value in _fields(hashes):
-            if len(parts) != len(DIMENSIONS):
-                continue
+        for parts, value in _counts(hashes):
             dims = dict(zip(DIMENSIONS, parts, strict=True))
             if (roles is not None and dims["role"] not in roles) or (keep is not None and not keep(parts)):
                 continue
             sums[_group_key(dims, hour, group_by)] += value
+            outcomes[dims["outcome"]] += value
     groups = [{**dict(zip(group_by, key, strict=True)), "count": n} for key, n in sums.most_common()]
-    return {"total": sum(sums.values()), "groups": groups}
+    return {"total": sum(sums.values()), "groups": groups, **outcome_split(outcomes)}
 
 
 def latency(
     client: Client, start: datetime, end: datetime, service: str | None, roles: frozenset[str] | None = MESH_ROLES,
     keep_service: KeepService | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Percentiles (bucket upper bounds, ms) from the histograms, per service and endpoint."""
+    """Percentiles (ms, estimated inside the histogram's buckets) per service and endpoint."""
     window = hours(start, end)
     hist: dict[tuple[str, str], Counter[str]] = {}
     for hashes in _read(client, "l", window):
@@ -150,27 +160,16 @@ def latency(
     order = [str(b) for b in LATENCY_BUCKETS_MS] + ["inf"]
     items = []
     for (svc, endpoint), counts in sorted(hist.items()):
-        n = sum(counts.values())
         items.append(
             {
                 "service": svc,
                 "endpoint": endpoint,
-                "count": n,
-                **{f"p{q}_ms": _percentile(counts, order, n, q / 100) for q in (50, 90, 95, 99)},
+                "count": sum(counts.values()),
+                **{f"p{q}_ms": percentile(counts, LATENCY_BUCKETS_MS, q / 100) for q in (50, 90, 95, 99)},
                 "buckets": {le: counts[le] for le in order if counts.get(le)},
             }
         )
     return {"items": items}
-
-
-def _percentile(counts: Counter[str], order: list[str], n: int, q: float) -> float | None:
-    """The upper bound of the bucket that holds the q-th call (None past the last finite bucket)."""
-    target, seen = q * n, 0
-    for le in order:
-        seen += counts.get(le, 0)
-        if seen >= target and seen > 0:
-            return None if le == "inf" else float(le)
-    return None
 
 
 # ---- the dashboard's windows: the last hour by minute, the last 30 days by day ----------------------------------
@@ -178,7 +177,6 @@ def _percentile(counts: Counter[str], order: list[str], n: int, q: float) -> flo
 WINDOWS = ("hour", "month")
 SERIES_GROUPS = ("service", "consumer", "gateway")
 MONTH_DAYS = 30
-PROVIDER_ERRORS = ("4xx", "5xx")
 
 
 def parse_window(value: str | None, field: str = "window") -> str:
@@ -246,10 +244,9 @@ def _window_counts(client: Client, window: str, now: datetime, cache: DayCache |
             continue
         counts: Counts = Counter()
         for _ in group:
-            for parts, value in _fields(next(replies)):
-                if len(parts) != len(DIMENSIONS) or parts[5] not in MESH_ROLES:
-                    continue
-                counts[tuple(parts)] += value
+            for parts, value in _counts(next(replies)):
+                if parts[5] in MESH_ROLES:
+                    counts[tuple(parts)] += value
         if cache is not None and window == "month" and i < len(ids) - 1:
             cache.put(labels[i], counts)
         buckets.append(counts)
@@ -288,57 +285,40 @@ def top_consumers(
     client: Client, window: str, limit: int, now: datetime, cache: DayCache | None = None,
     keep: Keep | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The consumers with the most mesh transactions in the window, with their outcomes."""
+    """The consumers with the most mesh transactions in the window, with their outcome split."""
     _, buckets = _window_counts(client, window, now, cache, keep)
     per: dict[str, Counter[str]] = {}
     for counts in buckets:
         for dims, n in counts.items():
-            per.setdefault(dims[0], Counter())[dims[6]] += n
+            per.setdefault(dims[0], Counter())[dims[OUTCOME]] += n
     total = sum(sum(c.values()) for c in per.values())
     ranked = sorted(per.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:limit]
     items = []
     for consumer, outcomes in ranked:
         n = sum(outcomes.values())
         items.append({"consumer": consumer, "count": n, "share": round(n / total, 4) if total else 0.0,
-                      **_error_split(outcomes)})  # fmt: skip
+                      **outcome_split(outcomes)})  # fmt: skip
     return {"window": window, "total": total, "items": items}
-
-
-def _error_split(outcomes: Counter[str]) -> dict[str, Any]:
-    n = sum(outcomes.values())
-    platform = outcomes.get("platform-error", 0)
-    provider = sum(outcomes.get(o, 0) for o in PROVIDER_ERRORS)
-    refused = outcomes.get("refused", 0)
-    return {
-        "platform_errors": platform,
-        "provider_errors": provider,
-        "refused": refused,
-        "platform_error_rate": round(platform / n, 4) if n else 0.0,
-        "provider_error_rate": round(provider / n, 4) if n else 0.0,
-        "refused_rate": round(refused / n, 4) if n else 0.0,
-    }
 
 
 def error_rates(client: Client, window: str, now: datetime, cache: DayCache | None = None,
                 keep: Keep | None = None) -> dict[str, Any]:  # fmt: skip
-    """Platform errors (the mesh failed) and provider errors (4xx/5xx answers, the meter's outcome) over the window,
-    for the whole mesh and per service."""
+    """The outcome split over the window (policies.meter_stats: the three answers, client errors, provider and
+    platform failures, with rates over the total), for the whole mesh and per service."""
     _, buckets = _window_counts(client, window, now, cache, keep)
     mesh: Counter[str] = Counter()
     per: dict[str, Counter[str]] = {}
     for counts in buckets:
         for dims, n in counts.items():
-            mesh[dims[6]] += n
-            per.setdefault(dims[1], Counter())[dims[6]] += n
-    services = [{"service": svc, "total": sum(c.values()), "outcomes": dict(c), **_error_split(c)}
-                for svc, c in sorted(per.items())]  # fmt: skip
-    return {"window": window, "total": sum(mesh.values()), "outcomes": dict(mesh), **_error_split(mesh),
-            "services": services}  # fmt: skip
+            mesh[dims[OUTCOME]] += n
+            per.setdefault(dims[1], Counter())[dims[OUTCOME]] += n
+    services = [{"service": svc, "total": sum(c.values()), **outcome_split(c)} for svc, c in sorted(per.items())]
+    return {"window": window, "total": sum(mesh.values()), **outcome_split(mesh), "services": services}
 
 
 def service_latency(client: Client, window: str, now: datetime, keep_service: KeepService | None = None
                     ) -> dict[str, Any]:  # fmt: skip
-    """p50/p95/p99 per service over the window (all its endpoints), from the minute or hour histograms."""
+    """p50/p95/p99 per service over the window (all its endpoints), estimated from the minute or hour histograms."""
     _, ids = window_buckets(window, now)
     hist: dict[str, Counter[str]] = {}
     for hashes in _read(client, "lm" if window == "hour" else "l", [key_id for group in ids for key_id in group]):
@@ -348,10 +328,7 @@ def service_latency(client: Client, window: str, now: datetime, keep_service: Ke
             if keep_service is not None and not keep_service(parts[0]):
                 continue
             hist.setdefault(parts[0], Counter())[parts[3]] += value
-    order = [str(b) for b in LATENCY_BUCKETS_MS] + ["inf"]
-    items = []
-    for svc, counts in sorted(hist.items()):
-        n = sum(counts.values())
-        items.append({"service": svc, "count": n,
-                      **{f"p{q}_ms": _percentile(counts, order, n, q / 100) for q in (50, 95, 99)}})  # fmt: skip
+    items = [{"service": svc, "count": sum(counts.values()),
+              **{f"p{q}_ms": percentile(counts, LATENCY_BUCKETS_MS, q / 100) for q in (50, 95, 99)}}
+             for svc, counts in sorted(hist.items())]  # fmt: skip
     return {"window": window, "items": items}

@@ -286,8 +286,8 @@ def test_the_meter_counts_a_forwarded_batch_by_items_and_a_refused_one_once() ->
     deltas = fold([record_of(c, time.time()) for c in (ok, refused, single)], "nghean")
     counts = {field: n for (key, field), n in deltas.items() if key.startswith("meter:h:")}
     histogram = sum(n for (key, _), n in deltas.items() if key.startswith("meter:l:"))
-    assert sum(n for f, n in counts.items() if "|POST /persons/batch|" in f and f.endswith("|2xx")) == 4
-    assert sum(n for f, n in counts.items() if "|POST /persons/batch|" in f and f.endswith("|refused")) == 1
+    assert sum(n for f, n in counts.items() if "|POST /persons/batch|" in f and f.endswith("|found")) == 4
+    assert sum(n for f, n in counts.items() if "|POST /persons/batch|" in f and f.endswith("|client-error")) == 1
     assert sum(counts.values()) == 6 and histogram == 3  # counts are items, latency histograms are calls
 
 

@@ -42,9 +42,9 @@ NOW = time.time()
 # (consumer, home gateway, role, status, error code, seconds ago, latency ms, calls)
 CALLS = [
     (CONSUMER, "nghean", "home", 200, None, 90, 4, 12),
-    (CONSUMER, "nghean", "home", 500, None, 90, 4, 2),  # the provider failed: a provider error
-    (OTHER_CONSUMER, "hanoi", "home", 502, "upstream-failed", 20 * 60, 40, 3),  # the mesh failed
-    (OTHER_CONSUMER, "hanoi", "home", 403, "access-denied", 20 * 60, 4, 5),  # the mesh said no: refused
+    (CONSUMER, "nghean", "home", 500, None, 90, 4, 2),  # the provider's own 500: a provider failure
+    (OTHER_CONSUMER, "hanoi", "home", 502, "upstream-failed", 20 * 60, 40, 3),  # its connector failed: the provider's
+    (OTHER_CONSUMER, "hanoi", "home", 403, "access-denied", 20 * 60, 4, 5),  # no grant: not permitted, an answer
     (CONSUMER, "nghean", "provider", 200, None, 90, 4, 10),  # the provider gateway's own count: not a transaction
     (CONSUMER, "nghean", "home", 200, None, 75 * 60, 4, 4),  # older than the last hour
     (CONSUMER, "nghean", "home", 200, None, 3 * 86400, 4, 7),  # three days ago
@@ -145,26 +145,31 @@ def test_top_consumers_with_their_errors(ops: str) -> None:
     assert body["total"] == 22
     (top,) = body["items"]
     assert top["consumer"] == CONSUMER and top["count"] == 14 and top["share"] == round(14 / 22, 4)
-    assert (top["platform_errors"], top["provider_errors"]) == (0, 2)
+    assert (top["platform_failures"], top["provider_failures"], top["client_errors"]) == (0, 2, 0)
     month = get(f"{ops}/top-consumers", window="month")
     assert [(c["consumer"], c["count"]) for c in month["items"]] == [(CONSUMER, 25), (OTHER_CONSUMER, 8)]
 
 
-def test_errors_split_platform_from_provider(ops: str) -> None:
+def test_errors_split_answers_from_failures(ops: str) -> None:
     body = get(f"{ops}/errors", window="hour")
     assert body["total"] == 22
-    assert body["outcomes"] == {"2xx": 12, "5xx": 2, "platform-error": 3, "refused": 5}
-    assert (body["platform_errors"], body["provider_errors"], body["refused"]) == (3, 2, 5)
-    assert body["platform_error_rate"] == round(3 / 22, 4) and body["provider_error_rate"] == round(2 / 22, 4)
-    assert body["refused_rate"] == round(5 / 22, 4)
+    assert body["outcomes"] == {"found": 12, "no-data": 0, "not-permitted": 5, "client-error": 0,
+                                "provider-failure": 5, "platform-failure": 0}  # fmt: skip
+    split = (body["answers"], body["client_errors"], body["provider_failures"], body["platform_failures"])
+    assert split == (17, 0, 5, 0)
+    assert body["answer_rate"] == round(17 / 22, 4) and body["provider_failure_rate"] == round(5 / 22, 4)
+    assert body["client_error_rate"] == body["platform_failure_rate"] == 0.0
     (svc,) = body["services"]
-    assert svc["service"] == SERVICE and svc["total"] == 22 and svc["platform_errors"] == 3
+    assert svc["service"] == SERVICE and svc["total"] == 22 and svc["provider_failures"] == 5
 
 
 def test_latency_percentiles_per_service(ops: str) -> None:
     (item,) = get(f"{ops}/service-latency", window="hour")["items"]
-    # 19 calls took 4 ms (bucket 5), 3 took 40 ms (bucket 50): the median is in the first, p95 in the second
-    assert item == {"service": SERVICE, "count": 22, "p50_ms": 5.0, "p95_ms": 50.0, "p99_ms": 50.0}
+    # 19 calls took 4 ms (bucket (2, 5]), 3 took 40 ms (bucket (20, 50]): each percentile is interpolated inside its
+    # bucket, the median at 11 of 19 into the first, p95 at 1.9 of 3 into the second
+    p50, p95, p99 = 2 + 3 * 11 / 19, 20 + 30 * (20.9 - 19) / 3, 20 + 30 * (21.78 - 19) / 3
+    assert item == {"service": SERVICE, "count": 22, "p50_ms": round(p50, 3), "p95_ms": round(p95, 3),
+                    "p99_ms": round(p99, 3)}  # fmt: skip
     (month,) = get(f"{ops}/service-latency", window="month")["items"]
     assert month["count"] == 33
 

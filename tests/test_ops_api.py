@@ -56,8 +56,9 @@ def make_app() -> Any:
 
 
 def seed(data_dir: Path, url: str) -> None:
-    """30 calls seen at the home gateway (20 from CONSUMER, 10 from OTHER_CONSUMER, 3 of them 4xx) and the same 10
-    seen again at the provider; 25 audit records one minute apart, the oldest 25 minutes ago."""
+    """30 calls seen at the home gateway (20 from CONSUMER, 10 from OTHER_CONSUMER; 3 of CONSUMER's the provider's
+    own 403, not permitted) and the same 10 seen again at the provider; 25 audit records one minute apart, the oldest
+    25 minutes ago."""
     snap = World().snapshot()
     meter = Meter("nghean", data_dir, url)
     meter.open()
@@ -126,7 +127,9 @@ def test_transactions_count_each_call_once_mesh_wide(ops: str) -> None:
 def test_transactions_by_outcome_service_and_day(ops: str) -> None:
     body = HTTP.get(f"{ops}/transactions", params={**WINDOW, "group_by": "outcome,service,day"}).json()
     counts = {g["outcome"]: g["count"] for g in body["groups"]}
-    assert counts == {"2xx": 27, "4xx": 3}
+    assert counts == {"found": 27, "not-permitted": 3}
+    # a 403 is one of the three answers, not an error
+    assert (body["answers"], body["answer_rate"], body["client_errors"], body["provider_failures"]) == (30, 1.0, 0, 0)
     assert {g["service"] for g in body["groups"]} == {"VN/GOV/BCA/population/persons"}
     assert all(len(g["day"]) == 10 for g in body["groups"])
 
@@ -139,7 +142,9 @@ def test_a_window_before_the_calls_counts_nothing(ops: str) -> None:
 def test_latency_percentiles(ops: str) -> None:
     body = HTTP.get(f"{ops}/latency", params={**WINDOW, "service": "VN/GOV/BCA/population/persons"}).json()
     (item,) = body["items"]
-    assert item["count"] == 30 and item["p50_ms"] == 5.0 and item["p99_ms"] == 5.0
+    # every call took 4 ms, in the bucket (2, 5]: interpolated, p50 is its middle and p99 near its top
+    assert item["count"] == 30 and item["p50_ms"] == 3.5 and item["p99_ms"] == 4.97
+    assert item["buckets"] == {"5": 30}
 
 
 def test_audit_pages_through_a_time_window_without_gaps_or_repeats(ops: str) -> None:
@@ -201,10 +206,11 @@ def test_metering_report_command_reads_the_same_counts(ops: str, redis_server: E
     body = orjson.loads(as_json.stdout)
     assert body["total"] == 30
     assert {(g["consumer"], g["outcome"]): g["count"] for g in body["groups"]} == {
-        (CONSUMER, "2xx"): 17, (CONSUMER, "4xx"): 3, (OTHER_CONSUMER, "2xx"): 10
+        (CONSUMER, "found"): 17, (CONSUMER, "not-permitted"): 3, (OTHER_CONSUMER, "found"): 10
     }  # fmt: skip
     table = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "total" in table.stdout and "30" in table.stdout
+    assert "answers 30 (100.00%)" in table.stdout and "client errors 0 (0.00%)" in table.stdout
     bad = subprocess.run([*argv[:-4], "--by", "colour", "--redis", url], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--by" in bad.stderr
 

@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from lienthong.redis_connection import EmbeddedRedis
-from policies.meter import Meter
+from lienthong.snapshot import Snapshot
+from policies.meter import UNIDENTIFIED, Meter
 from tests.procs import Proc
 from tests.test_policy_fixtures import CONSUMER, World, context
 
@@ -185,22 +186,31 @@ def test_an_unexpected_fault_does_not_end_the_flush_loop(
 def test_counts_carry_every_dimension_and_a_latency_histogram(redis_url: str, tmp_path: Path) -> None:
     meter = Meter("nghean", tmp_path, redis_url)
     meter.open()
-    snap = World().snapshot()
-    calls = ((200, None), (404, None), (403, "access-denied"), (502, "upstream-failed"), (500, None))
-    for status, code in calls:
+    world = World()
+    doc = world.doc()
+    doc["services"][0]["endpoints"][0]["no_data"] = [404]  # GET /persons/{id} declares its 404 as no data
+    snap = Snapshot(doc)
+    calls = ((200, None, CONSUMER), (404, None, CONSUMER), (403, "access-denied", CONSUMER), (400, None, CONSUMER),
+             (502, "upstream-failed", CONSUMER), (500, None, CONSUMER), (503, "snapshot-expired", CONSUMER),
+             (401, "invalid-token", None))  # fmt: skip
+    for status, code, client in calls:
         ctx = context(snap, role="home", gateway="nghean")
-        ctx.client, ctx.status, ctx.error_code, ctx.consumer_gateway = CONSUMER, status, code, "nghean"
+        ctx.client, ctx.status, ctx.error_code, ctx.consumer_gateway = client, status, code, "nghean"
         ctx.provider_gateway = "national"
         ctx.response_out = ctx.request_in + 0.012
         meter.log(ctx)
     meter.flush_once()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     counts = client.hgetall(client.keys("meter:h:*")[0])
-    prefix = f"{CONSUMER}|VN/GOV/BCA/population/persons|GET /persons/{{id}}|nghean|national|home|"
-    # the provider's 4xx, the mesh's refusal and the mesh's failure are three different outcomes
-    assert counts == {prefix + o: "1" for o in ("2xx", "4xx", "refused", "platform-error", "5xx")}
+    rest = "|VN/GOV/BCA/population/persons|GET /persons/{id}|nghean|national|home|"
+    # the provider's 5xx and the mesh's upstream-failed are both the provider's failure; no-data is the declared 404
+    assert counts == {
+        f"{CONSUMER}{rest}found": "1", f"{CONSUMER}{rest}no-data": "1", f"{CONSUMER}{rest}not-permitted": "1",
+        f"{CONSUMER}{rest}client-error": "1", f"{CONSUMER}{rest}provider-failure": "2",
+        f"{CONSUMER}{rest}platform-failure": "1", f"{UNIDENTIFIED}{rest}client-error": "1",
+    }  # fmt: skip
     latency = client.hgetall(client.keys("meter:l:*")[0])
-    assert latency == {"VN/GOV/BCA/population/persons|GET /persons/{id}|home|20": "5"}
+    assert latency == {"VN/GOV/BCA/population/persons|GET /persons/{id}|home|20": "8"}
 
 
 def test_fold_counts_each_call_once_per_redis_field() -> None:
@@ -211,16 +221,19 @@ def test_fold_counts_each_call_once_per_redis_field() -> None:
                              "r": "home", "o": outcome, "ms": ms}) + b"\n"  # fmt: skip
 
     t0 = 1_764_576_000.0  # 2025-12-01 08:00:00 UTC
-    lines = [line(t0 + 1, "A", "2xx", 0.4), line(t0 + 2, "A", "2xx", 0.9), line(t0 + 3, "A", "2xx", 3.0),
-             line(t0 + 61, "A", "2xx", 0.5), line(t0 + 5, "B", "refused", 0.2)]  # fmt: skip
+    lines = [line(t0 + 1, "A", "found", 0.4), line(t0 + 2, "A", "found", 0.9), line(t0 + 3, "A", "found", 3.0),
+             line(t0 + 61, "A", "found", 0.5), line(t0 + 5, "B", "client-error", 0.2)]  # fmt: skip
     deltas = fold(lines, "hanoi")
-    a = "A|S|GET /p|hanoi|national|home|2xx"
+    a = "A|S|GET /p|hanoi|national|home|found"
     assert deltas[("meter:h:{hanoi}:2025120108", a)] == 4
-    assert deltas[("meter:h:{hanoi}:2025120108", "B|S|GET /p|hanoi|national|home|refused")] == 1
+    assert deltas[("meter:h:{hanoi}:2025120108", "B|S|GET /p|hanoi|national|home|client-error")] == 1
     assert deltas[("meter:m:{hanoi}:202512010800", a)] == 3 and deltas[("meter:m:{hanoi}:202512010801", a)] == 1
-    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|1")] == 4  # 0.4, 0.9, 0.5 (A) and 0.2 (B)
-    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|5")] == 1
-    assert deltas[("meter:lm:{hanoi}:202512010801", "S|GET /p|home|1")] == 1
+    # sub-millisecond calls fall into buckets of their own (0.25, 0.5, 1 ms), not into one "under 1 ms"
+    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|0.25")] == 1  # 0.2 (B)
+    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|0.5")] == 2  # 0.4 and 0.5
+    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|1")] == 1  # 0.9
+    assert deltas[("meter:l:{hanoi}:2025120108", "S|GET /p|home|5")] == 1  # 3.0
+    assert deltas[("meter:lm:{hanoi}:202512010801", "S|GET /p|home|0.5")] == 1
     assert sum(n for (key, _), n in deltas.items() if key.startswith("meter:h:")) == len(lines)
     # a line that is no record (a damaged disk) is skipped, not fatal: the records around it still count
     damaged = fold([lines[0], b"\x00\x00{not json\n", b'{"t": "x"}\n', lines[1]], "hanoi")
