@@ -1,8 +1,9 @@
 """Gateway heartbeats in the shared Redis, so any gateway's operations API can tell the health of the whole mesh.
 
 Each gateway worker writes, every HEARTBEAT_INTERVAL, one field of the hash `ops:hb:<gateway>` (field
-`<host>:<pid>`, value JSON: code, snapshot version, snapshot age, the snapshot entries it quarantined, pid, time) and
-refreshes the hash's TTL; the hash
+`<host>:<pid>`, value JSON: code, snapshot version, snapshot age, the snapshot entries it quarantined, pid, time,
+and what `extra` adds: the state of each connector hosted here, certificate expiry and spool backlog, from
+gateway/ops_components.Local) and refreshes the hash's TTL; the hash
 `ops:gateways` remembers every gateway ever seen, so one whose heartbeats stopped still shows, as down. A worker's
 field older than HEARTBEAT_TTL counts as dead even while its siblings keep the hash alive.
 """
@@ -42,9 +43,11 @@ class Heartbeat:
     """One worker's heartbeat writer; start() is idempotent and needs a running event loop."""
 
     def __init__(
-        self, gateway: str, client: Callable[[], redis.Redis], snapshot_getter: Callable[[], Snapshot | None]
+        self, gateway: str, client: Callable[[], redis.Redis], snapshot_getter: Callable[[], Snapshot | None],
+        extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.gateway = gateway
+        self.extra = extra
         self.client = client
         self.snapshot_getter = snapshot_getter
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -64,6 +67,8 @@ class Heartbeat:
             "quarantined": [asdict(q) for q in snap.quarantined[:MAX_QUARANTINED]] if snap is not None else [],
             "quarantined_count": len(snap.quarantined) if snap is not None else 0,
         }
+        if self.extra is not None:
+            body.update(self.extra())
         pipe = self.client().pipeline(transaction=False)
         pipe.hset(heartbeat_key(self.gateway), self.worker, orjson.dumps(body))
         pipe.expire(heartbeat_key(self.gateway), HEARTBEAT_TTL)
@@ -105,20 +110,8 @@ def gateway_health(client: redis.Redis, known: Iterable[str], now: float | None 
     with the newest snapshot version any live worker holds and the youngest snapshot age."""
     now = time.time() if now is None else now
     seen = {_text(k): float(v) for k, v in client.hgetall(KNOWN_KEY).items()}
-    codes = sorted(set(known) | set(seen))
-    pipe = client.pipeline(transaction=False)
-    for code in codes:
-        pipe.hgetall(heartbeat_key(code))
     items = []
-    for code, workers in zip(codes, pipe.execute(), strict=True):
-        beats = []
-        for raw in workers.values():
-            try:
-                beat = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(beat, dict) and now - float(beat.get("time", 0)) <= HEARTBEAT_TTL:
-                beats.append(beat)
+    for code, beats in live_beats(client, sorted(set(known) | set(seen)), now).items():
         versions = [b["snapshot_version"] for b in beats if isinstance(b.get("snapshot_version"), int)]
         ages = [float(b["snapshot_age_seconds"]) + (now - float(b["time"])) for b in beats
                 if isinstance(b.get("snapshot_age_seconds"), int | float)]  # fmt: skip
@@ -139,6 +132,25 @@ def gateway_health(client: redis.Redis, known: Iterable[str], now: float | None 
             }
         )
     return {"time": now, "heartbeat_ttl_seconds": HEARTBEAT_TTL, "gateways": items}
+
+
+def live_beats(client: redis.Redis, codes: Iterable[str], now: float) -> dict[str, list[dict[str, Any]]]:
+    """Per gateway code, the heartbeats of its workers that are fresh (at most HEARTBEAT_TTL old)."""
+    codes = list(codes)
+    pipe = client.pipeline(transaction=False)
+    for code in codes:
+        pipe.hgetall(heartbeat_key(code))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for code, workers in zip(codes, pipe.execute(), strict=True):
+        beats = out[code] = []
+        for raw in workers.values():
+            try:
+                beat = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(beat, dict) and now - float(beat.get("time", 0)) <= HEARTBEAT_TTL:
+                beats.append(beat)
+    return out
 
 
 def _quarantined(beats: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -320,7 +320,8 @@ class UpstreamClient:
             guard = self._effective(policy) if policy is not None else None
             response = await self._exchange(origin, request, method, deadline, loop, guard, revoked, what)
         except BaseException as exc:
-            circuit.failure()  # cancelled or broken too: a half-open probe must not stay taken for ever
+            # cancelled or broken too: a half-open probe must not stay taken for ever
+            circuit.failure(timeout=isinstance(exc, TimeoutError))
             if isinstance(exc, TimeoutError):
                 raise Problem(504, "upstream-timeout", f"{what} did not answer within {timeout_ms} ms") from exc
             if isinstance(exc, ssl.SSLError):  # the chain, dates or protocol: the reason names no personal data
