@@ -159,7 +159,10 @@ class GatewayApp:
         except ImportError:
             log.warning("gateway.ops_api is not installed; /ops/v1 answers 404")
         else:
-            self.ops_app = build_ops_app(self.chain_config, lambda: self.snapshots.current, self.ops_gate)
+            from gateway.ops_components import Local
+
+            self.ops_app = build_ops_app(self.chain_config, lambda: self.snapshots.current, self.ops_gate,
+                                         Local.of(self))  # fmt: skip
 
     async def shutdown(self) -> None:
         if self._renewer is not None:
@@ -227,7 +230,7 @@ class GatewayApp:
             elif reply.status >= 400 and self._audit is not None:
                 self._audit.log(ctx)  # refused before routing (a path trick, no such service): audited, not metered
         role = ctx.role if ctx is not None and routed else "none"
-        metrics.count(role, reply.status, reply.error, time.time() - started)
+        metrics.count(role, reply.status, reply.error, time.time() - started, ctx if routed else None)
         return reply
 
     async def _healthz(self, send: Send) -> None:

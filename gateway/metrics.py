@@ -36,12 +36,13 @@ from prometheus_client import (
 )
 
 from lienthong.snapshot import QUARANTINE_KINDS, Snapshot
+from policies.meter import UNIDENTIFIED
 from policies.outcome import classify
 
 log = logging.getLogger("lienthong.gateway.metrics")
 TOP_N = int(os.environ.get("LIENTHONG_METRICS_TOP_N", "20"))
 OTHER = "other"
-NONE = "none"  # no service (refused before routing) or no consumer (refused before the client was known)
+NONE = "none"  # no service: refused before routing
 REQUESTS = Counter(
     "lienthong_gateway_requests",
     "Calls answered on /r1, by role, status class, mesh error code (empty when the provider answered), outcome class "
@@ -193,14 +194,15 @@ class TopN:
     this worker (ranked again at each flush), others count as "other". A name that drops out keeps the series it
     has (counters cannot be removed) but new calls go to "other", so the series stay near `limit`."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, missing: str = NONE) -> None:
         self.limit = limit
+        self.missing = missing
         self.volume: collections.Counter[str] = collections.Counter()
         self.admitted: set[str] = set()
 
     def label(self, name: str | None, n: int = 1) -> str:
         if not name:
-            return NONE
+            return self.missing
         if n:
             self.volume[name] += n
         if name in self.admitted:
@@ -218,7 +220,7 @@ class TopN:
 
 
 _SERVICES = TopN(TOP_N)
-_CONSUMERS = TopN(TOP_N)
+_CONSUMERS = TopN(TOP_N, UNIDENTIFIED)  # refused before the client was known, as the meter names it
 _counted: dict[tuple[str, int, str, str, str, str], int] = {}
 _timed: dict[tuple[str, str, str], Timing] = {}
 _timings: list[Timing] = []  # every Timing made, for flush()

@@ -32,7 +32,9 @@ from connexion.lifecycle import ConnexionResponse
 from connexion.resolver import Resolver
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import alerts, metrics
 from gateway.ops_auth import OpsGate, Principal
+from gateway.ops_components import Local, components, open_txlog_store
 from gateway.ops_heartbeat import Heartbeat, gateway_health
 from lienthong.api_problems import add_problem_handlers, validator_map
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem, bad_request
@@ -106,11 +108,16 @@ PUBLIC_PATHS = public_paths()
 class OpsHandlers:
     """The operations, bound to one gateway's config (no module-level state: several gateways may share a process)."""
 
-    def __init__(self, cfg: ChainConfig, snapshot_getter: Callable[[], Snapshot | None]) -> None:
+    def __init__(self, cfg: ChainConfig, snapshot_getter: Callable[[], Snapshot | None],
+                 local: Local | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.snapshot_getter = snapshot_getter
         self._redis: redis.Redis | None = None
-        self.heartbeat = Heartbeat(cfg.gateway, lambda: self.redis, snapshot_getter)
+        self.local = local  # this worker's own view (gateway/ops_components.py), None when built alone in tests
+        self.heartbeat = Heartbeat(cfg.gateway, lambda: self.redis, snapshot_getter,
+                                   local.heartbeat if local is not None else None)  # fmt: skip
+        self.alert_rules = alerts.load_rules()
+        self._txlog_store: Any = None
         self.days = DayCache()
         self.audit_index = AuditIndex(cfg.data_dir / "audit")
 
@@ -181,6 +188,22 @@ class OpsHandlers:
                 mine = [q for q in entries if _own_service(q, keep)] if isinstance(entries, list) else []
                 item["quarantined"], item["quarantined_count"] = mine, len(mine)
         return _json(health)
+
+    def _known(self) -> list[str]:
+        snap = self.snapshot_getter()
+        return sorted(snap.gateways) if snap is not None else [self.cfg.gateway]
+
+    def _store(self) -> Any:
+        if self._txlog_store is None:
+            self._txlog_store = open_txlog_store(self.cfg.data_dir)
+        return self._txlog_store
+
+    async def components(self) -> ConnexionResponse:
+        return _json(await components(self.redis, self._known(), self.local, self._store(), _keep_service()))
+
+    async def alerts(self) -> ConnexionResponse:
+        return _json(await alerts.current(self.alert_rules, self.redis, self._known(), self.local, self._store(),
+                                          _keep_dims(), _keep_service()))  # fmt: skip
 
     async def dashboard(self) -> ConnexionResponse:
         return _asset("index.html")
@@ -289,9 +312,13 @@ class _Guard:
             _PRINCIPAL.reset(token)
 
 
-def build_ops_app(cfg: ChainConfig, snapshot_getter: Callable[[], Snapshot | None], gate: OpsGate) -> ASGIApp:
-    """The ASGI app for /ops/v1 of one gateway; `gate` checks every request's Host and token."""
-    handlers = OpsHandlers(cfg, snapshot_getter)
+def build_ops_app(cfg: ChainConfig, snapshot_getter: Callable[[], Snapshot | None], gate: OpsGate,
+                  local: Local | None = None) -> ASGIApp:  # fmt: skip
+    """The ASGI app for /ops/v1 of one gateway; `gate` checks every request's Host and token; `local` is what this
+    worker knows of itself (connectors, certificate, spools), for the heartbeat, /components and /metrics."""
+    handlers = OpsHandlers(cfg, snapshot_getter, local)
+    if local is not None:
+        metrics.watch_state(lambda: metrics.set_state(local))
     app = connexion.AsyncApp(__name__, validator_map=validator_map(body=False),
                              middlewares=_without_connexion_security())  # fmt: skip
     app.add_api(
