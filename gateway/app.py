@@ -63,6 +63,8 @@ def chain_config(settings: GatewaySettings, private_key: keys.PrivateKey) -> Cha
         enabled=settings.policies,
         audit_hmac_key=settings.audit_hmac_key or derive_audit_key(private_key),
         trace_sample_ratio=settings.trace_sample_ratio,
+        transaction_log_url=settings.transaction_log_url,
+        transaction_log_retention_days=settings.transaction_log_retention_days,
     )
 
 

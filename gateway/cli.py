@@ -17,6 +17,7 @@ import orjson
 from gateway.settings import (
     DEFAULT_BODY_LIMIT,
     DEFAULT_MAX_SNAPSHOT_AGE,
+    DEFAULT_TXLOG_RETENTION_DAYS,
     KEY_FILE,
     GatewaySettings,
     parse_listen,
@@ -128,6 +129,12 @@ def gateway_group() -> None:
 @click.option("--tls-dir", envvar="LIENTHONG_TLS_DIR", type=click.Path(file_okay=False),
               help="tls.key, tls.crt and the mesh CA's ca.crt for HTTPS on every port; default <data-dir>/tls "
                    "(`lienthong gateway cert` writes them).")  # fmt: skip
+@click.option("--transaction-log-url", envvar="TRANSACTION_LOG_URL", default="",
+              help="The central transaction log's store: postgresql://... (deployments) or sqlite:///PATH; default "
+                   "SQLite at <data-dir>/txlog.sqlite3 (`lienthong up` gives all its gateways one file).")  # fmt: skip
+@click.option("--transaction-log-retention-days", envvar="TRANSACTION_LOG_RETENTION_DAYS",
+              type=click.IntRange(min=0), default=DEFAULT_TXLOG_RETENTION_DAYS, show_default=True,
+              help="Days of transaction log kept; older days are dropped whole. 0 keeps everything.")  # fmt: skip
 @click.option(
     "--insecure-http",
     is_flag=True,
@@ -156,10 +163,13 @@ def serve(
     ops_hosts: tuple[str, ...],
     ops_operator_keys: tuple[str, ...],
     tls_dir: str | None,
+    transaction_log_url: str,
+    transaction_log_retention_days: int,
     insecure_http: bool,
 ) -> None:
     """Serve /r1 calls with worker processes sharing one port, over HTTPS (TLS 1.3)."""
     from gateway.ops_auth import HostNames, load_operator_keys
+    from policies.txlog_store import default_url
 
     try:
         ids.validate("gateway", code, "code")
@@ -169,6 +179,10 @@ def serve(
         ops_address = parse_listen(ops_listen) if ops_listen else None
         HostNames.build([], ops_hosts)  # refuse a malformed name now, not in every worker
         load_operator_keys(Path(k) for k in ops_operator_keys)
+        if transaction_log_url:
+            from policies.txlog_store import open_store
+
+            open_store(transaction_log_url)  # a malformed URL is refused now, not in every worker
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     data = Path(data_dir or f"var/gateways/{code}").resolve()
@@ -190,6 +204,8 @@ def serve(
         breaker_open_seconds=breaker_open_seconds, snapshot_wait=snapshot_wait, ops_listen=ops_listen,
         ops_hosts=ops_hosts, ops_operator_keys=tuple(Path(k).resolve() for k in ops_operator_keys),
         tls_dir=Path(tls_dir).resolve() if tls_dir else None, insecure_http=insecure_http,
+        transaction_log_url=transaction_log_url or default_url(data),
+        transaction_log_retention_days=transaction_log_retention_days,
     )  # fmt: skip
     if insecure_http:
         log.warning(INSECURE_WARNING)

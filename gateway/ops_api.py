@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import alerts, metrics
 from gateway.ops_auth import OpsGate, Principal
+from gateway.ops_calls import CallsApi, of_call
 from gateway.ops_components import Local, components, open_txlog_store
 from gateway.ops_heartbeat import Heartbeat, gateway_health
 from lienthong.api_problems import add_problem_handlers, validator_map
@@ -120,6 +121,7 @@ class OpsHandlers:
         self._txlog_store: Any = None
         self.days = DayCache()
         self.audit_index = AuditIndex(cfg.data_dir / "audit")
+        self.calls_api = CallsApi(cfg)  # the central transaction log (gateway/ops_calls.py)
 
     @property
     def redis(self) -> redis.Redis:
@@ -147,7 +149,8 @@ class OpsHandlers:
         start, end = parse_time(from_, "from"), parse_time(to, "to")
         return _json(await self._query(latency, start, end, service or None, MESH_ROLES, _keep_service()))
 
-    async def audit(self, from_: str, to: str, limit: int = 1000, page_token: str | None = None) -> ConnexionResponse:
+    async def audit(self, from_: str, to: str, limit: int = 1000, page_token: str | None = None,
+                    xroad_id: str | None = None) -> ConnexionResponse:  # fmt: skip
         start, end = parse_time(from_, "from"), parse_time(to, "to")
         if end <= start:
             raise bad_request("to", "to must be after from")
@@ -156,10 +159,18 @@ class OpsHandlers:
         after = _decode_token(page_token) if page_token else None
         lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
         who = principal()
-        keep = None if who.operator else who.keep_record
+        keep: Callable[[dict[str, Any]], bool] | None = None if who.operator else who.keep_record
+        if xroad_id is not None:  # one call's records (a call in /calls opens its audit record)
+            keep = of_call(xroad_id, keep)
         page = await asyncio.to_thread(self.audit_index.page, lo, hi, after, limit, keep)
         token = _encode_token(sort_key(page[-1])) if len(page) == limit else None
         return _json({"records": [rec for _, rec in page], "next_page_token": token})
+
+    async def calls(self, **params: Any) -> ConnexionResponse:
+        return await self.calls_api.calls(principal(), connexion.request.headers.get("accept", ""), params)
+
+    async def calls_latency(self, **params: Any) -> ConnexionResponse:
+        return await self.calls_api.latency(principal(), params)
 
     async def timeseries(self, window: str = "hour", group_by: str = "service") -> ConnexionResponse:
         if group_by not in SERIES_GROUPS:

@@ -20,7 +20,8 @@ DEFAULT_BREAKER_FAILURES = 5  # consecutive transport failures that open an upst
 DEFAULT_BREAKER_OPEN_SECONDS = 5.0  # how long an open circuit answers 503 before letting one probe through
 DEFAULT_SNAPSHOT_WAIT = 30  # long-poll seconds asked of the registry
 KEY_FILE = "gateway.key"  # the gateway's signing key (PEM), inside its data dir, unless --key says otherwise
-ALL_POLICIES = ("authn", "authz", "quota", "minimize", "meter", "audit", "trace")
+ALL_POLICIES = ("authn", "authz", "quota", "minimize", "meter", "txlog", "audit", "trace")
+DEFAULT_TXLOG_RETENTION_DAYS = 30  # days of the central transaction log kept (whole day partitions dropped)
 
 
 def parse_policies(value: str) -> frozenset[str]:
@@ -83,6 +84,8 @@ class GatewaySettings:
     ops_operator_keys: tuple[Path, ...] = ()  # public JWK files trusted, with the gateway's own key, for operators
     tls_dir: Path | None = None  # tls.key, tls.crt, ca.crt (pki.CertFiles); None: <data-dir>/tls
     insecure_http: bool = False  # plain HTTP on every port: local development only
+    transaction_log_url: str = ""  # TRANSACTION_LOG_URL: postgresql://... or sqlite:///...; "" = SQLite in data_dir
+    transaction_log_retention_days: int = DEFAULT_TXLOG_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         ids.validate("gateway", self.code, "code")
@@ -144,6 +147,8 @@ class GatewaySettings:
             "LIENTHONG_OPS_OPERATOR_KEYS": os.pathsep.join(str(k) for k in self.ops_operator_keys),
             "LIENTHONG_TLS_DIR": str(self.tls_dir or ""),
             "LIENTHONG_INSECURE_HTTP": "1" if self.insecure_http else "",
+            "TRANSACTION_LOG_URL": self.transaction_log_url,
+            "TRANSACTION_LOG_RETENTION_DAYS": str(self.transaction_log_retention_days),
         }
 
     @classmethod
@@ -180,4 +185,8 @@ class GatewaySettings:
             ops_operator_keys=tuple(Path(k) for k in e.get("LIENTHONG_OPS_OPERATOR_KEYS", "").split(os.pathsep) if k),
             tls_dir=Path(e["LIENTHONG_TLS_DIR"]) if e.get("LIENTHONG_TLS_DIR") else None,
             insecure_http=e.get("LIENTHONG_INSECURE_HTTP", "").lower() in ("1", "true", "yes"),
+            transaction_log_url=e.get("TRANSACTION_LOG_URL", ""),
+            transaction_log_retention_days=int(
+                e.get("TRANSACTION_LOG_RETENTION_DAYS", str(DEFAULT_TXLOG_RETENTION_DAYS))
+            ),
         )

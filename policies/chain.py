@@ -1,6 +1,7 @@
 """The policy chain a gateway runs for every call: the enabled policies in priority order, phase by phase.
 
-Order (Kong-style priorities): trace 50, authn 100, authz 200, quota 300, minimize 400, meter 500, audit 600.
+Order (Kong-style priorities): trace 50, authn 100, authz 200, quota 300, minimize 400, meter 500, txlog 550,
+audit 600.
 access runs by ascending priority, except that authn runs first, on its own, before the gateway routes the call;
 response and log run in reverse. A call refused in access still goes through log, so the refusal is metered and
 audited (and traced once routed). How the gateway drives it:
@@ -36,6 +37,7 @@ POLICY_MODULES: dict[str, str] = {
     "quota": "policies.quota",
     "minimize": "policies.minimize",
     "meter": "policies.meter",
+    "txlog": "policies.txlog",
     "audit": "policies.audit",
 }
 ALL_POLICIES = frozenset(POLICY_MODULES)
@@ -49,6 +51,8 @@ class ChainConfig:
     enabled: frozenset[str]  # names of enabled policies; empty = bare pass-through
     audit_hmac_key: bytes
     trace_sample_ratio: float = 1.0
+    transaction_log_url: str = ""  # the central transaction log's store; "" = SQLite in data_dir (policies/txlog.py)
+    transaction_log_retention_days: int = 30
 
 
 class Chain:

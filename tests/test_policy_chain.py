@@ -19,7 +19,7 @@ from tests.test_policy_fixtures import CONSUMER, World, client_headers, context
 def test_policies_run_in_priority_order() -> None:
     cfg = ChainConfig("national", Path("/nonexistent"), "redis://127.0.0.1:1/0", ALL_POLICIES, b"k")
     chain = build_chain(cfg)
-    order = ["trace", "authn", "authz", "quota", "minimize", "meter", "audit"]
+    order = ["trace", "authn", "authz", "quota", "minimize", "meter", "txlog", "audit"]
     assert [p.name for p in chain.policies] == order
     assert [p.name for p in chain._reverse] == order[::-1]  # response and log run in reverse
 

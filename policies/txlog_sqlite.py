@@ -1,0 +1,135 @@
+"""The transaction log in SQLite, for the demo and a mesh on one machine (no TRANSACTION_LOG_URL): one file in WAL
+mode that every gateway of the local mesh writes, each batch in one IMMEDIATE transaction with its spool's watermark
+(exactly once, as policies/txlog_store.py says). No partitions: retention deletes rows by time. Times are integer
+microseconds; subject HMACs a JSON array.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from policies.txlog_store import (
+    CALL_FIELDS,
+    COLUMNS,
+    BatchId,
+    Cursor,
+    Dialect,
+    Filters,
+    Latency,
+    Page,
+    StoreUnavailable,
+    latency_of,
+    row_of,
+    where,
+)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS txlog ({", ".join(COLUMNS)});
+CREATE INDEX IF NOT EXISTS txlog_client_time ON txlog (client, time_in);
+CREATE INDEX IF NOT EXISTS txlog_service_time ON txlog (service, time_in);
+CREATE INDEX IF NOT EXISTS txlog_xroad_id ON txlog (xroad_id);
+CREATE INDEX IF NOT EXISTS txlog_outcome_time ON txlog (outcome, time_in);
+CREATE INDEX IF NOT EXISTS txlog_time ON txlog (time_in);
+CREATE TABLE IF NOT EXISTS txlog_batches (spool TEXT PRIMARY KEY, applied INTEGER NOT NULL, updated INTEGER);
+"""
+SUBJECTS_AT = COLUMNS.index("subject_hmacs")
+
+
+def _subjects(hmacs: tuple[str, ...]) -> tuple[str, list[Any]]:
+    marks = ", ".join("?" * len(hmacs))
+    return f"EXISTS (SELECT 1 FROM json_each(subject_hmacs) WHERE value IN ({marks}))", list(hmacs)  # noqa: S608
+
+
+DIALECT = Dialect("?", lambda micros: micros, _subjects)
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()  # one connection per thread: sqlite3 objects stay in their thread
+
+    @contextmanager
+    def _conn(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        try:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a crash of the process
+                conn.executescript(SCHEMA)
+                self._local.conn = conn
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"the transaction-log store (SQLite {self.path}) failed: {exc}") from exc
+
+    def ingest(self, batch: BatchId, records: Sequence[dict[str, Any]]) -> bool:
+        rows = []
+        for record in records:
+            row = list(row_of(record))
+            row[SUBJECTS_AT] = orjson.dumps(row[SUBJECTS_AT]).decode()
+            rows.append(row)
+        with self._conn(write=True) as conn:
+            found = conn.execute("SELECT applied FROM txlog_batches WHERE spool = ?", (batch.spool,)).fetchone()
+            if found is not None and int(found[0]) > batch.start:
+                return False
+            marks = ", ".join("?" * len(COLUMNS))
+            conn.executemany(f"INSERT INTO txlog ({', '.join(COLUMNS)}) VALUES ({marks})", rows)  # noqa: S608
+            conn.execute("INSERT INTO txlog_batches (spool, applied, updated) VALUES (?, ?, strftime('%s')) "
+                         "ON CONFLICT (spool) DO UPDATE SET applied = excluded.applied, updated = excluded.updated",
+                         (batch.spool, batch.end))  # fmt: skip
+        return True
+
+    def watermark(self, spool: str) -> int:
+        with self._conn() as conn:
+            found = conn.execute("SELECT applied FROM txlog_batches WHERE spool = ?", (spool,)).fetchone()
+        return int(found[0]) if found is not None else 0
+
+    def query(self, filters: Filters, start_us: int, end_us: int, limit: int, after: Cursor | None = None) -> Page:
+        clause, params = where(filters, start_us, end_us, after, DIALECT)
+        sql = (f"SELECT {', '.join(CALL_FIELDS)} FROM txlog WHERE {clause} "  # noqa: S608  # columns are constants
+               "ORDER BY time_in DESC, id DESC LIMIT ?")  # fmt: skip
+        with self._conn() as conn:
+            rows = [dict(zip(CALL_FIELDS, values, strict=True)) for values in conn.execute(sql, [*params, limit])]
+        last = rows[-1] if len(rows) == limit else None
+        return Page(rows, (last["time_in"], last["id"]) if last else None)
+
+    def latency(self, filters: Filters, start_us: int, end_us: int) -> Latency:
+        clause, params = where(filters, start_us, end_us, None, DIALECT)
+        sql = f"SELECT duration_ms FROM txlog WHERE {clause} ORDER BY duration_ms"  # noqa: S608
+        with self._conn() as conn:
+            ordered = [float(r[0]) for r in conn.execute(sql, params)]
+        return latency_of(ordered)
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            with self._conn() as conn:
+                conn.execute("SELECT 1")
+        except StoreUnavailable as exc:
+            return False, str(exc)
+        return True, f"sqlite {self.path}"
+
+    def drop_before(self, day_us: int) -> int:
+        with self._conn(write=True) as conn:
+            gone = conn.execute("DELETE FROM txlog WHERE time_in < ?", (day_us,)).rowcount
+            conn.execute("DELETE FROM txlog_batches WHERE updated < ?", (day_us // 1_000_000,))
+        return gone
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

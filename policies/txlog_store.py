@@ -1,0 +1,219 @@
+"""The central transaction log's store, behind one typed Protocol: PostgreSQL for deployments
+(policies/txlog_postgres.py: day partitions, COPY ingest) and SQLite for the demo (policies/txlog_sqlite.py).
+
+A store takes batches exactly once: `ingest(batch, records)` applies a spool's byte range [start, end) only when the
+store's watermark for that spool has not passed `start`, and moves the watermark to `end` in the same transaction as
+the rows, so a shipper that dies between "stored" and "noted" and ships the range again stores nothing twice
+(policies/txlog_ship.py). Times in and out of a store are integer microseconds since the epoch (UTC): exact keys
+for keyset paging, whatever the backend's own type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+# the stored columns, in COPY / INSERT order
+COLUMNS = (
+    "id", "time_in", "time_out", "request_out", "response_in", "duration_ms", "client", "service", "endpoint",
+    "method", "status", "outcome", "error_type", "request_bytes", "response_bytes", "xroad_id", "user_id", "purpose",
+    "subject_hmacs", "consumer_gateway", "provider_gateway", "gateway", "role",
+)  # fmt: skip
+# what a query answers for each call (no subject HMACs: they are for matching, not for reading)
+CALL_FIELDS = (
+    "id", "time_in", "time_out", "duration_ms", "client", "service", "endpoint", "method", "status", "outcome",
+    "error_type", "request_bytes", "response_bytes", "xroad_id", "user_id", "purpose", "consumer_gateway",
+    "provider_gateway", "gateway", "role",
+)  # fmt: skip
+TIME_COLUMNS = ("time_in", "time_out", "request_out", "response_in")
+MESH_ROLES = ("home", "local")  # the consumer's home gateway's record: each call once
+DAY_US = 86_400_000_000
+SQLITE_FILE = "txlog.sqlite3"
+
+Cursor = tuple[int, str]  # (time_in µs, id) of the last row of a page: the next page starts below it
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or failed; the caller retries (shipper) or answers 503 (ops API)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchId:
+    """A spool's byte range: `spool` names the file mesh-wide (<gateway>/<file id>), [start, end) its bytes."""
+
+    spool: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Every filter the ops API offers; None / empty matches all."""
+
+    client: str | None = None
+    service: str | None = None
+    endpoint: str | None = None
+    method: str | None = None
+    outcome: str | None = None
+    error_type: str | None = None
+    xroad_id: str | None = None
+    subject_hmacs: tuple[str, ...] = ()  # records holding any of them
+    roles: tuple[str, ...] = ()
+    member: str | None = None  # a member's view: records where it is the consumer's or the provider's member
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[dict[str, Any]]  # CALL_FIELDS, times in µs
+    next: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    count: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+class TxlogStore(Protocol):
+    def ingest(self, batch: BatchId, records: Sequence[dict[str, Any]]) -> bool:
+        """Store the batch's records and move its spool's watermark to batch.end, atomically; False (storing
+        nothing) when the watermark already passed batch.start."""
+        ...
+
+    def watermark(self, spool: str) -> int:
+        """How far the store has applied the spool (0: nothing yet)."""
+        ...
+
+    def query(self, filters: Filters, start_us: int, end_us: int, limit: int, after: Cursor | None = None) -> Page:
+        """Matching records with start <= time_in < end, newest first (time_in, then id, descending)."""
+        ...
+
+    def latency(self, filters: Filters, start_us: int, end_us: int) -> Latency:
+        """Exact percentiles (linear interpolation, as PostgreSQL's percentile_cont) of duration_ms."""
+        ...
+
+    def health(self) -> tuple[bool, str]:
+        """(reachable, a short detail for the health page)."""
+        ...
+
+    def drop_before(self, day_us: int) -> int:
+        """Retention: forget records with time_in before this UTC midnight; returns how many days/rows went."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def default_url(data_dir: Path) -> str:
+    """The demo's store when no TRANSACTION_LOG_URL is set: SQLite in the gateway's data dir."""
+    return f"sqlite:///{(data_dir / SQLITE_FILE).resolve()}"
+
+
+def open_store(url: str) -> TxlogStore:
+    """A store for a URL: postgresql://... (libpq; `options=-csearch_path=S` picks a schema) or sqlite:///PATH.
+    Nothing is connected yet: a store that is down fails its first call, not this one."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        from policies.txlog_postgres import PostgresStore
+
+        return PostgresStore(url.replace("postgresql+psycopg:", "postgresql:", 1))
+    if scheme == "sqlite":
+        from policies.txlog_sqlite import SqliteStore
+
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ValueError(f"transaction log URL {url!r}: sqlite:///PATH expected")
+        return SqliteStore(Path(path))
+    raise ValueError(f"transaction log URL {url!r}: only postgresql:// and sqlite:/// are supported")
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """percentile_cont: linear interpolation between the values around position fraction * (n - 1)."""
+    position = fraction * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_of(ordered: Sequence[float]) -> Latency:
+    if not ordered:
+        return Latency(0, None, None, None, None)
+    return Latency(len(ordered), percentile(ordered, 0.5), percentile(ordered, 0.9), percentile(ordered, 0.99),
+                   ordered[-1])  # fmt: skip
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ts(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def micros(value: datetime) -> int:
+    delta = value - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+def row_of(record: dict[str, Any]) -> tuple[Any, ...]:
+    """A spool record (times in epoch seconds) as a row in COLUMNS order, times in µs (None when unset)."""
+    values = []
+    for name in COLUMNS:
+        value = record.get(name)
+        if name in TIME_COLUMNS:
+            value = us(value) if value else None
+        elif name == "subject_hmacs":
+            value = list(value or ())
+        values.append(value)
+    if values[2] is None:  # time_out: a record always has one
+        values[2] = values[1]
+    return tuple(values)
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the SQL of the two stores' queries."""
+
+    mark: str  # the parameter placeholder
+    time: Any  # µs -> the value compared with time_in
+    subjects: Any  # tuple of HMACs -> (condition, params)
+
+
+def like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def where(filters: Filters, start_us: int, end_us: int, after: Cursor | None, d: Dialect) -> tuple[str, list[Any]]:
+    """The WHERE clause of a query (no leading keyword) and its parameters."""
+    m = d.mark
+    sql = [f"time_in >= {m}", f"time_in < {m}"]
+    params: list[Any] = [d.time(start_us), d.time(end_us)]
+    for column in ("client", "service", "endpoint", "method", "outcome", "error_type", "xroad_id"):
+        value = getattr(filters, column)
+        if value is not None:
+            sql.append(f"{column} = {m}")
+            params.append(value)
+    if filters.roles:
+        sql.append(f"role IN ({', '.join([m] * len(filters.roles))})")
+        params += filters.roles
+    if filters.member is not None:
+        prefix = like_prefix(filters.member + "/")
+        sql.append(f"(client LIKE {m} ESCAPE '\\' OR service LIKE {m} ESCAPE '\\')")
+        params += [prefix, prefix]
+    if filters.subject_hmacs:
+        condition, values = d.subjects(filters.subject_hmacs)
+        sql.append(condition)
+        params += values
+    if after is not None:
+        sql.append(f"(time_in < {m} OR (time_in = {m} AND id < {m}))")
+        params += [d.time(after[0]), d.time(after[0]), after[1]]
+    return " AND ".join(sql), params
