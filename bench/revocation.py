@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import math
 import multiprocessing as mp
+import queue
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from bench import registry_snapshot
 from bench.revocation_clients import Setup, cold_start, key_path
@@ -61,6 +63,14 @@ class Registry:
     def cpu_ms(self) -> float:
         return cpu_seconds(self.pid) * 1000
 
+    def redis_connections(self) -> int:
+        """Connections Redis has accepted so far: the registry's pool opening new ones shows here."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(client.info("stats")["total_connections_received"])
+        finally:
+            client.close()
+
     def version(self, gateway: str) -> int:
         r = self.admin.snapshot(gateway=gateway, held=2**62)  # 304 with the current version as ETag
         return int(r.headers["etag"].strip('"'))
@@ -82,17 +92,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def registry_up(work: Path) -> Iterator[Registry]:
-    """`lienthong registry init` + `serve` on a throw-away Redis, with its admin client."""
+def registry_up(work: Path, redis_pool: int = 0) -> Iterator[Registry]:
+    """`lienthong registry init` + `serve` on a throw-away Redis, with its admin client; `redis_pool` > 0 sets the
+    registry's Redis pool size (`?max_connections=` in its URL), else redis-py's default (100 in redis-py 8)."""
     exe = Path(sys.executable).parent / "lienthong"
     data = work / "registry"
+    log = (work / "registry.log").open("wb")
     subprocess.run([str(exe), "registry", "init", "--data-dir", str(data)], check=True, capture_output=True)
-    redis = EmbeddedRedis(work / "redis", durable=False)
-    url, port = redis.start(), free_port()
+    server = EmbeddedRedis(work / "redis", durable=False)
+    url, port = server.start(), free_port()
+    pool = f"{url}?max_connections={redis_pool}" if redis_pool else url
     proc = subprocess.Popen(
-        [str(exe), "registry", "serve", "--port", str(port), "--data-dir", str(data), "--redis-url", url,
+        [str(exe), "registry", "serve", "--port", str(port), "--data-dir", str(data), "--redis-url", pool,
          "--upstream-allow", "10.0.0.0/8:8080"],  # the world's upstreams, never called
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"https://127.0.0.1:{port}"
     admin = RegistryClient(base, data / "admin.key", ca=data / "ca.crt")
@@ -107,16 +120,20 @@ def registry_up(work: Path) -> Iterator[Registry]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("the registry did not start")
             time.sleep(0.1)
-        assert redis.process is not None
-        yield Registry(base, work, proc.pid, redis.process.pid, url, admin)
+        assert server.process is not None
+        yield Registry(base, work, proc.pid, server.process.pid, url, admin)
+    except Exception as exc:  # say what the registry logged: a 503 alone does not say why
+        tail = (work / "registry.log").read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"{type(exc).__name__}: {exc}; the registry's log ends: {' | '.join(tail)}") from exc
     finally:
+        log.close()
         admin.close()
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        redis.stop()
+        server.stop()
 
 
 def populate(reg: Registry, services: int, gateways: int) -> list[str]:
@@ -194,7 +211,13 @@ class Clients:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RuntimeError(f"{len(got)} of {count} gateways reported '{kind}' within {timeout:g} s")
-            message = self.out.get(timeout=remaining)
+            try:
+                message = self.out.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                dead = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a client process exited with {dead[0]} before reporting '{kind}'") from None
+                continue
             if message[0] == "error":
                 raise RuntimeError(f"a client process failed: {message[1]}")
             if message[0] == kind and (kind != "sent" or message[1] is not None):
@@ -220,6 +243,17 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(len(ordered) * q / 100) - 1))]
 
 
+def settle(reg: Registry, idle_ms_per_s: float, least: float = 1.0, most: float = 60.0) -> None:
+    """Wait until the registry has spent no more than its idle CPU (plus 1 ms) over a quarter of a second."""
+    started = time.monotonic()
+    while time.monotonic() - started < most:
+        before = reg.cpu_ms()
+        time.sleep(0.25)
+        if reg.cpu_ms() - before <= idle_ms_per_s / 4 + 1.0 and time.monotonic() - started >= least:
+            return
+    raise RuntimeError(f"the registry was still busy {most:g} s after the gateways' long polls were sent")
+
+
 def measure_round(
     reg: Registry, clients: Clients, codes: list[str], held: int, grant: str, idle_ms_per_s: float
 ) -> dict[str, float]:
@@ -228,7 +262,8 @@ def measure_round(
     started, wall = reg.cpu_ms(), time.monotonic()
     clients.start_round(codes, held)
     clients.take("sent", len(codes), 120)
-    time.sleep(1.5)  # each request is authenticated and parked by now
+    settle(reg, idle_ms_per_s)  # every request is authenticated and parked: the registry is idle again
+    connections = reg.redis_connections()
     parked, redis_before = reg.cpu_ms(), cpu_seconds(reg.redis_pid)
     park_ms = parked - started - idle_ms_per_s * (time.monotonic() - wall)  # less what it spends idle meanwhile
     t0 = time.monotonic()
@@ -237,6 +272,7 @@ def measure_round(
     got: list[dict[str, Any]] = clients.take("got", len(codes), 120)
     total = reg.cpu_ms() - parked
     redis_ms = (cpu_seconds(reg.redis_pid) - redis_before) * 1000
+    connections = reg.redis_connections() - connections - 1  # less the second count's own
     if any(g["kind"] != "delta" or g["revoked"] != [grant] for g in got):
         raise RuntimeError(f"a gateway did not get the delta revoking {grant} alone: {got[0]}")
     applies = [g for g in got if "apply_s" in g]
@@ -252,6 +288,7 @@ def measure_round(
         "park_cpu_ms_per_gateway": round(park_ms / g_count, 3),  # with a TLS handshake where a connection is new
         "total_cpu_ms": round(total, 2),
         "redis_cpu_ms": round(redis_ms, 2),
+        "redis_new_connections": connections,  # opened by the registry for this one change
         "revoke_call_ms": round(revoke_ms, 2),
         "delta_bytes": max(g["bytes"] for g in got),
         "apply_ms": round(apply_s * 1000, 2),
@@ -265,10 +302,12 @@ def measure_round(
     }
 
 
-def measure_size(services: int, gateway_counts: list[int], processes: int, work: Path) -> dict[str, Any]:
+def measure_size(
+    services: int, gateway_counts: list[int], processes: int, work: Path, redis_pool: int
+) -> dict[str, Any]:
     """Every figure at one size: cold start, (a), then (b) for each number of gateways."""
     out: dict[str, Any] = {"grants": services * GRANTS_PER_SERVICE}
-    with registry_up(work) as reg:
+    with registry_up(work, redis_pool) as reg:
         codes = populate(reg, services, max(gateway_counts))
         grants = (registry_snapshot.grant_id(n) for n in itertools.count())
         out["cold_start"] = measure_cold_start(reg, codes[0])
@@ -319,18 +358,22 @@ def headline(size: dict[str, Any], count: int, fewer: int | None) -> dict[str, f
     return out
 
 
-def run(services: int = 10_000, gateways: int = 100, steps: int = 2, processes: int = 4) -> dict[str, Any]:
+def run(
+    services: int = 10_000, gateways: int = 100, steps: int = 2, processes: int = 4, redis_pool: int = 1000
+) -> dict[str, Any]:
     """Measure at `services` services (ten grants each) and `gateways` gateways, and at a tenth, a hundredth, ...
-    of each for `steps` > 1; `processes` client processes share the gateways."""
+    of each for `steps` > 1; `processes` client processes share the gateways. With redis-py's default pool of 100
+    connections (`redis_pool=0`) the registry answers 503 "Too many connections" when 100 long polls wake at once,
+    so the run gives it a larger pool by default."""
     sizes = [services // 10**k for k in reversed(range(steps))]
     counts = [gateways // 10**k for k in reversed(range(steps))]
     if min(sizes) < 1 or min(counts) < 1:
         raise ValueError("steps too many for these sizes")
     out: dict[str, Any] = {"services": services, "grants": services * GRANTS_PER_SERVICE, "gateways": gateways,
-                           "processes": min(processes, gateways)}  # fmt: skip
+                           "processes": min(processes, gateways), "redis_pool": redis_pool}  # fmt: skip
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="revocation-") as tmp:
-            out[f"s{size}"] = measure_size(size, counts, processes, Path(tmp))
+            out[f"s{size}"] = measure_size(size, counts, processes, Path(tmp), redis_pool)
     fewer = counts[-2] if len(counts) > 1 else None
     top = headline(out[f"s{services}"], gateways, fewer)
     out.update(top)
