@@ -167,7 +167,7 @@ class OpsHandlers:
         return _json({"records": [rec for _, rec in page], "next_page_token": token})
 
     async def calls(self, **params: Any) -> ConnexionResponse:
-        return await self.calls_api.calls(principal(), connexion.request.headers.get("accept", ""), params)
+        return await self.calls_api.calls(principal(), params)
 
     async def calls_latency(self, **params: Any) -> ConnexionResponse:
         return await self.calls_api.latency(principal(), params)

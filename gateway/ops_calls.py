@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import connexion
 import orjson
 from connexion.lifecycle import ConnexionResponse
 
@@ -43,6 +44,8 @@ log = logging.getLogger("lienthong.gateway.ops")
 
 DEFAULT_WINDOW_US = 86_400_000_000  # without `from`: the last 24 hours before `to`
 CSV_TYPE = "text/csv; charset=utf-8"
+FILTER_PARAMS = frozenset({"from", "to", "client", "service", "endpoint", "roles"})
+CALLS_PARAMS = FILTER_PARAMS | {"outcome", "error_type", "xroad_id", "subject", "limit", "page_token", "format"}
 T = TypeVar("T")
 
 
@@ -88,6 +91,13 @@ def split_endpoint(value: str | None) -> tuple[str | None, str | None]:
 def of_call(xroad_id: str, keep: Callable[[dict[str, Any]], bool] | None) -> Callable[[dict[str, Any]], bool]:
     """An audit-record filter: the call's records (by X-Road-Id) among those `keep` lets the asker see."""
     return lambda record: record.get("transaction_id") == xroad_id and (keep is None or keep(record))
+
+
+def refuse_unknown(allowed: frozenset[str]) -> None:
+    """400 naming the first query parameter the operation does not take (a typo must not widen a query)."""
+    unknown = sorted(set(connexion.request.query_params) - allowed)
+    if unknown:
+        raise bad_request(unknown[0][:60], f"unknown query parameter {unknown[0][:60]!r}")
 
 
 def _cell(value: Any) -> Any:
@@ -144,7 +154,8 @@ class CallsApi:
             roles=MESH_ROLES if roles == "mesh" else (), member=None if who.operator else who.member,
         )  # fmt: skip
 
-    async def calls(self, who: Principal, accept: str, params: dict[str, Any]) -> ConnexionResponse:
+    async def calls(self, who: Principal, params: dict[str, Any]) -> ConnexionResponse:
+        refuse_unknown(CALLS_PARAMS)
         limit = int(params.get("limit", 100))
         if not 1 <= limit <= 1000:
             raise bad_request("limit", "limit must be 1..1000")
@@ -155,11 +166,13 @@ class CallsApi:
         page = await self._run(self.store.query, filters, start, end, limit, after)
         rows = [{**row, "time_in": iso(row["time_in"]), "time_out": iso(row["time_out"])} for row in page.rows]
         next_token = encode_token(page.next) if page.next is not None else None
-        if params.get("format") == "csv" or (params.get("format") is None and "text/csv" in accept.lower()):
+        wanted = params.get("format_")  # connexion's name for `format`, a Python builtin
+        if wanted == "csv" or (wanted is None and "text/csv" in connexion.request.headers.get("accept", "").lower()):
             return _response(to_csv(rows), CSV_TYPE, {"X-Next-Page-Token": next_token} if next_token else None)
         return _response(orjson.dumps({"calls": rows, "next_page_token": next_token}), "application/json")
 
     async def latency(self, who: Principal, params: dict[str, Any]) -> ConnexionResponse:
+        refuse_unknown(FILTER_PARAMS)
         filters = self.filters(who, params, params.get("roles", "mesh"))
         start, end = window(params.get("from_"), params.get("to"), open_start=False)
         result = await self._run(self.store.latency, filters, start, end)
