@@ -1,5 +1,7 @@
 """The operations dashboard in a real headless Chromium (Debian's package) over a real mesh: after a known burst of
-calls, the numbers on the page equal the operations API's numbers and the burst, from any gateway; saves a
+calls, the numbers on the page equal the operations API's numbers and the burst, by outcome class, from any gateway;
+a click on a count lists its calls and a call opens its audit record; every table exports CSV; a frozen connector
+(SIGSTOP) shows down while its gateway is up and fires the provider-failure alert. One mesh for all; saves a
 screenshot (var/screenshots/dashboard.png; with LIENTHONG_UPDATE_SCREENSHOT=1 it replaces docs/dashboard.png, the
 README's picture, so an ordinary test run leaves the work tree clean).
 
@@ -8,13 +10,17 @@ Chromium is installed with apt-get when missing and the tests run as root; elsew
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -24,7 +30,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.alerts import load_rules, prometheus_rules
 from gateway.ops_auth import mint_member_token, operator_token_from
 from lienthong import keys, tokens
 from lienthong.cli.mesh_layout import (
@@ -40,6 +48,8 @@ from lienthong.cli.mesh_layout import (
 from lienthong.cli.mesh_up import Mesh, MeshConfig, start
 from lienthong.mesh_client import MeshClient
 from lienthong.redis_connection import free_port
+from tests.test_dashboard_browser import Browser
+from tests.test_helm_chart import promql_references
 
 BIRTH = "birth-registration"
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +152,7 @@ class Burst:
     mesh: Mesh
     started: datetime
     statuses: Counter[tuple[str, int]]  # (consumer, status) -> calls
+    first_scrape: str  # national's /metrics right after the mesh started, before any call or /readyz
 
 
 def _sample(mesh: Mesh, database: str, sql: str, n: int) -> list[str]:
@@ -153,14 +164,18 @@ def _sample(mesh: Mesh, database: str, sql: str, n: int) -> list[str]:
 
 
 def send_burst(mesh: Mesh) -> Counter[tuple[str, int]]:
-    """31 calls from three consumers at three home gateways: 26 served, 5 refused by the mesh (wrong purpose)."""
+    """34 calls from three consumers at three home gateways: 26 found, 3 no data (an unknown person), 5 not
+    permitted (the mesh refuses a purpose the grant lacks)."""
     people = _sample(mesh, "population", "SELECT id FROM persons ORDER BY id LIMIT :n", 10)
+    # a well-formed personal ID no one has (the last one's successor): the connector answers 404, declared no data
+    nobody = str(int(_sample(mesh, "population", "SELECT id FROM persons ORDER BY id DESC LIMIT :n", 1)[0]) + 1)
     firms = _sample(mesh, "business", "SELECT code FROM enterprises WHERE parent_code IS NULL ORDER BY code LIMIT :n",
                     6)  # fmt: skip
     insured = _sample(mesh, "insurance", "SELECT si_number FROM insured ORDER BY si_number LIMIT :n", 8)
     rng = random.Random(5)
     plan = (
         [(MOJ, "national", f"{POPULATION}/persons/{rng.choice(people)}", VERIFY) for _ in range(12)]
+        + [(MOJ, "national", f"{POPULATION}/persons/{nobody.zfill(12)}", VERIFY) for _ in range(3)]
         + [(NGHEAN_CIVIL, "nghean", f"{INSURANCE}/insured/{rng.choice(insured)}", BIRTH) for _ in range(8)]
         + [(HANOI_PORTAL, "hanoi", f"{BUSINESS}/enterprises/{rng.choice(firms)}", LICENSING) for _ in range(6)]
         + [(HANOI_PORTAL, "hanoi", f"{POPULATION}/persons/{rng.choice(people)}", LICENSING) for _ in range(5)]
@@ -190,9 +205,17 @@ def burst(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
     started = datetime.now(UTC)
     mesh = start(config, say=lambda line: None)
     try:
-        yield Burst(mesh, started, send_burst(mesh))
+        first_scrape = scrape(mesh, "national")
+        yield Burst(mesh, started, send_burst(mesh), first_scrape)
     finally:
         mesh.stop()
+
+
+def scrape(mesh: Mesh, gateway: str) -> str:
+    """/metrics as a local Prometheus reads it (loopback, no token)."""
+    r = httpx.get(f"{mesh.gateway_urls[gateway]}/metrics", timeout=10, verify=mesh.verify)
+    assert r.status_code == 200, r.text
+    return r.text
 
 
 def token(mesh: Mesh, gateway: str) -> str:
@@ -225,8 +248,23 @@ def metered(b: Burst, expected: int) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def ms(value: float) -> str:
+    """The page's rendering of a latency in ms (dashboard.js `ms`)."""
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 1000 else f"{round(value):,}"
+
+
+def logged(b: Burst, expected: int) -> None:
+    """Wait until the transaction log holds the burst's calls (it promises 5 s)."""
+    deadline = time.monotonic() + 30
+    window = {"from": (b.started - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"), "limit": "1000"}
+    while len(ops(b.mesh, "national", "calls", **window)["calls"]) < expected:
+        assert time.monotonic() < deadline, "the transaction log did not get the burst within 30 s"
+        time.sleep(0.2)
+
+
 def test_the_burst_went_through_as_planned(burst: Burst) -> None:
-    assert burst.statuses == {(MOJ, 200): 12, (NGHEAN_CIVIL, 200): 8, (HANOI_PORTAL, 200): 6, (HANOI_PORTAL, 403): 5}
+    assert burst.statuses == {(MOJ, 200): 12, (MOJ, 404): 3, (NGHEAN_CIVIL, 200): 8, (HANOI_PORTAL, 200): 6,
+                              (HANOI_PORTAL, 403): 5}  # fmt: skip
 
 
 def test_dashboard_numbers_equal_the_metering_api_and_the_burst(burst: Burst, chromium: str, tmp_path: Path) -> None:
@@ -235,6 +273,7 @@ def test_dashboard_numbers_equal_the_metering_api_and_the_burst(burst: Burst, ch
     for (consumer, _), n in burst.statuses.items():
         per_consumer[consumer] += n
     api = metered(burst, sent)
+    logged(burst, sent)
     assert api["total"] == sent
     assert {g["consumer"]: g["count"] for g in api["groups"]} == per_consumer
 
@@ -251,21 +290,26 @@ def test_dashboard_numbers_equal_the_metering_api_and_the_burst(burst: Burst, ch
     assert number(v[("total", None)]) == sent
     assert {key: number(text) for (tid, key), text in v.items() if tid == "series-total"} == per_consumer
     assert {key: number(text) for (tid, key), text in v.items() if tid == "consumer-count"} == per_consumer
-    assert number(v[("consumer-refused", HANOI_PORTAL)]) == burst.statuses[(HANOI_PORTAL, 403)]
 
+    # the outcome classes kept apart: answers (found, no data, not permitted) are not errors
     errors = ops(mesh, "national", "errors", window="hour")
-    assert (errors["platform_errors"], errors["provider_errors"], errors["refused"]) == (0, 0, 5)
-    assert number(v[("platform-errors", None)]) == errors["platform_errors"]
-    assert number(v[("provider-errors", None)]) == errors["provider_errors"]
-    assert number(v[("refused", None)]) == errors["refused"]
-    assert v[("provider-error-rate", None)] == f"{100 * errors['provider_error_rate']:.2f}%"
+    expected = {"found": 26, "no-data": 3, "not-permitted": 5, "client-error": 0, "provider-failure": 0,
+                "platform-failure": 0}  # fmt: skip
+    assert errors["outcomes"] == expected
+    assert {o: number(v[(f"count-{o}", None)]) for o in expected} == expected
+    for rate in ("client-error", "provider-failure", "platform-failure"):
+        assert v[(f"rate-{rate}", None)] == "0.00%"
+    assert v[("rate-answers", None)] == "100.00% of calls"
+    assert number(v[("service-no-data", POPULATION)]) == 3 and number(v[("service-found", POPULATION)]) == 12
+    assert number(v[("service-not-permitted", POPULATION)]) == 5
 
-    latency = ops(mesh, "national", "service-latency", window="hour")["items"]
-    assert {i["service"]: i["count"] for i in latency} == {POPULATION: 17, INSURANCE: 8, BUSINESS: 6}
-    for item in latency:
-        assert number(v[("latency-count", item["service"])]) == item["count"]
-        assert number(v[("latency-p50", item["service"])]) == int(item["p50_ms"])
-        assert number(v[("latency-p99", item["service"])]) == int(item["p99_ms"])
+    # exact percentiles from the transaction log, not histogram bounds
+    assert "exact" in v[("latency-source", None)]
+    window = {"from": (burst.started - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    for service, n in {POPULATION: 20, INSURANCE: 8, BUSINESS: 6}.items():
+        exact = ops(mesh, "national", "calls/latency", service=service, **window)
+        assert exact["count"] == n == number(v[("latency-count", service)])
+        assert v[("latency-p50", service)] == ms(exact["p50_ms"]) and v[("latency-p99", service)] == ms(exact["p99_ms"])
 
     # the registry keeps publishing snapshots, so a version may move while the page loads; it lies between the
     # heartbeats read just before and just after, and the heartbeats follow each gateway's own /health
@@ -290,7 +334,7 @@ def test_any_gateway_serves_the_same_mesh_wide_numbers_and_a_screenshot(
     month = ops(mesh, "hanoi", "timeseries", window="month", group_by="service")
     assert number(page.values[("total", None)]) == month["total"] == sent
     shown = {key: number(text) for (tid, key), text in page.values.items() if tid == "series-total"}
-    assert shown == {s["key"]: s["total"] for s in month["series"]} == {POPULATION: 17, INSURANCE: 8, BUSINESS: 6}
+    assert shown == {s["key"]: s["total"] for s in month["series"]} == {POPULATION: 20, INSURANCE: 8, BUSINESS: 6}
 
     shot_url = login_link(mesh, "national", "window=hour&group_by=service")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -327,3 +371,142 @@ def test_a_member_link_shows_only_that_members_calls(burst: Burst, chromium: str
     assert number(page.values[("total", None)]) == mine
     assert {key for (tid, key) in page.values if tid == "consumer-count"} == {NGHEAN_CIVIL}
     assert page.values[("who", None)].startswith(f"member {NGHEAN_CIVIL}")
+
+
+def test_metrics_are_set_right_after_start_and_hold_every_series_an_alert_reads(burst: Burst) -> None:
+    """The snapshot gauges read the snapshot in use from the first scrape on (they used to read 0 until a /readyz),
+    and so do the certificate, spool and connector gauges; after the burst, every metric the alert rules read is in
+    a live gateway's scrape (Prometheus's own `up` aside)."""
+    first = {s.name: s for f in text_string_to_metric_families(burst.first_scrape) for s in f.samples}
+    assert first["lienthong_gateway_snapshot_version"].value >= 1
+    assert abs(first["lienthong_gateway_snapshot_confirmed_timestamp_seconds"].value - time.time()) < 600
+    assert first["lienthong_gateway_certificate_expiry_seconds"].value > 86400
+    up = {s.labels["service"]: s.value for f in text_string_to_metric_families(burst.first_scrape) for s in f.samples
+          if s.name == "lienthong_gateway_connector_up"}  # fmt: skip
+    assert up == {POPULATION: 1, INSURANCE: 1, BUSINESS: 1}  # national's connectors, none called yet
+    assert "lienthong_gateway_spool_backlog_bytes" in first
+
+    metered(burst, sum(burst.statuses.values()))
+    live = {s.name for f in text_string_to_metric_families(scrape(burst.mesh, "national")) for s in f.samples}
+    for rule in prometheus_rules(load_rules())["groups"][0]["rules"]:
+        names, _ = promql_references(rule["expr"])
+        assert set(names) - {"up"} <= live, (rule["alert"], set(names) - live)
+
+
+# --------------------------------------------------------------------------------------------- clicks, in DevTools
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    root = tmp_path_factory.mktemp("browser")
+    b = Browser(chromium, CHROMIUM_FLAGS, root / "profile", root / "downloads")
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def open_dashboard(b: Browser, mesh: Mesh, query: str = "window=hour&group_by=consumer") -> None:
+    b.go(login_link(mesh, "national", query))
+    b.wait("document.body.dataset.state === 'ready'", "the dashboard to load")
+
+
+def test_a_count_opens_its_calls_and_a_call_its_audit_record(burst: Burst, browser: Browser) -> None:
+    sent = sum(burst.statuses.values())
+    metered(burst, sent)
+    logged(burst, sent)
+    mesh = burst.mesh
+    open_dashboard(browser, mesh)
+    browser.click('[data-testid="count-not-permitted"]')
+    browser.wait("document.body.dataset.calls === 'ready'", "the calls behind the count")
+    assert browser.texts('[data-testid="call-outcome"]').values() and set(
+        browser.texts('[data-testid="call-outcome"]').values()) == {"not-permitted"}
+    refused = browser.texts('[data-testid="call-client"]')
+    assert len(refused) == burst.statuses[(HANOI_PORTAL, 403)] and set(refused.values()) == {HANOI_PORTAL}
+    assert set(browser.texts('[data-testid="call-status"]').values()) == {"403"}
+
+    # a count in a table: the no-data answers of MOJ's unknown person, then one of them opens its audit record
+    browser.click(f'[data-testid="service-no-data"][data-key="{POPULATION}"]')
+    browser.wait("document.body.dataset.calls === 'ready'", "the calls behind the table's count")
+    ids = browser.texts('[data-testid="call-open"]')
+    assert len(ids) == 3 and set(browser.texts('[data-testid="call-error-type"]').values()) == {"http-404"}
+    listed = ops(mesh, "national", "calls", outcome="no-data", service=POPULATION, limit="100",
+                 **{"from": (burst.started - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")})["calls"]
+    assert {c["xroad_id"] for c in listed} == set(ids)
+    xroad_id = next(iter(ids))
+    browser.click(f'[data-testid="call-open"][data-key="{xroad_id}"]')
+    browser.wait("document.body.dataset.audit === 'ready'", "the call's audit record")
+    fields = browser.texts('[data-testid="audit-field"]')
+    assert fields["transaction_id"] == xroad_id and fields["client"] == MOJ and fields["status"] == "404"
+
+
+def test_every_table_exports_csv(burst: Burst, browser: Browser) -> None:
+    metered(burst, sum(burst.statuses.values()))
+    open_dashboard(browser, burst.mesh)
+    browser.click('button[data-csv="top-consumers"]')
+    rows = list(csv.reader(io.StringIO(browser.download("lienthong-top-consumers.csv"))))
+    assert rows[0][:2] == ["consumer", "calls"]
+    per_consumer: Counter[str] = Counter()
+    for (consumer, _), n in burst.statuses.items():
+        per_consumer[consumer] += n
+    assert {r[0]: int(r[1]) for r in rows[1:]} == per_consumer
+    assert len(browser.js("[...document.querySelectorAll('button[data-csv]')].map((b) => b.dataset.csv)")) >= 7
+
+    # the calls list exports every matching call, from the server's CSV
+    browser.click('[data-testid="count-found"]')
+    browser.wait("document.body.dataset.calls === 'ready'", "the found calls")
+    browser.click('[data-testid="csv-calls"]')
+    text = browser.download("lienthong-calls.csv")
+    calls = list(csv.DictReader(io.StringIO(text)))
+    assert len(calls) == 26, text[:500]
+    assert {c["outcome"] for c in calls} == {"found"} and {c["role"] for c in calls} <= {"home", "local"}
+    assert {c["xroad_id"] for c in calls} >= set(browser.texts('[data-testid="call-open"]'))
+
+
+def test_a_frozen_connector_shows_down_and_fires_the_provider_failure_alert(burst: Burst, browser: Browser) -> None:
+    """SIGSTOP the population connector: calls to it time out (5 s at most), its gateway stays up, the connector shows
+    down, and with 3 failures in 37 calls the provider-failure rate (8%) passes its 5% threshold. SIGCONT ends it."""
+    mesh = burst.mesh
+    metered(burst, sum(burst.statuses.values()))
+    key = f"connector:{POPULATION}"
+    process = mesh.supervisor.component("population").process
+    assert process is not None
+    client = mesh.client(MOJ, "national")
+    people = _sample(mesh, "population", "SELECT id FROM persons ORDER BY id LIMIT :n", 1)
+    os.killpg(process.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            statuses = list(pool.map(lambda _: client.call("GET", f"{POPULATION}/persons/{people[0]}", VERIFY)
+                                     .status_code, range(3)))  # fmt: skip
+        assert set(statuses) <= {502, 504}, statuses  # no answer in time, or no connection in time: the provider's
+        deadline = time.monotonic() + 20
+        while True:  # the heartbeat carries it within its 2 s interval
+            items = {f"{i['kind']}:{i['name']}": i for i in ops(mesh, "national", "components")["items"]}
+            if items[key]["status"] == "down" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert items[key]["status"] == "down" and items[key]["recent_timeouts"] + items[key]["recent_failures"] >= 3
+        assert items["gateway:national"]["status"] == "up"
+        alerts = {r["name"]: r for r in ops(mesh, "national", "alerts")["rules"]}
+        assert alerts["LienthongProviderFailureRate"]["state"] == "firing"
+        assert alerts["LienthongComponentDown"]["state"] == "firing"
+        open_dashboard(browser, mesh)
+        shown = browser.wait(f"(document.querySelector('[data-testid=\"component-status\"][data-key=\"{key}\"]') "
+                             "|| {}).textContent", "the components panel")  # fmt: skip
+        assert shown == "down"
+        assert browser.texts('[data-testid="component-status"]')["gateway:national"] == "up"
+        states = browser.texts('[data-testid="alert-state"]')
+        assert states["LienthongProviderFailureRate"] == "firing" and states["LienthongPlatformFailureRate"] == "ok"
+        assert number(browser.text('[data-testid="count-provider-failure"]')) == 3
+    finally:
+        os.killpg(process.pid, signal.SIGCONT)
+    time.sleep(0.5)
+    assert client.call("GET", f"{POPULATION}/persons/{people[0]}", VERIFY).status_code == 200
+    client.close()
+    deadline = time.monotonic() + 20
+    while True:
+        items = {f"{i['kind']}:{i['name']}": i for i in ops(mesh, "national", "components")["items"]}
+        if items[key]["status"] == "up" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert items[key]["status"] == "up"

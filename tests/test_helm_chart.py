@@ -1254,3 +1254,77 @@ def test_both_profiles_pass_kubectl_and_the_kubernetes_schemas(tmp_path: Path, p
             kubernetes_validate.validate(doc, "1.30", strict=True)
     for path in PROFILES.values():
         assert _schema_errors(_render.values_for([path])) == []
+
+
+# --------------------------------------------------------------------------------------------------- alerts
+
+ALERT_RULE_SCHEMA = {  # a PrometheusRule's spec.groups[].rules[] as the Prometheus Operator's CRD has it (alerts)
+    "type": "object",
+    "required": ["alert", "expr", "for", "labels", "annotations"],
+    "properties": {
+        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "expr": {"type": "string", "minLength": 1},
+        "for": {"type": "string", "pattern": "^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"},
+        "labels": {"type": "object", "required": ["severity"], "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "required": ["summary"], "additionalProperties": {"type": "string"}},
+    },
+    "additionalProperties": False,
+}
+
+
+def _alert_manifests(prometheus_rule: bool) -> list[dict[str, Any]]:
+    values = _render.values_for([PROFILES["national"]])
+    values["metrics"]["alerts"]["prometheusRule"] = prometheus_rule
+    text = _render.render(values)["prometheus-rules.yaml"]
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_the_charts_alert_rules_are_generated_from_the_one_definition() -> None:
+    """helm/lienthong/files/prometheus-rules.yaml is `python -m gateway.alerts`'s output for gateway/alert_rules.yaml,
+    so the chart and /ops/v1/alerts cannot drift apart."""
+    done = subprocess.run([sys.executable, "-m", "gateway.alerts"], capture_output=True, text=True, timeout=60,
+                          cwd=CHART.parent.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (CHART / "files" / "prometheus-rules.yaml").read_text() == done.stdout
+
+
+@pytest.mark.parametrize("prometheus_rule", [False, True])
+def test_alert_rules_render_as_a_rules_configmap_or_a_prometheusrule(prometheus_rule: bool) -> None:
+    from gateway.alerts import load_rules
+
+    (doc,) = _alert_manifests(prometheus_rule)
+    if prometheus_rule:
+        assert (doc["apiVersion"], doc["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+        groups = doc["spec"]["groups"]
+    else:
+        assert doc["kind"] == "ConfigMap"
+        groups = yaml.safe_load(doc["data"]["lienthong-alerts.yaml"])["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    for rule in rules:
+        jsonschema.validate(rule, ALERT_RULE_SCHEMA)
+    assert [r["alert"] for r in rules] == [r.name for r in load_rules()]
+    signals = {r["labels"]["signal"] for r in rules}
+    assert signals == {"outcome_rate", "latency_p99", "snapshot_age", "certificate_expiry", "spool_backlog",
+                       "component_down"}  # fmt: skip
+    classes = {m.group(1) for r in rules for m in [re.search(r'outcome="([^"]+)"', r["expr"])] if m}
+    assert classes == {"provider-failure", "platform-failure", "client-error"}
+
+
+def test_alert_expressions_read_only_exported_metrics_and_labels() -> None:
+    """No promtool here: every expression's selectors must name series /metrics exports (up aside, Prometheus's own)
+    with labels they have, its parentheses balance, and it ends in a comparison with the rule's threshold.
+    tests/test_dashboard.py checks the same names against a live gateway's scrape."""
+    (doc,) = _alert_manifests(True)
+    series = exported_series() | {"up": set()}
+    for rule in doc["spec"]["groups"][0]["rules"]:
+        expr = rule["expr"]
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+        assert re.search(r"\s[<>]\s-?[\d.e+]+$", expr), expr
+        metrics, grouping = promql_references(expr)
+        assert metrics, expr
+        known = set(TARGET_LABELS) | {"le"}
+        for name, labels in metrics.items():
+            assert name in series, f"{name} is not exported (in {rule['alert']})"
+            assert labels <= series[name] | TARGET_LABELS, (name, labels)
+            known |= series[name]
+        assert grouping <= known, (rule["alert"], grouping - known)

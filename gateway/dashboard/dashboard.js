@@ -1,5 +1,7 @@
 // The operations dashboard: fetch the ops API's dashboard queries every few seconds and draw them (SVG chart, tables).
-// Plain browser JavaScript, no library: the page must work on a mesh with no internet access.
+// Plain browser JavaScript, no library: the page must work on a mesh with no internet access. This file holds the
+// token, the API, the counts and the refresh loop, and shares its helpers as window.LT; dashboard-panels.js adds the
+// alerts, components, the calls behind a count, audit records and CSV export.
 // Every query carries a bearer token, kept in this tab's session storage: it comes from the link
 // `lienthong ops login` prints (in the URL fragment, which no server sees; moved off the address bar at once) or is
 // pasted into the login box. A 401 forgets it and shows the box again.
@@ -18,11 +20,14 @@
   const TOKEN_KEY = "lienthong-ops-token";
 
   class Unauthorized extends Error {}
+  class NotFound extends Error {}
 
   const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
   const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
   const pct = (rate) => `${(100 * rate).toFixed(2)}%`;
-  const ms = (v) => (v === null || v === undefined ? "> 10000" : fmt(v));
+  // exact latencies are fractions of a millisecond on a fast mesh: keep two significant decimals below 10 ms
+  const ms = (v) => (v === null || v === undefined ? "–" : v < 10 ? v.toFixed(2) : v < 1000 ? v.toFixed(1) : fmt(Math.round(v)));
+  const OUTCOMES = ["found", "no-data", "not-permitted", "client-error", "provider-failure", "platform-failure"];
 
   function el(tag, attrs, text) {
     const node = document.createElement(tag);
@@ -90,6 +95,7 @@
       try { detail = (await r.json()).detail || detail; } catch (e) { /* not a problem document */ }
       throw new Unauthorized(detail);
     }
+    if (r.status === 404) throw new NotFound(path);
     if (!r.ok) {
       let detail = `${r.status}`;
       try { detail = (await r.json()).detail || detail; } catch (e) { /* not a problem document */ }
@@ -187,49 +193,80 @@
 
   // ---- the sections ------------------------------------------------------------------------------------------------
 
+  // a count that lists its calls when clicked (dashboard-panels.js): filter = {outcome, client, service}
+  function countCell(n, filter, testid, key) {
+    const td = el("td", { class: "num" });
+    const attrs = { type: "button", class: "count", "data-testid": testid };
+    if (key !== undefined) attrs["data-key"] = key;
+    for (const [k, v] of Object.entries(filter)) if (v) attrs[`data-${k}`] = v;
+    td.append(el("button", attrs, fmt(n)));
+    return td;
+  }
+
   function showConsumers(top) {
     const rows = top.items.map((c) => [
       el("td", {}, c.consumer),
-      el("td", { class: "num", "data-testid": "consumer-count", "data-key": c.consumer }, fmt(c.count)),
+      countCell(c.count, { client: c.consumer }, "consumer-count", c.consumer),
       el("td", { class: "num" }, pct(c.share)),
-      el("td", { class: "num", "data-testid": "consumer-platform-errors", "data-key": c.consumer },
-        fmt(c.platform_errors)),
-      el("td", { class: "num", "data-testid": "consumer-provider-errors", "data-key": c.consumer },
-        fmt(c.provider_errors)),
-      el("td", { class: "num", "data-testid": "consumer-refused", "data-key": c.consumer }, fmt(c.refused)),
+      el("td", { class: "num", "data-testid": "consumer-answers", "data-key": c.consumer }, fmt(c.answers)),
+      countCell(c.client_errors, { client: c.consumer, outcome: "client-error" }, "consumer-client-errors", c.consumer),
+      countCell(c.provider_failures, { client: c.consumer, outcome: "provider-failure" }, "consumer-provider-failures",
+        c.consumer),
+      countCell(c.platform_failures, { client: c.consumer, outcome: "platform-failure" }, "consumer-platform-failures",
+        c.consumer),
     ]);
-    fillTable("top-consumers", rows, 6, "no calls in this window");
+    fillTable("top-consumers", rows, 7, "no calls in this window");
   }
 
   function showErrors(errors) {
-    $("platform-errors").textContent = fmt(errors.platform_errors);
-    $("provider-errors").textContent = fmt(errors.provider_errors);
-    $("platform-error-rate").textContent = pct(errors.platform_error_rate);
-    $("provider-error-rate").textContent = pct(errors.provider_error_rate);
-    $("refused").textContent = fmt(errors.refused);
-    $("refused-rate").textContent = pct(errors.refused_rate);
+    const n = errors.total || 0;
+    for (const o of OUTCOMES) $(`count-${o}`).textContent = fmt(errors.outcomes[o] || 0);
+    $("rate-answers").textContent = `${pct(errors.answer_rate)} of calls`;
+    $("rate-client-error").textContent = pct(errors.client_error_rate);
+    $("rate-provider-failure").textContent = pct(errors.provider_failure_rate);
+    $("rate-platform-failure").textContent = pct(errors.platform_failure_rate);
+    $("total").textContent = fmt(n);
     const rows = errors.services.map((s) => [
       el("td", {}, s.service),
-      el("td", { class: "num", "data-testid": "service-calls", "data-key": s.service }, fmt(s.total)),
-      el("td", { class: "num", "data-testid": "service-platform-rate", "data-key": s.service },
-        pct(s.platform_error_rate)),
-      el("td", { class: "num", "data-testid": "service-provider-rate", "data-key": s.service },
-        pct(s.provider_error_rate)),
-      el("td", { class: "num", "data-testid": "service-4xx", "data-key": s.service }, fmt(s.outcomes["4xx"] || 0)),
-      el("td", { class: "num", "data-testid": "service-5xx", "data-key": s.service }, fmt(s.outcomes["5xx"] || 0)),
+      countCell(s.total, { service: s.service }, "service-calls", s.service),
+      ...OUTCOMES.map((o) => countCell(s.outcomes[o] || 0, { service: s.service, outcome: o }, `service-${o}`,
+        s.service)),
     ]);
-    fillTable("errors", rows, 6, "no calls in this window");
+    fillTable("errors", rows, 8, "no calls in this window");
   }
 
   function showLatency(lat) {
+    // lat.exact: from the transaction log (exact); else the meter's histogram estimate (no p90 or max there)
+    $("latency-source").textContent = lat.exact ? "(ms, exact, transaction log)" : "(ms, estimated from histogram buckets)";
     const rows = lat.items.map((s) => [
       el("td", {}, s.service),
       el("td", { class: "num", "data-testid": "latency-count", "data-key": s.service }, fmt(s.count)),
       el("td", { class: "num", "data-testid": "latency-p50", "data-key": s.service }, ms(s.p50_ms)),
-      el("td", { class: "num", "data-testid": "latency-p95", "data-key": s.service }, ms(s.p95_ms)),
+      el("td", { class: "num", "data-testid": "latency-p90", "data-key": s.service }, ms(s.p90_ms)),
       el("td", { class: "num", "data-testid": "latency-p99", "data-key": s.service }, ms(s.p99_ms)),
+      el("td", { class: "num", "data-testid": "latency-max", "data-key": s.service }, ms(s.max_ms)),
     ]);
-    fillTable("latency", rows, 5, "no calls in this window");
+    fillTable("latency", rows, 6, "no calls in this window");
+  }
+
+  function windowStart(w) {
+    const now = Date.now();
+    return new Date(w === "hour" ? now - 3600e3 : now - 30 * 86400e3).toISOString();
+  }
+
+  async function exactLatency(estimate, w) {
+    // one exact query per service over the window; the histogram estimate where the transaction log is absent (404)
+    const from = encodeURIComponent(windowStart(w));
+    try {
+      const items = await Promise.all(estimate.items.map(async (s) => {
+        const exact = await api(`calls/latency?service=${encodeURIComponent(s.service)}&from=${from}`);
+        return { service: s.service, ...exact };
+      }));
+      return { exact: true, items };
+    } catch (err) {
+      if (err instanceof NotFound) return { exact: false, items: estimate.items };
+      throw err;
+    }
   }
 
   function ago(seconds) {
@@ -284,23 +321,25 @@
     }
     showWho(token);
     try {
-      const [ts, top, errors, lat, gw, health] = await Promise.all([
+      const [ts, top, errors, lat, gw, health, panels] = await Promise.all([
         api(`timeseries?window=${w}&group_by=${state.group}`),
         api(`top-consumers?window=${w}&limit=10`),
         api(`errors?window=${w}`),
-        api(`service-latency?window=${w}`),
+        api(`service-latency?window=${w}`).then((estimate) => exactLatency(estimate, w)),
         api("gateways"),
         api("health"),
+        window.LT.panels ? window.LT.panels.fetch() : null,
       ]);
       if (mine !== generation) return;
       $("window-label").textContent = w === "hour" ? "· last 60 minutes, per minute" : "· last 30 days, per day";
-      $("total").textContent = fmt(ts.total);
+      state.gateway = health.gateway;
       $("served-by").textContent = `served by ${health.gateway}`;
       drawChart(ts);
       showConsumers(top);
       showErrors(errors);
       showLatency(lat);
       showGateways(gw);
+      if (panels) window.LT.panels.show(panels);
       $("updated").textContent = new Date().toLocaleTimeString("en-GB");
       $("load-error").hidden = true;
       document.body.setAttribute("data-state", "ready");
@@ -355,5 +394,6 @@
     window.setInterval(refresh, REFRESH_MS);
   }
 
+  window.LT = { $, el, fmt, api, ms, state, fillTable, windowStart, Unauthorized, NotFound, panels: null };
   document.addEventListener("DOMContentLoaded", start);
 })();
