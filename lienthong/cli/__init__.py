@@ -51,12 +51,19 @@ class LazyGroup(click.Group):
         self._commands = value
 
     def _load(self, modules: list[str]) -> None:
+        """Register `modules` (in the table's order). A module after one of them in the table that adds to the same
+        commands and has run already (cert_cli, after `lienthong client`) runs again, as it would have after it."""
+        order = list(COMMAND_MODULES)
         self._registering = True  # register() reads and adds to `commands`: no recursion into a full load
         try:
             for name in modules:
-                if name not in self._loaded:
-                    self._loaded.add(name)
-                    importlib.import_module(name).register(self)
+                if name in self._loaded:
+                    continue
+                self._loaded.add(name)
+                importlib.import_module(name).register(self)
+                for later in order[order.index(name) + 1 :]:
+                    if later in self._loaded and set(COMMAND_MODULES[later]) & set(COMMAND_MODULES[name]):
+                        importlib.import_module(later).register(self)
         finally:
             self._registering = False
 
