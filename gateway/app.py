@@ -94,6 +94,7 @@ class GatewayApp:
         self.chain_config = chain_config(settings, private_key)
         self.chain = build_chain(self.chain_config)
         self._audit = next((p for p in self.chain.policies if p.name == "audit"), None)
+        self._meter = next((p for p in self.chain.policies if p.name == "meter"), None)
         self.breakers = Breakers(settings.breaker_failures, settings.breaker_open_seconds)
         self._upstream: UpstreamClient | None = None
         self.calls = CallHandler(
@@ -229,8 +230,11 @@ class GatewayApp:
             ctx.response_out = time.time()
             if routed:
                 self.chain.log(ctx)
-            elif reply.status >= 400 and self._audit is not None:
-                self._audit.log(ctx)  # refused before routing (a path trick, no such service): audited, not metered
+            elif reply.status >= 400:  # refused before routing: no token, a path trick, no such service
+                if self._meter is not None:  # counted as the client's error, its consumer (unidentified) if unknown
+                    self._meter.log(ctx)
+                if self._audit is not None:
+                    self._audit.log(ctx)
         role = ctx.role if ctx is not None and routed else "none"
         metrics.count(role, reply.status, reply.error, time.time() - started, ctx if routed else None)
         return reply
