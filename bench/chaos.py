@@ -103,7 +103,7 @@ def metered(cm: ChaosMesh) -> Counter[tuple[str, str]]:
     r.raise_for_status()
     out: Counter[tuple[str, str]] = Counter()
     for g in r.json()["groups"]:
-        if g["outcome"] == "2xx":
+        if g["outcome"] == "found":
             out[(g["service"], g["consumer"])] += int(g["count"])
     return out
 

@@ -57,7 +57,7 @@ def test_refused_and_served_calls_are_both_metered_and_audited(redis_url: str, t
     asyncio.run(scenario())
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     counts = {f.rsplit("|", 1)[1]: int(v) for k in client.keys("meter:h:*") for f, v in client.hgetall(k).items()}
-    assert counts == {"refused": 1, "2xx": 1}  # the mesh said no: not a provider error
+    assert counts == {"not-permitted": 1, "found": 1}  # the mesh said no: an answer, not an error
     records = [orjson.loads(line) for p in (tmp_path / "audit").glob("*.jsonl") for line in p.read_bytes().splitlines()]
     assert [(r["status"], r["error_code"], r["client"]) for r in records] == [
         (403, "access-denied", CONSUMER), (200, None, CONSUMER)
