@@ -152,9 +152,9 @@ async def _run(redis_url: str, services: int, grants: int, key: PrivateKey) -> d
         out["full_other_gateway_s"], out["full_other_gateway_cpu_s"] = clock.lap()
         await _revoke(store, grant_id(0))
         out["change_s"], out["change_cpu_s"] = clock.lap()
-        delta = await builder.delta(gateway_code(0), full.version)
+        delta = await builder.delta(gateway_code(0), full.version, full.version + 1)
         out["delta_s"], out["delta_cpu_s"] = clock.lap()
-        other = await builder.delta(gateway_code(1), full.version)
+        other = await builder.delta(gateway_code(1), full.version, full.version + 1)
         out["delta_other_gateway_s"], out["delta_other_gateway_cpu_s"] = clock.lap()
         if delta is None or other is None or delta.kind != "delta":
             raise RuntimeError(f"no delta from version {full.version} after one revocation")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -229,11 +230,23 @@ def sync_client(url: str, *, connect_timeout: float = 2, timeout: float = 5) -> 
     )
 
 
-def async_client(url: str, *, connect_timeout: float = 2, timeout: float = 5) -> aioredis.Redis | aioredis.RedisCluster:
-    """The asyncio twin of sync_client."""
+def async_client(
+    url: str, *, connect_timeout: float = 2, timeout: float = 5, pool: int | None = None
+) -> aioredis.Redis | aioredis.RedisCluster:
+    """The asyncio twin of sync_client. `pool`: at most this many connections, a caller past them waiting (up to
+    `timeout`) for one to come back instead of failing: for a server whose requests wake together (the registry's
+    long polls), where redis-py's default pool raises "Too many connections" at 100."""
     parsed = _parse(url)
+    # Sentinel's pool does not block: there `pool` only raises the ceiling
+    sized: dict[str, Any] = {"max_connections": pool} if pool is not None else {}
     if parsed is None:
         try:
+            if pool is not None:
+                connections = aioredis.BlockingConnectionPool.from_url(
+                    url, max_connections=pool, timeout=timeout, socket_connect_timeout=connect_timeout,
+                    socket_timeout=timeout, health_check_interval=30,
+                )  # fmt: skip
+                return aioredis.Redis(connection_pool=connections)
             return aioredis.Redis.from_url(
                 url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, health_check_interval=30
             )
@@ -248,8 +261,9 @@ def async_client(url: str, *, connect_timeout: float = 2, timeout: float = 5) ->
     timeouts = {"socket_connect_timeout": connect_timeout, "socket_timeout": timeout}
     sentinel = aiosentinel.Sentinel(parsed.nodes, sentinel_kwargs=timeouts, **timeouts)
     return sentinel.master_for(
-        parsed.master, db=int(parsed.db), username=parsed.username, password=parsed.password, health_check_interval=30
-    )
+        parsed.master, db=int(parsed.db), username=parsed.username, password=parsed.password, health_check_interval=30,
+        **sized,
+    )  # fmt: skip
 
 
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException)
@@ -279,9 +293,9 @@ class DeferredClient:
             self._client.close()
 
 
-def async_single_client(url: str, *, who: str) -> aioredis.Redis:
+def async_single_client(url: str, *, who: str, pool: int | None = None) -> aioredis.Redis:
     """async_client for a part that needs one primary (transactions over many keys, streams): refuses a cluster."""
-    client = async_client(url)
+    client = async_client(url, pool=pool)
     if isinstance(client, aioredis.RedisCluster):
         raise ValueError(f"{who} needs one Redis primary (redis:// or redis+sentinel://), not the cluster {url!r}")
     return client

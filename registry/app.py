@@ -51,6 +51,9 @@ async def ensure_admin_keys(store: Store, data_dir: Path) -> None:
         await store.change("system:init", change)
 
 
+REDIS_POOL = 256  # connections; past them a request waits for one rather than failing (issue 17: 100 gateways)
+
+
 def create_app(
     data_dir: str | Path, redis_url: str, settings: RegistrySettings | None = None, *,
     issuer: mesh_ca.Issuer | None = None, renewer: CertificateRenewer | None = None,
@@ -64,7 +67,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        redis = async_single_client(redis_url, who="the registry")  # MULTI over many keys, streams: one primary
+        # MULTI over many keys, streams: one primary; long polls wake together, so a burst waits for a connection
+        redis = async_single_client(redis_url, who="the registry", pool=REDIS_POOL)
         store = Store(redis)
         watch = VersionWatch(redis)
         builder = SnapshotBuilder(redis, signing, kid, upstream_policy=published, ca_pems=(issuer.ca_pem,))

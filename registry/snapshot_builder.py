@@ -142,10 +142,11 @@ class SnapshotBuilder:
 
     # -- deltas ----------------------------------------------------------------------------------------------------
 
-    async def delta(self, gateway: str, since: int) -> Envelope | None:
-        """The changes since `since` for `gateway`, or None when only a full snapshot will do (§7.2)."""
+    async def delta(self, gateway: str, since: int, version: int) -> Envelope | None:
+        """The changes since `since` for `gateway` up to at least `version` (known current), or None when only a full
+        snapshot will do (§7.2). Every gateway woken by one change gets the one delta built for it."""
         cached = self._deltas.get(since)
-        if cached is None or cached[0].version < int(await self.redis.get(K_VERSION) or 0):
+        if cached is None or cached[0].version < version:
             cached = await self._once(("delta", since), lambda: self._build_delta(since))
         if cached is None:
             return None
