@@ -13,11 +13,12 @@ the entries the delta names; a service whose entry did not change keeps its comp
 
 from __future__ import annotations
 
+import binascii
 import time
 from typing import Any
 
-import jwt
 import orjson
+from jwt.algorithms import get_default_algorithms
 
 from lienthong.keys import PublicKey
 from lienthong.snapshot_entries import (
@@ -60,6 +61,11 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "grants": ("id", "grant"),
 }
 HEADER = ("version", "instance", "gateway", "generated_at", "config")
+# the indexes a change to a section writes (the key indexes are rebuilt whole, the owners copied always: small)
+COPIED: dict[str, tuple[str, ...]] = {
+    "members": ("members",), "subsystems": ("subsystems",), "gateways": ("gateways",), "clients": (),
+    "services": ("services", "_built"), "grants": ("grants", "_grant_at"), "upstreams": ("upstreams",),
+}  # fmt: skip
 
 Owner = tuple[Any, dict[str, PublicKey | None]]  # (entry, its keys: None for a revoked one)
 
@@ -131,9 +137,9 @@ class Snapshot:
             if not isinstance(changes.get(section, {}), dict):
                 raise SnapshotError(f"the delta's changes.{section} is not a JSON object")
         new = Snapshot.__new__(Snapshot)
-        new.__dict__.update(self.__dict__)  # then every index the delta may touch is copied before it is changed
-        for name in ("_quarantine_map", "quarantined_services", "members", "subsystems", "gateways", "gateway_keys",
-                     "client_keys", "upstreams", "services", "grants", "_grant_at", "_built"):  # fmt: skip
+        new.__dict__.update(self.__dict__)  # then each index the delta changes is copied before it is changed
+        touched = {section for section in SECTIONS if changes.get(section)} | ({"upstreams"} if upstreams else set())
+        for name in ("_quarantine_map", "quarantined_services", *(n for s in touched for n in COPIED.get(s, ()))):
             setattr(new, name, dict(getattr(self, name)))
         new._owners = {section: dict(owners) for section, owners in self._owners.items()}
         new._head({**self.doc, **{k: delta[k] for k in HEADER if k in delta}}, received_at)
@@ -295,14 +301,41 @@ class Snapshot:
         return []
 
 
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+ALGORITHMS = ("EdDSA", "ES256")
+
+
+def _b64url(part: bytes, what: str) -> bytes:
+    """Strict base64url (RFC 7515 §2): any character outside the alphabet is refused, in C (PyJWT checks a 46 MB
+    snapshot's characters one by one in Python: seconds of a gateway's cold start, issue 17)."""
+    try:
+        return binascii.a2b_base64(part.translate(_URLSAFE) + b"=" * (-len(part) % 4), strict_mode=True)
+    except binascii.Error as exc:
+        raise SnapshotError(f"snapshot {what} is not base64url: {exc}") from None
+
+
 def verify_jws(token: bytes | str, registry_key: PublicKey) -> dict[str, Any]:
-    """Check the registry's signature on one part of a snapshot (protocol §7.1) and return its payload."""
+    """Check the registry's signature on one part of a snapshot (protocol §7.1) and return its payload: a compact
+    JWS (RFC 7515 §7.1) whose header names EdDSA or ES256 and no `crit` extension."""
+    raw = token.encode() if isinstance(token, str) else token
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        raise SnapshotError("snapshot signature check failed: not a compact JWS of three parts")
     try:
-        payload = jwt.api_jws.decode(token, registry_key, algorithms=["EdDSA", "ES256"])
-    except jwt.PyJWTError as exc:
-        raise SnapshotError(f"snapshot signature check failed: {exc}") from exc
+        header = orjson.loads(_b64url(parts[0], "header"))
+    except orjson.JSONDecodeError:
+        raise SnapshotError("snapshot signature check failed: the JWS header is not JSON") from None
+    if not isinstance(header, dict) or header.get("alg") not in ALGORITHMS or "crit" in header:
+        raise SnapshotError(f"snapshot signature check failed: algorithm {show(header)} is not one of {ALGORITHMS}")
+    signature = _b64url(parts[2], "signature")
     try:
-        doc: dict[str, Any] = orjson.loads(payload)
+        valid = get_default_algorithms()[header["alg"]].verify(parts[0] + b"." + parts[1], registry_key, signature)
+    except Exception as exc:  # a key of the other algorithm's type, say: no signature of ours
+        raise SnapshotError(f"snapshot signature check failed: {type(exc).__name__}") from None
+    if not valid:
+        raise SnapshotError("snapshot signature check failed: the signature does not verify")
+    try:
+        doc: dict[str, Any] = orjson.loads(_b64url(parts[1], "payload"))
     except orjson.JSONDecodeError as exc:
         raise SnapshotError("snapshot payload is not JSON") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("version"), int):
