@@ -66,10 +66,14 @@ def grants_group() -> None:
                    "[default: all]")  # fmt: skip
 @click.option("--per-minute", type=click.IntRange(min=1), default=None)
 @click.option("--per-day", type=click.IntRange(min=1), default=None)
+@click.option("--disclosure-delay-days", type=click.IntRange(min=0, max=3650), default=0, show_default=True,
+              help="withhold the accesses under this grant from the data subject's report this many days")  # fmt: skip
+@click.option("--disclose-user", is_flag=True, help="the data subject's report may name the official who called")
 @api_options
 def grants_add(
     consumer: str, service: str, purposes: tuple[str, ...], default_purpose: str | None, endpoints: tuple[str, ...],
-    fields: tuple[str, ...], per_minute: int | None, per_day: int | None, **api: Any,
+    fields: tuple[str, ...], per_minute: int | None, per_day: int | None, disclosure_delay_days: int,
+    disclose_user: bool, **api: Any,
 ) -> None:  # fmt: skip
     """Grant CONSUMER access to SERVICE (admin). The registry refuses endpoints, fields and purposes the service's
     OpenAPI document does not have, naming the entry (e.g. fields.0)."""
@@ -85,7 +89,8 @@ def grants_add(
     with session(**api) as s:
         result = s.run(
             lambda c: c.add_grant(consumer, service, list(purposes), endpoints=eps, fields=list(fields) or None,
-                                  quota=quota or None, default_purpose=default_purpose)
+                                  quota=quota or None, default_purpose=default_purpose,
+                                  disclosure_delay_days=disclosure_delay_days, disclose_user=disclose_user)
         )  # fmt: skip
     echo_json(result)
 

@@ -214,6 +214,8 @@ class RegistryClient:
         fields: list[str] | None = None,
         quota: dict[str, int] | None = None,
         default_purpose: str | None = None,
+        disclosure_delay_days: int = 0,
+        disclose_user: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "consumer": consumer,
@@ -226,6 +228,10 @@ class RegistryClient:
             body["quota"] = quota
         if default_purpose is not None:
             body["default_purpose"] = default_purpose
+        if disclosure_delay_days:
+            body["disclosure_delay_days"] = disclosure_delay_days
+        if disclose_user:
+            body["disclose_user"] = True
         return self._call("POST", "/grants", json=body)
 
     def get_grant(self, grant_id: str) -> dict[str, Any]:

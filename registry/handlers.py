@@ -569,6 +569,9 @@ async def create_grant(body: dict[str, Any]) -> Response:
         "default_purpose": default_purpose,
         "fields": body.get("fields"),
         "quota": body.get("quota"),
+        # the data tracker (issue 19): how long its accesses stay undisclosed, and whether the official is named
+        "disclosure_delay_days": body.get("disclosure_delay_days", 0),
+        "disclose_user": body.get("disclose_user", False),
         "revoked": False,
     }
 
@@ -672,6 +675,13 @@ def _held_version() -> int | None:
         return None
 
 
+async def _version_past(held: int) -> int:
+    """The current version: the watch's when it is past `held` (no Redis call for each long poll it wakes at once),
+    else Redis's (the watch may lag a change by one pub/sub message)."""
+    rt = current()
+    return rt.watch.version if rt.watch.version > held else await rt.store.version()
+
+
 async def get_snapshot(gateway: str | None = None, wait: int = 0, full: bool = False) -> Response:
     """A gateway's snapshot (protocol §7.1): after If-None-Match N, a delta from N when the log reaches back to N
     (§7.2), else a full one; `full=true` asks for a full one whatever the gateway holds."""
@@ -692,14 +702,14 @@ async def get_snapshot(gateway: str | None = None, wait: int = 0, full: bool = F
     held = _held_version()
     built = None
     if held is not None:
-        version = await rt.store.version()
+        version = await _version_past(held)
         if version <= held and wait > 0:
             await rt.watch.wait_past(held, min(wait, MAX_WAIT))
-            version = await rt.store.version()
+            version = await _version_past(held)
         if version <= held:
             return Response(status_code=304, headers={"ETag": f'"{version}"'})
         if not full and held > 0:
-            built = await rt.builder.delta(code, held)
+            built = await rt.builder.delta(code, held, version)
     if built is None:
         built = await rt.builder.full(code)
     headers = {"ETag": f'"{built.version}"', "Cache-Control": "no-cache", "X-Snapshot-Kind": built.kind}
