@@ -193,9 +193,9 @@ def test_counts_carry_every_dimension_and_a_latency_histogram(redis_url: str, tm
     calls = ((200, None, CONSUMER), (404, None, CONSUMER), (403, "access-denied", CONSUMER), (400, None, CONSUMER),
              (502, "upstream-failed", CONSUMER), (500, None, CONSUMER), (503, "snapshot-expired", CONSUMER),
              (401, "invalid-token", None))  # fmt: skip
-    for status, code, client in calls:
+    for status, code, who in calls:
         ctx = context(snap, role="home", gateway="nghean")
-        ctx.client, ctx.status, ctx.error_code, ctx.consumer_gateway = client, status, code, "nghean"
+        ctx.client, ctx.status, ctx.error_code, ctx.consumer_gateway = who, status, code, "nghean"
         ctx.provider_gateway = "national"
         ctx.response_out = ctx.request_in + 0.012
         meter.log(ctx)
