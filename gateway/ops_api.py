@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import alerts, metrics
 from gateway.ops_auth import OpsGate, Principal
 from gateway.ops_calls import CallsApi, of_call
-from gateway.ops_components import Local, components, open_txlog_store
+from gateway.ops_components import Local, components
 from gateway.ops_heartbeat import Heartbeat, gateway_health
 from lienthong.api_problems import add_problem_handlers, validator_map
 from lienthong.problem import PROBLEM_MEDIA_TYPE, Problem, bad_request
@@ -118,7 +118,6 @@ class OpsHandlers:
         self.heartbeat = Heartbeat(cfg.gateway, lambda: self.redis, snapshot_getter,
                                    local.heartbeat if local is not None else None)  # fmt: skip
         self.alert_rules = alerts.load_rules()
-        self._txlog_store: Any = None
         self.days = DayCache()
         self.audit_index = AuditIndex(cfg.data_dir / "audit")
         self.calls_api = CallsApi(cfg)  # the central transaction log (gateway/ops_calls.py)
@@ -205,9 +204,7 @@ class OpsHandlers:
         return sorted(snap.gateways) if snap is not None else [self.cfg.gateway]
 
     def _store(self) -> Any:
-        if self._txlog_store is None:
-            self._txlog_store = open_txlog_store(self.cfg.data_dir)
-        return self._txlog_store
+        return self.calls_api.store  # the transaction log's store, for its health
 
     async def components(self) -> ConnexionResponse:
         return _json(await components(self.redis, self._known(), self.local, self._store(), _keep_service()))

@@ -15,7 +15,6 @@ PROBE_TIMEOUT so one dead component cannot stall the page.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -93,15 +92,27 @@ class Local:
                 "spool_backlog_bytes": self.spools()}  # fmt: skip
 
 
+# bytes written and not yet shipped, read from each spooling policy's own counters (policies/meter.py: applied to
+# Redis; policies/txlog_ship.py: stored); a policy that offers backlog_bytes() is asked that instead
+_BACKLOG: dict[str, Callable[[Any], int]] = {
+    "meter": lambda p: int(p._written) - int(p._applied),
+    "txlog": lambda p: int(p.spool.written) - int(p.shipper.shipped),
+}
+
+
 def spool_backlog(policies: Iterable[Any]) -> dict[str, int]:
-    """Bytes written to each policy's local spool and not yet shipped (meter, transaction log), this worker's."""
+    """Bytes in each policy's local spool not yet shipped (meter, transaction log), this worker's current file."""
     out: dict[str, int] = {}
     for policy in policies:
-        backlog = getattr(policy, "backlog_bytes", None)
-        if callable(backlog):
-            out[policy.name] = int(backlog())
-        elif policy.name == "meter":  # written - applied: the meter's own counters (policies/meter.py)
-            out[policy.name] = max(0, int(getattr(policy, "_written", 0)) - int(getattr(policy, "_applied", 0)))
+        own = getattr(policy, "backlog_bytes", None)
+        reader = _BACKLOG.get(policy.name)
+        try:
+            if callable(own):
+                out[policy.name] = max(0, int(own()))
+            elif reader is not None:
+                out[policy.name] = max(0, reader(policy))
+        except (AttributeError, TypeError, ValueError):  # a policy whose counters moved: no gauge rather than a lie
+            continue
     return out
 
 
@@ -206,7 +217,7 @@ async def registry_health(urls: Iterable[str], ca: Path | None) -> list[dict[str
 
 
 def txlog_health(store: Any) -> dict[str, Any]:
-    """The transaction-log store's health() (policies/txlog_store.py), or unknown where it has not landed."""
+    """The transaction-log store's health() (policies/txlog_store.py); unknown without a store."""
     if store is None:
         return _component("txlog-store", "transaction log", "unknown", "no transaction-log store configured")
     try:
@@ -214,15 +225,6 @@ def txlog_health(store: Any) -> dict[str, Any]:
     except Exception as exc:  # a store's driver raises its own errors: any of them means "not healthy"
         ok, detail = False, f"{type(exc).__name__}: {str(exc)[:120]}"
     return _component("txlog-store", "transaction log", "up" if ok else "down", str(detail)[:200])
-
-
-def open_txlog_store(data_dir: Path) -> Any:
-    """The store the transaction log ships to (TRANSACTION_LOG_URL, else the demo's SQLite), None before it lands."""
-    try:
-        from policies.txlog_store import default_url, open_store
-    except ImportError:
-        return None
-    return open_store(os.environ.get("TRANSACTION_LOG_URL") or default_url(data_dir))
 
 
 def _component(kind: str, name: str, status: str, detail: str) -> dict[str, Any]:

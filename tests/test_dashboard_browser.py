@@ -54,7 +54,10 @@ class Browser:
         return result["result"].get("value")
 
     def go(self, url: str) -> None:
+        """Navigate and return once the new document replaced the old one (whose state must not be read)."""
+        self.js("window.__leaving = true")
         self.send("Page.navigate", url=url)
+        self.wait("!window.__leaving", f"the navigation to {url.split('#')[0]}")
 
     def wait(self, expression: str, what: str) -> Any:
         deadline = time.monotonic() + WAIT
