@@ -19,9 +19,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from lienthong.background import stop_task
 from policies.txlog_store import DAY_US, BatchId, StoreUnavailable, TxlogStore
@@ -82,26 +79,23 @@ def spool_id(gateway: str, path: Path) -> str:
     return f"{gateway}/{path.stem}"
 
 
-def read_batches(path: Path, start: int, end: int | None) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
-    """(start, end, records) of the complete lines from offset start (up to end), MAX_BATCH_LINES at a time."""
+def read_batches(path: Path, start: int, end: int | None) -> Iterator[tuple[int, int, list[bytes]]]:
+    """(start, end, lines) of the complete lines from offset start (up to end), MAX_BATCH_LINES at a time."""
     with path.open("rb") as f:
         f.seek(start)
         while end is None or start < end:
-            records: list[dict[str, Any]] = []
+            lines: list[bytes] = []
             size = 0
             for line in f:
                 if not line.endswith(b"\n") or (end is not None and start + size + len(line) > end):
                     break  # a torn tail (power loss mid-write) is never a whole record
                 size += len(line)
-                try:
-                    records.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    log.error("txlog: skipping a spool line that is no record: %.200r", line)
-                if len(records) >= MAX_BATCH_LINES:
+                lines.append(line)
+                if len(lines) >= MAX_BATCH_LINES:
                     break
             if not size:
                 return
-            yield start, start + size, records
+            yield start, start + size, lines
             start += size
             f.seek(start)
 
@@ -122,8 +116,8 @@ class Shipper:
         """Ship path's complete lines from start (up to end); return the offset the store now holds."""
         sid = spool_id(self.gateway, path)
         reached = start
-        for lo, hi, records in read_batches(path, start, end):
-            if not self.store.ingest(BatchId(sid, lo, hi), records):
+        for lo, hi, lines in read_batches(path, start, end):
+            if not self.store.ingest(BatchId(sid, lo, hi), lines):
                 # applied before (a shipper died before it noted so): go on from where the store is
                 return self.ship(path, self.store.watermark(sid), end)
             reached = hi

@@ -26,6 +26,7 @@ from policies.txlog_store import (
     Page,
     StoreUnavailable,
     latency_of,
+    parse_lines,
     row_of,
     where,
 )
@@ -76,9 +77,9 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"the transaction-log store (SQLite {self.path}) failed: {exc}") from exc
 
-    def ingest(self, batch: BatchId, records: Sequence[dict[str, Any]]) -> bool:
+    def ingest(self, batch: BatchId, lines: Sequence[bytes]) -> bool:
         rows = []
-        for record in records:
+        for _, record in parse_lines(lines):
             row = list(row_of(record))
             row[SUBJECTS_AT] = orjson.dumps(row[SUBJECTS_AT]).decode()
             rows.append(row)

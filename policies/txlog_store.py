@@ -1,7 +1,8 @@
 """The central transaction log's store, behind one typed Protocol: PostgreSQL for deployments
 (policies/txlog_postgres.py: day partitions, COPY ingest) and SQLite for the demo (policies/txlog_sqlite.py).
 
-A store takes batches exactly once: `ingest(batch, records)` applies a spool's byte range [start, end) only when the
+A store takes batches exactly once: `ingest(batch, lines)` (the spool's JSON lines, as the txlog policy wrote them)
+applies a spool's byte range [start, end) only when the
 store's watermark for that spool has not passed `start`, and moves the watermark to `end` in the same transaction as
 the rows, so a shipper that dies between "stored" and "noted" and ships the range again stores nothing twice
 (policies/txlog_ship.py). Times in and out of a store are integer microseconds since the epoch (UTC): exact keys
@@ -10,12 +11,17 @@ for keyset paging, whatever the backend's own type.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
+
+log = logging.getLogger("lienthong.policies.txlog")
 
 # the stored columns, in COPY / INSERT order
 COLUMNS = (
@@ -82,8 +88,9 @@ class Latency:
 
 
 class TxlogStore(Protocol):
-    def ingest(self, batch: BatchId, records: Sequence[dict[str, Any]]) -> bool:
-        """Store the batch's records and move its spool's watermark to batch.end, atomically; False (storing
+    def ingest(self, batch: BatchId, lines: Sequence[bytes]) -> bool:
+        """Store the batch's records (JSON lines; one that is no record is logged and skipped) and move its spool's
+        watermark to batch.end, atomically; False (storing
         nothing) when the watermark already passed batch.start."""
         ...
 
@@ -162,6 +169,22 @@ def micros(value: datetime) -> int:
 
 def us(seconds: float) -> int:
     return round(seconds * 1_000_000)
+
+
+def parse_lines(lines: Sequence[bytes]) -> list[tuple[bytes, dict[str, Any]]]:
+    """(line, record) of every line that is a record; any other (a damaged disk) is logged and skipped, since it
+    could never be stored and would hold back every record behind it."""
+    parsed = []
+    for line in lines:
+        try:
+            record = orjson.loads(line)
+            if not isinstance(record["id"], str) or not isinstance(record["time_in"], int | float):
+                raise TypeError("id or time_in")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            log.error("txlog: skipping a spool line that is no record (%r): %.200r", exc, line)
+            continue
+        parsed.append((line, record))
+    return parsed
 
 
 def row_of(record: dict[str, Any]) -> tuple[Any, ...]:

@@ -99,9 +99,13 @@ def records(n: int, seed: int = 7, spread: float = 3600.0, ties: bool = True) ->
     return [record(i, t, rng) for i, t in enumerate(times)]
 
 
+def lines(recs: list[dict[str, Any]]) -> list[bytes]:
+    return [_line(r) for r in recs]
+
+
 def ingest_all(store: TxlogStore, recs: list[dict[str, Any]], spool: str = "gw/spool-0-a", size: int = 400) -> None:
     for k in range(0, len(recs), size):
-        assert store.ingest(BatchId(spool, k, k + size), recs[k : k + size])
+        assert store.ingest(BatchId(spool, k, k + size), lines(recs[k : k + size]))
 
 
 def everything(store: TxlogStore, filters: Filters = Filters(), limit: int = 1000) -> list[dict[str, Any]]:
@@ -117,15 +121,23 @@ def expected(recs: list[dict[str, Any]], keep: Any) -> list[str]:
 
 def test_copy_ingest_then_a_replayed_batch_is_stored_once(store: TxlogStore) -> None:
     recs = records(1000)
-    assert store.ingest(BatchId("nghean/spool-0-x", 0, 5000), recs[:600])
+    assert store.ingest(BatchId("nghean/spool-0-x", 0, 5000), lines(recs[:600]))
     assert store.watermark("nghean/spool-0-x") == 5000
-    assert not store.ingest(BatchId("nghean/spool-0-x", 0, 5000), recs[:600])  # the same batch again
-    assert not store.ingest(BatchId("nghean/spool-0-x", 4000, 6000), recs[500:700])  # overlapping: refused whole
-    assert store.ingest(BatchId("nghean/spool-0-x", 5000, 9000), recs[600:])  # the next one
-    assert store.ingest(BatchId("national/spool-0-x", 0, 10), recs[:1])  # another spool: its own watermark
+    assert not store.ingest(BatchId("nghean/spool-0-x", 0, 5000), lines(recs[:600]))  # the same batch again
+    assert not store.ingest(BatchId("nghean/spool-0-x", 4000, 6000), lines(recs[500:700]))  # overlapping: refused whole
+    assert store.ingest(BatchId("nghean/spool-0-x", 5000, 9000), lines(recs[600:]))  # the next one
+    assert store.ingest(BatchId("national/spool-0-x", 0, 10), lines(recs[:1]))  # another spool: its own watermark
     ids = [r["id"] for r in everything(store, limit=2000)]
     assert len(ids) == 1001 and sorted(ids) == sorted([r["id"] for r in recs] + [recs[0]["id"]])
     assert store.watermark("nghean/spool-0-x") == 9000 and store.watermark("nobody/spool") == 0
+
+
+def test_a_line_that_is_no_record_is_skipped_not_stuck(store: TxlogStore) -> None:
+    recs = records(3)
+    damaged = [_line(recs[0]), b'{"id": "torn", "time_in"\n', b"[1, 2]\n", b'{"id": 5}\n', _line(recs[1])]
+    assert store.ingest(BatchId("gw/spool-0-d", 0, 100), damaged)
+    assert sorted(r["id"] for r in everything(store)) == sorted([recs[0]["id"], recs[1]["id"]])
+    assert store.watermark("gw/spool-0-d") == 100
 
 
 def test_a_record_reads_back_field_for_field(store: TxlogStore) -> None:
@@ -233,7 +245,7 @@ def test_postgres_partitions_by_day_and_retention_drops_old_days_whole(pg_url: s
         assert len(store.partitions()) == 3
         assert [r["id"] for r in everything(store)] == expected(recs, lambda r: us(r["time_in"]) >= cutoff)
         late = record(99_999, days[0] * DAY + 60, random.Random(1))  # a record of a dropped day arrives late
-        assert store.ingest(BatchId("late/spool", 0, 1), [late])
+        assert store.ingest(BatchId("late/spool", 0, 1), lines([late]))
         assert len(store.partitions()) == 4
     finally:
         store.close()
