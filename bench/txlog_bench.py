@@ -1,0 +1,134 @@
+"""The central transaction log's figures (issue 18), on PostgreSQL through the real ingest path:
+
+- ingest rate: records written as spool lines, then shipped by policies.txlog_ship (JSON parse, batches of
+  MAX_BATCH_LINES, COPY into the day partitions, watermark in the same transaction): target >= 50,000 records/s;
+- the p99 of a one-day, one-client query (the first page, newest first, as /ops/v1/calls asks it) at each size:
+  target < 100 ms at 20 million records.
+
+    python -m bench.txlog_bench [--sizes 2000000,20000000] [--url postgresql://postgres@127.0.0.1:5432/test]
+
+Prints one JSON document. `run(sizes, url)` returns it (for bench/run.py). Works in a schema of its own, dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+
+from policies.txlog_postgres import PostgresStore
+from policies.txlog_ship import Shipper, Spool
+from policies.txlog_store import DAY_US, Filters, us
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DAYS = 10  # the records spread over this many days, so each day is a partition of size/DAYS
+CLIENTS = 500
+SERVICES = 50
+CHUNK = 200_000  # spool lines written, then shipped, at a time
+QUERIES = 300
+OUTCOMES = ("found",) * 90 + ("no-data",) * 5 + ("client-error", "provider-failure", "platform-failure") * 1 + (
+    "not-permitted",) * 2  # fmt: skip
+
+
+def client(i: int) -> str:
+    return f"VN/PROV/P{i:03d}/system-{i % 7}"
+
+
+def spool_lines(start: int, n: int, t0: float, rng: random.Random) -> bytes:
+    """n records as the txlog policy spools them, spread over DAYS days from t0."""
+    out = []
+    for i in range(start, start + n):
+        t = t0 + rng.random() * DAYS * 86400
+        ms = rng.expovariate(1 / 20)
+        outcome = OUTCOMES[i % len(OUTCOMES)]
+        out.append(orjson.dumps({
+            "id": f"gw{i % 63}:{uuid.UUID(int=rng.getrandbits(128)).hex}:home", "time_in": t, "time_out": t + ms / 1000,
+            "request_out": t + 0.0002, "response_in": t + ms / 1000 - 0.0002, "duration_ms": round(ms, 3),
+            "client": client(rng.randrange(CLIENTS)), "service": f"VN/GOV/M{i % SERVICES:02d}/registry/items",
+            "endpoint": "/items/{id}", "method": "GET", "status": 200 if outcome == "found" else 404,
+            "outcome": outcome, "error_type": None if outcome == "found" else "http-404", "request_bytes": 0,
+            "response_bytes": rng.randrange(200, 4000), "xroad_id": f"{i:032x}", "user_id": None,
+            "purpose": "identity-verification", "subject_hmacs": [f"{rng.getrandbits(256):064x}"],
+            "consumer_gateway": f"gw{i % 63}", "provider_gateway": "national", "gateway": f"gw{i % 63}", "role": "home",
+        }, option=orjson.OPT_APPEND_NEWLINE))  # fmt: skip
+    return b"".join(out)
+
+
+def fill(store: PostgresStore, folder: Path, have: int, want: int, t0: float, rng: random.Random) -> float:
+    """Ship records have..want through the shipper; returns the seconds spent shipping (not generating)."""
+    spool = Spool(folder)
+    shipper = Shipper("bench", spool, store, retention_days=0)
+    spent = 0.0
+    while have < want:
+        n = min(CHUNK, want - have)
+        path = folder / f"spool-0-{uuid.uuid4().hex}.jsonl"
+        path.write_bytes(spool_lines(have, n, t0, rng))
+        started = time.perf_counter()
+        shipper.ship(path, 0)
+        spent += time.perf_counter() - started
+        path.unlink()
+        have += n
+    return spent
+
+
+def query_p99(store: PostgresStore, t0: float, rng: random.Random) -> dict[str, float]:
+    """One-day, one-client first pages (limit 100, newest first), as the ops API asks them."""
+    day0 = us(t0) // DAY_US * DAY_US + DAY_US
+    times = []
+    for _ in range(QUERIES):
+        start = day0 + rng.randrange(DAYS - 1) * DAY_US
+        began = time.perf_counter()
+        page = store.query(Filters(client=client(rng.randrange(CLIENTS))), start, start + DAY_US, 100)
+        times.append((time.perf_counter() - began) * 1000)
+        assert page.rows, "a client-day with no record: the data set is not what the benchmark assumes"
+    times.sort()
+    return {"p50_ms": round(times[len(times) // 2], 2), "p99_ms": round(times[int(len(times) * 0.99) - 1], 2),
+            "max_ms": round(times[-1], 2)}  # fmt: skip
+
+
+def run(sizes: tuple[int, ...] = (2_000_000, 20_000_000), url: str = DEFAULT_URL) -> dict[str, Any]:
+    schema = f"txlog_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    store = PostgresStore(f"{url}?options=-csearch_path%3D{schema}")
+    rng = random.Random(18)
+    t0 = time.time() - DAYS * 86400
+    results: dict[str, Any] = {"target": {"ingest_records_per_s": 50_000, "query_p99_ms_at_20M": 100},
+                               "days": DAYS, "clients": CLIENTS, "sizes": {}}  # fmt: skip
+    have = 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in sorted(sizes):
+                spent = fill(store, Path(tmp), have, size, t0, rng)
+                rate = (size - have) / spent
+                have = size
+                with psycopg.connect(store.url, autocommit=True) as conn:
+                    conn.execute("ANALYZE txlog")
+                results["sizes"][str(size)] = {"ingest_records_per_s": round(rate), "query": query_p99(store, t0, rng)}
+                print(orjson.dumps({"size": size, **results["sizes"][str(size)]}).decode(), file=sys.stderr)
+    finally:
+        store.close()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="2000000,20000000", help="Comma-separated store sizes to measure at.")
+    parser.add_argument("--url", default=DEFAULT_URL, help="A PostgreSQL database the benchmark may make a schema in.")
+    args = parser.parse_args()
+    sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
+    sys.stdout.write(orjson.dumps(run(sizes, args.url), option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
