@@ -172,14 +172,16 @@ def test_metrics_folded_in_memory_reach_prometheus_exactly_at_flush() -> None:
     from gateway import metrics
 
     metrics.flush()
-    ok = {"role": "unit-test", "status": "2xx", "error": ""}
-    refused = {"role": "unit-test", "status": "4xx", "error": "access-denied"}
+    # no call context: no service, an unidentified consumer; the outcome class from status and code
+    who = {"service": "none", "consumer": "(unidentified)"}
+    ok = {"role": "unit-test", "status": "2xx", "error": "", "outcome": "found", **who}
+    refused = {"role": "unit-test", "status": "4xx", "error": "access-denied", "outcome": "not-permitted", **who}
     before_ok, before_refused = _sample("lienthong_gateway_requests_total", ok), _sample(
         "lienthong_gateway_requests_total", refused
     )
-    le_5ms = {"role": "unit-test", "le": "0.005"}
+    le_5ms = {"role": "unit-test", "le": "0.005", **who}
     before_bucket = _sample("lienthong_gateway_request_seconds_bucket", le_5ms)
-    before_sum = _sample("lienthong_gateway_request_seconds_sum", {"role": "unit-test"})
+    before_sum = _sample("lienthong_gateway_request_seconds_sum", {"role": "unit-test", **who})
     for _ in range(7):
         metrics.count("unit-test", 200, "", 0.004)
     for _ in range(3):
@@ -191,7 +193,7 @@ def test_metrics_folded_in_memory_reach_prometheus_exactly_at_flush() -> None:
     assert _sample("lienthong_gateway_requests_total", refused) == before_refused + 3
     # buckets are cumulative: the 7 calls of 4 ms are under 5 ms, the 3 of 200 ms are not
     assert _sample("lienthong_gateway_request_seconds_bucket", le_5ms) == before_bucket + 7
-    assert _sample("lienthong_gateway_request_seconds_sum", {"role": "unit-test"}) == pytest.approx(
+    assert _sample("lienthong_gateway_request_seconds_sum", {"role": "unit-test", **who}) == pytest.approx(
         before_sum + 7 * 0.004 + 3 * 0.2
     )
     metrics.flush()  # a second flush adds nothing
