@@ -143,6 +143,9 @@ class CallsApi:
                           headers={"Retry-After": "5"}) from None  # fmt: skip
 
     def filters(self, who: Principal, params: dict[str, Any], roles: str) -> Filters:
+        for name, value in params.items():  # PostgreSQL text holds no NUL: refused here, not as a store failure
+            if isinstance(value, str) and "\x00" in value:
+                raise bad_request(name.rstrip("_"), f"{name.rstrip('_')} holds a NUL character")
         method, endpoint = split_endpoint(params.get("endpoint"))
         subject = params.get("subject")
         if subject is not None and not subject.strip():

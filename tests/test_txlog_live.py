@@ -223,9 +223,11 @@ def test_a_call_opens_its_audit_record(live: Live) -> None:
     ({"page_token": "not-a-token"}, "page_token"), ({"endpoint": "persons"}, "endpoint"),
     ({"from": "2026-01-02", "to": "2026-01-01"}, "to"), ({"roles": "some"}, "roles"), ({"format": "xml"}, "format"),
     ({"colour": "red"}, "colour"), ({"outcome": "found", "subjects": "x"}, "subjects"),
+    ({"client": "VN/A/B/\x00c"}, "client"), ({"from": "2026\x00"}, "from"),
 ])  # fmt: skip
 def test_a_bad_parameter_is_a_400_naming_it(live: Live, params: dict[str, str], field: str) -> None:
-    for path in ("/calls", "/calls/latency") if field in ("from", "to", "endpoint", "roles", "colour") else ("/calls",):
+    both = field in ("from", "to", "endpoint", "roles", "colour", "client")
+    for path in ("/calls", "/calls/latency") if both else ("/calls",):
         r = HTTP.get(f"{live.ops('nghean')}{path}", params=params, headers=live.operator("nghean"))
         assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), r.text
         assert r.json()["field"] == field
