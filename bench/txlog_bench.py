@@ -3,16 +3,21 @@
 - ingest rate: records written as spool lines, then shipped by policies.txlog_ship (JSON parse, batches of
   MAX_BATCH_LINES, COPY into the day partitions, watermark in the same transaction): target >= 50,000 records/s;
 - the p99 of a one-day, one-client query (the first page, newest first, as /ops/v1/calls asks it) at each size:
-  target < 100 ms at 20 million records.
+  target < 100 ms at 20 million records;
+- with --tracker, the data tracker's figure (issue 19): one person's report over a year (TxlogStore.accesses, the
+  first page) with 2 to 20 million records in the tracker's index spread over 2 million people: target p99 < 50 ms.
+  The index is seeded by SQL (generate_series), not shipped: its ingest is part of the ingest rate above.
 
-    python -m bench.txlog_bench [--sizes 2000000,20000000] [--url postgresql://postgres@127.0.0.1:5432/test]
+    python -m bench.txlog_bench [--sizes 2000000,20000000] [--tracker] [--url postgresql://postgres@127.0.0.1:5432/test]
 
-Prints one JSON document. `run(sizes, url)` returns it (for bench/run.py). Works in a schema of its own, dropped after.
+Prints one JSON document. `run(sizes, url)` and `run_tracker(sizes, url)` return theirs (for bench/run.py). Each works
+in a schema of its own, dropped after.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import sys
 import tempfile
@@ -24,9 +29,9 @@ from typing import Any
 import orjson
 import psycopg
 
-from policies.txlog_postgres import PostgresStore
+from policies.txlog_postgres import SUBJECT_INDEX, PostgresStore
 from policies.txlog_ship import Shipper, Spool
-from policies.txlog_store import DAY_US, Filters, us
+from policies.txlog_store import DAY_US, Filters, micros, month_start, next_month, us
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DAYS = 10  # the records spread over this many days, so each day is a partition of size/DAYS
@@ -34,6 +39,9 @@ CLIENTS = 500
 SERVICES = 50
 CHUNK = 200_000  # spool lines written, then shipped, at a time
 QUERIES = 300
+ROLES = ("home", "provider")
+PEOPLE = 2_000_000
+TRACKER = "VN/GOV/BCA/data-tracker/accesses"
 OUTCOMES = ("found",) * 90 + ("no-data",) * 5 + ("client-error", "provider-failure", "platform-failure") * 1 + (
     "not-permitted",) * 2  # fmt: skip
 
@@ -57,7 +65,9 @@ def spool_lines(start: int, n: int, t0: float, rng: random.Random) -> bytes:
             "outcome": outcome, "error_type": None if outcome == "found" else "http-404", "request_bytes": 0,
             "response_bytes": rng.randrange(200, 4000), "xroad_id": f"{i:032x}", "user_id": None,
             "purpose": "identity-verification", "subject_hmacs": [f"{rng.getrandbits(256):064x}"],
-            "consumer_gateway": f"gw{i % 63}", "provider_gateway": "national", "gateway": f"gw{i % 63}", "role": "home",
+            "consumer_gateway": f"gw{i % 63}", "provider_gateway": "national", "gateway": f"gw{i % 63}",
+            # a call that crossed two gateways has a home and a provider record: half go to the tracker's index
+            "role": ROLES[i % 2], "grant_id": f"grant-{i % 900}", "withheld_until": None, "user_disclosed": i % 3 == 0,
         }, option=orjson.OPT_APPEND_NEWLINE))  # fmt: skip
     return b"".join(out)
 
@@ -121,13 +131,100 @@ def run(sizes: tuple[int, ...] = (2_000_000, 20_000_000), url: str = DEFAULT_URL
     return results
 
 
+def person_hmac(person: int) -> str:
+    """The seeded pseudonym of person n, as SEED_SUBJECTS computes it in SQL."""
+    return hashlib.sha256(f"person-{person}".encode()).hexdigest()
+
+
+# records lo..hi-1 of the tracker's index over the year [%(start)s, %(end)s): each about a random one of PEOPLE, one
+# in ten naming its official, one in fifty withheld for 90 days
+SEED_SUBJECTS = """
+INSERT INTO txlog_subjects (hmac, time_in, id, client, service, endpoint, method, purpose, outcome, xroad_id, user_id,
+                            withheld_until)
+SELECT encode(sha256(convert_to('person-' || floor(random() * %(people)s)::bigint, 'UTF8')), 'hex'), at,
+       'gw' || i %% 63 || ':' || md5(i::text) || ':provider', 'VN/PROV/P' || lpad((i %% 500)::text, 3, '0') || '/sys',
+       'VN/GOV/M' || lpad((i %% 50)::text, 2, '0') || '/registry/items', '/items/{id}', 'GET', 'identity-verification',
+       'found', md5(i::text), CASE WHEN i %% 10 = 0 THEN 'officer-' || i %% 1000 END,
+       CASE WHEN i %% 50 = 0 THEN at + interval '90 days' END
+FROM (SELECT i, %(start)s::timestamptz + random() * (%(end)s::timestamptz - %(start)s::timestamptz) AS at
+      FROM generate_series(%(lo)s::bigint, %(hi)s::bigint - 1) AS i) AS r
+"""
+
+
+def seed_subjects(url: str, have: int, want: int, start: Any, end: Any) -> float:
+    """Bulk-load index rows have..want-1 as a restore would: the index dropped, the rows inserted, the index rebuilt
+    (ANALYZE after); returns the seconds spent."""
+    began = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP INDEX IF EXISTS txlog_subjects_hmac_time")
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        for lo in range(have, want, CHUNK * 10):
+            conn.execute(SEED_SUBJECTS, {"lo": lo, "hi": min(want, lo + CHUNK * 10), "start": start, "end": end,
+                                         "people": PEOPLE})  # fmt: skip
+        conn.execute(SUBJECT_INDEX)
+        conn.execute("VACUUM ANALYZE txlog_subjects")
+    return time.perf_counter() - began
+
+
+def report_times(store: PostgresStore, hmacs_of: Any, start: int, end: int, rng: random.Random) -> dict[str, Any]:
+    """p50/p99 of one person's first page (limit 100) over the year, as the tracker asks it."""
+    times, found = [], 0
+    for _ in range(QUERIES):
+        hmacs = hmacs_of(rng.randrange(PEOPLE))
+        began = time.perf_counter()
+        page, _withheld = store.accesses(hmacs, start, end, end, 100, None, TRACKER)
+        times.append((time.perf_counter() - began) * 1000)
+        found += len(page.rows)
+    times.sort()
+    return {"p50_ms": round(times[len(times) // 2], 2), "p99_ms": round(times[int(len(times) * 0.99) - 1], 2),
+            "max_ms": round(times[-1], 2), "rows_per_report": round(found / QUERIES, 1)}  # fmt: skip
+
+
+def run_tracker(sizes: tuple[int, ...] = (2_000_000, 20_000_000), url: str = DEFAULT_URL) -> dict[str, Any]:
+    """The tracker's index at each size (records spread over a year, 12 month partitions, and PEOPLE people): the
+    report of a random person, with the current key only and with a retired key too (two pseudonyms)."""
+    schema = f"txlog_tracker_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    store = PostgresStore(f"{url}?options=-csearch_path%3D{schema}")
+    rng = random.Random(19)
+    end = month_start(us(time.time()))  # the year: the twelve whole months before this one
+    start = end.replace(year=end.year - 1)
+    months, month = [], start
+    while month < end:
+        months.append(micros(month))
+        month = next_month(month)
+    results: dict[str, Any] = {"target": {"report_p99_ms_at_20M": 50}, "people": PEOPLE, "months": len(months),
+                               "sizes": {}}  # fmt: skip
+    have = 0
+    try:
+        store.ensure_partitions(months)
+        for size in sorted(sizes):
+            seeded = seed_subjects(store.url, have, size, start, end)
+            have = size
+            window = (micros(start), micros(end))
+            results["sizes"][str(size)] = {
+                "seed_s": round(seeded, 1),
+                "one_key": report_times(store, lambda p: (person_hmac(p),), *window, rng),
+                "two_keys": report_times(store, lambda p: (person_hmac(p), person_hmac(p + PEOPLE)), *window, rng),
+            }
+            print(orjson.dumps({"size": size, **results["sizes"][str(size)]}).decode(), file=sys.stderr)
+    finally:
+        store.close()
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2000000,20000000", help="Comma-separated store sizes to measure at.")
     parser.add_argument("--url", default=DEFAULT_URL, help="A PostgreSQL database the benchmark may make a schema in.")
+    parser.add_argument("--tracker", action="store_true", help="Measure the data tracker's report instead of ingest.")
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
-    sys.stdout.write(orjson.dumps(run(sizes, args.url), option=orjson.OPT_INDENT_2).decode() + "\n")
+    result = run_tracker(sizes, args.url) if args.tracker else run(sizes, args.url)
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 if __name__ == "__main__":

@@ -13,15 +13,19 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from policies.txlog_store import (
+    ACCESS_FIELDS,
     CALL_FIELDS,
     COLUMNS,
     DAY_US,
+    SUBJECT_COLUMNS,
     TIME_COLUMNS,
+    TRACKED_ROLES,
     BatchId,
     Cursor,
     Dialect,
@@ -29,7 +33,11 @@ from policies.txlog_store import (
     Latency,
     Page,
     StoreUnavailable,
+    access_page,
+    access_sql,
     micros,
+    month_start,
+    next_month,
     parse_lines,
     ts,
     us,
@@ -40,20 +48,31 @@ log = logging.getLogger("lienthong.policies.txlog")
 
 LOCK_ID = 0x7478_6C6F_67  # "txlog": serializes DDL (schema, partitions) across gateways
 MAX_IDLE = 4  # pooled connections kept per store
-SCHEMA = """
+# the tracker's one question: a person's records, newest first (bench/txlog_bench.py rebuilds it after a bulk load)
+SUBJECT_INDEX = "CREATE INDEX IF NOT EXISTS txlog_subjects_hmac_time ON txlog_subjects (hmac, time_in DESC, id DESC)"
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS txlog (
     id text NOT NULL, time_in timestamptz NOT NULL, time_out timestamptz NOT NULL, request_out timestamptz,
     response_in timestamptz, duration_ms double precision NOT NULL, client text, service text, endpoint text,
     method text NOT NULL, status integer NOT NULL, outcome text NOT NULL, error_type text,
     request_bytes bigint NOT NULL, response_bytes bigint NOT NULL, xroad_id text NOT NULL, user_id text, purpose text,
     subject_hmacs text[] NOT NULL, consumer_gateway text, provider_gateway text, gateway text NOT NULL,
-    role text NOT NULL
+    role text NOT NULL, grant_id text, withheld_until timestamptz, user_disclosed boolean NOT NULL DEFAULT false
 ) PARTITION BY RANGE (time_in);
+-- a store made before the data tracker (issue 19) gains its columns
+ALTER TABLE txlog ADD COLUMN IF NOT EXISTS grant_id text, ADD COLUMN IF NOT EXISTS withheld_until timestamptz,
+    ADD COLUMN IF NOT EXISTS user_disclosed boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS txlog_client_time ON txlog (client, time_in);
 CREATE INDEX IF NOT EXISTS txlog_service_time ON txlog (service, time_in);
 CREATE INDEX IF NOT EXISTS txlog_xroad_id ON txlog (xroad_id);
 CREATE INDEX IF NOT EXISTS txlog_outcome_time ON txlog (outcome, time_in);
 CREATE INDEX IF NOT EXISTS txlog_time ON txlog USING brin (time_in);
+CREATE TABLE IF NOT EXISTS txlog_subjects (
+    hmac text NOT NULL, time_in timestamptz NOT NULL, id text NOT NULL, client text, service text, endpoint text,
+    method text NOT NULL, purpose text, outcome text NOT NULL, xroad_id text NOT NULL, user_id text,
+    withheld_until timestamptz
+) PARTITION BY RANGE (time_in);
+{SUBJECT_INDEX};
 CREATE TABLE IF NOT EXISTS txlog_batches (
     spool text PRIMARY KEY, applied bigint NOT NULL, updated timestamptz NOT NULL DEFAULT now()
 );
@@ -69,6 +88,10 @@ def partition_name(day_us: int) -> str:
     return "txlog_p" + ts(day_us).strftime("%Y%m%d")
 
 
+def month_partition_name(month: datetime) -> str:
+    return "txlog_s" + month.strftime("%Y%m")
+
+
 def _subjects(hmacs: tuple[str, ...]) -> tuple[str, list[Any]]:
     return "subject_hmacs && %s::text[]", [list(hmacs)]
 
@@ -78,17 +101,30 @@ DIALECT = Dialect("%s", ts, _subjects)
 STAGE_COPY = "COPY txlog_stage (doc) FROM STDIN WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
 STAGE = "CREATE TEMP TABLE IF NOT EXISTS txlog_stage (doc text) ON COMMIT DELETE ROWS"
 _TYPES = {"duration_ms": "float8", "status": "integer", "request_bytes": "bigint", "response_bytes": "bigint",
-          "subject_hmacs": "text[]", **{c: "float8" for c in TIME_COLUMNS}}  # fmt: skip
+          "subject_hmacs": "text[]", "user_disclosed": "boolean", **{c: "float8" for c in TIME_COLUMNS}}  # fmt: skip
 _EPOCH_US = "'epoch'::timestamptz + round(r.{0} * 1000000)::bigint * interval '1 microsecond'"  # as txlog_store.us
 _VALUES = {"time_out": f"coalesce({_EPOCH_US.format('time_out')}, {_EPOCH_US.format('time_in')})",
-           "subject_hmacs": "coalesce(r.subject_hmacs, '{}')",
+           "subject_hmacs": "coalesce(r.subject_hmacs, '{}')", "user_disclosed": "coalesce(r.user_disclosed, false)",
            **{c: _EPOCH_US.format(c) for c in TIME_COLUMNS if c != "time_out"}}  # fmt: skip
-# the staged JSON lines become rows in one statement, converted by the server (no per-row Python on the gateway)
+# the staged JSON lines become rows in one statement, converted by the server (no per-row Python on the gateway);
+# the rows it inserts feed the tracker's index in the same statement: one row per distinct HMAC of a record made
+# where the data left, the official named only when the grant allows
 _RECORD = ", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in COLUMNS)
+_SUBJECT_VALUES = {"hmac": "s.hmac", "user_id": "CASE WHEN ins.user_disclosed THEN ins.user_id END"}
 STAGE_INSERT = (
-    f"INSERT INTO txlog ({', '.join(COLUMNS)}) SELECT {', '.join(_VALUES.get(c, f'r.{c}') for c in COLUMNS)} "  # noqa: S608
-    f"FROM txlog_stage, json_to_record(txlog_stage.doc::json) AS r({_RECORD})"
+    f"WITH ins AS (INSERT INTO txlog ({', '.join(COLUMNS)}) "  # noqa: S608  # constants
+    f"SELECT {', '.join(_VALUES.get(c, f'r.{c}') for c in COLUMNS)} "
+    f"FROM txlog_stage, json_to_record(txlog_stage.doc::json) AS r({_RECORD}) RETURNING *) "
+    f"INSERT INTO txlog_subjects ({', '.join(SUBJECT_COLUMNS)}) "
+    f"SELECT {', '.join(_SUBJECT_VALUES.get(c, f'ins.{c}') for c in SUBJECT_COLUMNS)} "
+    "FROM ins, LATERAL (SELECT DISTINCT unnest(ins.subject_hmacs) AS hmac) AS s "
+    f"WHERE ins.role IN ({', '.join(repr(r) for r in TRACKED_ROLES)})"
 )
+
+
+def _partition(conn: psycopg.Connection[Any], parent: str, name: str, lo: datetime, hi: datetime) -> None:
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {parent} "
+                 f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')")  # fmt: skip
 
 
 class PostgresStore:
@@ -98,6 +134,7 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._ready = False
         self._days: set[int] = set()  # partitions known to exist
+        self._months: set[datetime] = set()
 
     # -- connections -----------------------------------------------------------------------------------------------
 
@@ -117,7 +154,7 @@ class PostgresStore:
             with conn.transaction():
                 yield conn
         except ERRORS as exc:
-            self._days.clear()  # a partition another gateway dropped (retention) is created again
+            self._forget_partitions()  # a partition another gateway dropped (retention) is created again
             if conn is not None:
                 conn.close()
             raise StoreUnavailable(f"the transaction-log store (PostgreSQL) failed: {exc}") from exc
@@ -127,18 +164,25 @@ class PostgresStore:
                 return
         conn.close()
 
-    def _ensure_days(self, days: set[int]) -> None:
-        """Create the missing day partitions, in a transaction of their own (DDL must not wait on a batch)."""
-        missing = days - self._days
-        if not missing:
+    def _forget_partitions(self) -> None:
+        self._days.clear()
+        self._months.clear()
+
+    def ensure_partitions(self, times: list[int]) -> None:
+        """Create the missing day partitions of txlog and month partitions of txlog_subjects for these times (µs), in
+        a transaction of their own (DDL must not wait on a batch)."""
+        days = {t // DAY_US * DAY_US for t in times} - self._days
+        months = {month_start(t) for t in times} - self._months
+        if not days and not months:
             return
         with self._conn() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
-            for day in sorted(missing):
-                lo, hi = ts(day).isoformat(), ts(day + DAY_US).isoformat()
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF txlog "
-                             f"FOR VALUES FROM ('{lo}') TO ('{hi}')")  # fmt: skip
-        self._days |= missing
+            for day in sorted(days):
+                _partition(conn, "txlog", partition_name(day), ts(day), ts(day + DAY_US))
+            for month in sorted(months):
+                _partition(conn, "txlog_subjects", month_partition_name(month), month, next_month(month))
+        self._days |= days
+        self._months |= months
 
     # -- the Protocol ----------------------------------------------------------------------------------------------
 
@@ -146,7 +190,7 @@ class PostgresStore:
         """COPY the batch's JSON lines into a session staging table, then one INSERT ... SELECT converts them into
         txlog, in the transaction that checks and moves the watermark."""
         parsed = parse_lines(lines)
-        self._ensure_days({us(record["time_in"]) // DAY_US * DAY_US for _, record in parsed})
+        self.ensure_partitions([us(record["time_in"]) for _, record in parsed])
         with self._conn() as conn:
             conn.execute("INSERT INTO txlog_batches (spool, applied) VALUES (%s, 0) ON CONFLICT DO NOTHING",
                          (batch.spool,))  # fmt: skip
@@ -182,6 +226,24 @@ class PostgresStore:
         last = rows[-1] if len(rows) == limit else None
         return Page(rows, (last["time_in"], last["id"]) if last else None)
 
+    def accesses(self, hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, limit: int,
+                 after: Cursor | None, exclude_service: str | None) -> tuple[Page, int | None]:  # fmt: skip
+        if not hmacs:
+            return Page([], None), None
+        (page_sql, page_params), (held_sql, held_params) = access_sql(
+            hmacs, start_us, end_us, now_us, limit, after, exclude_service, DIALECT
+        )
+        with self._conn() as conn:
+            found = conn.execute(page_sql, page_params).fetchall()
+            held = conn.execute(held_sql, held_params).fetchone()
+        rows = []
+        for values in found:
+            row = dict(zip(ACCESS_FIELDS, values, strict=True))
+            row["time_in"] = micros(row["time_in"])
+            rows.append(row)
+        until = held[0] if held is not None else None
+        return access_page(rows, limit), micros(until) if until is not None else None
+
     def latency(self, filters: Filters, start_us: int, end_us: int) -> Latency:
         clause, params = where(filters, start_us, end_us, None, DIALECT)
         sql = ("SELECT count(*), percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP "  # noqa: S608  # constants
@@ -202,24 +264,27 @@ class PostgresStore:
             return False, str(exc)
         return True, "postgresql"
 
-    def partitions(self) -> list[str]:
-        """The day partitions, oldest first."""
+    def partitions(self, table: str = "txlog") -> list[str]:
+        """The partitions of txlog (days) or txlog_subjects (months), oldest first."""
         sql = ("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-               "WHERE i.inhparent = 'txlog'::regclass ORDER BY c.relname")  # fmt: skip
+               "WHERE i.inhparent = %s::regclass ORDER BY c.relname")  # fmt: skip
         with self._conn() as conn:
-            return [str(r[0]) for r in conn.execute(sql).fetchall()]
+            return [str(r[0]) for r in conn.execute(sql, (table,)).fetchall()]
 
     def drop_before(self, day_us: int) -> int:
-        """Drop every day partition that ends at or before day_us (whole tables: no row-by-row delete)."""
+        """Drop every day partition that ends at or before day_us, and every month partition of the tracker's index
+        that does (whole tables: no row-by-row delete)."""
         cutoff = partition_name(day_us)
         old = [name for name in self.partitions() if name < cutoff]
+        month_cutoff = month_partition_name(month_start(day_us))  # the month holding day_us has not ended by then
+        old += [name for name in self.partitions("txlog_subjects") if name < month_cutoff]
         with self._conn() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
             for name in old:
                 conn.execute(f"DROP TABLE IF EXISTS {name}")
             # watermarks of spools shipped long ago: their files are gone
             conn.execute("DELETE FROM txlog_batches WHERE updated < %s", (ts(day_us),))
-        self._days.clear()
+        self._forget_partitions()
         return len(old)
 
     def close(self) -> None:

@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 
 from policies.txlog_store import (
+    ACCESS_FIELDS,
     CALL_FIELDS,
     COLUMNS,
+    SUBJECT_COLUMNS,
     BatchId,
     Cursor,
     Dialect,
@@ -25,9 +27,14 @@ from policies.txlog_store import (
     Latency,
     Page,
     StoreUnavailable,
+    access_page,
+    access_sql,
     latency_of,
+    micros,
+    month_start,
     parse_lines,
     row_of,
+    subject_rows,
     where,
 )
 
@@ -38,6 +45,8 @@ CREATE INDEX IF NOT EXISTS txlog_service_time ON txlog (service, time_in);
 CREATE INDEX IF NOT EXISTS txlog_xroad_id ON txlog (xroad_id);
 CREATE INDEX IF NOT EXISTS txlog_outcome_time ON txlog (outcome, time_in);
 CREATE INDEX IF NOT EXISTS txlog_time ON txlog (time_in);
+CREATE TABLE IF NOT EXISTS txlog_subjects ({", ".join(SUBJECT_COLUMNS)});
+CREATE INDEX IF NOT EXISTS txlog_subjects_hmac_time ON txlog_subjects (hmac, time_in DESC, id DESC);
 CREATE TABLE IF NOT EXISTS txlog_batches (spool TEXT PRIMARY KEY, applied INTEGER NOT NULL, updated INTEGER);
 """
 SUBJECTS_AT = COLUMNS.index("subject_hmacs")
@@ -49,6 +58,16 @@ def _subjects(hmacs: tuple[str, ...]) -> tuple[str, list[Any]]:
 
 
 DIALECT = Dialect("?", lambda micros: micros, _subjects)
+_MARKS = ", ".join("?" * len(SUBJECT_COLUMNS))
+INSERT_SUBJECT = f"INSERT INTO txlog_subjects ({', '.join(SUBJECT_COLUMNS)}) VALUES ({_MARKS})"  # noqa: S608
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A file made before the data tracker (issue 19) gains its columns (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+    have = {str(r[1]) for r in conn.execute("PRAGMA table_info(txlog)")}
+    for name in COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE txlog ADD COLUMN {name}")
 
 
 class SqliteStore:
@@ -66,6 +85,7 @@ class SqliteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a crash of the process
                 conn.executescript(SCHEMA)
+                _add_missing_columns(conn)
                 self._local.conn = conn
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -78,9 +98,10 @@ class SqliteStore:
             raise StoreUnavailable(f"the transaction-log store (SQLite {self.path}) failed: {exc}") from exc
 
     def ingest(self, batch: BatchId, lines: Sequence[bytes]) -> bool:
-        rows = []
+        rows, subjects = [], []
         for _, record in parse_lines(lines):
             row = list(row_of(record))
+            subjects += subject_rows(tuple(row))
             row[SUBJECTS_AT] = orjson.dumps(row[SUBJECTS_AT]).decode()
             rows.append(row)
         with self._conn(write=True) as conn:
@@ -89,6 +110,7 @@ class SqliteStore:
                 return False
             marks = ", ".join("?" * len(COLUMNS))
             conn.executemany(f"INSERT INTO txlog ({', '.join(COLUMNS)}) VALUES ({marks})", rows)  # noqa: S608
+            conn.executemany(INSERT_SUBJECT, subjects)
             conn.execute("INSERT INTO txlog_batches (spool, applied, updated) VALUES (?, ?, strftime('%s')) "
                          "ON CONFLICT (spool) DO UPDATE SET applied = excluded.applied, updated = excluded.updated",
                          (batch.spool, batch.end))  # fmt: skip
@@ -108,6 +130,18 @@ class SqliteStore:
         last = rows[-1] if len(rows) == limit else None
         return Page(rows, (last["time_in"], last["id"]) if last else None)
 
+    def accesses(self, hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, limit: int,
+                 after: Cursor | None, exclude_service: str | None) -> tuple[Page, int | None]:  # fmt: skip
+        if not hmacs:
+            return Page([], None), None
+        (page_sql, page_params), (held_sql, held_params) = access_sql(
+            hmacs, start_us, end_us, now_us, limit, after, exclude_service, DIALECT
+        )
+        with self._conn() as conn:
+            rows = [dict(zip(ACCESS_FIELDS, values, strict=True)) for values in conn.execute(page_sql, page_params)]
+            held = conn.execute(held_sql, held_params).fetchone()
+        return access_page(rows, limit), held[0] if held is not None else None
+
     def latency(self, filters: Filters, start_us: int, end_us: int) -> Latency:
         clause, params = where(filters, start_us, end_us, None, DIALECT)
         sql = f"SELECT duration_ms FROM txlog WHERE {clause} ORDER BY duration_ms"  # noqa: S608
@@ -126,6 +160,9 @@ class SqliteStore:
     def drop_before(self, day_us: int) -> int:
         with self._conn(write=True) as conn:
             gone = conn.execute("DELETE FROM txlog WHERE time_in < ?", (day_us,)).rowcount
+            # the tracker's index by whole months, as PostgreSQL drops its month partitions
+            gone += conn.execute("DELETE FROM txlog_subjects WHERE time_in < ?",
+                                 (micros(month_start(day_us)),)).rowcount  # fmt: skip
             conn.execute("DELETE FROM txlog_batches WHERE updated < ?", (day_us // 1_000_000,))
         return gone
 

@@ -27,7 +27,8 @@ log = logging.getLogger("lienthong.policies.txlog")
 COLUMNS = (
     "id", "time_in", "time_out", "request_out", "response_in", "duration_ms", "client", "service", "endpoint",
     "method", "status", "outcome", "error_type", "request_bytes", "response_bytes", "xroad_id", "user_id", "purpose",
-    "subject_hmacs", "consumer_gateway", "provider_gateway", "gateway", "role",
+    "subject_hmacs", "consumer_gateway", "provider_gateway", "gateway", "role", "grant_id", "withheld_until",
+    "user_disclosed",
 )  # fmt: skip
 # what a query answers for each call (no subject HMACs: they are for matching, not for reading)
 CALL_FIELDS = (
@@ -35,8 +36,13 @@ CALL_FIELDS = (
     "error_type", "request_bytes", "response_bytes", "xroad_id", "user_id", "purpose", "consumer_gateway",
     "provider_gateway", "gateway", "role",
 )  # fmt: skip
-TIME_COLUMNS = ("time_in", "time_out", "request_out", "response_in")
+TIME_COLUMNS = ("time_in", "time_out", "request_out", "response_in", "withheld_until")
 MESH_ROLES = ("home", "local")  # the consumer's home gateway's record: each call once
+# the data tracker's index (issue 19): one row per (record, subject HMAC), only where the data left (one per call)
+TRACKED_ROLES = ("provider", "local")
+SUBJECT_COLUMNS = ("hmac", "time_in", "id", "client", "service", "endpoint", "method", "purpose", "outcome", "xroad_id",
+                   "user_id", "withheld_until")  # fmt: skip
+ACCESS_FIELDS = SUBJECT_COLUMNS[1:-1]  # what accesses() answers per record
 DAY_US = 86_400_000_000
 SQLITE_FILE = "txlog.sqlite3"
 
@@ -102,6 +108,14 @@ class TxlogStore(Protocol):
         """Matching records with start <= time_in < end, newest first (time_in, then id, descending)."""
         ...
 
+    def accesses(self, hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, limit: int,
+                 after: Cursor | None, exclude_service: str | None) -> tuple[Page, int | None]:  # fmt: skip
+        """The data tracker's question: records (ACCESS_FIELDS) of the provider side holding any of the hmacs, with
+        start <= time_in < end, service != exclude_service and not withheld at now (withheld_until unset or <= now),
+        newest first, keyset paged, one row per record; and the latest withheld_until (µs) of those in the window
+        still withheld, or None."""
+        ...
+
     def latency(self, filters: Filters, start_us: int, end_us: int) -> Latency:
         """Exact percentiles (linear interpolation, as PostgreSQL's percentile_cont) of duration_ms."""
         ...
@@ -111,7 +125,8 @@ class TxlogStore(Protocol):
         ...
 
     def drop_before(self, day_us: int) -> int:
-        """Retention: forget records with time_in before this UTC midnight; returns how many days/rows went."""
+        """Retention: forget records with time_in before this UTC midnight, and the tracker's index of each month that
+        ended by then; returns how many partitions (PostgreSQL) or rows (SQLite) went."""
         ...
 
     def close(self) -> None: ...
@@ -199,7 +214,32 @@ def row_of(record: dict[str, Any]) -> tuple[Any, ...]:
         values.append(value)
     if values[2] is None:  # time_out: a record always has one
         values[2] = values[1]
+    values[USER_DISCLOSED_AT] = bool(values[USER_DISCLOSED_AT])  # absent in records spooled before issue 19
     return tuple(values)
+
+
+USER_DISCLOSED_AT = COLUMNS.index("user_disclosed")
+_ROW_AT = {name: COLUMNS.index(name) for name in SUBJECT_COLUMNS[1:]}
+
+
+def subject_rows(row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The tracker index's rows (SUBJECT_COLUMNS) of one stored row (COLUMNS): one per distinct subject HMAC, none
+    unless the data left at this gateway; the official only when the grant lets the person see them."""
+    if row[COLUMNS.index("role")] not in TRACKED_ROLES:
+        return []
+    shared = [row[at] for at in _ROW_AT.values()]
+    if not row[USER_DISCLOSED_AT]:
+        shared[SUBJECT_COLUMNS.index("user_id") - 1] = None
+    return [(hmac, *shared) for hmac in dict.fromkeys(row[COLUMNS.index("subject_hmacs")])]
+
+
+def month_start(micros_: int) -> datetime:
+    """The UTC month holding this instant, as its first midnight."""
+    return ts(micros_).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(month: datetime) -> datetime:
+    return month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,3 +280,36 @@ def where(filters: Filters, start_us: int, end_us: int, after: Cursor | None, d:
         sql.append(f"(time_in < {m} OR (time_in = {m} AND id < {m}))")
         params += [d.time(after[0]), d.time(after[0]), after[1]]
     return " AND ".join(sql), params
+
+
+Statement = tuple[str, list[Any]]
+
+
+def access_sql(hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, limit: int, after: Cursor | None,
+               exclude_service: str | None, d: Dialect) -> tuple[Statement, Statement]:  # fmt: skip
+    """accesses()' two statements, (sql, params) each: the page, and the latest withheld_until still in force."""
+    m = d.mark
+    sql = [f"hmac IN ({', '.join([m] * len(hmacs))})", f"time_in >= {m}", f"time_in < {m}"]
+    params: list[Any] = [*hmacs, d.time(start_us), d.time(end_us)]
+    if exclude_service is not None:
+        sql.append(f"(service IS NULL OR service <> {m})")
+        params.append(exclude_service)
+    now = d.time(now_us)
+    held = (f"SELECT max(withheld_until) FROM txlog_subjects WHERE {' AND '.join(sql)} "  # noqa: S608  # constants
+            f"AND withheld_until > {m}", [*params, now])  # fmt: skip
+    sql.append(f"(withheld_until IS NULL OR withheld_until <= {m})")
+    params.append(now)
+    if after is not None:
+        sql.append(f"(time_in < {m} OR (time_in = {m} AND id < {m}))")
+        params += [d.time(after[0]), d.time(after[0]), after[1]]
+    # a record is indexed once per distinct HMAC, so only several HMACs (a rotated key) can find it twice; one HMAC
+    # keeps the plain form, which reads the index newest first and stops at the limit
+    distinct = "DISTINCT " if len(set(hmacs)) > 1 else ""
+    page = (f"SELECT {distinct}{', '.join(ACCESS_FIELDS)} FROM txlog_subjects WHERE {' AND '.join(sql)} "  # noqa: S608
+            f"ORDER BY time_in DESC, id DESC LIMIT {m}", [*params, limit])  # fmt: skip
+    return page, held
+
+
+def access_page(rows: list[dict[str, Any]], limit: int) -> Page:
+    last = rows[-1] if len(rows) == limit and rows else None
+    return Page(rows, (last["time_in"], last["id"]) if last else None)
