@@ -36,7 +36,7 @@ from gateway.snapshot_cache import SnapshotCache
 from lienthong import pki, tokens
 from lienthong.background import stop_task
 from lienthong.keys import PrivateKey, PublicKey, public_key_from_jwk
-from lienthong.snapshot import Snapshot, SnapshotError
+from lienthong.snapshot import Snapshot, SnapshotError, gc_paused
 from lienthong.snapshot_wire import Opened, open_envelope
 
 log = logging.getLogger("lienthong.gateway.snapshot")
@@ -145,14 +145,15 @@ class SnapshotClient:
     def _build(self, raw: bytes, confirmed_at: float) -> tuple[Opened, Snapshot | None]:
         """Verify a fetched envelope and build the snapshot it brings, in a worker thread; None when it is the
         version we hold. A delta is applied to the snapshot held (SnapshotError when it does not follow it)."""
-        opened = open_envelope(raw, self.registry_key, self.code)
-        if opened.kind == "delta":
-            if self.current is None:
-                raise SnapshotError("a delta came, but this gateway holds no snapshot to apply it to")
-            return opened, self.current.apply(opened.doc, received_at=confirmed_at)
-        if not self._accept(opened.doc):
-            return opened, None
-        return opened, Snapshot(opened.doc, received_at=confirmed_at, previous=self.current)
+        with gc_paused():
+            opened = open_envelope(raw, self.registry_key, self.code)
+            if opened.kind == "delta":
+                if self.current is None:
+                    raise SnapshotError("a delta came, but this gateway holds no snapshot to apply it to")
+                return opened, self.current.apply(opened.doc, received_at=confirmed_at)
+            if not self._accept(opened.doc):
+                return opened, None
+            return opened, Snapshot(opened.doc, received_at=confirmed_at, previous=self.current)
 
     def _confirm(self, confirmed_at: float) -> None:
         self.confirmed_at = confirmed_at
@@ -185,6 +186,10 @@ class SnapshotClient:
         if cached is None:
             return False
         envelopes, confirmed = cached
+        with gc_paused():
+            return self._replay(envelopes, confirmed)
+
+    def _replay(self, envelopes: list[bytes], confirmed: float) -> bool:
         try:
             opened = open_envelope(envelopes[0], self.registry_key, self.code) if envelopes else None
             if opened is None or opened.kind != "full":

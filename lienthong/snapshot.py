@@ -14,7 +14,11 @@ the entries the delta names; a service whose entry did not change keeps its comp
 from __future__ import annotations
 
 import binascii
+import contextlib
+import gc
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -170,14 +174,15 @@ class Snapshot:
         """Set or (None) remove each named entry; each failure quarantines that entry alone."""
         for section, (id_key, kind) in SECTIONS.items():
             for ident_, entry in changes[section].items():
-                self._unquarantine(kind, ident_)
-                self._remove(section, ident_)
-                if entry is None:
-                    if section == "services":
-                        self._built.pop(ident_, None)
-                    continue
+                if not full:  # a full document starts from nothing, its entries keyed by their own ids already
+                    self._unquarantine(kind, ident_)
+                    self._remove(section, ident_)
+                    if entry is None:
+                        if section == "services":
+                            self._built.pop(ident_, None)
+                        continue
                 try:
-                    if ident(entry, id_key) != ident_:
+                    if not full and ident(entry, id_key) != ident_:
                         raise EntryError(f"{id_key} {show(entry[id_key])} is not the id it is listed under")
                     self._add(section, ident_, entry)
                 except Exception as exc:  # any failure, ours or a library's, quarantines only the entry
@@ -312,6 +317,31 @@ def _b64url(part: bytes, what: str) -> bytes:
         return binascii.a2b_base64(part.translate(_URLSAFE) + b"=" * (-len(part) % 4), strict_mode=True)
     except binascii.Error as exc:
         raise SnapshotError(f"snapshot {what} is not base64url: {exc}") from None
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = True
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a snapshot is parsed and indexed: its million new objects, none
+    of them garbage, make every collection rescan all of them, which took a third of a gateway's cold start and two
+    thirds of the JSON parse (issue 17). Nested and concurrent pauses end with the last one."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def verify_jws(token: bytes | str, registry_key: PublicKey) -> dict[str, Any]:
