@@ -17,6 +17,8 @@ registry accepted is one the gateway reads the same way.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Iterator, Mapping
@@ -38,6 +40,9 @@ WILDCARD = "*"
 # The key of the subject pseudonyms (HMACs) in audit records: one for the whole mesh, so the same person gets the
 # same pseudonym on every gateway (policies/audit.py; docs/policies.md).
 SUBJECT_KEY_ENV = "LIENTHONG_SUBJECT_KEY"
+# keys the current one replaced (comma-separated hex, newest first): read by the data tracker only, so that records
+# made before a rotation stay findable until retention removes them (docs/policies.md, the subject key)
+SUBJECT_KEYS_RETIRED_ENV = "LIENTHONG_SUBJECT_KEYS_RETIRED"
 MIN_SUBJECT_KEY_BYTES = 16
 
 Pointer = tuple[str, ...]
@@ -55,6 +60,28 @@ def subject_key_env(key_file: Path) -> dict[str, str]:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
     return {SUBJECT_KEY_ENV: key_file.read_text().strip()}
+
+
+def subject_key_ring(environ: Mapping[str, str] = os.environ) -> list[bytes]:
+    """The current subject key, then the retired ones; ValueError naming the variable for a malformed one."""
+    ring: list[bytes] = []
+    for name in (SUBJECT_KEY_ENV, SUBJECT_KEYS_RETIRED_ENV):
+        for text in environ.get(name, "").split(","):
+            if not text.strip():
+                continue
+            try:
+                key = bytes.fromhex(text.strip())
+            except ValueError:
+                raise ValueError(f"{name} must be hex (comma-separated for several keys)") from None
+            if len(key) < MIN_SUBJECT_KEY_BYTES:
+                raise ValueError(f"{name}: a subject key has at least {MIN_SUBJECT_KEY_BYTES} bytes")
+            ring.append(key)
+    return ring
+
+
+def pseudonym(key: bytes, subject: str) -> str:
+    """A subject's pseudonym under one key: HMAC-SHA256, hex (the audit's and transaction log's subject_hmacs)."""
+    return hmac.new(key, subject.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

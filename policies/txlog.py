@@ -43,7 +43,7 @@ class Txlog(PolicyBase):
         self._subject_mac = hmac.new(subject_key, digestmod=hashlib.sha256)  # keyed once, copied per subject
 
     def record(self, ctx: CallContext) -> dict[str, Any]:
-        endpoint, service = ctx.endpoint, ctx.service
+        endpoint, service, grant = ctx.endpoint, ctx.service, ctx.grant
         status, code = ctx.status, ctx.error_code
         no_data = endpoint.no_data if endpoint is not None else frozenset()
         end = ctx.response_out or time.time()
@@ -71,6 +71,13 @@ class Txlog(PolicyBase):
             "provider_gateway": ctx.provider_gateway or (service.gateway if service is not None else None),
             "gateway": self.gateway,
             "role": ctx.role,
+            # for the data tracker (issue 19): the grant, until when its accesses stay undisclosed, whether the
+            # official may be named; stamped here from the grant the call was authorized under
+            "grant_id": grant.id if grant is not None else None,
+            "withheld_until": ctx.request_in + grant.disclosure_delay_days * 86400
+            if grant is not None and grant.disclosure_delay_days
+            else None,
+            "user_disclosed": grant.disclose_user if grant is not None else False,
         }
 
     def subject_hmac(self, subject: str) -> str:

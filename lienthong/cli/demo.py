@@ -29,10 +29,13 @@ from lienthong.cli.mesh_layout import (
     BIRTH,
     BUSINESS,
     CIVIL_STATUS,
+    DATA_SUBJECT_ACCESS,
+    DATA_TRACKER,
     HANOI_PORTAL,
     INSURANCE,
     LICENSING,
     MOJ,
+    NATIONAL_PORTAL,
     NGHEAN_CIVIL,
     POPULATION,
     VERIFY,
@@ -76,6 +79,7 @@ class Demo:
         self.report = DemoReport()
         self.started = dt.datetime.now(dt.UTC)
         self.earlier = 0  # calls metered in this hour before the run began: not this run's
+        self.children: list[str] = []  # personal IDs the procedures assigned
 
     def client(self, subsystem: str, gateway: str) -> MeshClient:
         certificate = self.mesh.ca is not None and subsystem in BY_CERTIFICATE
@@ -175,6 +179,7 @@ class Demo:
         if r.status_code != 201:
             return
         personal_id = r.json()["id"]
+        self.children.append(personal_id)
         r = self._call(
             client,
             "3. insurance issues the TE health insurance card" if allowed else
@@ -199,6 +204,33 @@ class Demo:
             table.add_row("valid from", str(card.get("valid_from")))
             table.add_row("valid to", str(card.get("valid_to")))
         self.console.print(table)
+
+    # ---- who read my data -----------------------------------------------------------------------------------------
+
+    def who_read(self, personal_id: str, readers: int = 3, timeout: float = 20.0) -> None:
+        """The national portal asks the data tracker, for the child's parents, who read the child's data; the
+        transaction log is fed within seconds, so the answer is awaited until the procedure's readers are there."""
+        client = self.client(NATIONAL_PORTAL, "national")
+        target = f"{DATA_TRACKER}/persons/{personal_id}/accesses"
+        deadline = time.monotonic() + timeout
+        while True:
+            response = client.call("GET", target, DATA_SUBJECT_ACCESS)
+            self.report.calls_sent += 1  # each one is metered, the tracker's own calls too
+            accesses = response.json().get("accesses", []) if response.status_code == 200 else []
+            if len({a["service"] for a in accesses}) >= readers or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        self._call_seen(response, f"the data tracker answers for the child {personal_id[:3]}*********")
+        self.console.print("  who read the child's data, newest first:", highlight=False)
+        for a in accesses:  # one line each: a table would cut the identifiers at a terminal's width
+            self.console.print(f"    {a['time'][11:19]}  {a['subsystem']} read {a['service']} ({a['endpoint']}) for "
+                               f"{a['purpose']}: {a['outcome']}", highlight=False, markup=False)  # fmt: skip
+
+    def _call_seen(self, response: httpx.Response, step: str) -> None:
+        """A call already made and counted, reported like those of _call."""
+        self.report.steps.append(Step(step, 200, response.status_code, response.text[:200]))
+        mark = "[green]✔[/]" if response.status_code == 200 else "[red]✘[/]"
+        self.console.print(f"  {mark} {step}: HTTP {response.status_code}")
 
     # ---- the burst -----------------------------------------------------------------------------------------------
 
@@ -326,6 +358,9 @@ class Demo:
             self.plaintext_refused()
         section("Birth registration + personal ID + health insurance card, Nghe An (allowed)")
         self.procedure(NGHEAN_CIVIL, "nghean", NGHEAN_PROVINCE, allowed=True)
+        if self.children:
+            section("Who read the child's data: the data tracker, asked through the national portal")
+            self.who_read(self.children[0])
         section("The same procedure from Ha Noi's portal, whose grant forbids the card fields")
         self.procedure(HANOI_PORTAL, "hanoi", HANOI_PROVINCE, allowed=False)
         section(f"A burst of {self.burst_size} mixed ministry calls")

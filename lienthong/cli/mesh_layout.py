@@ -30,6 +30,8 @@ class ConnectorSpec:
     gateway: str
     port: int
     spec_file: str
+    # the data tracker: given the mesh's subject key and transaction log, which no other connector holds (issue 19)
+    reads_subject_log: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,19 @@ MEMBERS = (
     MemberSpec("VN/GOV/BTP", "Bộ Tư pháp (Ministry of Justice)", "national", (("civil-registry", "Hệ thống hộ tịch"),)),
     MemberSpec("VN/PROV/NGHEAN", "UBND tỉnh Nghệ An", "nghean", (("civil-status", "Hộ tịch Nghệ An"),)),
     MemberSpec("VN/PROV/HANOI", "UBND thành phố Hà Nội", "hanoi", (("public-services", "Cổng dịch vụ công Hà Nội"),)),
+    MemberSpec(
+        "VN/GOV/BKHCN", "Bộ Khoa học và Công nghệ (Ministry of Science and Technology), the mesh operator", "national",
+        (("data-tracker", "Tra cứu ai đã xem dữ liệu của tôi (data tracker)"),),
+    ),
+    MemberSpec("VN/GOV/VPCP", "Văn phòng Chính phủ (Government Office)", "national",
+               (("national-portal", "Cổng Dịch vụ công quốc gia"),)),
 )  # fmt: skip
 
 POPULATION = "VN/GOV/BCA/population/persons"
 BUSINESS = "VN/GOV/BTC/business-registry/enterprises"
 INSURANCE = "VN/GOV/BHXH/insurance/insurance"
 CIVIL_STATUS = "VN/PROV/NGHEAN/civil-status/births"
+DATA_TRACKER = "VN/GOV/BKHCN/data-tracker/accesses"
 
 CONNECTORS = (
     ConnectorSpec("population", POPULATION, "VN/GOV/BCA/population", "national", 8801, "population.yaml"),
@@ -77,13 +86,17 @@ CONNECTORS = (
     ),
     ConnectorSpec("insurance", INSURANCE, "VN/GOV/BHXH/insurance", "national", 8803, "insurance.yaml"),
     ConnectorSpec("civil-status", CIVIL_STATUS, "VN/PROV/NGHEAN/civil-status", "nghean", 8804, "civil-status.yaml"),
+    ConnectorSpec("data-tracker", DATA_TRACKER, "VN/GOV/BKHCN/data-tracker", "national", 8805, "data-tracker.yaml",
+                  reads_subject_log=True),
 )  # fmt: skip
 
 NGHEAN_CIVIL = "VN/PROV/NGHEAN/civil-status"
 HANOI_PORTAL = "VN/PROV/HANOI/public-services"
 MOJ = "VN/GOV/BTP/civil-registry"
+NATIONAL_PORTAL = "VN/GOV/VPCP/national-portal"  # calls the data tracker for the people it has logged in
 
 BIRTH = "birth-registration"
+DATA_SUBJECT_ACCESS = "data-subject-access"  # a person asks who read their data (Law 91/2025)
 VERIFY = "identity-verification"
 LICENSING = "business-licensing"
 
@@ -100,4 +113,5 @@ GRANTS = (
     GrantSpec(HANOI_PORTAL, BUSINESS, (LICENSING,), fields=("code", "name", "legal_status", "head_office")),
     GrantSpec(MOJ, POPULATION, (VERIFY, BIRTH), default_purpose=VERIFY),
     GrantSpec(MOJ, BUSINESS, (LICENSING,)),
+    GrantSpec(NATIONAL_PORTAL, DATA_TRACKER, (DATA_SUBJECT_ACCESS,), per_minute=60),
 )

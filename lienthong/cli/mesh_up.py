@@ -289,7 +289,8 @@ def _start_processes(config: MeshConfig, supervisor: Supervisor, redis_url: str,
         )  # fmt: skip
         # a connector takes only its hosting gateway's client certificate, so its health is probed with that one
         client_tls = None if ca is None else paths.gateway_tls(spec.gateway)
-        edge.append(Component(spec.name, argv, f"{url}/healthz", env, ca, client_tls, tier=TIER_EDGE))
+        own_env = gateway_env if spec.reads_subject_log else env  # the subject key goes to the tracker alone
+        edge.append(Component(spec.name, argv, f"{url}/healthz", own_env, ca, client_tls, tier=TIER_EDGE))
     supervisor.start_all(edge)
     return mesh
 
