@@ -36,6 +36,7 @@ BUILT_IN = {
     "business-registry": "connectors.business_registry:CONNECTOR",
     "insurance": "connectors.insurance:CONNECTOR",
     "civil-status": "connectors.civil_status:CONNECTOR",
+    "data-tracker": "connectors.data_tracker:CONNECTOR",
 }
 
 SPEC = """\
@@ -287,7 +288,7 @@ def test_wrong_module_paths_and_names_are_named(
     assert both.exit_code == 2 and "not both" in both.output
     neither = runner.invoke(connector, ["serve", "--gateway", "x"])
     assert neither.exit_code == 2
-    assert "installed: business-registry, civil-status, insurance, population" in neither.output
+    assert "installed: business-registry, civil-status, data-tracker, insurance, population" in neither.output
     unknown = runner.invoke(connector, ["serve", "land-parcels", "--gateway", "national"])
     assert unknown.exit_code == 2 and "no connector 'land-parcels' is installed" in unknown.output
 

@@ -33,7 +33,9 @@ XROAD_NAMES = {"BadRequest", "InvalidBody", "SslAuthenticationFailed", "AccessDe
                "OutdatedGlobalConf", "MalformedGlobalConf", "ServiceFailed", "NetworkError", "InternalError",
                "InconsistentResponse"}  # fmt: skip
 # Parts of the gateway package that serve only the operations API and dashboard, never /r1 (protocol §2)
-NOT_R1 = ("gateway/ops_api.py", "gateway/ops_auth.py", "gateway/dashboard/")
+# the operations API's modules answer /ops/v1 in problem+json, never /r1
+NOT_R1 = ("gateway/ops_api.py", "gateway/ops_auth.py", "gateway/ops_calls.py", "gateway/ops_components.py",
+          "gateway/dashboard/")  # fmt: skip
 XML_CHAR = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
