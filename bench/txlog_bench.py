@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -72,21 +76,61 @@ def spool_lines(start: int, n: int, t0: float, rng: random.Random) -> bytes:
     return b"".join(out)
 
 
-def fill(store: PostgresStore, folder: Path, have: int, want: int, t0: float, rng: random.Random) -> float:
-    """Ship records have..want through the shipper; returns the seconds spent shipping (not generating)."""
-    spool = Spool(folder)
-    shipper = Shipper("bench", spool, store, retention_days=0)
-    spent = 0.0
-    while have < want:
-        n = min(CHUNK, want - have)
-        path = folder / f"spool-0-{uuid.uuid4().hex}.jsonl"
-        path.write_bytes(spool_lines(have, n, t0, rng))
-        started = time.perf_counter()
-        shipper.ship(path, 0)
-        spent += time.perf_counter() - started
-        path.unlink()
-        have += n
-    return spent
+_STORE: list[PostgresStore] = []  # a shipper process's own store
+
+
+def _ship_file(url: str, path: str) -> None:
+    """One gateway's shipper: ship a spool file to the store (in a process of its own when there are several)."""
+    if not _STORE:
+        _STORE.append(PostgresStore(url))
+        _STORE[0].health()
+    if path:
+        Shipper("bench", Spool(Path(path).parent), _STORE[0], retention_days=0).ship(Path(path), 0)
+
+
+def fill(store: PostgresStore, folder: Path, have: int, want: int, t0: float, rng: random.Random,
+         shippers: int = 1) -> tuple[float, float]:  # fmt: skip
+    """Ship records have..want through `shippers` shippers at once (processes, as gateways are: a mesh's gateways
+    ship to one store together); returns the seconds spent shipping (not generating) and this process's CPU seconds
+    in them."""
+    spent = cpu = 0.0
+    with ProcessPoolExecutor(shippers, mp_context=get_context("spawn")) if shippers > 1 else nullcontext() as pool:
+        if pool is not None:
+            list(pool.map(_ship_file, [store.url] * shippers, [""] * shippers))  # started and connected, untimed
+        while have < want:
+            n = min(CHUNK, want - have)
+            paths = []
+            for k in range(shippers):
+                lo, hi = have + n * k // shippers, have + n * (k + 1) // shippers
+                paths.append(folder / f"spool-{k}-{uuid.uuid4().hex}.jsonl")
+                paths[-1].write_bytes(spool_lines(lo, hi - lo, t0, rng))
+            started, cpu_started = time.perf_counter(), time.process_time()
+            if pool is None:
+                Shipper("bench", Spool(folder), store, retention_days=0).ship(paths[0], 0)
+            else:
+                list(pool.map(_ship_file, [store.url] * shippers, [str(p) for p in paths]))
+            spent += time.perf_counter() - started
+            cpu += time.process_time() - cpu_started
+            for path in paths:
+                path.unlink()
+            have += n
+    return spent, cpu
+
+
+def server_cpu(url: str) -> float:
+    """CPU seconds used so far by the store's connections (their backends, on this machine): the server's share of
+    ingest, which a loaded machine's wall clock does not show."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                                           ("lienthong-txlog",)).fetchall()]  # fmt: skip
+    used = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return used
 
 
 def query_p99(store: PostgresStore, t0: float, rng: random.Random) -> dict[str, float]:
@@ -104,7 +148,7 @@ def query_p99(store: PostgresStore, t0: float, rng: random.Random) -> dict[str, 
             "max_ms": round(times[-1], 2)}  # fmt: skip
 
 
-def run(sizes: tuple[int, ...] = (2_000_000, 20_000_000), url: str = DEFAULT_URL) -> dict[str, Any]:
+def run(sizes: tuple[int, ...] = (2_000_000, 20_000_000), url: str = DEFAULT_URL, shippers: int = 1) -> dict[str, Any]:
     schema = f"txlog_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
@@ -112,17 +156,25 @@ def run(sizes: tuple[int, ...] = (2_000_000, 20_000_000), url: str = DEFAULT_URL
     rng = random.Random(18)
     t0 = time.time() - DAYS * 86400
     results: dict[str, Any] = {"target": {"ingest_records_per_s": 50_000, "query_p99_ms_at_20M": 100},
-                               "days": DAYS, "clients": CLIENTS, "sizes": {}}  # fmt: skip
+                               "days": DAYS, "clients": CLIENTS, "shippers": shippers, "sizes": {}}  # fmt: skip
     have = 0
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for size in sorted(sizes):
-                spent = fill(store, Path(tmp), have, size, t0, rng)
+                server = server_cpu(url)
+                spent, cpu = fill(store, Path(tmp), have, size, t0, rng, shippers)
                 rate = (size - have) / spent
+                cpu_us = {"shipper": cpu * 1e6 / (size - have),
+                          "server": (server_cpu(url) - server) * 1e6 / (size - have)}  # fmt: skip
                 have = size
                 with psycopg.connect(store.url, autocommit=True) as conn:
                     conn.execute("ANALYZE txlog")
-                results["sizes"][str(size)] = {"ingest_records_per_s": round(rate), "query": query_p99(store, t0, rng)}
+                results["sizes"][str(size)] = {
+                    "ingest_records_per_s": round(rate), "load_average": round(os.getloadavg()[0], 2),
+                    # CPU µs per record (shipper: this process, so only with one shipper; server: its backends)
+                    "cpu_us_per_record": {k: round(v, 1) for k, v in cpu_us.items() if k == "server" or shippers == 1},
+                    "query": query_p99(store, t0, rng),
+                }  # fmt: skip
                 print(orjson.dumps({"size": size, **results["sizes"][str(size)]}).decode(), file=sys.stderr)
     finally:
         store.close()
@@ -221,9 +273,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000000,20000000", help="Comma-separated store sizes to measure at.")
     parser.add_argument("--url", default=DEFAULT_URL, help="A PostgreSQL database the benchmark may make a schema in.")
     parser.add_argument("--tracker", action="store_true", help="Measure the data tracker's report instead of ingest.")
+    parser.add_argument("--shippers", type=int, default=1, help="Shipper processes shipping at once (gateways).")
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
-    result = run_tracker(sizes, args.url) if args.tracker else run(sizes, args.url)
+    result = run_tracker(sizes, args.url) if args.tracker else run(sizes, args.url, args.shippers)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 

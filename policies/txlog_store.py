@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -219,18 +220,20 @@ def row_of(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 USER_DISCLOSED_AT = COLUMNS.index("user_disclosed")
-_ROW_AT = {name: COLUMNS.index(name) for name in SUBJECT_COLUMNS[1:]}
+_ROLE_AT, _SUBJECTS_AT = COLUMNS.index("role"), COLUMNS.index("subject_hmacs")
+_SHARED = itemgetter(*(COLUMNS.index(name) for name in SUBJECT_COLUMNS[1:]))
+_USER_AT = SUBJECT_COLUMNS.index("user_id") - 1
 
 
-def subject_rows(row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+def subject_rows(row: Sequence[Any]) -> list[tuple[Any, ...]]:
     """The tracker index's rows (SUBJECT_COLUMNS) of one stored row (COLUMNS): one per distinct subject HMAC, none
     unless the data left at this gateway; the official only when the grant lets the person see them."""
-    if row[COLUMNS.index("role")] not in TRACKED_ROLES:
+    if row[_ROLE_AT] not in TRACKED_ROLES or not row[_SUBJECTS_AT]:
         return []
-    shared = [row[at] for at in _ROW_AT.values()]
+    shared = _SHARED(row)
     if not row[USER_DISCLOSED_AT]:
-        shared[SUBJECT_COLUMNS.index("user_id") - 1] = None
-    return [(hmac, *shared) for hmac in dict.fromkeys(row[COLUMNS.index("subject_hmacs")])]
+        shared = (*shared[:_USER_AT], None, *shared[_USER_AT + 1 :])
+    return [(hmac, *shared) for hmac in dict.fromkeys(row[_SUBJECTS_AT])]
 
 
 def month_start(micros_: int) -> datetime:

@@ -283,6 +283,8 @@ class Link:
 
     def down(self) -> None:
         assert self.listener is not None
+        with contextlib.suppress(OSError):  # wakes the accept() thread: a closed fd alone leaves it LISTENing
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for sock in self.sockets:
             with contextlib.suppress(OSError):
