@@ -326,12 +326,13 @@ class PostgresStore:
         with self._conn() as conn:
             return [str(r[0]) for r in conn.execute(sql, (table,)).fetchall()]
 
-    def drop_before(self, day_us: int) -> int:
+    def drop_before(self, day_us: int, index_day_us: int | None = None) -> int:
         """Drop every day partition that ends at or before day_us, and every month partition of the tracker's index
-        that does (whole tables: no row-by-row delete)."""
+        that ends at or before index_day_us (whole tables: no row-by-row delete)."""
         cutoff = partition_name(day_us)
         old = [name for name in self.partitions() if name < cutoff]
-        month_cutoff = month_partition_name(month_start(day_us))  # the month holding day_us has not ended by then
+        index_day = day_us if index_day_us is None else index_day_us
+        month_cutoff = month_partition_name(month_start(index_day))  # the month holding it has not ended by then
         old += [name for name in self.partitions("txlog_subjects") if name < month_cutoff]
         with self._conn() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))

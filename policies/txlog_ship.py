@@ -32,6 +32,8 @@ MAX_BATCH_LINES = 10_000
 ROTATE_BYTES = 16 * 1024 * 1024
 ADOPT_INTERVAL = 30.0
 RETENTION_INTERVAL = 3600.0
+# the data tracker's index outlives the log: a person may ask about a year back (issue 19), the tracker's default
+INDEX_RETENTION_DAYS = 400
 
 
 class Spool:
@@ -140,8 +142,10 @@ class Shipper:
             self.adopt_orphans()
             self._next_adopt = now + ADOPT_INTERVAL
         if self.retention_days > 0 and now >= self._next_retention:
-            cutoff = (int(time.time() * 1_000_000) // DAY_US - self.retention_days) * DAY_US
-            dropped = self.store.drop_before(cutoff)
+            today = int(time.time() * 1_000_000) // DAY_US
+            cutoff = (today - self.retention_days) * DAY_US
+            index_cutoff = (today - max(self.retention_days, INDEX_RETENTION_DAYS)) * DAY_US
+            dropped = self.store.drop_before(cutoff, index_cutoff)
             if dropped:
                 log.info("txlog retention: dropped %d (days or rows) older than %d days", dropped, self.retention_days)
             self._next_retention = now + RETENTION_INTERVAL

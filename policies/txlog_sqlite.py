@@ -157,12 +157,13 @@ class SqliteStore:
             return False, str(exc)
         return True, f"sqlite {self.path}"
 
-    def drop_before(self, day_us: int) -> int:
+    def drop_before(self, day_us: int, index_day_us: int | None = None) -> int:
+        index_day = day_us if index_day_us is None else index_day_us
         with self._conn(write=True) as conn:
             gone = conn.execute("DELETE FROM txlog WHERE time_in < ?", (day_us,)).rowcount
             # the tracker's index by whole months, as PostgreSQL drops its month partitions
             gone += conn.execute("DELETE FROM txlog_subjects WHERE time_in < ?",
-                                 (micros(month_start(day_us)),)).rowcount  # fmt: skip
+                                 (micros(month_start(index_day)),)).rowcount  # fmt: skip
             conn.execute("DELETE FROM txlog_batches WHERE updated < ?", (day_us // 1_000_000,))
         return gone
 

@@ -125,9 +125,10 @@ class TxlogStore(Protocol):
         """(reachable, a short detail for the health page)."""
         ...
 
-    def drop_before(self, day_us: int) -> int:
+    def drop_before(self, day_us: int, index_day_us: int | None = None) -> int:
         """Retention: forget records with time_in before this UTC midnight, and the tracker's index of each month that
-        ended by then; returns how many partitions (PostgreSQL) or rows (SQLite) went."""
+        ended by `index_day_us` (default the same day: the index may be kept longer, issue 19); returns how many
+        partitions (PostgreSQL) or rows (SQLite) went."""
         ...
 
     def close(self) -> None: ...

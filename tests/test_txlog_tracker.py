@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from policies.txlog_postgres import PostgresStore
-from policies.txlog_store import ACCESS_FIELDS, TRACKED_ROLES, BatchId, Cursor, TxlogStore, open_store, us
+from policies.txlog_store import ACCESS_FIELDS, TRACKED_ROLES, BatchId, Cursor, Filters, TxlogStore, open_store, us
 from tests.test_txlog import DAY, HMACS, SERVICES, T0, lines, pg_url, record  # noqa: F401  # pg_url: a fixture
 
 TRACKER = "VN/GOV/BCA/data-tracker/accesses"
@@ -239,5 +239,27 @@ def test_retention_drops_the_index_by_whole_months(request: pytest.FixtureReques
             assert store.accesses((hmac,), *WIDE, now, 1000, None, None)[0].rows == (
                 reference(kept, (hmac,), WIDE, now)[0])  # fmt: skip
         assert any(us(r["time_in"]) < cutoff for r in kept)  # the month's start before the cutoff stays
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_index_may_outlive_the_log(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    """The shipper keeps the tracker's index longer than the log (a person asks about a year back): dropping the
+    log's days leaves the index of months not yet past its own cutoff."""
+    recs = tracked_records(200, spread=20 * DAY)
+    for r in recs:
+        r["withheld_until"] = None
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/k.sqlite3"
+    store = open_store(url)
+    try:
+        ingest(store, recs)
+        after_all = (int(max(r["time_in"] for r in recs) // DAY) + 1) * 86_400_000_000
+        store.drop_before(after_all, index_day_us=us(T0 - 40 * DAY))
+        assert store.query(Filters(), *WIDE, 1000).rows == []  # the log's days are gone
+        now = us(T0 + 100 * DAY)
+        for hmac in HMACS:  # the index is whole
+            assert store.accesses((hmac,), *WIDE, now, 1000, None, None)[0].rows == (
+                reference(recs, (hmac,), WIDE, now)[0])  # fmt: skip
     finally:
         store.close()
