@@ -25,7 +25,7 @@ from typing import Any
 from bench.results import Results
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("snapshot", "revocation", "datagen", "lookup", "meter", "instructions")
+CASES = ("snapshot", "revocation", "datagen", "lookup", "meter", "instructions", "txlog", "tracker")
 MARKER = "SCALEJSON "
 
 # case -> (module, full-run arguments, quick-run arguments or None (full run only), time limit in s for full / quick)
@@ -46,6 +46,10 @@ CALLS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None, tuple[float, 
     "datagen": ("bench.datagen_bench", {"people": 10_000_000}, {"people": 30_000}, (1500, 60)),
     "meter": ("bench.meter_bench", {}, {}, (180, 60)),
     "instructions": ("bench.instructions", {"calls": 1000}, None, (900, 0)),
+    # the central transaction log (issue 18): ingest into PostgreSQL and a one-day, one-client query, 2M and 20M
+    "txlog": ("bench.txlog_bench", {"sizes": (2_000_000, 20_000_000)}, {"sizes": (100_000,)}, (7200, 300)),
+    # the data tracker (issue 19): one person's report over a year, 2M and 20M records over 2M people
+    "tracker": ("bench.tracker_bench", {"sizes": (2_000_000, 20_000_000)}, {"sizes": (200_000,)}, (1800, 300)),
 }
 
 
