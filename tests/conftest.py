@@ -15,7 +15,9 @@ from lienthong.redis_connection import EmbeddedRedis
 SLOW_FIRST = (
     "test_demo.py", "test_connector_new.py", "test_up.py", "test_fuzz_schemathesis.py", "test_registry_pki.py",
     "test_dashboard.py", "test_xroad_client.py", "test_datagen_cli.py", "test_chaos.py", "test_registry_cli.py",
-    "test_attacks.py", "test_gateway_e2e.py", "test_registry_failover.py", "test_authn_hardening.py",
+    "test_attacks.py", "test_gateway_e2e.py", "test_txlog_live.py", "test_replay_workers.py", "test_gateway.py",
+    "test_snapshot_quarantine.py", "test_upstream_live.py", "test_outcomes.py", "test_data_tracker.py",
+    "test_registry_failover.py", "test_authn_hardening.py", "test_policy_authn.py",
 )  # fmt: skip
 
 

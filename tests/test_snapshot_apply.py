@@ -110,7 +110,7 @@ def view(snap: Snapshot) -> dict[str, Any]:
     }  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=world(), second=world(), third=world())
 def test_applying_deltas_equals_building_the_full_snapshot(
     first: dict[str, Any], second: dict[str, Any], third: dict[str, Any]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lienthong.cli import main
@@ -68,6 +68,7 @@ JSONISH = st.recursive(
 )
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])  # nested JSON draws slowly on a loaded machine
 @given(policy=JSONISH, gateways=JSONISH)
 def test_a_snapshot_policy_never_raises(policy: Any, gateways: Any) -> None:
     UpstreamPolicy.from_snapshot({"upstream_policy": policy, "gateways": gateways})
