@@ -153,7 +153,10 @@ def test_outcome_classes_filters_and_the_subject(live: Live) -> None:
                                                                                          error), path  # fmt: skip
         assert xids[path] in {c["xroad_id"] for c in live.calls(outcome=outcome, error_type=error or None,
                                                                client=consumer)} if error else True  # fmt: skip
-    # the subject in clear finds every record that carried it, at both gateways; no other
+    # the subject in clear finds every record that carried it, at both gateways; no other (the provider's records
+    # ship from the other gateway's spool, so they are awaited too)
+    with_subject = [x for p, x in xids.items() if person in p]
+    wait_for(lambda: all(len(live.calls(xroad_id=x)) == 2 for x in with_subject), "both gateways' records")
     by_subject = live.calls(subject=person)
     assert {c["xroad_id"] for c in by_subject} == {xids[p] for p in cases if person in p}
     assert {c["gateway"] for c in by_subject} == {"nghean", "national"}
