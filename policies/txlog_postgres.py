@@ -38,11 +38,11 @@ from policies.txlog_store import (
     Latency,
     Page,
     StoreUnavailable,
-    access_page,
     access_sql,
     micros,
     month_start,
     next_month,
+    page_of,
     parse_lines,
     subject_rows,
     ts,
@@ -278,8 +278,7 @@ class PostgresStore:
             row = dict(zip(CALL_FIELDS, values, strict=True))
             row["time_in"], row["time_out"] = micros(row["time_in"]), micros(row["time_out"])
             rows.append(row)
-        last = rows[-1] if len(rows) == limit else None
-        return Page(rows, (last["time_in"], last["id"]) if last else None)
+        return page_of(rows, limit)
 
     def accesses(self, hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, limit: int,
                  after: Cursor | None, exclude_service: str | None) -> tuple[Page, int | None]:  # fmt: skip
@@ -297,7 +296,7 @@ class PostgresStore:
             row["time_in"] = micros(row["time_in"])
             rows.append(row)
         until = held[0] if held is not None else None
-        return access_page(rows, limit), micros(until) if until is not None else None
+        return page_of(rows, limit), micros(until) if until is not None else None
 
     def latency(self, filters: Filters, start_us: int, end_us: int) -> Latency:
         clause, params = where(filters, start_us, end_us, None, DIALECT)

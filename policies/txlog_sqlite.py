@@ -27,11 +27,11 @@ from policies.txlog_store import (
     Latency,
     Page,
     StoreUnavailable,
-    access_page,
     access_sql,
     latency_of,
     micros,
     month_start,
+    page_of,
     parse_lines,
     row_of,
     subject_rows,
@@ -127,8 +127,7 @@ class SqliteStore:
                "ORDER BY time_in DESC, id DESC LIMIT ?")  # fmt: skip
         with self._conn() as conn:
             rows = [dict(zip(CALL_FIELDS, values, strict=True)) for values in conn.execute(sql, [*params, limit])]
-        last = rows[-1] if len(rows) == limit else None
-        return Page(rows, (last["time_in"], last["id"]) if last else None)
+        return page_of(rows, limit)
 
     def accesses(self, hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, limit: int,
                  after: Cursor | None, exclude_service: str | None) -> tuple[Page, int | None]:  # fmt: skip
@@ -140,7 +139,7 @@ class SqliteStore:
         with self._conn() as conn:
             rows = [dict(zip(ACCESS_FIELDS, values, strict=True)) for values in conn.execute(page_sql, page_params)]
             held = conn.execute(held_sql, held_params).fetchone()
-        return access_page(rows, limit), held[0] if held is not None else None
+        return page_of(rows, limit), held[0] if held is not None else None
 
     def latency(self, filters: Filters, start_us: int, end_us: int) -> Latency:
         clause, params = where(filters, start_us, end_us, None, DIALECT)

@@ -314,6 +314,7 @@ def access_sql(hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, 
     return page, held
 
 
-def access_page(rows: list[dict[str, Any]], limit: int) -> Page:
+def page_of(rows: list[dict[str, Any]], limit: int) -> Page:
+    """A keyset page: a full one carries the cursor of its last row, a short one is the last page."""
     last = rows[-1] if len(rows) == limit and rows else None
     return Page(rows, (last["time_in"], last["id"]) if last else None)
