@@ -9,7 +9,6 @@ with the mesh's subject key, matched against the records' HMACs, and never store
 from __future__ import annotations
 
 import asyncio
-import base64
 import csv
 import hashlib
 import hmac
@@ -31,10 +30,11 @@ from policies.meter_query import parse_time
 from policies.txlog_store import (
     CALL_FIELDS,
     MESH_ROLES,
-    Cursor,
     Filters,
     StoreUnavailable,
+    decode_cursor,
     default_url,
+    encode_cursor,
     open_store,
     ts,
     us,
@@ -51,20 +51,6 @@ T = TypeVar("T")
 
 def iso(micros: int) -> str:
     return ts(micros).isoformat().replace("+00:00", "Z")
-
-
-def encode_token(cursor: Cursor) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(list(cursor))).decode().rstrip("=")
-
-
-def decode_token(token: str) -> Cursor:
-    try:
-        micros, call_id = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if not isinstance(micros, int) or not isinstance(call_id, str):
-            raise TypeError
-        return micros, call_id
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise bad_request("page_token", "page_token is not one this API gave out") from None
 
 
 def window(from_: str | None, to: str | None, open_start: bool) -> tuple[int, int]:
@@ -165,10 +151,10 @@ class CallsApi:
         filters = self.filters(who, params, params.get("roles", "all"))
         start, end = window(params.get("from_"), params.get("to"), open_start=filters.xroad_id is not None)
         token = params.get("page_token")
-        after = decode_token(token) if token else None
+        after = decode_cursor(token) if token else None
         page = await self._run(self.store.query, filters, start, end, limit, after)
         rows = [{**row, "time_in": iso(row["time_in"]), "time_out": iso(row["time_out"])} for row in page.rows]
-        next_token = encode_token(page.next) if page.next is not None else None
+        next_token = encode_cursor(page.next) if page.next is not None else None
         wanted = params.get("format_")  # connexion's name for `format`, a Python builtin
         if wanted == "csv" or (wanted is None and "text/csv" in connexion.request.headers.get("accept", "").lower()):
             return _response(to_csv(rows), CSV_TYPE, {"X-Next-Page-Token": next_token} if next_token else None)

@@ -11,6 +11,7 @@ for keyset paging, whatever the backend's own type.
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from lienthong.problem import bad_request
 
 log = logging.getLogger("lienthong.policies.txlog")
 
@@ -312,6 +315,22 @@ def access_sql(hmacs: tuple[str, ...], start_us: int, end_us: int, now_us: int, 
     page = (f"SELECT {distinct}{', '.join(ACCESS_FIELDS)} FROM txlog_subjects WHERE {' AND '.join(sql)} "  # noqa: S608
             f"ORDER BY time_in DESC, id DESC LIMIT {m}", [*params, limit])  # fmt: skip
     return page, held
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    """A page token for the row a page ended at (opaque to callers, base64url JSON)."""
+    return base64.urlsafe_b64encode(orjson.dumps(list(cursor))).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> Cursor:
+    """The cursor of a page token encode_cursor gave out; 400 naming page_token for anything else."""
+    try:
+        at, ident = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(at, int) or not isinstance(ident, str):
+            raise TypeError
+        return at, ident
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise bad_request("page_token", "page_token is not one this API gave out") from None
 
 
 def page_of(rows: list[dict[str, Any]], limit: int) -> Page:

@@ -138,6 +138,9 @@ def test_bad_input_refusals(mesh: Mesh, calls: dict[str, Any]) -> None:
     portal = mesh.client(NATIONAL_PORTAL, "national")
     bad = portal.call("GET", f"{DATA_TRACKER}/persons/040999999999/accesses", DATA_SUBJECT_ACCESS)
     assert bad.status_code == 400 and bad.json().get("field") == "person_id", bad.text
+    token = portal.call("GET", f"{DATA_TRACKER}/persons/{calls['a']}/accesses", DATA_SUBJECT_ACCESS,
+                        params={"page_token": "not-a-token"})  # fmt: skip
+    assert token.status_code == 400 and token.json().get("field") == "page_token", token.text
     stranger = mesh.client(HANOI_PORTAL, "hanoi")  # no grant for the tracker
     refused = stranger.call("GET", f"{DATA_TRACKER}/persons/{calls['a']}/accesses", DATA_SUBJECT_ACCESS)
     assert refused.status_code == 403, refused.text

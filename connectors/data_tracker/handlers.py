@@ -8,20 +8,17 @@ date has passed.
 
 from __future__ import annotations
 
-import base64
 import functools
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import orjson
 
 from connectors.rules import personal_id
 from connectors.sdk.inputs import checked
 from lienthong.problem import Problem, bad_request
 from lienthong.subjects import pseudonym, subject_key_ring
 from policies.meter_query import parse_time
-from policies.txlog_store import Cursor, StoreUnavailable, TxlogStore, micros, open_store, ts
+from policies.txlog_store import StoreUnavailable, TxlogStore, decode_cursor, encode_cursor, micros, open_store, ts
 
 TRANSACTION_LOG_ENV = "TRANSACTION_LOG_URL"
 DEFAULT_WINDOW = timedelta(days=365)
@@ -52,16 +49,17 @@ def listAccesses(
     if end <= start:
         raise bad_request("to", "to must be after from")
     hmacs = tuple(pseudonym(key, pid) for key in _ring())
+    after = decode_cursor(page_token) if page_token else None
     try:
         page, withheld = _store().accesses(hmacs, micros(start), micros(end), micros(datetime.now(UTC)), limit,
-                                           _cursor(page_token), _own_service())  # fmt: skip
+                                           after, _own_service())  # fmt: skip
     except StoreUnavailable as exc:
         raise Problem(503, "storage-unavailable", f"the transaction log cannot be read: {exc}",
                       headers={"Retry-After": "5"}) from None  # fmt: skip
     return {
         "accesses": [_access(row) for row in page.rows],
         "withheld_until": _iso(ts(withheld)) if withheld is not None else None,
-        "next_page_token": _token(page.next) if page.next is not None and len(page.rows) == limit else None,
+        "next_page_token": encode_cursor(page.next) if page.next is not None and len(page.rows) == limit else None,
     }
 
 
@@ -88,19 +86,3 @@ def _own_service() -> str:
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _token(cursor: Cursor) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(list(cursor))).decode().rstrip("=")
-
-
-def _cursor(token: str | None) -> Cursor | None:
-    if not token:
-        return None
-    try:
-        at, ident = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        return int(at), str(ident)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise bad_request("page_token", "page_token is not one this service gave out") from None
-
-
